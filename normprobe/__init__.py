@@ -1,0 +1,42 @@
+"""normprobe: probe how causal language models shape token representations, layer by layer.
+
+Light to import: torch, TransformerLens and plotly load only when a function needs them.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import NormprobeError
+from .probe import Probe
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": ("normprobe.runner", "run"),
+    "load_model": ("normprobe.adapter", "load_model"),
+    "ModelAdapter": ("normprobe.adapter", "ModelAdapter"),
+    "RunResult": ("normprobe.results", "RunResult"),
+    "GroupedMoments": ("normprobe.stats", "GroupedMoments"),
+    "Batch": ("normprobe.batching", "Batch"),
+    "resolve_probe": ("normprobe.registry", "resolve_probe"),
+}
+
+__all__ = ["NormprobeError", "Probe", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'normprobe' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .adapter import ModelAdapter, load_model
+    from .batching import Batch
+    from .registry import resolve_probe
+    from .results import RunResult
+    from .runner import run
+    from .stats import GroupedMoments

@@ -1,0 +1,337 @@
+"""The model adapter: the only module that knows TransformerLens hook names and family quirks.
+
+`load_model` boots a `TransformerBridge` on raw Hugging Face weights (no LayerNorm folding,
+no weight centring), so every norm measured is a norm of the model's real hidden states.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import operator
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .errors import NormprobeError
+from .families import SHORT_NAMES, family_for, supported_family_names
+
+if TYPE_CHECKING:
+    import torch
+
+SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16", "half": "float16"}
+DEMO_DIR = Path(__file__).parent / "demo"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, resolved without loading anything."""
+
+    name: str  # what the user typed
+    kind: str  # "demo", "local" or "hub"
+    location: str  # folder path or Hub id
+    revision: str | None = None
+    checkpoint_index: int | None = None
+    checkpoint_value: int | None = None
+
+
+def parse_dtype(dtype: str) -> str:
+    key = str(dtype).replace("torch.", "").lower()
+    if key not in DTYPES:
+        raise NormprobeError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return DTYPES[key]
+
+
+def resolve_source(name: str, revision: str | None = None, checkpoint_index: int | None = None,
+                   checkpoint_value: int | None = None) -> ModelSource:
+    """Turn a user's model name into a source and check what can be checked without loading."""
+    extra = dict(revision=revision, checkpoint_index=checkpoint_index, checkpoint_value=checkpoint_value)
+    if name == "demo":
+        return ModelSource(name, "demo", str(DEMO_DIR), **extra)
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")) or os.sep + os.sep in name:
+        if not path.is_dir():
+            raise NormprobeError(f"model path {name} is not a folder (expected a Hugging Face model folder)")
+        return ModelSource(name, "local", str(path), **extra)
+    hub_id = SHORT_NAMES.get(name, name)
+    if name.count("/") > 1 or not name.strip():
+        raise NormprobeError(f"model {name!r} is neither an existing folder nor a Hub name like 'gpt2' or 'org/model'")
+    return ModelSource(name, "hub", hub_id, **extra)
+
+
+def _read_config(folder: Path) -> dict:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise NormprobeError(f"model folder {folder} has no config.json; is it a Hugging Face model folder?")
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NormprobeError(f"model folder {folder}: config.json is not valid JSON ({exc})") from None
+
+
+def check_architecture(model_type: str | None, where: str) -> None:
+    if family_for(model_type or "") is None:
+        raise NormprobeError(
+            f"{where}: architecture {model_type!r} is not supported; supported families: {supported_family_names()}"
+        )
+
+
+def validate_source(source: ModelSource) -> dict | None:
+    """Fail fast on a model that cannot load: missing folder parts, unsupported type, offline and uncached.
+
+    Returns the model's config.json as a dict when it could be read without loading anything.
+    """
+    if source.kind in ("demo", "local"):
+        folder = Path(source.location)
+        if source.kind == "demo" and not (folder / "config.json").exists():
+            raise NormprobeError(f"the demo model is missing from the installed package ({folder})")
+        config = _read_config(folder)
+        if not any((folder / f).exists() for f in WEIGHT_FILES) and not list(folder.glob("*.safetensors")):
+            raise NormprobeError(f"model folder {folder} has no weights (expected model.safetensors or pytorch_model.bin)")
+        check_architecture(config.get("model_type"), f"model folder {folder}")
+        return config
+    return _check_hub_reachable(source)
+
+
+def config_n_layers(config: dict | None) -> int | None:
+    for key in ("n_layer", "num_hidden_layers", "num_layers"):
+        if config and isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def _check_hub_reachable(source: ModelSource) -> dict | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return
+    cached = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
+    if isinstance(cached, str):
+        config = json.loads(Path(cached).read_text())
+        check_architecture(config.get("model_type"), f"model {source.location}")
+        return config
+    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise NormprobeError(_not_found_message(source, HF_HUB_CACHE))
+    return None
+
+
+def _not_found_message(source: ModelSource, cache: str) -> str:
+    return (
+        f"model {source.name!r} ({source.location}) is not a local folder and is not in the Hugging Face cache "
+        f"at {cache}, and the Hub cannot be reached; pass a local model folder, point HF_HOME at a cache that "
+        "holds it, or run once with network (HF_HUB_OFFLINE=1 then keeps it offline)"
+    )
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise NormprobeError(f"device {device!r} requested but CUDA is not available")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32", *, revision: str | None = None,
+               checkpoint_index: int | None = None, checkpoint_value: int | None = None,
+               device_map: str | None = None, n_devices: int | None = None) -> "ModelAdapter":
+    """Load a causal LM through TransformerBridge on its raw weights and wrap it in an adapter.
+
+    `name_or_path` is `demo`, a local Hugging Face folder, a Hub id or a TransformerLens-style short name
+    (`gpt2-small`, `pythia-70m`, ...).
+    """
+    source = resolve_source(name_or_path, revision, checkpoint_index, checkpoint_value)
+    validate_source(source)
+    return ModelAdapter.from_source(source, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices)
+
+
+def _boot_error(source: ModelSource, exc: BaseException) -> NormprobeError:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if source.kind == "hub" and any(s in text for s in ("offline", "couldn't connect", "Connection", "resolve", "not a valid model identifier", "does not appear to have")):
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return NormprobeError(_not_found_message(source, HF_HUB_CACHE))
+    where = source.location
+    if "safetensors" in text.lower() or "header" in text.lower() or "unpickl" in text.lower() or "corrupt" in text.lower():
+        return NormprobeError(f"cannot load the weights of {where}: the weights file looks corrupt ({text[:160]})")
+    return NormprobeError(f"cannot load model {where}: {type(exc).__name__}: {text[:200]}")
+
+
+def _own_tokenizer(source: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source.location, revision=source.revision)
+    except Exception:  # noqa: BLE001 - fall back to the bridge's tokenizer
+        return None
+
+
+class Readout:
+    """Final norm and unembedding as float32 functions: the logit lens and its exact gradient."""
+
+    def __init__(self, modules: list[Any]):
+        import torch
+
+        self.modules = [copy.deepcopy(m).float().eval().requires_grad_(False) for m in modules]
+        self._torch = torch
+
+    def logits(self, h: "torch.Tensor") -> "torch.Tensor":
+        x = h.float()
+        for module in self.modules:
+            x = module(x)
+        return x
+
+    def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Per-token cross-entropy of `targets` read out from h [N, d], and dCE/dh [N, d], in float32."""
+        torch = self._torch
+        with torch.inference_mode(False), torch.enable_grad():
+            x = h.detach().float().clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(self.logits(x), targets.clone(), reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad.detach()
+
+    def loss(self, h: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+        return self._torch.nn.functional.cross_entropy(self.logits(h), targets, reduction="none")
+
+
+class ModelAdapter:
+    """Neutral questions about a loaded model: depth, width, sites, hook names, readout, tokens."""
+
+    def __init__(self, bridge: Any, source: ModelSource, device: str, dtype: str, tokenizer: Any = None):
+        self.bridge = bridge
+        self.source = source
+        self.device = device
+        self.dtype = dtype
+        self.hf_model = bridge.original_model
+        self.hf_config = self.hf_model.config
+        # TransformerLens gives a tokenizer without BOS the EOS as BOS; keep the model's own tokenizer instead.
+        self.tokenizer = tokenizer if tokenizer is not None else bridge.tokenizer
+        self.family = family_for(self.hf_config.model_type)
+        check_architecture(self.hf_config.model_type, f"model {source.location}")
+        self.n_layers = int(bridge.cfg.n_layers)
+        self.d_model = int(bridge.cfg.d_model)
+        self.d_vocab = int(self.hf_model.get_output_embeddings().weight.shape[0])
+        self.n_ctx = int(bridge.cfg.n_ctx)
+        hooks = bridge.hook_dict
+        self.sites = tuple(s for s in SITES if f"blocks.0.hook_{s}" in hooks)
+        self._readout: Readout | None = None
+
+    @classmethod
+    def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
+                    device_map: str | None = None, n_devices: int | None = None) -> "ModelAdapter":
+        import torch
+        from transformer_lens.model_bridge import TransformerBridge
+
+        dtype = parse_dtype(dtype)
+        kwargs: dict[str, Any] = dict(dtype=getattr(torch, dtype))
+        if device_map or n_devices:
+            kwargs.update(device_map=device_map, n_devices=n_devices)
+            resolved_device = "cuda"
+        else:
+            resolved_device = pick_device(device)
+            kwargs["device"] = resolved_device
+        for key in ("revision", "checkpoint_index", "checkpoint_value"):
+            if getattr(source, key) is not None:
+                kwargs[key] = getattr(source, key)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # normprobe draws its own bar; keep stderr to one line on errors
+        try:
+            bridge = TransformerBridge.boot_transformers(source.location, **kwargs)
+        except NormprobeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every loader failure becomes one line
+            raise _boot_error(source, exc) from exc
+        bridge.eval()
+        return cls(bridge, source, resolved_device, dtype, tokenizer=_own_tokenizer(source))
+
+    # -- sites and hooks -------------------------------------------------
+    def hook_name(self, site: str, layer: int) -> str:
+        if site not in SITES:
+            raise NormprobeError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
+        if site not in self.sites:
+            raise NormprobeError(f"model {self.source.location} has no {site} (it is a {self.block_kind} block)")
+        if not 0 <= layer < self.n_layers:
+            raise NormprobeError(f"layer {layer} is out of range for {self.source.location} (0..{self.n_layers - 1})")
+        return f"blocks.{layer}.hook_{site}"
+
+    def has_hook(self, hook_name: str) -> bool:
+        return hook_name in self.bridge.hook_dict
+
+    @property
+    def block_kind(self) -> str:
+        return "sequential" if "resid_mid" in self.sites else "parallel"
+
+    # -- readout ----------------------------------------------------------
+    @property
+    def readout(self) -> Readout:
+        """Final norm (and OPT's projection) then unembedding, as float32 copies."""
+        if self._readout is None:
+            modules = []
+            norm = operator.attrgetter(self.family.final_norm)(self.hf_model)
+            if norm is not None:
+                modules.append(norm)
+            project_out = getattr(getattr(getattr(self.hf_model, "model", None), "decoder", None), "project_out", None)
+            if project_out is not None:
+                modules.append(project_out)
+            modules.append(self.hf_model.get_output_embeddings())
+            self._readout = Readout(modules)
+            self._readout.modules = [m.to(self.device) for m in self._readout.modules]
+        return self._readout
+
+    # -- tokens -------------------------------------------------------------
+    @property
+    def bos_token_id(self) -> int | None:
+        return getattr(self.tokenizer, "bos_token_id", None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def token_strings(self, ids: Iterable[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    @property
+    def pad_token_id(self) -> int:
+        for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            value = getattr(self.tokenizer, attr, None)
+            if value is not None:
+                return int(value)
+        return 0
+
+    # -- running -------------------------------------------------------------
+    def forward(self, tokens: "torch.Tensor", attention_mask: "torch.Tensor",
+                hooks: list[tuple[str, Callable]]) -> None:
+        """One forward pass with the given hooks attached; logits are not kept."""
+        with self.bridge.hooks(fwd_hooks=hooks):
+            self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+
+    # -- facts ---------------------------------------------------------------
+    def facts(self) -> dict[str, Any]:
+        cfg = self.bridge.cfg
+        head = self.hf_model.get_output_embeddings().weight
+        embed = self.hf_model.get_input_embeddings().weight
+        norm = operator.attrgetter(self.family.final_norm)(self.hf_model)
+        return {
+            "family": self.family.name,
+            "model_type": self.hf_config.model_type,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": int(cfg.n_heads),
+            "d_vocab": self.d_vocab,
+            "n_ctx": self.n_ctx,
+            "norm_type": type(norm).__name__ if norm is not None else "none",
+            "block": self.block_kind,
+            "positional": str(getattr(cfg, "positional_embedding_type", "unknown")),
+            "tied_unembedding": bool(head.data_ptr() == embed.data_ptr()),
+            "sites": list(self.sites),
+            "bos_token_id": self.bos_token_id,
+        }

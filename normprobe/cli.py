@@ -1,0 +1,167 @@
+"""The `normprobe` command: a thin typer layer over the Python API.
+
+Heavy imports (torch, TransformerLens, plotly) happen inside commands so `--help` answers at once.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from .errors import NormprobeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Probe how causal language models shape token representations, layer by layer.")
+_state = {"debug": False}
+
+ProbeOpt = Annotated[List[str], typer.Option("--probe", "-p", help="Probe name, FILE.py[:Class] or module:Class; repeat for several.")]
+TextOpt = Annotated[Optional[List[str]], typer.Option("--text", help="A document; repeat for several.")]
+InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Corpus file: .txt (a document per line), .jsonl, .csv or .parquet.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default reports/<model>-<timestamp>/).")]
+PlotlyOpt = Annotated[str, typer.Option("--plotlyjs", help="inline (works offline) or cdn (small file).")]
+
+
+def parse_layers(text: Optional[str]) -> Optional[list[int]]:
+    """'0,3,5', '2-4' or 'all' to a list of layer indices."""
+    if text is None or text.strip() in ("", "all"):
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-")[0], part[1:].split("-", 1)[1])
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise NormprobeError(f"invalid --layers {text!r}; use e.g. 0,3,5 or 2-4 or all") from None
+    return sorted(set(layers))
+
+
+def _default_out(model: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name or model).strip("-.") or "model"
+    return Path("reports") / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    if version:
+        from . import __version__
+
+        typer.echo(f"normprobe {__version__}")
+        raise typer.Exit()
+    _state["debug"] = debug
+
+
+@app.command()
+def run(
+    models: Annotated[List[str], typer.Argument(help="Model: demo, a Hub name or short name (gpt2-small, pythia-70m), or a local folder.")],
+    probe: ProbeOpt = ["norms"],
+    text: TextOpt = None,
+    input: InputOpt = None,
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
+    encoding: Annotated[str, typer.Option(help="Text encoding of --input.")] = "utf-8",
+    errors: Annotated[str, typer.Option(help="On undecodable bytes: strict (stop) or replace.")] = "strict",
+    max_docs: Annotated[Optional[int], typer.Option(help="Stop after this many documents.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Stop after this many tokens.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per batch (default: from free memory).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Window length in tokens (default min(1024, context)).")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Layers to probe: 0,3,5 or 2-4 or all.")] = None,
+    prepend_bos: Annotated[bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start every window with BOS when the tokenizer has one.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    out: OutOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+    plotlyjs: PlotlyOpt = "inline",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> None:
+    """Run probes over a corpus and write tables, run.json and report.html."""
+    from .api import run_to_folder
+
+    if errors not in ("strict", "replace"):
+        raise NormprobeError(f"--errors must be strict or replace, not {errors!r}")
+    if plotlyjs not in ("inline", "cdn"):
+        raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
+    if len(models) != 1:
+        raise NormprobeError("give one model per run (comparisons of several models are not built yet)")
+    folder = run_to_folder(
+        models[0], out or _default_out(models[0]), probes=probe, texts=text, input=input, text_field=text_field,
+        encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
+        seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
+        overwrite=overwrite, plotlyjs=plotlyjs, progress=progress)
+    typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="A run folder written by `normprobe run`.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default FOLDER/report.html).")] = None,
+    plotlyjs: PlotlyOpt = "inline",
+) -> None:
+    """Re-render report.html from a saved run, without the model."""
+    from .api import rerender
+
+    if plotlyjs not in ("inline", "cdn"):
+        raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
+    path = rerender(folder, out, plotlyjs=plotlyjs)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def probes() -> None:
+    """List the probes you can pass to --probe, with where each comes from."""
+    from .registry import registered_probes
+
+    for entry in registered_probes().values():
+        typer.echo(f"{entry.name:<10} {entry.origin:<22} {entry.description}")
+    typer.echo("Also: --probe path/to/file.py[:Class] or --probe package.module:Class")
+
+
+@app.command()
+def models() -> None:
+    """List the supported model families and the short names."""
+    from .families import FAMILIES, SHORT_NAMES
+
+    typer.echo("Supported families (Hugging Face model_type):")
+    for family in FAMILIES:
+        typer.echo(f"  {family.name:<18} {', '.join(family.model_types):<10} e.g. {', '.join(family.examples)}")
+    typer.echo("Short names:")
+    for short, hub in SHORT_NAMES.items():
+        typer.echo(f"  {short:<24} {hub}")
+    typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported family.")
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"normprobe: error: {message}", err=True)
+    sys.exit(code)
+
+
+# typer may vendor its own click; find its base exception classes from what it exports.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: one-line errors, exit 1 for bad input, 2 for bad usage, 130 on Ctrl-C."""
+    try:
+        code = app(args=argv, prog_name="normprobe", standalone_mode=False)
+    except NormprobeError as exc:
+        if _state["debug"]:
+            raise
+        _fail(" ".join(str(exc).split()), 1)
+    except _CLICK_ERROR as exc:
+        _fail(" ".join(exc.format_message().split()), exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    else:
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

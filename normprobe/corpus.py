@@ -1,0 +1,193 @@
+"""Documents in: the built-in sample and files in txt, jsonl, csv or parquet.
+
+Everything here is plain Python and pyarrow; no torch, so validating input is fast.
+"""
+from __future__ import annotations
+
+import ast
+import codecs
+import json
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import NormprobeError
+
+SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
+
+
+def _paragraphs(text: str, min_chars: int) -> list[str]:
+    out = []
+    for block in text.split("\n\n"):
+        block = " ".join(block.split())
+        if len(block) >= min_chars and not set(block) <= set("*=-~^ "):
+            out.append(block)
+    return out
+
+
+def pydoc_topic_documents(min_chars: int = 40) -> list[str]:
+    """Paragraphs of the interpreter's own help topics (English prose that every Python ships)."""
+    from pydoc_data.topics import topics
+
+    docs: list[str] = []
+    for key in sorted(topics):
+        docs.extend(_paragraphs(topics[key], min_chars))
+    return docs
+
+
+def stdlib_docstring_documents(min_chars: int = 40) -> list[str]:
+    """Paragraphs of the module docstrings of the standard library's top-level sources."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[str] = []
+    for path in sorted(stdlib.glob("*.py")):
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        if doc:
+            docs.extend(_paragraphs(doc, min_chars))
+    return docs
+
+
+def sample_documents(n: int | None = 200) -> list[str]:
+    """The built-in sample corpus: paragraphs of Python's help topics, every 7th one.
+
+    The demo model holds out the same every-7th paragraphs for validation, so the sample
+    is text the demo model did not train on.
+    """
+    docs = pydoc_topic_documents()[3::7]
+    return docs if n is None else docs[:n]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A corpus file and how to read it."""
+
+    path: Path
+    text_field: str = "text"
+    encoding: str = "utf-8"
+    errors: str = "strict"
+
+
+def validate_input(spec: InputSpec) -> None:
+    """Check the input file before any model loads: exists, readable, right format, non-empty."""
+    path = spec.path
+    if not path.exists():
+        raise NormprobeError(f"input file not found: {path}")
+    if path.is_dir():
+        raise NormprobeError(f"input is a folder, not a file: {path}")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise NormprobeError(
+            f"unsupported input type {path.suffix or '(none)'!r} for {path}; "
+            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192)
+    except OSError as exc:
+        raise NormprobeError(f"cannot read input file {path}: {exc.strerror}") from None
+    if path.suffix.lower() in (".txt", ".jsonl", ".csv") and b"\x00" in head:
+        raise NormprobeError(f"input file {path} looks binary (it holds NUL bytes), not text")
+    # A full pass is cheap next to a model load and catches encoding and format errors early.
+    if next(iter_documents(spec), None) is None:
+        raise NormprobeError(f"input file {path} holds no documents (it is empty or only whitespace)")
+    for _ in iter_documents(spec):
+        pass
+
+
+def iter_documents(spec: InputSpec) -> Iterator[str]:
+    """Stream the documents of a file, one at a time; never reads a text file whole."""
+    suffix = spec.path.suffix.lower()
+    if suffix == ".txt":
+        yield from _iter_txt(spec)
+    elif suffix == ".jsonl":
+        yield from _iter_jsonl(spec)
+    elif suffix in (".csv", ".parquet"):
+        yield from _iter_table(spec)
+    else:
+        raise NormprobeError(f"unsupported input type {suffix!r}")
+
+
+def _lines(spec: InputSpec) -> Iterator[tuple[int, str]]:
+    """Decoded lines with their 1-based numbers; an undecodable byte names its line."""
+    try:
+        decoder = codecs.getincrementaldecoder(spec.encoding)(errors=spec.errors)
+    except LookupError:
+        raise NormprobeError(f"unknown encoding {spec.encoding!r}") from None
+    lineno, pending = 0, ""
+    with open(spec.path, "rb") as fh:
+        for raw in fh:
+            try:
+                pending += decoder.decode(raw)
+            except UnicodeDecodeError:
+                raise NormprobeError(
+                    f"{spec.path}: line {lineno + pending.count(chr(10)) + 1} is not valid {spec.encoding}; "
+                    "pass --encoding ENCODING or --errors replace"
+                ) from None
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                lineno += 1
+                yield lineno, line.rstrip("\r")
+        pending += decoder.decode(b"", final=True)
+    if pending:
+        yield lineno + 1, pending.rstrip("\r")
+
+
+def _iter_txt(spec: InputSpec) -> Iterator[str]:
+    for _, line in _lines(spec):
+        text = line.strip()
+        if text:
+            yield text
+
+
+def _iter_jsonl(spec: InputSpec) -> Iterator[str]:
+    for lineno, line in _lines(spec):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise NormprobeError(f"{spec.path}: line {lineno} is not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or spec.text_field not in record:
+            raise NormprobeError(
+                f"{spec.path}: line {lineno} has no field {spec.text_field!r}; choose one with --text-field"
+            )
+        text = record[spec.text_field]
+        if not isinstance(text, str):
+            raise NormprobeError(f"{spec.path}: line {lineno} field {spec.text_field!r} is not a string")
+        if text.strip():
+            yield text
+
+
+def _iter_table(spec: InputSpec) -> Iterator[str]:
+    import pyarrow as pa
+
+    try:
+        if spec.path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            source = pq.ParquetFile(spec.path)
+            columns = source.schema_arrow.names
+            batches = lambda: source.iter_batches(columns=[spec.text_field], batch_size=1024)  # noqa: E731
+        else:
+            import pyarrow.csv as pcsv
+
+            read_opts = pcsv.ReadOptions(encoding=spec.encoding)
+            reader = pcsv.open_csv(spec.path, read_options=read_opts)
+            columns = reader.schema.names
+            batches = lambda: reader  # noqa: E731
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
+    if spec.text_field not in columns:
+        raise NormprobeError(
+            f"{spec.path} has no column {spec.text_field!r}; columns found: {', '.join(columns)}; "
+            "choose one with --text-field"
+        )
+    try:
+        for batch in batches():
+            for value in batch.column(batch.schema.get_field_index(spec.text_field)).to_pylist():
+                if isinstance(value, str) and value.strip():
+                    yield value
+    except pa.ArrowInvalid as exc:
+        raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None

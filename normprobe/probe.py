@@ -1,0 +1,72 @@
+"""The public probe API. Built-in probes use nothing beyond it; so can yours.
+
+A probe's life in a run:
+  1. `setup(model, seq_len)` once, with the `ModelAdapter`: allocate accumulators.
+  2. `hook_points()` names what it reads: TransformerLens hook names such as
+     "blocks.3.hook_resid_pre". Use `model.hook_name(site, layer)` to build them.
+  3. For every batch, the runner calls `reduce(hook_name, activation, batch)` inside the hook
+     (keep this small: return only what `update` needs) and then `update(reduced, batch)`
+     once with every hook point's reduced value.
+  4. `merge(other)` folds in another instance's statistics (shards, ranks).
+  5. `result()` turns the statistics into named tidy DataFrames; `findings(tables)` into a
+     JSON-able dict of headline numbers, computed from the tables alone.
+`state_dict()` / `load_state_dict()` save and restore the statistics for checkpoints.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from .adapter import ModelAdapter
+    from .batching import Batch
+
+
+class Probe:
+    """Base class of every probe. Subclasses set `name` and `description` and override the methods."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, layers: list[int] | None = None, **options: Any):
+        self.layers = layers
+        self.options = options
+
+    def setup(self, model: "ModelAdapter", seq_len: int) -> None:
+        """Allocate statistics for this model; positions run from 0 to seq_len - 1. Called once."""
+
+    def hook_points(self) -> list[str]:
+        """TransformerLens hook names this probe reads."""
+        raise NotImplementedError
+
+    def reduce(self, hook_name: str, activation: "torch.Tensor", batch: "Batch") -> Any:
+        """Reduce an activation where it stands (inside the hook). The default keeps it whole."""
+        return activation.detach()
+
+    def update(self, activations: dict[str, Any], batch: "Batch") -> None:
+        """Accumulate statistics from one batch's reduced activations."""
+        raise NotImplementedError
+
+    def merge(self, other: "Probe") -> None:
+        """Fold another instance's statistics into this one."""
+        raise NotImplementedError
+
+    def result(self) -> dict[str, "pd.DataFrame"]:
+        """Named tidy tables."""
+        raise NotImplementedError
+
+    @classmethod
+    def findings(cls, tables: dict[str, "pd.DataFrame"]) -> dict[str, Any]:
+        """Headline numbers computed from the tables alone (so saved runs can be re-read)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError(f"probe {self.name!r} cannot be checkpointed")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError(f"probe {self.name!r} cannot be checkpointed")
+
+    def selected_layers(self, n_layers: int) -> list[int]:
+        return list(range(n_layers)) if self.layers is None else list(self.layers)

@@ -1,0 +1,169 @@
+"""`norms`: the L2 norm of every token's vector at every residual site and layer."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..probe import Probe
+from ..stats import GroupedMoments
+
+
+class NormsProbe(Probe):
+    name = "norms"
+    description = "L2 norm of each token's vector per (site, layer, position), with growth, position-0, position and frequency findings"
+
+    def setup(self, model, seq_len: int) -> None:
+        layers = self.selected_layers(model.n_layers)
+        self._slots = [(site, layer, model.hook_name(site, layer)) for site in model.sites for layer in layers]
+        # The residual stream h_0..h_L: resid_pre of each layer, then the last block's output.
+        self._token_slots = [("resid_pre", l, model.hook_name("resid_pre", l)) for l in layers]
+        last = model.n_layers - 1
+        self._token_slots.append(("resid_post", last, model.hook_name("resid_post", last)))
+        self._seq_len = seq_len
+        self._vocab = model.d_vocab
+        self._token_text = model.token_strings
+        device = model.device
+        self.by_position = GroupedMoments(len(self._slots) * seq_len, device)
+        self.by_token = GroupedMoments(len(self._token_slots) * self._vocab, device, track_extremes=False)
+
+    def hook_points(self) -> list[str]:
+        return sorted({h for *_, h in self._slots} | {h for *_, h in self._token_slots})
+
+    def reduce(self, hook_name, activation, batch):
+        return torch.linalg.vector_norm(activation, dim=-1, dtype=torch.float32)
+
+    def update(self, activations: dict[str, Any], batch) -> None:
+        mask = batch.mask
+        positions = batch.positions[mask]
+        norms = torch.stack([activations[h][mask] for *_, h in self._slots])  # [H, N]
+        offsets = torch.arange(len(self._slots), device=norms.device)[:, None] * self._seq_len
+        self.by_position.add((offsets + positions[None, :]).reshape(-1), norms.reshape(-1))
+        # Position 0 (BOS where there is one) is analysed on its own, not in the frequency table.
+        later = mask & (batch.positions > 0)
+        token_ids = batch.tokens[later]
+        norms = torch.stack([activations[h][later] for *_, h in self._token_slots])
+        offsets = torch.arange(len(self._token_slots), device=norms.device)[:, None] * self._vocab
+        self.by_token.add((offsets + token_ids[None, :]).reshape(-1), norms.reshape(-1))
+
+    def merge(self, other: "NormsProbe") -> None:
+        self.by_position.merge(other.by_position)
+        self.by_token.merge(other.by_token)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"by_position": self.by_position.state_dict(), "by_token": self.by_token.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.by_position.load_state_dict(state["by_position"])
+        self.by_token.load_state_dict(state["by_token"])
+
+    def result(self) -> dict[str, pd.DataFrame]:
+        m = self.by_position
+        n_slots, width = len(self._slots), self._seq_len
+        frame = pd.DataFrame({
+            "site": np.repeat([s for s, _, _ in self._slots], width),
+            "layer": np.repeat([l for _, l, _ in self._slots], width).astype(np.int64),
+            "position": np.tile(np.arange(width), n_slots).astype(np.int64),
+            "count": m.count.cpu().numpy().astype(np.int64),
+            "mean": m.mean().cpu().numpy(),
+            "std": m.std().cpu().numpy(),
+            "min": m.minimum.cpu().numpy(),
+            "max": m.maximum.cpu().numpy(),
+            "n_nonfinite": m.nonfinite.cpu().numpy().astype(np.int64),
+        })
+        frame = frame[(frame["count"] > 0) | (frame["n_nonfinite"] > 0)].reset_index(drop=True)
+        t = self.by_token
+        vocab = self._vocab
+        counts = t.count.cpu().numpy().astype(np.int64)
+        keep = np.nonzero(counts > 0)[0]
+        slot_index, token_ids = keep // vocab, keep % vocab
+        unique_ids = np.unique(token_ids)
+        text = dict(zip(unique_ids.tolist(), self._token_text(unique_ids.tolist())))
+        tokens = pd.DataFrame({
+            "site": [self._token_slots[i][0] for i in slot_index],
+            "layer": np.array([self._token_slots[i][1] for i in slot_index], dtype=np.int64),
+            "token_id": token_ids.astype(np.int64),
+            "token": [text[i] for i in token_ids.tolist()],
+            "count": counts[keep],
+            "mean": t.mean().cpu().numpy()[keep],
+            "std": t.std().cpu().numpy()[keep],
+        })
+        return {"norms": frame, "norms_by_token": tokens}
+
+    @classmethod
+    def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        return norms_findings(tables["norms"], tables.get("norms_by_token"))
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    """Spearman's rho as the Pearson correlation of average ranks (NaN under 3 points)."""
+    if len(x) < 3:
+        return float("nan")
+    rho = x.rank().corr(y.rank())
+    return float(rho) if rho == rho else float("nan")
+
+
+def residual_stream_means(norms: pd.DataFrame, exclude_position0: bool = False) -> pd.Series:
+    """Mean norm of h_0..h_L, token-weighted: resid_pre of each layer, then the last resid_post as layer L."""
+    rows = norms[norms["position"] > 0] if exclude_position0 else norms
+    pre = rows[rows["site"] == "resid_pre"]
+    post = rows[rows["site"] == "resid_post"]
+    if pre.empty:
+        return pd.Series(dtype=float)
+    means = _weighted_mean_by_layer(pre)
+    if not post.empty:
+        last = int(post["layer"].max())
+        means.loc[last + 1] = _weighted_mean_by_layer(post[post["layer"] == last]).iloc[0]
+    return means.sort_index()
+
+
+def _weighted_mean_by_layer(rows: pd.DataFrame) -> pd.Series:
+    weighted = (rows["mean"] * rows["count"]).groupby(rows["layer"]).sum()
+    return weighted / rows.groupby("layer")["count"].sum()
+
+
+def growth_summary(means: pd.Series) -> dict[str, Any]:
+    if len(means) < 2 or (means <= 0).any():
+        return {"geometric": float("nan"), "fit": float("nan"), "fit_r2": float("nan")}
+    layers = means.index.to_numpy(dtype=float)
+    logs = np.log(means.to_numpy(dtype=float))
+    span = layers[-1] - layers[0]
+    geometric = float(np.exp((logs[-1] - logs[0]) / span))
+    slope, intercept = np.polyfit(layers, logs, 1)
+    residual = logs - (slope * layers + intercept)
+    total = ((logs - logs.mean()) ** 2).sum()
+    r2 = float(1 - (residual ** 2).sum() / total) if total > 0 else float("nan")
+    return {"geometric": geometric, "fit": float(np.exp(slope)), "fit_r2": r2}
+
+
+def norms_findings(norms: pd.DataFrame, by_token: pd.DataFrame | None) -> dict[str, Any]:
+    means = residual_stream_means(norms)
+    means_later = residual_stream_means(norms, exclude_position0=True)
+    out: dict[str, Any] = {
+        "residual_layers": [int(x) for x in means.index],
+        "residual_mean_norm": [float(x) for x in means],
+        "growth": growth_summary(means),
+        "growth_excluding_position0": growth_summary(means_later),
+    }
+    pre = norms[norms["site"] == "resid_pre"]
+    ratio, rho_position = {}, {}
+    for layer, rows in pre.groupby("layer"):
+        first = rows[rows["position"] == 0]
+        later = rows[rows["position"] > 0]
+        if not first.empty and not later.empty:
+            ratio[int(layer)] = float(first["mean"].iloc[0] / later["mean"].median())
+        rho_position[int(layer)] = spearman(later["position"], later["mean"])
+    out["position0_ratio"] = ratio
+    out["position0_ratio_max"] = max(ratio.values()) if ratio else float("nan")
+    out["position_spearman"] = rho_position
+    rho_frequency = {}
+    if by_token is not None and not by_token.empty:
+        for layer, rows in by_token[by_token["site"] == "resid_pre"].groupby("layer"):
+            rho_frequency[int(layer)] = spearman(np.log(rows["count"]), rows["mean"])
+    out["frequency_spearman"] = rho_frequency
+    out["n_nonfinite"] = int(norms["n_nonfinite"].sum()) if "n_nonfinite" in norms else 0
+    nonfinite = norms.groupby(["site", "layer"])["n_nonfinite"].sum() if "n_nonfinite" in norms else pd.Series(dtype=int)
+    out["nonfinite_by_layer"] = {f"{s}.{l}": int(v) for (s, l), v in nonfinite.items() if v > 0}
+    return out

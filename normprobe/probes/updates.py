@@ -1,0 +1,250 @@
+"""`updates`: each layer's update Δ to the residual stream, read as a step of an inner optimisation.
+
+For layer l, h_l is resid_pre and the block's update is Δ = h_{l+1} - h_l = attn_out + mlp_out.
+g = dCE/dh at h_l is the exact float32 gradient of the next-token cross-entropy read out
+through the model's own final norm and unembedding (the logit lens).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..probe import Probe
+from ..stats import GroupedMoments
+
+COMPONENTS = ("attn", "mlp", "block")
+METRICS = ("update_norm", "rel_update", "descent_cos", "step_eta", "step_r2", "next_cos", "total_cos")
+HIST_BINS = 80
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine; NaN where either vector is zero (counted apart, never averaged)."""
+    denom = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+    return torch.where(denom > 0, (a * b).sum(-1) / denom, torch.full_like(denom, float("nan")))
+
+
+def step_statistics(delta: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token alignment of an update with the descent direction -grad.
+
+    descent_cos = cos(Δ, -g); step_eta = the least-squares η in Δ ≈ -η g; step_r2 = the share of
+    ||Δ||² that -η g explains, which for the least-squares η is cos².
+    """
+    dot = (delta * grad).sum(-1)
+    grad_sq = (grad * grad).sum(-1)
+    cos = _cos(delta, -grad)
+    eta = torch.where(grad_sq > 0, -dot / grad_sq, torch.full_like(dot, float("nan")))
+    return {"descent_cos": cos, "step_eta": eta, "step_r2": cos * cos}
+
+
+class UpdatesProbe(Probe):
+    name = "updates"
+    description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
+
+    def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 22, **options: Any):
+        super().__init__(layers, **options)
+        self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
+
+    def setup(self, model, seq_len: int) -> None:
+        self._layers = self.selected_layers(model.n_layers)
+        self._n_layers = model.n_layers
+        self._d_model = model.d_model
+        self._readout = model.readout
+        self._vocab = model.d_vocab
+        self._seq_len = seq_len
+        last = model.n_layers - 1
+        self._hooks = {
+            l: {"pre": model.hook_name("resid_pre", l), "post": model.hook_name("resid_post", l),
+                "attn": model.hook_name("attn_out", l), "mlp": model.hook_name("mlp_out", l)}
+            for l in self._layers
+        }
+        self._first = model.hook_name("resid_pre", 0)
+        self._final = model.hook_name("resid_post", last)
+        n_rows = len(self._layers) * len(COMPONENTS)
+        device = model.device
+        self.moments = {m: GroupedMoments(n_rows, device, track_extremes=False) for m in METRICS}
+        self.lens = GroupedMoments(len(self._layers) + 1, device, track_extremes=False)  # + the output
+        self.lens_by_position = GroupedMoments((len(self._layers) + 1) * seq_len, device, track_extremes=False)
+        self.cos_by_position = GroupedMoments(len(self._layers) * seq_len, device, track_extremes=False)
+        self.histogram = torch.zeros(n_rows, HIST_BINS, dtype=torch.float64, device=device)
+
+    def hook_points(self) -> list[str]:
+        names = {self._first, self._final}
+        for hooks in self._hooks.values():
+            names.update(hooks.values())
+        return sorted(names)
+
+    def reduce(self, hook_name, activation, batch):
+        # Only tokens with a next token matter; keep them as float32 rows [N, d].
+        return activation[batch.has_next].float()
+
+    def _loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        step = max(1, self.vocab_chunk // self._vocab)
+        losses, grads = [], []
+        for start in range(0, h.shape[0], step):
+            loss, grad = self._readout.loss_and_grad(h[start : start + step], targets[start : start + step])
+            losses.append(loss)
+            grads.append(grad)
+        return torch.cat(losses), torch.cat(grads)
+
+    def _lens_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        step = max(1, self.vocab_chunk // self._vocab)
+        return torch.cat([self._readout.loss(h[s : s + step], targets[s : s + step]) for s in range(0, h.shape[0], step)])
+
+    def update(self, activations: dict[str, Any], batch) -> None:
+        targets = batch.next_tokens[batch.has_next]
+        if targets.numel() == 0:
+            return
+        positions = batch.positions[batch.has_next]
+        total = activations[self._final] - activations[self._first]
+        n = targets.shape[0]
+        previous: dict[str, torch.Tensor] | None = None
+        for slot, layer in enumerate(self._layers):
+            hooks = self._hooks[layer]
+            h = activations[hooks["pre"]]
+            deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
+                      "block": activations[hooks["post"]] - h}
+            loss, grad = self._loss_and_grad(h, targets)
+            self.lens.add(torch.full((n,), slot, device=loss.device), loss)
+            self.lens_by_position.add(slot * self._seq_len + positions, loss)
+            h_norm = torch.linalg.vector_norm(h, dim=-1)
+            for c, component in enumerate(COMPONENTS):
+                row = slot * len(COMPONENTS) + c
+                groups = torch.full((n,), row, device=loss.device)
+                delta = deltas[component]
+                delta_norm = torch.linalg.vector_norm(delta, dim=-1)
+                values = step_statistics(delta, grad)
+                values["update_norm"] = delta_norm
+                values["rel_update"] = delta_norm / h_norm
+                values["total_cos"] = _cos(delta, total)
+                for metric, v in values.items():
+                    self.moments[metric].add(groups, v)
+                cos = values["descent_cos"]
+                bins = ((cos.nan_to_num(0.0).clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
+                self.histogram[row].index_add_(0, bins[torch.isfinite(cos)], torch.ones_like(cos[torch.isfinite(cos)], dtype=torch.float64))
+                if component == "block":
+                    self.cos_by_position.add(slot * self._seq_len + positions, cos)
+                if previous is not None and self._layers[slot - 1] == layer - 1:
+                    prev_row = (slot - 1) * len(COMPONENTS) + c
+                    self.moments["next_cos"].add(torch.full((n,), prev_row, device=loss.device), _cos(previous[component], delta))
+            previous = deltas
+        output = len(self._layers)
+        final_loss = self._lens_loss(activations[self._final], targets)
+        self.lens.add(torch.full((n,), output, device=final_loss.device), final_loss)
+        self.lens_by_position.add(output * self._seq_len + positions, final_loss)
+
+    # -- merging and state -----------------------------------------------
+    def _all_moments(self) -> dict[str, GroupedMoments]:
+        return {**self.moments, "lens": self.lens, "lens_by_position": self.lens_by_position,
+                "cos_by_position": self.cos_by_position}
+
+    def merge(self, other: "UpdatesProbe") -> None:
+        mine, theirs = self._all_moments(), other._all_moments()
+        for key, moments in mine.items():
+            moments.merge(theirs[key])
+        self.histogram += other.histogram.to(self.histogram.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: m.state_dict() for k, m in self._all_moments().items()}
+        state["histogram"] = self.histogram.detach().cpu().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, moments in self._all_moments().items():
+            moments.load_state_dict(state[key])
+        self.histogram = state["histogram"].to(self.histogram.device, torch.float64).clone()
+
+    # -- tables ----------------------------------------------------------
+    def result(self) -> dict[str, pd.DataFrame]:
+        n_c = len(COMPONENTS)
+        rows = len(self._layers) * n_c
+        layers = np.repeat(self._layers, n_c).astype(np.int64)
+        lens_mean = self.lens.mean().cpu().numpy()
+        frame = pd.DataFrame({
+            "layer": layers,
+            "component": np.tile(COMPONENTS, len(self._layers)),
+            "count": self.moments["descent_cos"].count.cpu().numpy().astype(np.int64),
+            "update_norm_mean": self.moments["update_norm"].mean().cpu().numpy(),
+            "rel_update_mean": self.moments["rel_update"].mean().cpu().numpy(),
+            "lens_loss_mean": np.repeat(lens_mean[:-1], n_c),
+            "descent_cos_mean": self.moments["descent_cos"].mean().cpu().numpy(),
+            "descent_cos_std": self.moments["descent_cos"].std().cpu().numpy(),
+            "step_eta_mean": self.moments["step_eta"].mean().cpu().numpy(),
+            "step_r2_mean": self.moments["step_r2"].mean().cpu().numpy(),
+            "next_cos_mean": _mean_or_nan(self.moments["next_cos"]),
+            "total_cos_mean": self.moments["total_cos"].mean().cpu().numpy(),
+            "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
+        })
+        output = {c: np.nan for c in frame.columns}
+        output.update(layer=self._n_layers, component="output", count=int(self.lens.count[-1]),
+                      lens_loss_mean=float(lens_mean[-1]), n_nonfinite=int(self.lens.nonfinite[-1]))
+        frame = pd.concat([frame, pd.DataFrame([output])], ignore_index=True)
+        frame["count"] = frame["count"].astype(np.int64)
+        frame["n_nonfinite"] = frame["n_nonfinite"].astype(np.int64)
+        frame["chance_cos_std"] = 1.0 / math.sqrt(self._d_model)
+        frame = frame[frame["count"] > 0].reset_index(drop=True) if rows else frame
+
+        width = self._seq_len
+        slots = self._layers + [self._n_layers]
+        lens_pos = self.lens_by_position
+        cos_pos = self.cos_by_position
+        cos_mean = np.concatenate([cos_pos.mean().cpu().numpy(), np.full(width, np.nan)])
+        by_position = pd.DataFrame({
+            "layer": np.repeat(slots, width).astype(np.int64),
+            "position": np.tile(np.arange(width), len(slots)).astype(np.int64),
+            "count": lens_pos.count.cpu().numpy().astype(np.int64),
+            "lens_loss_mean": lens_pos.mean().cpu().numpy(),
+            "descent_cos_mean": cos_mean,
+        })
+        by_position = by_position[by_position["count"] > 0].reset_index(drop=True)
+
+        hist = self.histogram.cpu().numpy()
+        edges = np.linspace(-1, 1, HIST_BINS + 1)
+        histogram = pd.DataFrame({
+            "layer": np.repeat(layers, HIST_BINS),
+            "component": np.repeat(np.tile(COMPONENTS, len(self._layers)), HIST_BINS),
+            "bin_left": np.tile(edges[:-1], rows),
+            "bin_right": np.tile(edges[1:], rows),
+            "count": hist.reshape(-1).astype(np.int64),
+        })
+        return {"updates": frame, "updates_by_position": by_position, "updates_hist": histogram}
+
+    @classmethod
+    def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        return updates_findings(tables["updates"])
+
+
+def _mean_or_nan(moments: GroupedMoments) -> np.ndarray:
+    mean = moments.mean().cpu().numpy()
+    return np.where(moments.count.cpu().numpy() > 0, mean, np.nan)
+
+
+def updates_findings(updates: pd.DataFrame) -> dict[str, Any]:
+    steps = updates[updates["component"] != "output"].copy()
+    half_width = 1.96 * steps["descent_cos_std"] / np.sqrt(steps["count"].clip(lower=1))
+    steps["ci_low"] = steps["descent_cos_mean"] - half_width
+    steps["ci_high"] = steps["descent_cos_mean"] + half_width
+    positive = {
+        c: [int(l) for l in rows.loc[rows["ci_low"] > 0, "layer"]]
+        for c, rows in steps.groupby("component", sort=False)
+    }
+    lens = updates.drop_duplicates("layer").sort_values("layer")
+    losses = lens["lens_loss_mean"].to_numpy(dtype=float)
+    drops = -np.diff(losses)
+    chance = float(updates["chance_cos_std"].iloc[0]) if len(updates) else float("nan")
+    return {
+        "descent_positive_layers": positive,
+        "descent_ci": {
+            c: {int(r.layer): [float(r.ci_low), float(r.ci_high)] for r in rows.itertuples()}
+            for c, rows in steps.groupby("component", sort=False)
+        },
+        "chance_cos_std": chance,
+        "lens_loss": {int(l): float(v) for l, v in zip(lens["layer"], losses)},
+        "lens_loss_falls_every_layer": bool(len(drops) > 0 and (drops > 0).all()),
+        "lens_loss_rising_after_layers": [int(l) for l, d in zip(lens["layer"].iloc[:-1], drops) if d <= 0],
+        "lens_loss_total_drop": float(losses[0] - losses[-1]) if len(losses) else float("nan"),
+        "n_nonfinite": int(updates["n_nonfinite"].sum()),
+    }

@@ -1,0 +1,131 @@
+"""Finding probes: built-ins, the `normprobe.probes` entry-point group, files and module:Class specs."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .errors import NormprobeError
+
+ENTRY_POINT_GROUP = "normprobe.probes"
+
+
+@dataclass(frozen=True)
+class ProbeEntry:
+    name: str
+    target: str  # "module:Class"
+    origin: str  # "built-in", "entry point (dist)", a file path
+    description: str = ""
+
+
+BUILTIN = (
+    ProbeEntry("norms", "normprobe.probes.norms:NormsProbe", "built-in",
+               "L2 norm of each token's vector per (site, layer, position); growth, position-0, position and frequency findings"),
+    ProbeEntry("updates", "normprobe.probes.updates:UpdatesProbe", "built-in",
+               "per-layer residual updates: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"),
+)
+
+
+def registered_probes() -> dict[str, ProbeEntry]:
+    """Built-in and installed probes by name; a name claimed twice is an error."""
+    found: dict[str, ProbeEntry] = {}
+    entries = list(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(getattr(ep, "dist", None), "name", "?")
+        entries.append(ProbeEntry(ep.name, ep.value, f"entry point ({dist})"))
+    for entry in entries:
+        if entry.name in found:
+            raise NormprobeError(
+                f"probe name {entry.name!r} is claimed twice: by {found[entry.name].origin} ({found[entry.name].target}) "
+                f"and by {entry.origin} ({entry.target}); uninstall or rename one"
+            )
+        found[entry.name] = entry
+    return found
+
+
+def _load_target(target: str, origin: str):
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise NormprobeError(f"cannot import probe {target!r} ({origin}): {exc}") from None
+    if not attr:
+        return _single_probe_class(module, target)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise NormprobeError(f"module {module_name!r} has no {attr!r} (probe {target!r})") from None
+
+
+def _probe_classes(module) -> list[type]:
+    from .probe import Probe
+
+    return [obj for obj in vars(module).values()
+            if inspect.isclass(obj) and issubclass(obj, Probe) and obj is not Probe
+            and obj.__module__ == module.__name__]
+
+
+def _single_probe_class(module, where: str):
+    classes = _probe_classes(module)
+    if len(classes) != 1:
+        names = ", ".join(c.__name__ for c in classes) or "none"
+        raise NormprobeError(f"{where} must define exactly one Probe subclass (found: {names}); name one as FILE.py:Class")
+    return classes[0]
+
+
+def _load_file(spec: str):
+    path_text, _, attr = spec.partition(".py:")
+    path = Path(path_text + ".py" if attr else spec)
+    if not path.is_file():
+        raise NormprobeError(f"probe file not found: {path}")
+    module_name = f"normprobe_user_probe_{path.stem}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - a user's file can fail in any way
+        raise NormprobeError(f"probe file {path} failed to import: {type(exc).__name__}: {exc}") from None
+    if attr:
+        if not hasattr(module, attr):
+            raise NormprobeError(f"probe file {path} has no class {attr!r}")
+        return getattr(module, attr)
+    return _single_probe_class(module, str(path))
+
+
+def resolve_probe(spec: str):
+    """The probe class for a name, a file (`path.py` or `path.py:Class`) or `package.module:Class`."""
+    from .probe import Probe
+
+    if spec.endswith(".py") or ".py:" in spec:
+        cls = _load_file(spec)
+    elif ":" in spec:
+        cls = _load_target(spec, spec)
+    else:
+        entries = registered_probes()
+        if spec not in entries:
+            raise NormprobeError(f"unknown probe {spec!r}; available: {', '.join(sorted(entries))} (or a FILE.py / module:Class)")
+        cls = _load_target(entries[spec].target, entries[spec].origin)
+    if not (inspect.isclass(cls) and issubclass(cls, Probe)):
+        raise NormprobeError(f"{spec!r} is not a normprobe Probe subclass")
+    if not cls.name:
+        raise NormprobeError(f"probe class {cls.__name__} ({spec}) sets no `name`")
+    return cls
+
+
+def resolve_probes(specs: list) -> list[type]:
+    """Probe classes for names, files, module:Class specs or classes given directly."""
+    from .probe import Probe
+
+    classes = [s if inspect.isclass(s) and issubclass(s, Probe) else resolve_probe(str(s)) for s in specs]
+    names = [c.name for c in classes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise NormprobeError(f"probe name given twice: {', '.join(duplicates)}")
+    if not classes:
+        raise NormprobeError("no probe given; use --probe norms (see `normprobe probes`)")
+    return classes

@@ -1,0 +1,141 @@
+"""Figures for the norms probe, from its tables alone."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .common import Block, Section, empty_figure, esc, figure, grid_within_budget, log_toggle, pooled_by, spans_orders
+
+SITE_ORDER = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def norms_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
+    g, g0 = f.get("growth", {}), f.get("growth_excluding_position0", {})
+    rows = [
+        ("Norm growth per layer, h_0..h_L (geometric mean of ratios)", _fmt(g.get("geometric"))),
+        ("Norm growth per layer, exponential fit (R²)", f"{_fmt(g.get('fit'))} (R² {_fmt(g.get('fit_r2'))})"),
+        ("Norm growth per layer, positions ≥ 1 only (geometric)", _fmt(g0.get("geometric"))),
+        ("Largest position-0 outlier ratio (norm at 0 / median of others)", _fmt(f.get("position0_ratio_max"))),
+    ]
+    ratio = f.get("position0_ratio") or {}
+    if ratio:
+        rows.append(("Position-0 ratio by layer", ", ".join(f"L{k}: {_fmt(v)}" for k, v in ratio.items())))
+    for key, label in (("position_spearman", "Spearman ρ(norm, position ≥ 1) by layer"),
+                       ("frequency_spearman", "Spearman ρ(norm, log token frequency) by layer")):
+        values = f.get(key) or {}
+        if values:
+            rows.append((label, ", ".join(f"L{k}: {_fmt(v, 2)}" for k, v in values.items())))
+    rows.append(("Non-finite norms (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
+    return rows
+
+
+def heatmap(norms: pd.DataFrame) -> go.Figure:
+    title = "Mean norm over layer and position"
+    if norms.empty:
+        return empty_figure(title, "the run measured no tokens")
+    fig = figure(title, "position in window", "layer", height=480)
+    sites = [s for s in SITE_ORDER if s in set(norms["site"])]
+    widest = 1
+    for scale in ("linear", "log10"):
+        for i, site in enumerate(sites):
+            rows, cols, z, width = grid_within_budget(norms[norms["site"] == site], "layer", "position", "mean")
+            widest = max(widest, width)
+            if scale == "log10":
+                z = np.log10(np.where(z > 0, z, np.nan))
+            where = f"positions %{{x}}..%{{x}}+{width - 1}" if width > 1 else "position %{x}"
+            fig.add_trace(go.Heatmap(
+                x=cols, y=rows, z=z, colorscale="Viridis", visible=(scale == "linear" and i == 0),
+                name=f"{site} {scale}", colorbar=dict(title="norm" if scale == "linear" else "log10 norm"),
+                hovertemplate=f"{site}<br>layer %{{y}}<br>{where}<br>{'mean norm' if scale == 'linear' else 'log10 mean norm'} %{{z:.4g}}<extra></extra>"))
+    n = len(fig.data)
+    buttons = [dict(label=trace.name, method="update", args=[{"visible": [j == k for j in range(n)]}])
+               for k, trace in enumerate(fig.data)]
+    fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, y=1.15, xanchor="right", yanchor="top")])
+    if widest > 1:
+        fig.add_annotation(text=f"positions averaged in bins of {widest} to fit the point budget",
+                           x=0, y=-0.18, xref="paper", yref="paper", showarrow=False, font=dict(size=11, color="#666"))
+    return fig
+
+
+def norm_per_layer(norms: pd.DataFrame) -> go.Figure:
+    title = "Mean norm per layer, by site (band: ± one standard deviation over tokens)"
+    if norms.empty:
+        return empty_figure(title, "the run measured no tokens")
+    fig = figure(title, "layer", "L2 norm")
+    pooled = pooled_by(norms, ["site", "layer"])
+    for site in [s for s in SITE_ORDER if s in set(pooled["site"])]:
+        rows = pooled[pooled["site"] == site]
+        colour = fig.layout.template.layout.colorway[SITE_ORDER.index(site)]
+        fig.add_trace(go.Scatter(x=np.concatenate([rows["layer"], rows["layer"][::-1]]),
+                                 y=np.concatenate([rows["mean"] + rows["std"], (rows["mean"] - rows["std"]).clip(lower=0)[::-1]]),
+                                 fill="toself", line=dict(width=0), fillcolor=colour, opacity=0.15, hoverinfo="skip",
+                                 showlegend=False, legendgroup=site))
+        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["mean"], name=site, mode="lines+markers", legendgroup=site,
+                                 line=dict(color=colour), customdata=np.stack([rows["std"], rows["count"]], axis=1),
+                                 hovertemplate=f"{site}<br>layer %{{x}}<br>mean %{{y:.4g}}<br>std %{{customdata[0]:.3g}}<br>tokens %{{customdata[1]}}<extra></extra>"))
+    fig.update_layout(updatemenus=[log_toggle("yaxis")])
+    if spans_orders(pooled["mean"]):
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def norm_by_position(norms: pd.DataFrame) -> go.Figure:
+    title = "Mean resid_pre norm against position, per layer"
+    pre = norms[norms["site"] == "resid_pre"]
+    if pre.empty:
+        return empty_figure(title, "no resid_pre norms were measured")
+    fig = figure(title, "position in window", "mean L2 norm")
+    layers = sorted(pre["layer"].unique())
+    shown = {layers[0], layers[len(layers) // 2], layers[-1]}
+    for layer in layers:
+        rows = pre[pre["layer"] == layer]
+        fig.add_trace(go.Scatter(x=rows["position"], y=rows["mean"], mode="lines", name=f"layer {layer}",
+                                 visible=True if layer in shown else "legendonly", customdata=rows["count"],
+                                 hovertemplate=f"layer {layer}<br>position %{{x}}<br>mean norm %{{y:.4g}}<br>tokens %{{customdata}}<extra></extra>"))
+    fig.update_layout(updatemenus=[log_toggle("yaxis"), log_toggle("xaxis", x=0.75)])
+    if spans_orders(pre["mean"]):
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def norm_by_frequency(tokens: pd.DataFrame | None) -> go.Figure:
+    title = "Mean resid_pre norm of each token type against its frequency in the corpus (positions ≥ 1)"
+    if tokens is None or tokens.empty:
+        return empty_figure(title, "no token table (every token sat at position 0, or the run was empty)")
+    pre = tokens[tokens["site"] == "resid_pre"]
+    fig = figure(title, "occurrences in the corpus", "mean L2 norm", height=480)
+    layers = sorted(pre["layer"].unique())
+    for i, layer in enumerate(layers):
+        rows = pre[pre["layer"] == layer]
+        fig.add_trace(go.Scattergl(
+            x=rows["count"], y=rows["mean"], mode="markers", name=f"layer {layer}", visible=(i == len(layers) - 1),
+            marker=dict(size=5, opacity=0.6), text=[esc(t) for t in rows["token"]], customdata=rows["token_id"],
+            hovertemplate=f"token %{{text}} (id %{{customdata}})<br>layer {layer}<br>count %{{x}}<br>mean norm %{{y:.4g}}<extra></extra>"))
+    buttons = [dict(label=f"layer {l}", method="update", args=[{"visible": [j == i for j in range(len(layers))]}])
+               for i, l in enumerate(layers)]
+    fig.update_xaxes(type="log")
+    fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.15, xanchor="right", yanchor="top")])
+    return fig
+
+
+def render_norms(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
+    norms = tables.get("norms", pd.DataFrame(columns=["site", "layer", "position", "count", "mean", "std"]))
+    tokens = tables.get("norms_by_token")
+    bos = "position 0 is BOS" if meta.get("prepend_bos") else "no BOS was prepended; position 0 is the first text token"
+    return Section(
+        title="Token norms", anchor="norms", findings=norms_findings_rows(findings),
+        blocks=[
+            Block(figure=heatmap(norms), caption=f"Count-weighted mean over all windows; {esc(bos)}."),
+            Block(figure=norm_per_layer(norms)),
+            Block(figure=norm_by_position(norms), caption="Click legend entries to show more layers."),
+            Block(figure=norm_by_frequency(tokens), caption="Hover a point for its token. Use the menu to pick a layer."),
+        ])

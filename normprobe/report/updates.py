@@ -1,0 +1,137 @@
+"""Figures for the updates probe, from its tables alone."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .common import Block, Section, empty_figure, figure, grid_within_budget, log_toggle, spans_orders
+from .norms import _fmt
+
+COMPONENT_COLOURS = {"attn": "#1f77b4", "mlp": "#d62728", "block": "#2ca02c"}
+
+
+def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
+    chance = f.get("chance_cos_std")
+    rows = []
+    for component, layers in (f.get("descent_positive_layers") or {}).items():
+        rows.append((f"Layers whose {component} update descends the loss (mean cos > 0, 95% CI excludes 0)",
+                     ", ".join(map(str, layers)) or "none"))
+    rows.append(("Chance level of a cosine in d_model dimensions (std of cos for a random direction)", _fmt(chance)))
+    rows.append(("Lens loss falls at every layer", "yes" if f.get("lens_loss_falls_every_layer") else
+                 f"no (rises or stays after layers {', '.join(map(str, f.get('lens_loss_rising_after_layers') or [])) or 'n/a'})"))
+    rows.append(("Lens loss, first layer to model output (total drop)", _fmt(f.get("lens_loss_total_drop"))))
+    rows.append(("Non-finite values (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
+    return rows
+
+
+def lens_loss_curve(updates: pd.DataFrame) -> go.Figure:
+    title = "Logit-lens loss of the next token, read out from h_l (the last point is the model's output)"
+    lens = updates.drop_duplicates("layer").sort_values("layer")
+    if lens.empty:
+        return empty_figure(title, "no token had a next token")
+    fig = figure(title, "layer (n_layers = model output)", "cross-entropy (nats)")
+    fig.add_trace(go.Scatter(x=lens["layer"], y=lens["lens_loss_mean"], mode="lines+markers", name="lens loss",
+                             customdata=lens["count"],
+                             hovertemplate="layer %{x}<br>loss %{y:.4f}<br>tokens %{customdata}<extra></extra>"))
+    fig.update_layout(updatemenus=[log_toggle("yaxis")])
+    return fig
+
+
+def descent_alignment(updates: pd.DataFrame) -> go.Figure:
+    title = "Descent alignment cos(Δ, -dCE/dh) per layer (band: 95% CI; grey: ±1.96 × chance std)"
+    steps = updates[updates["component"] != "output"]
+    if steps.empty:
+        return empty_figure(title, "no update was measured")
+    fig = figure(title, "layer", "mean cosine")
+    chance = float(steps["chance_cos_std"].iloc[0])
+    layers = np.sort(steps["layer"].unique())
+    fig.add_trace(go.Scatter(x=np.concatenate([layers, layers[::-1]]),
+                             y=np.concatenate([np.full(len(layers), 1.96 * chance), np.full(len(layers), -1.96 * chance)]),
+                             fill="toself", fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), name="random direction",
+                             hoverinfo="skip"))
+    for component, rows in steps.groupby("component", sort=False):
+        half = 1.96 * rows["descent_cos_std"] / np.sqrt(rows["count"].clip(lower=1))
+        colour = COMPONENT_COLOURS.get(component)
+        fig.add_trace(go.Scatter(x=np.concatenate([rows["layer"], rows["layer"][::-1]]),
+                                 y=np.concatenate([rows["descent_cos_mean"] + half, (rows["descent_cos_mean"] - half)[::-1]]),
+                                 fill="toself", fillcolor=colour, opacity=0.2, line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False, legendgroup=component))
+        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["descent_cos_mean"], mode="lines+markers", name=component,
+                                 line=dict(color=colour), legendgroup=component,
+                                 customdata=np.stack([half, rows["count"]], axis=1),
+                                 hovertemplate=f"{component}<br>layer %{{x}}<br>mean cos %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>tokens %{{customdata[1]}}<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="#888", width=1))
+    return fig
+
+
+def alignment_heatmap(by_position: pd.DataFrame) -> go.Figure:
+    title = "Descent alignment of the block update over layer and position"
+    rows = by_position.dropna(subset=["descent_cos_mean"])
+    if rows.empty:
+        return empty_figure(title, "no update was measured")
+    layers, cols, z, width = grid_within_budget(rows, "layer", "position", "descent_cos_mean")
+    fig = figure(title, "position in window", "layer", height=460)
+    where = f"positions %{{x}}..%{{x}}+{width - 1}" if width > 1 else "position %{x}"
+    bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig.add_trace(go.Heatmap(x=cols, y=layers, z=z, colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound,
+                             colorbar=dict(title="cos"),
+                             hovertemplate=f"layer %{{y}}<br>{where}<br>mean cos %{{z:.4f}}<extra></extra>"))
+    return fig
+
+
+def alignment_histogram(hist: pd.DataFrame | None) -> go.Figure:
+    title = "Per-token descent alignment at one layer (menu: layer)"
+    if hist is None or hist.empty or hist["count"].sum() == 0:
+        return empty_figure(title, "no update was measured")
+    fig = figure(title, "cos(Δ, -dCE/dh)", "tokens")
+    layers = sorted(hist["layer"].unique())
+    components = list(dict.fromkeys(hist["component"]))
+    for layer in layers:
+        for component in components:
+            rows = hist[(hist["layer"] == layer) & (hist["component"] == component)]
+            centres = (rows["bin_left"] + rows["bin_right"]) / 2
+            fig.add_trace(go.Bar(x=centres, y=rows["count"], width=rows["bin_right"] - rows["bin_left"],
+                                 name=component, marker_color=COMPONENT_COLOURS.get(component), opacity=0.6,
+                                 visible=(layer == layers[-1]),
+                                 hovertemplate=f"{component}, layer {layer}<br>cos %{{x:.3f}}<br>tokens %{{y}}<extra></extra>"))
+    per_layer = len(components)
+    n = len(fig.data)
+    buttons = [dict(label=f"layer {l}", method="update",
+                    args=[{"visible": [i // per_layer == k for i in range(n)]}]) for k, l in enumerate(layers)]
+    fig.update_layout(barmode="overlay", updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.15,
+                                                           xanchor="right", yanchor="top")])
+    return fig
+
+
+def update_norms(updates: pd.DataFrame) -> go.Figure:
+    title = "Update norm ||Δ|| per layer, by component"
+    steps = updates[updates["component"] != "output"]
+    if steps.empty:
+        return empty_figure(title, "no update was measured")
+    fig = figure(title, "layer", "mean ||Δ||")
+    for component, rows in steps.groupby("component", sort=False):
+        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["update_norm_mean"], mode="lines+markers", name=component,
+                                 line=dict(color=COMPONENT_COLOURS.get(component)),
+                                 customdata=np.stack([rows["rel_update_mean"], rows["step_eta_mean"]], axis=1),
+                                 hovertemplate=f"{component}<br>layer %{{x}}<br>mean ||Δ|| %{{y:.4g}}<br>mean ||Δ||/||h|| %{{customdata[0]:.3g}}<br>mean step η %{{customdata[1]:.3g}}<extra></extra>"))
+    fig.update_layout(updatemenus=[log_toggle("yaxis")])
+    if spans_orders(steps["update_norm_mean"]):
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def render_updates(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
+    updates = tables.get("updates", pd.DataFrame(columns=["layer", "component", "count", "lens_loss_mean"]))
+    return Section(
+        title="Inner-loop updates", anchor="updates", findings=updates_findings_rows(findings),
+        blocks=[
+            Block(figure=lens_loss_curve(updates)),
+            Block(figure=descent_alignment(updates),
+                  caption="A cosine above the grey band is more aligned with descent than a random direction would be."),
+            Block(figure=alignment_heatmap(tables.get("updates_by_position", pd.DataFrame(columns=["layer", "position", "count", "descent_cos_mean"])))),
+            Block(figure=alignment_histogram(tables.get("updates_hist"))),
+            Block(figure=update_norms(updates)),
+        ])

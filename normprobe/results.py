@@ -1,0 +1,120 @@
+"""A run's tables, findings and metadata; saved as run.json plus one parquet per table."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import NormprobeError
+
+RUN_FILE = "run.json"
+REPORT_FILE = "report.html"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null so run.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside the target, then rename: a reader sees all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def check_output_dir(path: Path, overwrite: bool = False) -> None:
+    """Refuse a non-empty folder (unless overwrite) and one that cannot be written, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NormprobeError(f"output path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise NormprobeError(f"output folder {path} exists and is not empty; pass --overwrite or choose another --out")
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise NormprobeError(f"output folder {path} cannot be written ({probe} is a file, not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NormprobeError(f"output folder {path} cannot be written (no write permission on {probe})")
+
+
+@dataclass
+class RunResult:
+    """What one run measured. `tables` are tidy DataFrames; `findings` maps a probe name to its headline numbers."""
+
+    tables: dict[str, pd.DataFrame]
+    findings: dict[str, dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
+
+    def save(self, out: str | Path, overwrite: bool = False, report: bool = True,
+             plotlyjs: str = "inline") -> Path:
+        """Write run.json, one parquet per table and (by default) report.html into `out`."""
+        out = Path(out)
+        check_output_dir(out, overwrite)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, frame in self.tables.items():
+                write_atomic(out / f"{name}.parquet", _parquet_bytes(frame))
+            if report:
+                self.to_html(out / REPORT_FILE, plotlyjs=plotlyjs)
+            # run.json last: a folder whose run.json says complete has every file.
+            write_atomic(out / RUN_FILE, self.run_json().encode("utf-8"))
+        except OSError as exc:
+            raise NormprobeError(f"cannot write results to {out}: {exc.strerror or exc}") from None
+        return out
+
+    def run_json(self) -> str:
+        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings}
+        return json.dumps(_json_safe(body), indent=2, sort_keys=False) + "\n"
+
+    def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
+        from .report import render_report
+
+        path = Path(path)
+        write_atomic(path, render_report(self, plotlyjs=plotlyjs).encode("utf-8"))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RunResult":
+        folder = Path(folder)
+        run_file = folder / RUN_FILE
+        if not run_file.is_file():
+            raise NormprobeError(f"{folder} holds no {RUN_FILE}; is it a normprobe run folder?")
+        try:
+            body = json.loads(run_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise NormprobeError(f"{run_file} is not valid JSON ({exc})") from None
+        names = body.pop("tables", [])
+        findings = body.pop("findings", {})
+        tables = {}
+        for name in names:
+            table_file = folder / f"{name}.parquet"
+            if table_file.is_file():
+                tables[name] = pd.read_parquet(table_file)
+        return cls(tables=tables, findings=findings, meta=body)
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()

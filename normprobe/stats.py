@@ -1,0 +1,82 @@
+"""Streaming, mergeable statistics over groups: count, sum, squared deviations, min, max.
+
+Sums are float64, and the spread is kept as the sum of squared deviations from the mean
+(Chan et al.'s pairwise update), so a constant value has std exactly 0 and merging
+shards or ranks in any order agrees to ~1e-12. Values that are not finite are counted
+apart and never enter a statistic.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_FIELDS = ("count", "total", "m2", "minimum", "maximum", "nonfinite")
+
+
+class GroupedMoments:
+    """Moments of a value per group index in [0, n_groups)."""
+
+    def __init__(self, n_groups: int, device: str | torch.device = "cpu", track_extremes: bool = True):
+        self.n_groups = n_groups
+        self.track_extremes = track_extremes
+        f64 = dict(dtype=torch.float64, device=device)
+        self.count = torch.zeros(n_groups, **f64)
+        self.total = torch.zeros(n_groups, **f64)
+        self.m2 = torch.zeros(n_groups, **f64)
+        self.nonfinite = torch.zeros(n_groups, **f64)
+        self.minimum = torch.full((n_groups,), float("inf"), **f64) if track_extremes else None
+        self.maximum = torch.full((n_groups,), float("-inf"), **f64) if track_extremes else None
+
+    def add(self, groups: torch.Tensor, values: torch.Tensor) -> None:
+        """Add values [N] (any float dtype) to their groups [N] (int64)."""
+        values = values.to(torch.float64)
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            self.nonfinite.index_add_(0, groups[~finite], torch.ones_like(values[~finite]))
+            groups, values = groups[finite], values[finite]
+        count = torch.zeros_like(self.count).index_add_(0, groups, torch.ones_like(values))
+        total = torch.zeros_like(self.total).index_add_(0, groups, values)
+        mean = total / count.clamp(min=1)
+        deviation = values - mean[groups]
+        m2 = torch.zeros_like(self.m2).index_add_(0, groups, deviation * deviation)
+        self._combine(count, total, m2)
+        if self.track_extremes:
+            self.minimum.scatter_reduce_(0, groups, values, reduce="amin")
+            self.maximum.scatter_reduce_(0, groups, values, reduce="amax")
+
+    def _combine(self, count: torch.Tensor, total: torch.Tensor, m2: torch.Tensor) -> None:
+        n = self.count + count
+        delta = total / count.clamp(min=1) - self.total / self.count.clamp(min=1)
+        cross = torch.where(n > 0, delta * delta * self.count * count / n.clamp(min=1), torch.zeros_like(n))
+        self.m2 = self.m2 + m2 + cross
+        self.count = n
+        self.total = self.total + total
+
+    def merge(self, other: "GroupedMoments") -> None:
+        if other.n_groups != self.n_groups:
+            raise ValueError(f"cannot merge moments of {other.n_groups} groups into {self.n_groups}")
+        device = self.count.device
+        self._combine(other.count.to(device), other.total.to(device), other.m2.to(device))
+        self.nonfinite += other.nonfinite.to(self.nonfinite.device)
+        if self.track_extremes:
+            self.minimum = torch.minimum(self.minimum, other.minimum.to(self.minimum.device))
+            self.maximum = torch.maximum(self.maximum, other.maximum.to(self.maximum.device))
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count.clamp(min=1)
+
+    def std(self) -> torch.Tensor:
+        """Population standard deviation (0 for a single value)."""
+        return (self.m2 / self.count.clamp(min=1)).clamp(min=0).sqrt()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            current = getattr(self, key)
+            if current is None or current.shape != value.shape:
+                raise ValueError(f"state for {key!r} does not fit these moments")
+            setattr(self, key, value.to(current.device, torch.float64).clone())

@@ -1,0 +1,50 @@
+"""Plain, slow reference computations written independently of normprobe's code paths."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+def token_ids(tokenizer, doc: str, prepend_bos: bool = True) -> list[int]:
+    ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+    if prepend_bos and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def final_norm_module(hf):
+    for path in ("transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm", "model.norm",
+                 "model.final_layernorm"):
+        obj = hf
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise LookupError("no final norm found")
+
+
+@torch.no_grad()
+def hf_residuals(hf, ids: list[int]) -> list[torch.Tensor]:
+    """h_0..h_L for one document, one at a time: hidden_states[l] for l < L, and the final norm's input."""
+    captured = {}
+    handle = final_norm_module(hf).register_forward_pre_hook(lambda m, args: captured.setdefault("h", args[0]))
+    try:
+        out = hf(torch.tensor([ids]), output_hidden_states=True)
+    finally:
+        handle.remove()
+    n_layers = len(out.hidden_states) - 1
+    return [out.hidden_states[l][0].double() for l in range(n_layers)] + [captured["h"][0].double()]
+
+
+def mean_norm_by_layer_position(hf, tokenizer, docs, prepend_bos=True):
+    """{(layer, position): mean norm} over docs; layer L is the last block's output."""
+    sums, counts = defaultdict(float), defaultdict(int)
+    for doc in docs:
+        for layer, h in enumerate(hf_residuals(hf, token_ids(tokenizer, doc, prepend_bos))):
+            for position, vector in enumerate(h):
+                sums[(layer, position)] += float(vector.norm())
+                counts[(layer, position)] += 1
+    return {k: sums[k] / counts[k] for k in sums}

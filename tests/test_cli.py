@@ -1,0 +1,151 @@
+"""The CLI end to end on the demo model, and every bad input: one line, non-zero exit, nothing written."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from normprobe.cli import main
+
+
+def invoke(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return exc.value.code or 0, out, err
+
+
+def test_help_is_fast_and_lazy():
+    import subprocess
+    import sys
+
+    started = time.time()
+    code = ("import sys\nfrom normprobe.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'transformer_lens' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code],
+                          capture_output=True, text=True)
+    assert "Usage" in proc.stdout
+    assert proc.stdout.strip().endswith("False False")
+    assert time.time() - started < 5  # generous; typically ~0.3 s
+
+
+def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = invoke(["run", "demo", "--probe", "norms", "--probe", "updates", "--max-docs", "12",
+                                "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    assert names == {"run.json", "report.html", "norms.parquet", "norms_by_token.parquet", "updates.parquet",
+                     "updates_by_position.parquet", "updates_hist.parquet"}
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["n_docs"] == 12 and meta["model"] == "demo"
+    assert meta["n_layers"] == 4 and meta["family"] == "GPT-2" and set(meta["findings"]) == {"norms", "updates"}
+    first = (out / "report.html").read_text()
+    assert first.count("Plotly.newPlot") == 9
+    code, _, err = invoke(["report", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "report.html").read_text() == first
+
+
+def test_probes_and_models_list(capsys):
+    code, out, _ = invoke(["probes"], capsys)
+    assert code == 0 and "norms" in out and "updates" in out and "built-in" in out
+    code, out, _ = invoke(["models"], capsys)
+    assert code == 0 and "gpt2-small" in out and "GPT-NeoX" in out and "Gemma" in out
+
+
+def _bad_folders(tmp_path):
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    from normprobe.adapter import DEMO_DIR
+
+    for f in DEMO_DIR.iterdir():
+        if f.suffix == ".json":
+            (corrupt / f.name).write_text(f.read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    bloom = tmp_path / "bloom"
+    bloom.mkdir()
+    (bloom / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    (bloom / "model.safetensors").write_bytes(b"x")
+    return no_weights, corrupt, bloom
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("  \n \n")
+    (tmp_path / "bin.txt").write_bytes(b"\x89PNG\x00\x00\x01")
+    (tmp_path / "latin.txt").write_bytes(b"ok\ncaf\xe9\n")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    (tmp_path / "nofield.jsonl").write_text('{"body": "a"}\n')
+    (tmp_path / "nocol.csv").write_text("body,id\nhello,1\n")
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "keep.txt").write_text("precious")
+    return tmp_path
+
+
+CASES = [
+    (["--probe", "nope"], "unknown probe 'nope'"),
+    (["--input", "{d}/missing.txt"], "input file not found"),
+    (["--input", "{d}/empty.txt"], "holds no documents"),
+    (["--input", "{d}/blank.txt"], "holds no documents"),
+    (["--input", "{d}/bin.txt"], "looks binary"),
+    (["--input", "{d}/latin.txt"], "line 2 is not valid utf-8"),
+    (["--input", "{d}/bad.jsonl"], "line 2 is not valid JSON"),
+    (["--input", "{d}/nofield.jsonl"], "line 1 has no field 'text'"),
+    (["--input", "{d}/nocol.csv"], "columns found: body, id"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--max-docs", "-3"], "--max-docs must be at least 1"),
+    (["--seq-len", "1"], "--seq-len must be at least 2"),
+    (["--dtype", "float8"], "unknown dtype"),
+    (["--layers", "a,b"], "invalid --layers"),
+    (["--layers", "7"], "invalid layer index 7"),
+    (["--errors", "ignore"], "--errors must be strict or replace"),
+    (["--batch-size", "many"], "Invalid value for '--batch-size'"),
+    (["--out", "{d}/occupied"], "exists and is not empty"),
+]
+
+
+@pytest.mark.parametrize("extra, message", CASES, ids=[c[1][:30] for c in CASES])
+def test_bad_input_one_line_error(extra, message, inputs, capsys):
+    out = inputs / "out"
+    argv = ["run", "demo", "--no-progress"] + [a.format(d=inputs) for a in extra]
+    if "--out" not in extra:
+        argv += ["--out", str(out)]
+    code, stdout, err = invoke(argv, capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("normprobe: error:"), err
+    assert message in lines[0]
+    assert not out.exists()
+    assert (inputs / "occupied" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("which, message", [
+    ("no-weights", "has no weights"),
+    ("corrupt", "looks corrupt"),
+    ("bloom", "architecture 'bloom' is not supported; supported families: GPT-2"),
+    ("hub", "is not a local folder and is not in the Hugging Face cache"),
+])
+def test_bad_models(which, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    no_weights, corrupt, bloom = _bad_folders(tmp_path)
+    model = {"no-weights": str(no_weights), "corrupt": str(corrupt), "bloom": str(bloom),
+             "hub": "no-such-org/no-such-model-xyz"}[which]
+    code, _, err = invoke(["run", model, "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = invoke(["run", "demo", "--out", str(blocker / "sub"), "--no-progress"], capsys)
+    assert code == 1 and "cannot be written" in err and len(err.strip().splitlines()) == 1
