@@ -62,9 +62,17 @@ def empty_figure(title: str, reason: str) -> go.Figure:
 
 def log_toggle(axis: str = "yaxis", x: float = 1.0, y: float = 1.15) -> dict:
     """A pair of buttons switching one axis between linear and log scale."""
+    name = axis[0]
     return dict(type="buttons", direction="right", x=x, y=y, xanchor="right", yanchor="top", showactive=True,
-                buttons=[dict(label="linear", method="relayout", args=[{f"{axis}.type": "linear"}]),
-                         dict(label="log", method="relayout", args=[{f"{axis}.type": "log"}])])
+                buttons=[dict(label=f"{name}: linear", method="relayout", args=[{f"{axis}.type": "linear"}]),
+                         dict(label=f"{name}: log", method="relayout", args=[{f"{axis}.type": "log"}])])
+
+
+def integer_axis(fig: go.Figure, axis: str, values) -> None:
+    """Layer axes show whole numbers; past 40 layers Plotly's own ticks read better."""
+    values = np.asarray(list(values))
+    if len(values) and np.ptp(values) <= 40:
+        (fig.update_xaxes if axis == "x" else fig.update_yaxes)(dtick=1, tick0=0)
 
 
 def spans_orders(values: pd.Series | np.ndarray) -> bool:

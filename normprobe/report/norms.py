@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .common import Block, Section, empty_figure, esc, figure, grid_within_budget, log_toggle, pooled_by, spans_orders
+from .common import (Block, Section, empty_figure, esc, figure, grid_within_budget, integer_axis, log_toggle, pooled_by,
+                     spans_orders)
 
 SITE_ORDER = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
@@ -60,6 +61,7 @@ def heatmap(norms: pd.DataFrame) -> go.Figure:
     buttons = [dict(label=trace.name, method="update", args=[{"visible": [j == k for j in range(n)]}])
                for k, trace in enumerate(fig.data)]
     fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, y=1.15, xanchor="right", yanchor="top")])
+    integer_axis(fig, "y", norms["layer"].unique())
     if widest > 1:
         fig.add_annotation(text=f"positions averaged in bins of {widest} to fit the point budget",
                            x=0, y=-0.18, xref="paper", yref="paper", showarrow=False, font=dict(size=11, color="#666"))
@@ -83,6 +85,7 @@ def norm_per_layer(norms: pd.DataFrame) -> go.Figure:
                                  line=dict(color=colour), customdata=np.stack([rows["std"], rows["count"]], axis=1),
                                  hovertemplate=f"{site}<br>layer %{{x}}<br>mean %{{y:.4g}}<br>std %{{customdata[0]:.3g}}<br>tokens %{{customdata[1]}}<extra></extra>"))
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
+    integer_axis(fig, "x", pooled["layer"].unique())
     if spans_orders(pooled["mean"]):
         fig.update_yaxes(type="log")
     return fig
@@ -101,7 +104,7 @@ def norm_by_position(norms: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Scatter(x=rows["position"], y=rows["mean"], mode="lines", name=f"layer {layer}",
                                  visible=True if layer in shown else "legendonly", customdata=rows["count"],
                                  hovertemplate=f"layer {layer}<br>position %{{x}}<br>mean norm %{{y:.4g}}<br>tokens %{{customdata}}<extra></extra>"))
-    fig.update_layout(updatemenus=[log_toggle("yaxis"), log_toggle("xaxis", x=0.75)])
+    fig.update_layout(updatemenus=[log_toggle("yaxis"), log_toggle("xaxis", x=0.78)])
     if spans_orders(pre["mean"]):
         fig.update_yaxes(type="log")
     return fig

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .common import Block, Section, empty_figure, figure, grid_within_budget, log_toggle, spans_orders
+from .common import Block, Section, empty_figure, figure, grid_within_budget, integer_axis, log_toggle, spans_orders
 from .norms import _fmt
 
 COMPONENT_COLOURS = {"attn": "#1f77b4", "mlp": "#d62728", "block": "#2ca02c"}
@@ -37,11 +37,12 @@ def lens_loss_curve(updates: pd.DataFrame) -> go.Figure:
                              customdata=lens["count"],
                              hovertemplate="layer %{x}<br>loss %{y:.4f}<br>tokens %{customdata}<extra></extra>"))
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
+    integer_axis(fig, "x", lens["layer"])
     return fig
 
 
 def descent_alignment(updates: pd.DataFrame) -> go.Figure:
-    title = "Descent alignment cos(Δ, -dCE/dh) per layer (band: 95% CI; grey: ±1.96 × chance std)"
+    title = "Descent alignment cos(Δ, -dCE/dh) per layer (coloured band: 95% CI of the mean)"
     steps = updates[updates["component"] != "output"]
     if steps.empty:
         return empty_figure(title, "no update was measured")
@@ -50,8 +51,8 @@ def descent_alignment(updates: pd.DataFrame) -> go.Figure:
     layers = np.sort(steps["layer"].unique())
     fig.add_trace(go.Scatter(x=np.concatenate([layers, layers[::-1]]),
                              y=np.concatenate([np.full(len(layers), 1.96 * chance), np.full(len(layers), -1.96 * chance)]),
-                             fill="toself", fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), name="random direction",
-                             hoverinfo="skip"))
+                             fill="toself", fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), mode="lines",
+                             name="one token, random direction (±1.96/√d)", hoverinfo="skip"))
     for component, rows in steps.groupby("component", sort=False):
         half = 1.96 * rows["descent_cos_std"] / np.sqrt(rows["count"].clip(lower=1))
         colour = COMPONENT_COLOURS.get(component)
@@ -64,6 +65,7 @@ def descent_alignment(updates: pd.DataFrame) -> go.Figure:
                                  customdata=np.stack([half, rows["count"]], axis=1),
                                  hovertemplate=f"{component}<br>layer %{{x}}<br>mean cos %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>tokens %{{customdata[1]}}<extra></extra>"))
     fig.add_hline(y=0, line=dict(color="#888", width=1))
+    integer_axis(fig, "x", layers)
     return fig
 
 
@@ -79,6 +81,7 @@ def alignment_heatmap(by_position: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Heatmap(x=cols, y=layers, z=z, colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound,
                              colorbar=dict(title="cos"),
                              hovertemplate=f"layer %{{y}}<br>{where}<br>mean cos %{{z:.4f}}<extra></extra>"))
+    integer_axis(fig, "y", layers)
     return fig
 
 
@@ -118,6 +121,7 @@ def update_norms(updates: pd.DataFrame) -> go.Figure:
                                  customdata=np.stack([rows["rel_update_mean"], rows["step_eta_mean"]], axis=1),
                                  hovertemplate=f"{component}<br>layer %{{x}}<br>mean ||Δ|| %{{y:.4g}}<br>mean ||Δ||/||h|| %{{customdata[0]:.3g}}<br>mean step η %{{customdata[1]:.3g}}<extra></extra>"))
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
+    integer_axis(fig, "x", steps["layer"].unique())
     if spans_orders(steps["update_norm_mean"]):
         fig.update_yaxes(type="log")
     return fig
@@ -130,7 +134,9 @@ def render_updates(tables: dict[str, pd.DataFrame], findings: dict[str, Any], me
         blocks=[
             Block(figure=lens_loss_curve(updates)),
             Block(figure=descent_alignment(updates),
-                  caption="A cosine above the grey band is more aligned with descent than a random direction would be."),
+                  caption="Grey: where 95% of single tokens' cosines with a random direction fall (±1.96/√d_model). "
+                          "A mean over N tokens of random cosines would fall within ±1.96/√(d_model·N), far narrower: "
+                          "judge a layer's mean by its confidence band, a single token by the grey band."),
             Block(figure=alignment_heatmap(tables.get("updates_by_position", pd.DataFrame(columns=["layer", "position", "count", "descent_cos_mean"])))),
             Block(figure=alignment_histogram(tables.get("updates_hist"))),
             Block(figure=update_norms(updates)),
