@@ -79,6 +79,8 @@ def run(
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder (same model, corpus and options).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N batches (default: every 5 minutes).")] = None,
     plotlyjs: PlotlyOpt = "inline",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
@@ -91,8 +93,11 @@ def run(
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
     if len(models) != 1:
         raise NormprobeError("give one model per run (comparisons of several models are not built yet)")
+    if resume is not None and out is not None and Path(out) != resume:
+        raise NormprobeError("--resume DIR writes into DIR; leave out --out")
     folder = run_to_folder(
-        models[0], out or _default_out(models[0]), probes=probe, texts=text, input=input, text_field=text_field,
+        models[0], resume or out or _default_out(models[0]), probes=probe, resume=resume is not None,
+        checkpoint_every=checkpoint_every, texts=text, input=input, text_field=text_field,
         encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
         seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
         overwrite=overwrite, plotlyjs=plotlyjs, progress=progress)
@@ -154,7 +159,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except NormprobeError as exc:
         if _state["debug"]:
             raise
-        _fail(" ".join(str(exc).split()), 1)
+        _fail(" ".join(str(exc).split()), exc.exit_code)
     except _CLICK_ERROR as exc:
         _fail(" ".join(exc.format_message().split()), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):

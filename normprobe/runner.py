@@ -109,18 +109,42 @@ def _progress(total: int | None, enabled: bool):
                 dynamic_ncols=True, desc="probing")
 
 
+CHECKPOINT_SECONDS = 300.0  # default: a checkpoint at most every five minutes
+
+
 class Runner:
-    """Owns one run: validates, attaches every probe's hooks once and streams batches through them."""
+    """Owns one run: validates, attaches every probe's hooks once and streams batches through them.
+
+    With a `RunFolder` it also keeps run.json's status current, checkpoints the probes' statistics,
+    resumes from a checkpoint, and stops cleanly on the first SIGINT or SIGTERM.
+    """
 
     def __init__(self, model: Any, corpus: Corpus, probe_specs: Sequence[str | type], options: RunOptions):
         self.model = model
         self.corpus = corpus
         self.options = options
+        self.probe_specs = [s if isinstance(s, str) else f"{s.__module__}:{s.__qualname__}" for s in probe_specs]
         self.probe_classes = resolve_probes(list(probe_specs))
 
     def validate(self) -> None:
         self.options.validate()
         self.corpus.validate()
+
+    def request(self) -> dict[str, Any]:
+        """What the user asked for, in the form resume compares (see store.FINGERPRINT_KEYS)."""
+        from .adapter import resolve_source
+        from .store import corpus_digest
+
+        opts, spec = self.options, self.corpus.input
+        source = resolve_source(self.model) if isinstance(self.model, str) else self.model.source
+        digest = corpus_digest(list(self.corpus.texts) if self.corpus.texts is not None else None,
+                               spec.path if spec else None, *(
+                                   (spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")))
+        return {"model": source.name, "resolved_model": source.location, "revision": source.revision,
+                "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
+                "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
+                "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
+                "max_tokens": opts.max_tokens}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -137,12 +161,34 @@ class Runner:
                     raise NormprobeError(f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} does not have")
         return probes, seq_len
 
-    def execute(self, progress: bool = True):
+    def _base_meta(self, model, probes, seq_len: int, batch_size: int, bos: int | None) -> dict[str, Any]:
+        return {
+            "status": "running",
+            "model": model.source.name,
+            "resolved_model": model.source.location,
+            "model_source": model.source.kind,
+            "revision": model.source.revision,
+            **{("model_n_ctx" if k == "n_ctx" else k): v for k, v in model.facts().items()},
+            "dtype": model.dtype,
+            "device": str(model.device),
+            "probes": [p.name for p in probes],
+            "corpus": self.corpus.description,
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "prepend_bos": bos is not None,
+            "options": {k: v for k, v in asdict(self.options).items() if k != "device"},
+            "request": self.request(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": _versions(),
+        }
+
+    def execute(self, progress: bool = True, folder=None, resume: tuple[dict, dict] | None = None,
+                checkpoint_every: int | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
         import torch
 
         from .adapter import ModelAdapter, load_model
         from .batching import iter_batches, iter_windows
-        from .results import RunResult
+        from .interrupt import RunInterrupted, StopRequests
 
         started = time.time()
         opts = self.options
@@ -150,8 +196,19 @@ class Runner:
         if not isinstance(model, ModelAdapter):
             model = load_model(str(model), device=opts.device, dtype=opts.dtype)
         probes, seq_len = self.prepare(model)
-        batch_size = opts.batch_size or default_batch_size(model, seq_len)
+        saved_meta, checkpoint = resume if resume else ({}, None)
+        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len)
         bos = model.bos_token_id if opts.prepend_bos else None
+        meta = self._base_meta(model, probes, seq_len, batch_size, bos)
+
+        done = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0, "seconds": 0.0}
+        if checkpoint is not None:
+            for probe in probes:
+                probe.load_state_dict(checkpoint["probes"][probe.name])
+            done.update(checkpoint["progress"])
+            meta["resumed"] = saved_meta.get("resumed", 0) + 1
+        if folder is not None:
+            folder.mark(meta, "running")
 
         windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
                                          opts.max_docs, opts.max_tokens)
@@ -160,49 +217,60 @@ class Runner:
             windows = list(windows)
             total = sum(len(w.tokens) for w in windows)
 
-        wanted: dict[str, list] = {}
-        for probe in probes:
-            for hook in probe.hook_points():
-                wanted.setdefault(hook, []).append(probe)
-        reduced: dict[str, dict[str, Any]] = {p.name: {} for p in probes}
-        fired: dict[str, int] = {}
-        current: dict[str, Any] = {}
+        def save_checkpoint() -> None:
+            if folder is not None:
+                folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes}, "progress": dict(done)})
 
-        def make_hook(hook_name: str, readers: list):
-            def hook(activation, hook=None):
-                fired[hook_name] = fired.get(hook_name, 0) + 1
-                for probe in readers:
-                    reduced[probe.name][hook_name] = probe.reduce(hook_name, activation, current["batch"])
-                return None
-            return hook
-
-        hooks = [(name, make_hook(name, readers)) for name, readers in wanted.items()]
-        n_tokens = n_windows = 0
-        doc_indices: set[int] = set()
+        hooked = _HookedPass(model, probes)
         bar = _progress(total, progress)
+        bar.update(done["tokens"])
+        last_save = time.time()
         try:
-            with torch.inference_mode():
-                for batch in iter_batches(windows, batch_size, model.pad_token_id, model.device):
-                    current["batch"] = batch
-                    fired.clear()
-                    model.forward(batch.tokens, batch.mask.long(), hooks)
-                    missing = [name for name in wanted if fired.get(name, 0) == 0]
-                    if missing:
-                        raise NormprobeError(
-                            f"hook {missing[0]} was attached but never fired on {model.source.name} "
-                            f"({len(missing)} of {len(wanted)} hooks silent)"
-                        )
+            with StopRequests() as stops, torch.inference_mode():
+                for index, batch in enumerate(iter_batches(windows, batch_size, model.pad_token_id, model.device)):
+                    if index < done["batches"]:
+                        continue  # counted before the checkpoint this run resumed from
+                    reduced = hooked.forward(batch)
                     for probe in probes:
-                        probe.update(reduced[probe.name], batch)
-                        reduced[probe.name] = {}
-                    n_tokens += batch.n_tokens
-                    n_windows += batch.tokens.shape[0]
-                    doc_indices.update(batch.doc_indices)
+                        try:
+                            probe.update(reduced[probe.name], batch)
+                        except Exception as exc:  # noqa: BLE001 - a probe's own bug fails the run, cleanly
+                            raise _ProbeFailed(probe.name, exc) from exc
+                    done["batches"] += 1
+                    done["tokens"] += batch.n_tokens
+                    done["windows"] += batch.tokens.shape[0]
+                    done["docs"] = max(done["docs"], max(batch.doc_indices) + 1)
                     bar.update(batch.n_tokens)
+                    due = (checkpoint_every and done["batches"] % checkpoint_every == 0) or \
+                        (not checkpoint_every and time.time() - last_save >= checkpoint_seconds)
+                    if stops.requested or due:
+                        done["seconds"] += time.time() - started
+                        started = time.time()
+                        save_checkpoint()
+                        last_save = time.time()
+                    if stops.requested:
+                        reason = f"stopped by {stops.requested} after {done['tokens']} tokens; resume with --resume"
+                        if folder is not None:
+                            folder.mark(meta, "interrupted", reason)
+                        raise RunInterrupted(f"{reason}" + (f" {folder.path}" if folder is not None else ""))
+        except _ProbeFailed as failure:
+            reason = f"probe {failure.probe!r} raised {type(failure.error).__name__}: {failure.error}"
+            if folder is not None:
+                folder.mark(meta, "failed", reason + "; statistics up to the last checkpoint are in checkpoint.pt")
+            raise NormprobeError(reason) from failure.error
+        except KeyboardInterrupt:
+            if folder is not None:
+                folder.mark(meta, "interrupted", "aborted by a second signal; the last checkpoint is kept")
+            raise
         finally:
             bar.close()
-        if n_tokens == 0:
+        if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
+        return self._result(probes, meta, done, time.time() - started)
+
+    @staticmethod
+    def _result(probes, meta: dict[str, Any], done: dict[str, Any], seconds: float):
+        from .results import RunResult
 
         tables: dict[str, Any] = {}
         findings: dict[str, Any] = {}
@@ -215,42 +283,59 @@ class Runner:
             tables.update(probe_tables)
             owners[probe.name] = list(probe_tables)
             findings[probe.name] = probe.findings(probe_tables)
-        meta = {
-            "status": "complete",
-            "model": model.source.name,
-            "resolved_model": model.source.location,
-            "model_source": model.source.kind,
-            "revision": model.source.revision,
-            **{f"model_{k}" if k in ("n_ctx",) else k: v for k, v in model.facts().items()},
-            "dtype": model.dtype,
-            "device": str(model.device),
-            "probes": [p.name for p in probes],
-            "probe_tables": owners,
-            "corpus": self.corpus.description,
-            "n_docs": len(doc_indices),
-            "n_windows": n_windows,
-            "n_tokens": n_tokens,
-            "seq_len": seq_len,
-            "batch_size": batch_size,
-            "prepend_bos": bos is not None,
-            "options": {k: v for k, v in asdict(opts).items() if k not in ("device",)},
-            "seconds": round(time.time() - started, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": _versions(),
-        }
+        meta = {**meta, "status": "complete", "probe_tables": owners, "n_docs": done["docs"],
+                "n_windows": done["windows"], "n_tokens": done["tokens"], "n_batches": done["batches"],
+                "seconds": round(done["seconds"] + seconds, 3)}
         return RunResult(tables=tables, findings=findings, meta=meta)
 
 
-def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,
-        input: str | Path | None = None, text_field: str = "text", encoding: str = "utf-8", errors: str = "strict",
-        batch_size: int | None = None, seq_len: int | None = None, max_docs: int | None = None,
-        max_tokens: int | None = None, prepend_bos: bool = True, layers: list[int] | None = None,
-        device: str = "auto", dtype: str = "float32", progress: bool = True):
-    """Run probes over a corpus and return a `RunResult`.
+class _ProbeFailed(Exception):
+    def __init__(self, probe: str, error: BaseException):
+        super().__init__(probe)
+        self.probe, self.error = probe, error
 
-    `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
-    The corpus is `texts` (one document each), an `input` file, or else the built-in sample.
-    """
+
+class _HookedPass:
+    """One forward pass per batch with every probe's hooks attached; checks that each hook fired."""
+
+    def __init__(self, model, probes):
+        self.model = model
+        self.wanted: dict[str, list] = {}
+        for probe in probes:
+            for hook in probe.hook_points():
+                self.wanted.setdefault(hook, []).append(probe)
+        self.probes = probes
+        self.hooks = [(name, self._make_hook(name, readers)) for name, readers in self.wanted.items()]
+        self._batch = None
+        self._reduced: dict[str, dict[str, Any]] = {}
+        self._fired: set[str] = set()
+
+    def _make_hook(self, hook_name: str, readers: list):
+        def hook(activation, hook=None):
+            self._fired.add(hook_name)
+            for probe in readers:
+                self._reduced[probe.name][hook_name] = probe.reduce(hook_name, activation, self._batch)
+            return None
+        return hook
+
+    def forward(self, batch) -> dict[str, dict[str, Any]]:
+        self._batch = batch
+        self._reduced = {p.name: {} for p in self.probes}
+        self._fired = set()
+        self.model.forward(batch.tokens, batch.mask.long(), self.hooks)
+        silent = [name for name in self.wanted if name not in self._fired]
+        if silent:
+            raise NormprobeError(f"hook {silent[0]} was attached but never fired on {self.model.source.name} "
+                                 f"({len(silent)} of {len(self.wanted)} hooks silent)")
+        return self._reduced
+
+
+def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,
+                input: str | Path | None = None, text_field: str = "text", encoding: str = "utf-8",
+                errors: str = "strict", batch_size: int | None = None, seq_len: int | None = None,
+                max_docs: int | None = None, max_tokens: int | None = None, prepend_bos: bool = True,
+                layers: list[int] | None = None, device: str = "auto", dtype: str = "float32") -> Runner:
+    """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if texts is not None and input is not None:
         raise NormprobeError("give texts or an input file, not both")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
@@ -264,4 +349,16 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
         bad = [l for l in (layers or []) if n_layers is not None and l >= n_layers]
         if bad:
             raise NormprobeError(f"invalid layer index {bad[0]}: {model} has layers 0..{n_layers - 1}")
-    return runner.execute(progress=progress)
+    return runner
+
+
+def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,
+        progress: bool = True, **options: Any):
+    """Run probes over a corpus and return a `RunResult`.
+
+    `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
+    The corpus is `texts` (one document each), an `input` file, or else the built-in sample.
+    Options: input, text_field, encoding, errors, batch_size, seq_len, max_docs, max_tokens,
+    prepend_bos, layers, device, dtype.
+    """
+    return make_runner(model, texts, probes, **options).execute(progress=progress)

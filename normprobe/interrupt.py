@@ -1,0 +1,37 @@
+"""Graceful stops: the first SIGINT/SIGTERM asks the loop to stop after its batch; a second aborts."""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from .errors import NormprobeError
+
+
+class RunInterrupted(NormprobeError):
+    """The run stopped on a signal after saving a checkpoint; exit status 130."""
+
+    exit_code = 130
+
+
+class StopRequests:
+    """Installs SIGINT and SIGTERM handlers for the duration of a run (main thread only)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt  # second signal: abort at once
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
