@@ -221,6 +221,7 @@ class ModelAdapter:
         self.d_model = int(bridge.cfg.d_model)
         self.d_vocab = int(self.hf_model.get_output_embeddings().weight.shape[0])
         self.n_ctx = int(bridge.cfg.n_ctx)
+        self.n_heads = int(bridge.cfg.n_heads)
         hooks = bridge.hook_dict
         self.sites = tuple(s for s in SITES if f"blocks.0.hook_{s}" in hooks)
         self._readout: Readout | None = None
@@ -266,6 +267,12 @@ class ModelAdapter:
 
     def has_hook(self, hook_name: str) -> bool:
         return hook_name in self.bridge.hook_dict
+
+    def resolve_hook(self, point: "str | tuple[str, int]") -> str:
+        """A probe's hook point as a TransformerLens hook name: names pass through, (site, layer) resolves."""
+        if isinstance(point, tuple):
+            return self.hook_name(*point)
+        return point
 
     @property
     def block_kind(self) -> str:

@@ -3,7 +3,10 @@
 A probe's life in a run:
   1. `setup(model, seq_len)` once, with the `ModelAdapter`: allocate accumulators.
   2. `hook_points()` names what it reads: TransformerLens hook names such as
-     "blocks.3.hook_resid_pre". Use `model.hook_name(site, layer)` to build them.
+     "blocks.3.attn.hook_pattern", or (site, layer) pairs such as ("resid_pre", 3) that the
+     adapter resolves (sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out). The
+     activations handed to `reduce` and `update` are keyed by the resolved hook name,
+     which `model.hook_name(site, layer)` gives.
   3. For every batch, the runner calls `reduce(hook_name, activation, batch)` inside the hook
      (keep this small: return only what `update` needs) and then `update(reduced, batch)`
      once with every hook point's reduced value.
@@ -37,8 +40,8 @@ class Probe:
     def setup(self, model: "ModelAdapter", seq_len: int) -> None:
         """Allocate statistics for this model; positions run from 0 to seq_len - 1. Called once."""
 
-    def hook_points(self) -> list[str]:
-        """TransformerLens hook names this probe reads."""
+    def hook_points(self) -> list:
+        """TransformerLens hook names, or (site, layer) pairs, that this probe reads."""
         raise NotImplementedError
 
     def reduce(self, hook_name: str, activation: "torch.Tensor", batch: "Batch") -> Any:
@@ -61,6 +64,9 @@ class Probe:
     def findings(cls, tables: dict[str, "pd.DataFrame"]) -> dict[str, Any]:
         """Headline numbers computed from the tables alone (so saved runs can be re-read)."""
         return {}
+
+    # Optional: `figures(cls, tables) -> list[plotly Figure]`, a classmethod drawing the report
+    # section from the tables alone. Without it the report shows the findings and table previews.
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError(f"probe {self.name!r} cannot be checkpointed")

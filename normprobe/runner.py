@@ -156,9 +156,11 @@ class Runner:
         probes = [cls(layers=opts.layers) for cls in self.probe_classes]
         for probe in probes:
             probe.setup(model, seq_len)
-            for hook in probe.hook_points():
+            for point in probe.hook_points():
+                hook = model.resolve_hook(point)
                 if not model.has_hook(hook):
-                    raise NormprobeError(f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} does not have")
+                    raise NormprobeError(f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
+                                         f"({model.family.name}) does not have")
         return probes, seq_len
 
     def _base_meta(self, model, probes, seq_len: int, batch_size: int, bos: int | None) -> dict[str, Any]:
@@ -302,8 +304,8 @@ class _HookedPass:
         self.model = model
         self.wanted: dict[str, list] = {}
         for probe in probes:
-            for hook in probe.hook_points():
-                self.wanted.setdefault(hook, []).append(probe)
+            for point in probe.hook_points():
+                self.wanted.setdefault(model.resolve_hook(point), []).append(probe)
         self.probes = probes
         self.hooks = [(name, self._make_hook(name, readers)) for name, readers in self.wanted.items()]
         self._batch = None

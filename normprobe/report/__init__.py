@@ -20,29 +20,32 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
     return wrap
 
 
-def renderer_for(probe_name: str) -> Renderer:
+def renderer_for(probe_name: str, spec: str | None = None) -> Renderer:
     if not _RENDERERS:
         from .norms import render_norms
         from .updates import render_updates
 
         _RENDERERS.setdefault("norms", render_norms)
         _RENDERERS.setdefault("updates", render_updates)
-    return _RENDERERS.get(probe_name, _generic_section(probe_name))
+    return _RENDERERS.get(probe_name) or _generic_section(probe_name, spec)
 
 
-def _generic_section(probe_name: str) -> Renderer:
+def _generic_section(probe_name: str, spec: str | None) -> Renderer:
     from .generic import render_generic
 
-    return lambda tables, findings, meta: render_generic(probe_name, tables, findings, meta)
+    return lambda tables, findings, meta: render_generic(probe_name, tables, findings, meta, spec)
 
 
 def sections_for(result: Any) -> list[Section]:
     """One section per probe of the run, each from only that probe's tables."""
     owners = result.meta.get("probe_tables", {})
+    names = result.meta.get("probes", [])
+    specs = dict(zip(names, result.meta.get("request", {}).get("probe_specs", names)))
     sections = []
-    for probe_name in result.meta.get("probes", []):
+    for probe_name in names:
         tables = {n: result.tables[n] for n in owners.get(probe_name, []) if n in result.tables}
-        sections.append(renderer_for(probe_name)(tables, result.findings.get(probe_name, {}), result.meta))
+        render = renderer_for(probe_name, specs.get(probe_name))
+        sections.append(render(tables, result.findings.get(probe_name, {}), result.meta))
     return sections
 
 
