@@ -11,12 +11,13 @@ from .results import REPORT_FILE, RunResult
 
 def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: bool = False,
                   plotlyjs: str = "inline", progress: bool = True, resume: bool = False,
-                  checkpoint_every: int | None = None, **run_kwargs: Any) -> Path:
+                  checkpoint_every: int | None = None, **run_kwargs: Any) -> Path | None:
     """Validate inputs and the folder (before any model loads), run with checkpoints, save atomically.
 
     With `resume=True`, `out` is an interrupted or failed run's folder: the run continues from its
     checkpoint and must ask for exactly the same model, corpus and options.
     """
+    from .distributed import world
     from .runner import make_runner
     from .store import RunFolder, check_same_run
 
@@ -24,6 +25,9 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
         raise NormprobeError(f"--checkpoint-every must be at least 1 (got {checkpoint_every})")
     runner = make_runner(model, probes=probes, **run_kwargs)
     out = Path(out)
+    if world()[0] != 0:  # under torchrun only rank 0 touches the folder
+        runner.execute(progress=False)
+        return None
     if resume:
         folder, saved_meta, checkpoint = RunFolder.for_resume(out)
         check_same_run(saved_meta.get("request", {}), runner.request())
@@ -51,3 +55,50 @@ def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = 
         print(f"normprobe: warning: run in {folder} is {status}, not complete; rendering only what was saved",
               file=sys.stderr)
     return result.to_html(Path(out) if out else folder / REPORT_FILE, plotlyjs=plotlyjs)
+
+
+def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = False, plotlyjs: str = "inline",
+                 device: str = "auto") -> Path:
+    """Combine the folders of `run --shard i/N` runs into one run, equal to a single run over all documents."""
+    import torch
+
+    from .adapter import load_model
+    from .registry import resolve_probes
+    from .results import STATE_FILE, check_output_dir
+    from .runner import Runner, merge_state
+    from .store import FINGERPRINT_KEYS, RunFolder
+
+    if not folders:
+        raise NormprobeError("give the shard folders to merge")
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    metas = [RunFolder(Path(f)).read_meta() for f in folders]
+    for folder, meta in zip(folders, metas):
+        if meta.get("status") != "complete" or not (Path(folder) / STATE_FILE).is_file():
+            raise NormprobeError(f"{folder} is not a complete shard run (run it with --shard I/N)")
+    requests = [m.get("request", {}) for m in metas]
+    shards = sorted(tuple(r.get("shard") or ()) for r in requests)
+    count = shards[0][1] if shards and len(shards[0]) == 2 else 0
+    if shards != [(i, count) for i in range(count)]:
+        raise NormprobeError(f"shards must be 0/N..N-1/N once each; got {', '.join('/'.join(map(str, s)) for s in shards)}")
+    first = requests[0]
+    for folder, request in zip(folders[1:], requests[1:]):
+        for key in FINGERPRINT_KEYS:
+            if key not in ("shard", "batch_size") and request.get(key) != first.get(key):
+                raise NormprobeError(f"cannot merge {folder}: {key} differs from {folders[0]}")
+    model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
+    probes = [cls(layers=first.get("layers")) for cls in resolve_probes(first["probe_specs"])]
+    seq_len = metas[0]["seq_len"]
+    for probe in probes:
+        probe.setup(model, seq_len)
+    for folder in folders:
+        merge_state(model, probes, torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False),
+                    seq_len, first.get("layers"))
+    done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
+            "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
+            "seconds": 0.0}
+    base = {k: v for k, v in metas[0].items() if k not in ("findings", "tables", "status_reason")}
+    base["request"] = {**first, "shard": None}
+    base["merged_from"] = [str(f) for f in folders]
+    result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
+    return result.save(out, overwrite=overwrite, plotlyjs=plotlyjs)

@@ -43,12 +43,18 @@ def windows_of(doc_index: int, ids: list[int], seq_len: int, bos: int | None) ->
 
 
 def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_len: int, bos: int | None,
-                 max_docs: int | None = None, max_tokens: int | None = None) -> Iterator[Window]:
-    """Windows in document order; stops cleanly at max_docs documents or max_tokens tokens."""
+                 max_docs: int | None = None, max_tokens: int | None = None,
+                 slice_of: tuple[int, int] | None = None) -> Iterator[Window]:
+    """Windows in document order; stops cleanly at max_docs documents or max_tokens tokens.
+
+    With slice_of=(i, n), only documents whose index is i modulo n are tokenised (shards, ranks).
+    """
     n_tokens = 0
     for doc_index, doc in enumerate(docs):
         if max_docs is not None and doc_index >= max_docs:
             return
+        if slice_of is not None and doc_index % slice_of[1] != slice_of[0]:
+            continue
         for window in windows_of(doc_index, encode(doc), seq_len, bos):
             if max_tokens is not None:
                 room = max_tokens - n_tokens

@@ -81,11 +81,15 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder (same model, corpus and options).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N batches (default: every 5 minutes).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Run only documents I mod N (I/N); combine with `normprobe merge`.")] = None,
+    device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
+    n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
     plotlyjs: PlotlyOpt = "inline",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
     """Run probes over a corpus and write tables, run.json and report.html."""
     from .api import run_to_folder
+    from .distributed import parse_shard
 
     if errors not in ("strict", "replace"):
         raise NormprobeError(f"--errors must be strict or replace, not {errors!r}")
@@ -100,7 +104,23 @@ def run(
         checkpoint_every=checkpoint_every, texts=text, input=input, text_field=text_field,
         encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
         seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-        overwrite=overwrite, plotlyjs=plotlyjs, progress=progress)
+        overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, shard=parse_shard(shard),
+        device_map=device_map, n_devices=n_devices)
+    if folder is not None:
+        typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
+
+
+@app.command()
+def merge(
+    folders: Annotated[List[Path], typer.Argument(help="Folders of `run --shard I/N` runs, one per shard.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the merged run.")],
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+    plotlyjs: PlotlyOpt = "inline",
+) -> None:
+    """Merge shard runs into one run, equal to a single run over all documents."""
+    from .api import merge_shards
+
+    folder = merge_shards(folders, out, overwrite=overwrite, plotlyjs=plotlyjs)
     typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
 
 

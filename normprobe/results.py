@@ -14,6 +14,7 @@ from .errors import NormprobeError
 
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
+STATE_FILE = "state.pt"
 
 
 def _json_safe(value: Any) -> Any:
@@ -60,6 +61,7 @@ class RunResult:
     tables: dict[str, pd.DataFrame]
     findings: dict[str, dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
+    probe_states: dict[str, Any] | None = None  # kept for shard runs, so `normprobe merge` can combine them
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
@@ -73,6 +75,14 @@ class RunResult:
             out.mkdir(parents=True, exist_ok=True)
             for name, frame in self.tables.items():
                 write_atomic(out / f"{name}.parquet", _parquet_bytes(frame))
+            if self.probe_states is not None:
+                import io
+
+                import torch
+
+                buffer = io.BytesIO()
+                torch.save(self.probe_states, buffer)
+                write_atomic(out / STATE_FILE, buffer.getvalue())
             if report:
                 self.to_html(out / REPORT_FILE, plotlyjs=plotlyjs)
             # run.json last: a folder whose run.json says complete has every file.

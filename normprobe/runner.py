@@ -28,6 +28,9 @@ class RunOptions:
     layers: list[int] | None = None
     device: str = "auto"
     dtype: str = "float32"
+    shard: tuple[int, int] | None = None
+    device_map: str | None = None
+    n_devices: int | None = None
 
     def validate(self) -> None:
         for name in ("batch_size", "max_docs", "max_tokens"):
@@ -43,8 +46,11 @@ class RunOptions:
             if bad:
                 raise NormprobeError(f"invalid layer index {bad[0]}: layers count from 0")
         from .adapter import parse_dtype
+        from .distributed import is_distributed
 
         self.dtype = parse_dtype(self.dtype)
+        if self.max_tokens is not None and (self.shard or is_distributed()):
+            raise NormprobeError("--max-tokens cannot be split across shards or ranks; use --max-docs")
 
 
 @dataclass
@@ -144,7 +150,7 @@ class Runner:
                 "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
-                "max_tokens": opts.max_tokens}
+                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -178,7 +184,7 @@ class Runner:
             "seq_len": seq_len,
             "batch_size": batch_size,
             "prepend_bos": bos is not None,
-            "options": {k: v for k, v in asdict(self.options).items() if k != "device"},
+            "options": {k: v for k, v in asdict(self.options).items() if k not in ("device", "device_map", "n_devices")},
             "request": self.request(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
@@ -186,22 +192,29 @@ class Runner:
 
     def execute(self, progress: bool = True, folder=None, resume: tuple[dict, dict] | None = None,
                 checkpoint_every: int | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
+        """Run to the end and return a RunResult; under torchrun, ranks other than 0 return None."""
         import torch
 
         from .adapter import ModelAdapter, load_model
         from .batching import iter_batches, iter_windows
+        from .distributed import local_device, make_sync
         from .interrupt import RunInterrupted, StopRequests
 
         started = time.time()
         opts = self.options
+        sync = make_sync()
         model = self.model
         if not isinstance(model, ModelAdapter):
-            model = load_model(str(model), device=opts.device, dtype=opts.dtype)
+            model = load_model(str(model), device=local_device(opts.device), dtype=opts.dtype,
+                               device_map=opts.device_map, n_devices=opts.n_devices)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
         batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len)
         bos = model.bos_token_id if opts.prepend_bos else None
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
+        if sync.size > 1:
+            meta["world_size"] = sync.size
+        folder = folder if sync.rank == 0 else None
 
         done = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0, "seconds": 0.0}
         if checkpoint is not None:
@@ -212,10 +225,11 @@ class Runner:
         if folder is not None:
             folder.mark(meta, "running")
 
+        part = opts.shard if sync.size == 1 else (sync.rank, sync.size)
         windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
-                                         opts.max_docs, opts.max_tokens)
+                                         opts.max_docs, opts.max_tokens, slice_of=part)
         total = opts.max_tokens
-        if self.corpus.input is None:  # in memory: tokenise up front so the bar has a total
+        if self.corpus.input is None and sync.size == 1:  # in memory: tokenise up front so the bar has a total
             windows = list(windows)
             total = sum(len(w.tokens) for w in windows)
 
@@ -224,25 +238,34 @@ class Runner:
                 folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes}, "progress": dict(done)})
 
         hooked = _HookedPass(model, probes)
-        bar = _progress(total, progress)
+        bar = _progress(total, progress and sync.rank == 0)
         bar.update(done["tokens"])
         last_save = time.time()
+        batches = iter(iter_batches(windows, batch_size, model.pad_token_id, model.device))
+        skip = done["batches"]  # counted before the checkpoint this run resumed from
         try:
             with StopRequests() as stops, torch.inference_mode():
-                for index, batch in enumerate(iter_batches(windows, batch_size, model.pad_token_id, model.device)):
-                    if index < done["batches"]:
-                        continue  # counted before the checkpoint this run resumed from
-                    reduced = hooked.forward(batch)
-                    for probe in probes:
+                while True:
+                    batch = next(batches, None)
+                    if batch is not None and skip:
+                        skip -= 1
+                        continue
+                    error = None
+                    if batch is not None:
                         try:
-                            probe.update(reduced[probe.name], batch)
-                        except Exception as exc:  # noqa: BLE001 - a probe's own bug fails the run, cleanly
-                            raise _ProbeFailed(probe.name, exc) from exc
+                            self._step(hooked, probes, batch)
+                        except (_ProbeFailed, NormprobeError) as exc:
+                            error = exc
+                    step_tokens, active = sync.step(batch.n_tokens if batch is not None else 0, batch is not None, error)
+                    if not active:
+                        break
+                    bar.update(step_tokens)
+                    if batch is None:
+                        continue
                     done["batches"] += 1
                     done["tokens"] += batch.n_tokens
                     done["windows"] += batch.tokens.shape[0]
                     done["docs"] = max(done["docs"], max(batch.doc_indices) + 1)
-                    bar.update(batch.n_tokens)
                     due = (checkpoint_every and done["batches"] % checkpoint_every == 0) or \
                         (not checkpoint_every and time.time() - last_save >= checkpoint_seconds)
                     if stops.requested or due:
@@ -260,15 +283,41 @@ class Runner:
             if folder is not None:
                 folder.mark(meta, "failed", reason + "; statistics up to the last checkpoint are in checkpoint.pt")
             raise NormprobeError(reason) from failure.error
+        except NormprobeError as exc:
+            if folder is not None and not isinstance(exc, RunInterrupted):
+                folder.mark(meta, "failed", str(exc))
+            raise
         except KeyboardInterrupt:
             if folder is not None:
                 folder.mark(meta, "interrupted", "aborted by a second signal; the last checkpoint is kept")
             raise
         finally:
             bar.close()
+        return self._finish(model, probes, seq_len, meta, sync, done, time.time() - started)
+
+    @staticmethod
+    def _step(hooked: "_HookedPass", probes: list, batch) -> None:
+        reduced = hooked.forward(batch)
+        for probe in probes:
+            try:
+                probe.update(reduced[probe.name], batch)
+            except Exception as exc:  # noqa: BLE001 - a probe's own bug fails the run, cleanly
+                raise _ProbeFailed(probe.name, exc) from exc
+
+    def _finish(self, model, probes, seq_len: int, meta, sync, done, seconds: float):
+        if sync.size > 1:
+            states = sync.gather({p.name: p.state_dict() for p in probes})
+            done = sync.totals(done)
+            if sync.rank != 0:
+                return None
+            for other in states[1:]:
+                merge_state(model, probes, other, seq_len, self.options.layers)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
-        return self._result(probes, meta, done, time.time() - started)
+        result = self._result(probes, meta, done, seconds)
+        if self.options.shard is not None:
+            result.probe_states = {p.name: p.state_dict() for p in probes}
+        return result
 
     @staticmethod
     def _result(probes, meta: dict[str, Any], done: dict[str, Any], seconds: float):
@@ -289,6 +338,15 @@ class Runner:
                 "n_windows": done["windows"], "n_tokens": done["tokens"], "n_batches": done["batches"],
                 "seconds": round(done["seconds"] + seconds, 3)}
         return RunResult(tables=tables, findings=findings, meta=meta)
+
+
+def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None) -> None:
+    """Merge saved probe statistics (another rank's or shard's) into `probes`."""
+    for probe in probes:
+        other = type(probe)(layers=layers)
+        other.setup(model, seq_len)
+        other.load_state_dict(state[probe.name])
+        probe.merge(other)
 
 
 class _ProbeFailed(Exception):
@@ -336,12 +394,15 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 input: str | Path | None = None, text_field: str = "text", encoding: str = "utf-8",
                 errors: str = "strict", batch_size: int | None = None, seq_len: int | None = None,
                 max_docs: int | None = None, max_tokens: int | None = None, prepend_bos: bool = True,
-                layers: list[int] | None = None, device: str = "auto", dtype: str = "float32") -> Runner:
+                layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
+                shard: tuple[int, int] | None = None, device_map: str | None = None,
+                n_devices: int | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if texts is not None and input is not None:
         raise NormprobeError("give texts or an input file, not both")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
-    options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype)
+    options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
+                         device_map, n_devices)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -361,6 +422,6 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
     The corpus is `texts` (one document each), an `input` file, or else the built-in sample.
     Options: input, text_field, encoding, errors, batch_size, seq_len, max_docs, max_tokens,
-    prepend_bos, layers, device, dtype.
+    prepend_bos, layers, device, dtype, shard=(i, n).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)
