@@ -44,6 +44,16 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
     return out
 
 
+def export_images(folder: str | Path, fmt: str) -> list[Path]:
+    """Write each figure of a saved run's report as PNG or SVG into FOLDER/figures/."""
+    from .report import sections_for
+    from .report.export import export_figures
+
+    if fmt == "html":
+        return []
+    return export_figures(sections_for(RunResult.load(folder)), Path(folder), fmt)
+
+
 def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = "inline") -> Path:
     """Re-render a report from saved tables; a run that is not complete is rendered as partial."""
     folder = Path(folder)
@@ -102,3 +112,60 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     base["merged_from"] = [str(f) for f in folders]
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
     return result.save(out, overwrite=overwrite, plotlyjs=plotlyjs)
+
+
+def compare(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
+            plotlyjs: str = "inline", overwrite: bool = False) -> Path:
+    """Render one report overlaying saved runs into OUT/report.html."""
+    from .report.compare import render_comparison
+    from .results import check_output_dir, write_atomic
+
+    if len(folders) < 2:
+        raise NormprobeError("compare needs at least two run folders")
+    if labels is not None and len(labels) != len(folders):
+        raise NormprobeError(f"give one label per run ({len(folders)}), not {len(labels)}")
+    out = Path(out)
+    results = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise NormprobeError(f"run folder not found: {folder}")
+        results.append(RunResult.load(folder))
+    if Path(out).resolve() not in [Path(f).resolve() for f in folders]:
+        check_output_dir(out, overwrite=True) if overwrite else _check_compare_out(out)
+    labels = labels or [Path(f).resolve().name for f in folders]
+    html = render_comparison(results, labels, plotlyjs=plotlyjs)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / REPORT_FILE
+    write_atomic(path, html.encode("utf-8"))
+    return path
+
+
+def _check_compare_out(out: Path) -> None:
+    from .results import check_output_dir
+
+    # a folder that already holds the runs being compared (from `run A B`) may take the page
+    if out.is_dir() and (out / REPORT_FILE).exists():
+        raise NormprobeError(f"{out / REPORT_FILE} exists; pass --overwrite or choose another --out")
+    if out.is_dir():
+        return
+    check_output_dir(out)
+
+
+def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = False, plotlyjs: str = "inline",
+                       progress: bool = True, **run_kwargs: Any) -> Path:
+    """Run each model on the same corpus into OUT/<i>-<model>/, then write the comparison to OUT/report.html."""
+    from .results import check_output_dir
+    from .runner import make_runner
+
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    for model in models:  # validate every model and the corpus before loading any
+        make_runner(model, **run_kwargs)
+    folders = []
+    for i, model in enumerate(models, start=1):
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name or model).strip("-.")
+        folder = out / f"{i}-{slug or 'model'}"
+        run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
+        folders.append(folder)
+    return compare(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs,
+                   overwrite=True)

@@ -22,6 +22,12 @@ TextOpt = Annotated[Optional[List[str]], typer.Option("--text", help="A document
 InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Corpus file: .txt (a document per line), .jsonl, .csv or .parquet.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default reports/<model>-<timestamp>/).")]
 PlotlyOpt = Annotated[str, typer.Option("--plotlyjs", help="inline (works offline) or cdn (small file).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="html, or also write each figure as png or svg into DIR/figures/ (needs kaleido).")]
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in ("html", "png", "svg"):
+        raise NormprobeError(f"--format must be html, png or svg, not {fmt!r}")
 
 
 def parse_layers(text: Optional[str]) -> Optional[list[int]]:
@@ -85,18 +91,30 @@ def run(
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
     plotlyjs: PlotlyOpt = "inline",
+    format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
     """Run probes over a corpus and write tables, run.json and report.html."""
-    from .api import run_to_folder
+    from .api import export_images, run_to_folder
     from .distributed import parse_shard
 
+    _check_format(format)
     if errors not in ("strict", "replace"):
         raise NormprobeError(f"--errors must be strict or replace, not {errors!r}")
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    if len(models) != 1:
-        raise NormprobeError("give one model per run (comparisons of several models are not built yet)")
+    if len(models) > 1:
+        if resume is not None or shard is not None:
+            raise NormprobeError("--resume and --shard take one model")
+        from .api import run_many_to_folder
+
+        page = run_many_to_folder(
+            models, out or _default_out("compare"), probes=probe, texts=text, input=input, text_field=text_field,
+            encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
+            seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
+            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every)
+        typer.echo(f"wrote {page.parent}/ (comparison: {page})")
+        return
     if resume is not None and out is not None and Path(out) != resume:
         raise NormprobeError("--resume DIR writes into DIR; leave out --out")
     folder = run_to_folder(
@@ -107,7 +125,25 @@ def run(
         overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, shard=parse_shard(shard),
         device_map=device_map, n_devices=n_devices)
     if folder is not None:
+        export_images(folder, format)
         typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
+
+
+@app.command()
+def compare(
+    folders: Annotated[List[Path], typer.Argument(help="Two or more run folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison's report.html.")],
+    label: Annotated[Optional[List[str]], typer.Option("--label", help="A name per run, in order (default: folder names).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report.html.")] = False,
+    plotlyjs: PlotlyOpt = "inline",
+) -> None:
+    """Render one report overlaying saved runs (different models, sizes, checkpoints, corpora, dtypes)."""
+    from .api import compare as compare_runs
+
+    if plotlyjs not in ("inline", "cdn"):
+        raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
+    page = compare_runs(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
+    typer.echo(f"wrote {page}")
 
 
 @app.command()
@@ -129,13 +165,17 @@ def report(
     folder: Annotated[Path, typer.Argument(help="A run folder written by `normprobe run`.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default FOLDER/report.html).")] = None,
     plotlyjs: PlotlyOpt = "inline",
+    format: FormatOpt = "html",
 ) -> None:
     """Re-render report.html from a saved run, without the model."""
-    from .api import rerender
+    from .api import export_images, rerender
 
+    _check_format(format)
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
     path = rerender(folder, out, plotlyjs=plotlyjs)
+    for image in export_images(folder, format):
+        typer.echo(f"wrote {image}")
     typer.echo(f"wrote {path}")
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-HEATMAP_BUDGET = 60_000  # cells per heatmap; larger grids are averaged down in position
+HEATMAP_BUDGET = 40_000  # cells per heatmap trace; larger grids are averaged down in position
+MENU_LAYERS = 16  # figures with a per-layer menu offer at most this many layers, evenly spaced
 
 TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=13),
@@ -75,6 +76,20 @@ def integer_axis(fig: go.Figure, axis: str, values) -> None:
         (fig.update_xaxes if axis == "x" else fig.update_yaxes)(dtick=1, tick0=0)
 
 
+def f32(values) -> np.ndarray:
+    """Figures carry float32: Plotly ships numpy arrays as binary, and half the bytes keep reports small."""
+    return np.asarray(values, dtype=np.float32)
+
+
+def spread_layers(layers, limit: int = MENU_LAYERS) -> list:
+    """At most `limit` layers, evenly spaced, always the first and the last."""
+    layers = sorted(layers)
+    if len(layers) <= limit:
+        return layers
+    picks = np.unique(np.linspace(0, len(layers) - 1, limit).round().astype(int))
+    return [layers[i] for i in picks]
+
+
 def spans_orders(values: pd.Series | np.ndarray) -> bool:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
@@ -105,4 +120,4 @@ def grid_within_budget(frame: pd.DataFrame, row: str, col: str, value: str,
     g = binned.groupby([row, "_bin"])[["_w", "count"]].sum()
     means = (g["_w"] / g["count"]).unstack("_bin")
     means = means.reindex(index=rows)
-    return rows, means.columns.to_numpy(), means.to_numpy(), width
+    return rows, means.columns.to_numpy(), f32(means.to_numpy()), width

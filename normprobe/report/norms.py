@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .common import (Block, Section, empty_figure, esc, figure, grid_within_budget, integer_axis, log_toggle, pooled_by,
-                     spans_orders)
+from .common import (Block, Section, empty_figure, esc, f32, figure, grid_within_budget, integer_axis, log_toggle,
+                     pooled_by, spans_orders, spread_layers)
 
 SITE_ORDER = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
@@ -101,13 +101,17 @@ def norm_by_position(norms: pd.DataFrame) -> go.Figure:
     shown = {layers[0], layers[len(layers) // 2], layers[-1]}
     for layer in layers:
         rows = pre[pre["layer"] == layer]
-        fig.add_trace(go.Scatter(x=rows["position"], y=rows["mean"], mode="lines", name=f"layer {layer}",
-                                 visible=True if layer in shown else "legendonly", customdata=rows["count"],
+        fig.add_trace(go.Scatter(x=rows["position"].to_numpy(np.int32), y=f32(rows["mean"]), mode="lines",
+                                 name=f"layer {layer}", visible=True if layer in shown else "legendonly",
+                                 customdata=rows["count"].to_numpy(np.int32),
                                  hovertemplate=f"layer {layer}<br>position %{{x}}<br>mean norm %{{y:.4g}}<br>tokens %{{customdata}}<extra></extra>"))
     fig.update_layout(updatemenus=[log_toggle("yaxis"), log_toggle("xaxis", x=0.78)])
     if spans_orders(pre["mean"]):
         fig.update_yaxes(type="log")
     return fig
+
+
+TOKENS_PER_LAYER = 2000  # point budget: the most frequent token types of each layer
 
 
 def norm_by_frequency(tokens: pd.DataFrame | None) -> go.Figure:
@@ -116,17 +120,26 @@ def norm_by_frequency(tokens: pd.DataFrame | None) -> go.Figure:
         return empty_figure(title, "no token table (every token sat at position 0, or the run was empty)")
     pre = tokens[tokens["site"] == "resid_pre"]
     fig = figure(title, "occurrences in the corpus", "mean L2 norm", height=480)
-    layers = sorted(pre["layer"].unique())
+    all_layers = sorted(pre["layer"].unique())
+    layers = spread_layers(all_layers)
+    trimmed = len(layers) < len(all_layers)
     for i, layer in enumerate(layers):
         rows = pre[pre["layer"] == layer]
-        fig.add_trace(go.Scattergl(
-            x=rows["count"], y=rows["mean"], mode="markers", name=f"layer {layer}", visible=(i == len(layers) - 1),
+        if len(rows) > TOKENS_PER_LAYER:
+            rows, trimmed = rows.nlargest(TOKENS_PER_LAYER, "count"), True
+        fig.add_trace(go.Scatter(
+            x=rows["count"].to_numpy(np.int32), y=f32(rows["mean"]), mode="markers", name=f"layer {layer}",
+            visible=(i == len(layers) - 1),
             marker=dict(size=5, opacity=0.6), text=[esc(t) for t in rows["token"]], customdata=rows["token_id"],
             hovertemplate=f"token %{{text}} (id %{{customdata}})<br>layer {layer}<br>count %{{x}}<br>mean norm %{{y:.4g}}<extra></extra>"))
     buttons = [dict(label=f"layer {l}", method="update", args=[{"visible": [j == i for j in range(len(layers))]}])
                for i, l in enumerate(layers)]
     fig.update_xaxes(type="log")
     fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.15, xanchor="right", yanchor="top")])
+    if trimmed:
+        fig.add_annotation(text=f"drawn: up to {TOKENS_PER_LAYER} most frequent token types of up to {len(layers)} layers; "
+                                "norms_by_token.parquet has all",
+                           x=0, y=-0.18, xref="paper", yref="paper", showarrow=False, font=dict(size=11, color="#666"))
     return fig
 
 

@@ -55,7 +55,7 @@ def metadata_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "inline",
-                title: str | None = None, preface: str = "") -> str:
+                title: str | None = None, preface: str = "", appendix: str | None = None) -> str:
     title = title or f"normprobe: {meta.get('model', 'run')}"
     parts = [f"<h1>{esc(title)}</h1>"]
     status = meta.get("status", "complete")
@@ -63,13 +63,14 @@ def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "
         reason = meta.get("status_reason") or ""
         parts.append(f'<p class="partial"><b>Partial run</b>: status is {esc(status)}. {esc(reason)} '
                      "This page shows only what was saved.</p>")
-    toc = ['<a href="#findings">Findings</a>'] + [f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections]
-    toc.append('<a href="#metadata">Run metadata</a>')
+    toc = (['<a href="#findings">Findings</a>'] if any(s.findings for s in sections) else []) + [f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections]
+    toc.append('<a href="#metadata">Run metadata</a>' if appendix is None else '<a href="#details">Metadata</a>')
     parts.append(f"<nav>{''.join(toc)}</nav>")
     parts.append(preface)
-    parts.append('<h2 id="findings">Findings</h2>')
-    for section in sections:
-        parts.append(f"<h3>{esc(section.title)}</h3>{_table(section.findings) if section.findings else '<p>No findings.</p>'}")
+    if any(s.findings for s in sections):
+        parts.append('<h2 id="findings">Findings</h2>')
+        for section in sections:
+            parts.append(f"<h3>{esc(section.title)}</h3>{_table(section.findings) if section.findings else '<p>No findings.</p>'}")
     n_fig = 0
     for section in sections:
         parts.append(f'<h2 id="{esc(section.anchor)}">{esc(section.title)}</h2>')
@@ -81,10 +82,13 @@ def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "
                 inner = block.html or ""
             caption = f'<p class="caption">{block.caption}</p>' if block.caption else ""
             parts.append(f'<div class="figure">{inner}{caption}</div>')
-    parts.append('<h2 id="metadata">Run metadata</h2>' + _table(metadata_rows(meta), ("key", "value")))
-    options = meta.get("options")
-    if options:
-        parts.append(f"<p><small>options: {esc(json.dumps(options, default=str))}</small></p>")
+    if appendix is not None:
+        parts.append(appendix)
+    else:
+        parts.append('<h2 id="metadata">Run metadata</h2>' + _table(metadata_rows(meta), ("key", "value")))
+        options = meta.get("options")
+        if options:
+            parts.append(f"<p><small>options: {esc(json.dumps(options, default=str))}</small></p>")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
             f"<style>{STYLE}</style>{_plotly_script(plotlyjs)}</head><body><main>{''.join(parts)}</main></body></html>\n")
