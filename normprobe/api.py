@@ -159,8 +159,9 @@ def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = 
 
     out = Path(out)
     check_output_dir(out, overwrite)
+    checks = {k: v for k, v in run_kwargs.items() if k != "checkpoint_every"}
     for model in models:  # validate every model and the corpus before loading any
-        make_runner(model, **run_kwargs)
+        make_runner(model, **checks)
     folders = []
     for i, model in enumerate(models, start=1):
         slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name or model).strip("-.")

@@ -100,3 +100,15 @@ def test_comparison_shows_every_run(browser, demo_adapter, payload_run, tmp_path
     assert header == "float32 <b>run</b>"
     assert problems == []
     page.close()
+
+
+def test_static_svg_export(payload_run, capsys):
+    pytest.importorskip("kaleido", reason="kaleido is not installed")
+    from normprobe.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(payload_run), "--format", "svg"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    images = sorted((payload_run / "figures").glob("*.svg"))
+    assert len(images) == 9
+    assert all(p.read_text().lstrip().startswith("<svg") for p in images)

@@ -149,3 +149,23 @@ def test_unwritable_output(tmp_path, capsys):
     blocker.write_text("x")
     code, _, err = invoke(["run", "demo", "--out", str(blocker / "sub"), "--no-progress"], capsys)
     assert code == 1 and "cannot be written" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir):
+    out = tmp_path / "both"
+    code, stdout, err = invoke(["run", "demo", str(family_dir("llama")), "--probe", "norms", "--probe", "updates",
+                                "--max-docs", "4", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert runs[0] == "1-demo" and runs[1].startswith("2-") and len(runs) == 2
+    for run in runs:
+        assert json.loads((out / run / "run.json").read_text())["status"] == "complete"
+    page = (out / "report.html").read_text()
+    assert "normprobe comparison: 1: demo vs 2: " in page and page.count("Plotly.newPlot") == 4
+    code, _, err = invoke(["compare", str(out / runs[0]), "--out", str(tmp_path / "c")], capsys)
+    assert code == 1 and "at least two run folders" in err
+
+
+def test_bad_format_is_refused_before_loading(tmp_path, capsys):
+    code, _, err = invoke(["run", "demo", "--format", "gif", "--out", str(tmp_path / "x")], capsys)
+    assert code == 1 and "--format must be html, png or svg" in err and not (tmp_path / "x").exists()
