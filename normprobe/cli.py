@@ -88,6 +88,7 @@ def run(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder (same model, corpus and options).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N batches (default: every 5 minutes).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Run only documents I mod N (I/N); combine with `normprobe merge`.")] = None,
+    checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
     plotlyjs: PlotlyOpt = "inline",
@@ -103,6 +104,21 @@ def run(
         raise NormprobeError(f"--errors must be strict or replace, not {errors!r}")
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
+    from .sweep import looks_like_checkpoints, plan, run_sweep
+
+    common = dict(texts=text, input=input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
+                  max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers),
+                  prepend_bos=prepend_bos, device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress,
+                  checkpoint_every=checkpoint_every)
+    if checkpoints is not None or looks_like_checkpoints(models):
+        if shard is not None:
+            raise NormprobeError("--shard does not combine with a checkpoint sweep")
+        if resume is not None and out is not None and Path(out) != resume:
+            raise NormprobeError("--resume DIR writes into DIR; leave out --out")
+        page = run_sweep(plan(models, checkpoints), resume or out or _default_out(f"{Path(models[0]).name}-sweep"),
+                         probes=probe, resume=resume is not None, overwrite=overwrite, **common)
+        typer.echo(f"wrote {page.parent}/ (evolution report: {page})")
+        return
     if len(models) > 1:
         if resume is not None or shard is not None:
             raise NormprobeError("--resume and --shard take one model")

@@ -142,11 +142,17 @@ class Runner:
         from .store import corpus_digest
 
         opts, spec = self.options, self.corpus.input
-        source = resolve_source(self.model) if isinstance(self.model, str) else self.model.source
+        from .adapter import ModelSource
+
+        if isinstance(self.model, ModelSource):
+            source = self.model
+        else:
+            source = resolve_source(self.model) if isinstance(self.model, str) else self.model.source
         digest = corpus_digest(list(self.corpus.texts) if self.corpus.texts is not None else None,
                                spec.path if spec else None, *(
                                    (spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")))
         return {"model": source.name, "resolved_model": source.location, "revision": source.revision,
+                "checkpoint_value": source.checkpoint_value,
                 "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
@@ -195,7 +201,7 @@ class Runner:
         """Run to the end and return a RunResult; under torchrun, ranks other than 0 return None."""
         import torch
 
-        from .adapter import ModelAdapter, load_model
+        from .adapter import ModelAdapter, ModelSource, load_model
         from .batching import iter_batches, iter_windows
         from .distributed import local_device, make_sync
         from .interrupt import RunInterrupted, StopRequests
@@ -204,7 +210,10 @@ class Runner:
         opts = self.options
         sync = make_sync()
         model = self.model
-        if not isinstance(model, ModelAdapter):
+        if isinstance(model, ModelSource):
+            model = ModelAdapter.from_source(model, device=local_device(opts.device), dtype=opts.dtype,
+                                             device_map=opts.device_map, n_devices=opts.n_devices)
+        elif not isinstance(model, ModelAdapter):
             model = load_model(str(model), device=local_device(opts.device), dtype=opts.dtype,
                                device_map=opts.device_map, n_devices=opts.n_devices)
         probes, seq_len = self.prepare(model)
@@ -396,7 +405,8 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 max_docs: int | None = None, max_tokens: int | None = None, prepend_bos: bool = True,
                 layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
-                n_devices: int | None = None) -> Runner:
+                n_devices: int | None = None, revision: str | None = None,
+                checkpoint_value: int | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if texts is not None and input is not None:
         raise NormprobeError("give texts or an input file, not both")
@@ -408,7 +418,10 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
     if isinstance(model, str):
         from .adapter import config_n_layers, resolve_source, validate_source
 
-        n_layers = config_n_layers(validate_source(resolve_source(model)))
+        source = resolve_source(model, revision=revision, checkpoint_value=checkpoint_value)
+        if revision is not None or checkpoint_value is not None:
+            runner.model = source
+        n_layers = config_n_layers(validate_source(source))
         bad = [l for l in (layers or []) if n_layers is not None and l >= n_layers]
         if bad:
             raise NormprobeError(f"invalid layer index {bad[0]}: {model} has layers 0..{n_layers - 1}")

@@ -16,7 +16,7 @@ from .results import RUN_FILE, _json_safe, check_output_dir, write_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # What must match for a resumed run to continue the same measurement.
-FINGERPRINT_KEYS = ("model", "resolved_model", "revision", "dtype", "probe_specs", "corpus", "corpus_sha256",
+FINGERPRINT_KEYS = ("model", "resolved_model", "revision", "checkpoint_value", "dtype", "probe_specs", "corpus", "corpus_sha256",
                     "seq_len", "batch_size", "prepend_bos", "layers", "max_docs", "max_tokens", "shard")
 
 

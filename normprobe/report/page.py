@@ -44,7 +44,8 @@ def _figure_html(fig, div_id: str) -> str:
 
 META_KEYS = ("model", "resolved_model", "family", "model_type", "n_layers", "d_model", "n_heads", "d_vocab",
              "norm_type", "block", "positional", "tied_unembedding", "dtype", "device", "corpus", "n_docs",
-             "n_windows", "n_tokens", "seq_len", "batch_size", "prepend_bos", "seconds", "created", "status")
+             "n_windows", "n_tokens", "seq_len", "batch_size", "prepend_bos", "seconds", "created", "status",
+             "probes", "checkpoints")
 
 
 def metadata_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:

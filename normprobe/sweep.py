@@ -1,0 +1,197 @@
+"""The outer loop: the same probes over a model's training checkpoints, one model in memory at a time.
+
+A sweep folder holds one run folder per checkpoint (`step-N/`), `sweep.json`, and `report.html`,
+the evolution report. Each checkpoint's results are saved before the next one loads, so a sweep
+resumed with --resume skips the checkpoints that are complete and continues the one that stopped.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import NormprobeError
+
+STEP_PATTERN = re.compile(r"(?:step|ckpt|checkpoint|iter|global_step)[-_]?(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    model: str  # a local folder, or the Hub name
+    checkpoint_value: int | None = None  # for Hub families with published checkpoints
+
+    @property
+    def folder_name(self) -> str:
+        return f"step-{self.step}"
+
+
+def step_of(folder: Path) -> int | None:
+    """The training step of a checkpoint folder: from training_state.json / trainer_state.json, else its name."""
+    for name, key in (("training_state.json", "step"), ("trainer_state.json", "global_step")):
+        path = folder / name
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text()).get(key)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                value = None
+            if isinstance(value, int):
+                return value
+    match = STEP_PATTERN.search(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def _local_checkpoints(folders: list[Path]) -> list[Checkpoint]:
+    found = []
+    for folder in folders:
+        step = step_of(folder)
+        if step is None:
+            raise NormprobeError(f"cannot tell the training step of {folder}: name it step-N (or ckpt-N, checkpoint-N) "
+                                 "or give it a training_state.json with a step")
+        found.append(Checkpoint(step, str(folder)))
+    steps = [c.step for c in found]
+    duplicates = sorted({s for s in steps if steps.count(s) > 1})
+    if duplicates:
+        raise NormprobeError(f"two checkpoints claim step {duplicates[0]}")
+    return sorted(found, key=lambda c: c.step)
+
+
+def looks_like_checkpoints(models: list[str]) -> bool:
+    """Several local folders that each name a training step: a sweep rather than a comparison."""
+    folders = [Path(m) for m in models]
+    return len(models) > 1 and all(f.is_dir() and step_of(f) is not None for f in folders)
+
+
+def plan(models: list[str], spec: str | None) -> list[Checkpoint]:
+    """The checkpoints a --checkpoints SPEC (or several step-named folders) asks for, in training order."""
+    if spec is None or spec == "local":
+        folders = [Path(m) for m in models]
+        if spec == "local" and len(folders) == 1:
+            parent = folders[0]
+            if not parent.is_dir():
+                raise NormprobeError(f"--checkpoints local needs a folder of checkpoints; {parent} is not a folder")
+            folders = sorted(p for p in parent.iterdir() if (p / "config.json").is_file())
+            if not folders:
+                raise NormprobeError(f"{parent} holds no checkpoint folders (subfolders with a config.json)")
+        missing = [f for f in folders if not f.is_dir()]
+        if missing:
+            raise NormprobeError(f"checkpoint folder not found: {missing[0]}")
+        return _local_checkpoints(folders)
+    if len(models) != 1:
+        raise NormprobeError("--checkpoints with steps takes one model name, e.g. EleutherAI/pythia-160m")
+    from .adapter import resolve_source
+
+    source = resolve_source(models[0])
+    if source.kind != "hub":
+        raise NormprobeError("--checkpoints with steps is for Hub models that publish checkpoints; "
+                             "for folders use --checkpoints local")
+    labels = hub_checkpoint_labels(source.location)
+    if spec == "all":
+        chosen = labels
+    elif spec.startswith("every:"):
+        try:
+            every = int(spec.split(":", 1)[1])
+        except ValueError:
+            every = 0
+        if every < 1:
+            raise NormprobeError(f"invalid --checkpoints {spec!r}; use every:K with K >= 1")
+        chosen = [label for label in labels if label % every == 0]
+    else:
+        try:
+            chosen = sorted({int(x) for x in spec.split(",") if x.strip()})
+        except ValueError:
+            raise NormprobeError(f"invalid --checkpoints {spec!r}; use steps like 0,512,1000, all, every:K or local") from None
+        unknown = [c for c in chosen if c not in labels]
+        if unknown:
+            raise NormprobeError(f"{source.location} has no checkpoint at step {unknown[0]}; "
+                                 f"it has {len(labels)} from {labels[0]} to {labels[-1]}")
+    if not chosen:
+        raise NormprobeError(f"--checkpoints {spec!r} selects no checkpoint of {source.location}")
+    return [Checkpoint(step, models[0], checkpoint_value=step) for step in chosen]
+
+
+def hub_checkpoint_labels(hub_id: str) -> list[int]:
+    import logging
+
+    from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
+
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        labels, _ = get_checkpoint_labels(hub_id)
+    except (ValueError, OSError) as exc:
+        raise NormprobeError(f"{hub_id} publishes no training checkpoints normprobe knows of ({exc})") from None
+    return list(labels)
+
+
+def run_sweep(checkpoints: list[Checkpoint], out: str | Path, *, probes: list[str], resume: bool = False,
+              overwrite: bool = False, plotlyjs: str = "inline", progress: bool = True, **run_kwargs: Any) -> Path:
+    """Run every checkpoint into OUT/step-N/, then write the evolution report OUT/report.html."""
+    from .api import run_to_folder
+    from .results import check_output_dir, write_atomic
+    from .runner import make_runner
+
+    out = Path(out)
+    if resume:
+        if not (out / "sweep.json").is_file():
+            raise NormprobeError(f"{out} holds no sweep.json; is it a checkpoint sweep folder?")
+        saved = json.loads((out / "sweep.json").read_text())
+        if [c["step"] for c in saved["checkpoints"]] != [c.step for c in checkpoints]:
+            raise NormprobeError("cannot resume: the sweep's checkpoints differ from this command's")
+    else:
+        check_output_dir(out, overwrite)
+    checks = {k: v for k, v in run_kwargs.items() if k != "checkpoint_every"}
+    for checkpoint in checkpoints:  # validate everything before loading any model
+        make_runner(checkpoint.model, probes=probes, checkpoint_value=checkpoint.checkpoint_value, **checks)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "sweep.json", (json.dumps({"checkpoints": [asdict(c) for c in checkpoints], "probes": probes},
+                                                 indent=2) + "\n").encode())
+    for checkpoint in checkpoints:
+        folder = out / checkpoint.folder_name
+        status = _status(folder)
+        if status == "complete":
+            if progress:
+                print(f"normprobe: {checkpoint.folder_name} is complete; skipping", flush=True)
+            continue
+        can_resume = status in ("running", "interrupted", "failed") and (folder / "checkpoint.pt").is_file()
+        run_to_folder(checkpoint.model, folder, probes=probes, resume=can_resume, overwrite=not can_resume,
+                      plotlyjs=plotlyjs, progress=progress, checkpoint_value=checkpoint.checkpoint_value, **run_kwargs)
+        _release_memory()
+    return write_evolution_report(out, checkpoints, plotlyjs)
+
+
+def _status(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "run.json").read_text()).get("status")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def write_evolution_report(out: Path, checkpoints: list[Checkpoint], plotlyjs: str = "inline") -> Path:
+    from .report.evolution import render_evolution
+    from .results import RunResult, write_atomic
+
+    from .report.evolution import evolution_findings
+    from .results import _json_safe
+
+    runs = [(c.step, RunResult.load(out / c.folder_name)) for c in checkpoints]
+    write_atomic(out / "evolution.json", (json.dumps(_json_safe(evolution_findings(runs)), indent=2) + "\n").encode())
+    path = out / "report.html"
+    local = Path(checkpoints[0].model)
+    name = checkpoints[0].model if checkpoints[0].checkpoint_value is not None or not local.is_dir() \
+        else local.resolve().parent.name
+    write_atomic(path, render_evolution(runs, plotlyjs=plotlyjs, name=name).encode("utf-8"))
+    return path

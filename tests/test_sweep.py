@@ -1,0 +1,106 @@
+"""The outer loop: sweeps over training checkpoints of a tiny model trained inside the fixture."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import normprobe
+from normprobe.cli import main
+from normprobe.errors import NormprobeError
+from normprobe.sweep import plan, step_of
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Assignment statements bind names to values.",
+         "Every layer adds an update to the residual stream.", "A short one."]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoints(tmp_path_factory):
+    """A 2-layer GPT-2 trained for 30 steps by the demo's own script, saved at steps 0, 10, 20 and 30."""
+    root = tmp_path_factory.mktemp("training")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train_demo.py"), "--out", str(root / "final"),
+                           "--checkpoint-dir", str(root / "ckpts"), "--steps", "30", "--save-every", "10",
+                           "--n-layer", "2", "--d-model", "32", "--vocab-size", "300", "--batch-size", "4",
+                           "--seq-len", "32"], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "ckpts"
+
+
+def _invoke(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code or 0, capsys.readouterr()
+
+
+def test_training_saved_ordered_checkpoints(trained_checkpoints):
+    steps = sorted(step_of(p) for p in trained_checkpoints.iterdir())
+    assert steps == [0, 10, 20, 30]
+    losses = [json.loads((trained_checkpoints / f"step-{s}" / "training_state.json").read_text())["valid_loss"] for s in steps]
+    assert losses[-1] < losses[0]  # it trained
+
+
+def test_sweep_over_local_checkpoints_equals_single_runs(trained_checkpoints, tmp_path, capsys):
+    folders = [trained_checkpoints / f"step-{s}" for s in (20, 0, 10)]  # out of order on purpose
+    out = tmp_path / "sweep"
+    args = ["--probe", "norms", "--probe", "updates", "--no-progress"] + sum((["--text", t] for t in TEXTS), [])
+    code, io = _invoke(["run", *map(str, folders), "--out", str(out), *args], capsys)
+    assert code == 0, io.err
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step-0", "step-10", "step-20"]
+    evolution = json.loads((out / "evolution.json").read_text())
+    assert evolution["steps"] == [0, 10, 20]
+    html = (out / "report.html").read_text()
+    assert "normprobe over training" in html and html.count("Plotly.newPlot") == 7
+    for step in (0, 10, 20):
+        single = normprobe.run(str(trained_checkpoints / f"step-{step}"), texts=TEXTS, probes=["norms", "updates"],
+                               progress=False)
+        for name in ("norms", "updates"):
+            saved = pd.read_parquet(out / f"step-{step}" / f"{name}.parquet")
+            pd.testing.assert_frame_equal(saved, single[name], check_exact=False, rtol=1e-6)
+        loss = single["updates"].query("component == 'output'")["lens_loss_mean"].iloc[0]
+        assert evolution["model_loss"][[0, 10, 20].index(step)] == pytest.approx(loss)
+
+
+def test_resumed_sweep_skips_finished_checkpoints(trained_checkpoints, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["--checkpoints", "local", "--probe", "norms", "--text", TEXTS[0], "--text", TEXTS[1]]
+    code, io = _invoke(["run", str(trained_checkpoints), "--out", str(out), "--no-progress", *args], capsys)
+    assert code == 0, io.err
+    # pretend the sweep stopped during step-20: its folder is incomplete, the others are done
+    (out / "step-20" / "run.json").write_text(json.dumps({"status": "interrupted"}))
+    before = {s: (out / f"step-{s}" / "run.json").stat().st_mtime_ns for s in (0, 10, 30)}
+    code, io = _invoke(["run", str(trained_checkpoints), "--resume", str(out), *args], capsys)
+    assert code == 0, io.err
+    assert io.out.count("is complete; skipping") == 3
+    assert {s: (out / f"step-{s}" / "run.json").stat().st_mtime_ns for s in (0, 10, 30)} == before
+    assert json.loads((out / "step-20" / "run.json").read_text())["status"] == "complete"
+
+
+def test_checkpoint_ordering_and_errors(tmp_path):
+    for name, state in (("ckpt-2", None), ("ckpt-10", None), ("final", {"step": 5}), ("checkpoint_100", None)):
+        folder = tmp_path / "ckpts" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        if state:
+            (folder / "training_state.json").write_text(json.dumps(state))
+    assert [c.step for c in plan([str(tmp_path / "ckpts")], "local")] == [2, 5, 10, 100]
+    (tmp_path / "ckpts" / "mystery").mkdir()
+    (tmp_path / "ckpts" / "mystery" / "config.json").write_text("{}")
+    with pytest.raises(NormprobeError, match="cannot tell the training step"):
+        plan([str(tmp_path / "ckpts")], "local")
+
+
+def test_hub_checkpoint_specs_resolve_offline():
+    assert [c.checkpoint_value for c in plan(["pythia-70m"], "0,512,1000")] == [0, 512, 1000]
+    assert len(plan(["EleutherAI/pythia-160m"], "all")) == 154
+    assert [c.step for c in plan(["pythia-70m"], "every:50000")] == [0, 50000, 100000]
+    with pytest.raises(NormprobeError, match="has no checkpoint at step 3"):
+        plan(["pythia-70m"], "3")
+    with pytest.raises(NormprobeError, match="publishes no training checkpoints"):
+        plan(["gpt2"], "all")
