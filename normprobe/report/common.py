@@ -18,7 +18,7 @@ TEMPLATE = go.layout.Template(layout=dict(
         "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"],
     xaxis=dict(gridcolor="#e5e5e5", zerolinecolor="#bbbbbb", linecolor="#888", showline=True),
     yaxis=dict(gridcolor="#e5e5e5", zerolinecolor="#bbbbbb", linecolor="#888", showline=True),
-    margin=dict(l=70, r=30, t=60, b=60), hovermode="closest",
+    margin=dict(l=70, r=30, t=96, b=60), hovermode="closest",
 ))
 
 
@@ -61,10 +61,10 @@ def empty_figure(title: str, reason: str) -> go.Figure:
     return fig
 
 
-def log_toggle(axis: str = "yaxis", x: float = 1.0, y: float = 1.15) -> dict:
+def log_toggle(axis: str = "yaxis", x: float = 1.0, y: float = 1.02) -> dict:
     """A pair of buttons switching one axis between linear and log scale."""
     name = axis[0]
-    return dict(type="buttons", direction="right", x=x, y=y, xanchor="right", yanchor="top", showactive=True,
+    return dict(type="buttons", direction="right", x=x, y=y, xanchor="right", yanchor="bottom", showactive=True,
                 buttons=[dict(label=f"{name}: linear", method="relayout", args=[{f"{axis}.type": "linear"}]),
                          dict(label=f"{name}: log", method="relayout", args=[{f"{axis}.type": "log"}])])
 

@@ -18,7 +18,7 @@ FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows}
 def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray]) -> None:
     """Buttons switching every trace between relative depth (layer / n_layers) and layer index."""
     fig.update_layout(updatemenus=[
-        dict(type="buttons", direction="right", x=0.72, y=1.15, xanchor="right", yanchor="top", showactive=True,
+        dict(type="buttons", direction="right", x=0.72, y=1.02, xanchor="right", yanchor="bottom", showactive=True,
              buttons=[dict(label="relative depth", method="update",
                            args=[{"x": [list(map(float, x)) for x in relative_x]}, {"xaxis.title.text": "layer / n_layers"}]),
                       dict(label="layer index", method="update",

@@ -60,7 +60,7 @@ def heatmap(norms: pd.DataFrame) -> go.Figure:
     n = len(fig.data)
     buttons = [dict(label=trace.name, method="update", args=[{"visible": [j == k for j in range(n)]}])
                for k, trace in enumerate(fig.data)]
-    fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, y=1.15, xanchor="right", yanchor="top")])
+    fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, y=1.02, xanchor="right", yanchor="bottom")])
     integer_axis(fig, "y", norms["layer"].unique())
     if widest > 1:
         fig.add_annotation(text=f"positions averaged in bins of {widest} to fit the point budget",
@@ -135,7 +135,7 @@ def norm_by_frequency(tokens: pd.DataFrame | None) -> go.Figure:
     buttons = [dict(label=f"layer {l}", method="update", args=[{"visible": [j == i for j in range(len(layers))]}])
                for i, l in enumerate(layers)]
     fig.update_xaxes(type="log")
-    fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.15, xanchor="right", yanchor="top")])
+    fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02, xanchor="right", yanchor="bottom")])
     if trimmed:
         fig.add_annotation(text=f"drawn: up to {TOKENS_PER_LAYER} most frequent token types of up to {len(layers)} layers; "
                                 "norms_by_token.parquet has all",

@@ -104,8 +104,8 @@ def alignment_histogram(hist: pd.DataFrame | None) -> go.Figure:
     n = len(fig.data)
     buttons = [dict(label=f"layer {l}", method="update",
                     args=[{"visible": [i // per_layer == k for i in range(n)]}]) for k, l in enumerate(layers)]
-    fig.update_layout(barmode="overlay", updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.15,
-                                                           xanchor="right", yanchor="top")])
+    fig.update_layout(barmode="overlay", updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02,
+                                                           xanchor="right", yanchor="bottom")])
     return fig
 
 
