@@ -191,13 +191,33 @@ class Readout:
         return x
 
     def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-        """Per-token cross-entropy of `targets` read out from h [N, d], and dCE/dh [N, d], in float32."""
+        """Per-token cross-entropy of `targets` read out from h [N, d], and dCE/dh [N, d], in float32.
+
+        Autograd carries the gradient through the final norm (whatever the family's norm is); the
+        unembedding's part, (softmax - onehot) @ W_U, is written out so that only one
+        [tokens x vocab] buffer exists, reused in place for the probabilities.
+        """
         torch = self._torch
+        head = self.modules[-1]
         with torch.inference_mode(False), torch.enable_grad():
             x = h.detach().float().clone().requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(self.logits(x), targets.clone(), reduction="none")
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), grad.detach()
+            y = x
+            for module in self.modules[:-1]:
+                y = module(y)
+        with torch.inference_mode(False), torch.no_grad():
+            targets = targets.clone()
+            logits = torch.nn.functional.linear(y.detach(), head.weight, head.bias)
+            lse = torch.logsumexp(logits, dim=-1)
+            loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
+            probs = logits.sub_(lse[:, None]).exp_()
+            probs[torch.arange(len(targets), device=probs.device), targets] -= 1.0
+            grad_y = probs @ head.weight
+            del logits, probs
+        if x is y:  # no norm before the unembedding
+            return loss, grad_y
+        with torch.inference_mode(False):
+            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
+        return loss, grad.detach()
 
     def loss(self, h: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
         return self._torch.nn.functional.cross_entropy(self.logits(h), targets, reduction="none")

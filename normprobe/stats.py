@@ -29,29 +29,40 @@ class GroupedMoments:
         self.maximum = torch.full((n_groups,), float("-inf"), **f64) if track_extremes else None
 
     def add(self, groups: torch.Tensor, values: torch.Tensor) -> None:
-        """Add values [N] (any float dtype) to their groups [N] (int64)."""
-        values = values.to(torch.float64)
+        """Add values [N] (any float dtype) to their groups [N] (int64).
+
+        Work is proportional to the groups this batch touches, not to n_groups, so a
+        per-token-type table over a 150k vocabulary costs no more than a small one.
+        """
+        groups = groups.to(self.count.device)
+        values = values.to(self.count.device, torch.float64)
         finite = torch.isfinite(values)
         if not bool(finite.all()):
             self.nonfinite.index_add_(0, groups[~finite], torch.ones_like(values[~finite]))
             groups, values = groups[finite], values[finite]
-        count = torch.zeros_like(self.count).index_add_(0, groups, torch.ones_like(values))
-        total = torch.zeros_like(self.total).index_add_(0, groups, values)
-        mean = total / count.clamp(min=1)
-        deviation = values - mean[groups]
-        m2 = torch.zeros_like(self.m2).index_add_(0, groups, deviation * deviation)
-        self._combine(count, total, m2)
+        if groups.numel() == 0:
+            return
+        touched, slot = torch.unique(groups, return_inverse=True)
+        count = torch.zeros(len(touched), dtype=torch.float64, device=values.device).index_add_(0, slot, torch.ones_like(values))
+        total = torch.zeros_like(count).index_add_(0, slot, values)
+        deviation = values - (total / count)[slot]
+        m2 = torch.zeros_like(count).index_add_(0, slot, deviation * deviation)
+        self._combine(count, total, m2, touched)
         if self.track_extremes:
             self.minimum.scatter_reduce_(0, groups, values, reduce="amin")
             self.maximum.scatter_reduce_(0, groups, values, reduce="amax")
 
-    def _combine(self, count: torch.Tensor, total: torch.Tensor, m2: torch.Tensor) -> None:
-        n = self.count + count
-        delta = total / count.clamp(min=1) - self.total / self.count.clamp(min=1)
-        cross = torch.where(n > 0, delta * delta * self.count * count / n.clamp(min=1), torch.zeros_like(n))
-        self.m2 = self.m2 + m2 + cross
-        self.count = n
-        self.total = self.total + total
+    def _combine(self, count: torch.Tensor, total: torch.Tensor, m2: torch.Tensor,
+                 where: torch.Tensor | None = None) -> None:
+        """Chan et al.'s pairwise update of (count, total, m2), on all groups or on the `where` subset."""
+        index = slice(None) if where is None else where
+        old_count, old_total = self.count[index], self.total[index]
+        n = old_count + count
+        delta = total / count.clamp(min=1) - old_total / old_count.clamp(min=1)
+        cross = torch.where(n > 0, delta * delta * old_count * count / n.clamp(min=1), torch.zeros_like(n))
+        self.m2[index] = self.m2[index] + m2 + cross
+        self.count[index] = n
+        self.total[index] = old_total + total
 
     def merge(self, other: "GroupedMoments") -> None:
         if other.n_groups != self.n_groups:

@@ -44,7 +44,7 @@ class UpdatesProbe(Probe):
     name = "updates"
     description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
 
-    def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 22, **options: Any):
+    def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, **options: Any):
         super().__init__(layers, **options)
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
 
