@@ -56,3 +56,12 @@ def test_float16_overflow_is_counted_not_averaged(demo_adapter):
     ok = norms[(norms.site == "resid_post") & (norms.layer == 3) & (norms.position == 1)].iloc[0]
     assert ok["mean"] == pytest.approx(300 * np.sqrt(demo_adapter.d_model))  # squared in float32: no overflow
     assert NormsProbe.findings(probe.result())["n_nonfinite"] == 1
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama", "gemma"])
+def test_bfloat16_norms_on_other_families(family, family_adapter):
+    texts = DOCS * 2
+    full = normprobe.run(family_adapter(family), texts=texts, probes=["norms"], progress=False)["norms"]
+    half = normprobe.run(family_adapter(family, "bfloat16"), texts=texts, probes=["norms"], progress=False)["norms"]
+    pooled = lambda t: (t["mean"] * t["count"]).groupby([t["site"], t["layer"]]).sum() / t.groupby(["site", "layer"])["count"].sum()  # noqa: E731
+    assert float((pooled(half) / pooled(full) - 1).abs().max()) < 0.01
