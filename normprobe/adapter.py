@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .errors import NormprobeError
 from .families import SHORT_NAMES, family_for, supported_family_names
+from .jsonio import read_json
 
 if TYPE_CHECKING:
     import torch
@@ -63,13 +64,7 @@ def resolve_source(name: str, revision: str | None = None, checkpoint_index: int
 
 
 def _read_config(folder: Path) -> dict:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise NormprobeError(f"model folder {folder} has no config.json; is it a Hugging Face model folder?")
-    try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NormprobeError(f"model folder {folder}: config.json is not valid JSON ({exc})") from None
+    return read_json(folder / "config.json", f"model folder {folder} has no config.json; is it a Hugging Face model folder?")
 
 
 def check_architecture(model_type: str | None, where: str) -> None:

@@ -15,6 +15,7 @@ from typing import Iterator
 from .errors import NormprobeError
 
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
+VALIDATE_DOCS = 200_000  # documents read ahead before the model loads
 
 
 def _paragraphs(text: str, min_chars: int) -> list[str]:
@@ -89,11 +90,13 @@ def validate_input(spec: InputSpec) -> None:
         raise NormprobeError(f"cannot read input file {path}: {exc.strerror}") from None
     if path.suffix.lower() in (".txt", ".jsonl", ".csv") and b"\x00" in head:
         raise NormprobeError(f"input file {path} looks binary (it holds NUL bytes), not text")
-    # A full pass is cheap next to a model load and catches encoding and format errors early.
+    # Reading ahead is cheap next to a model load and catches encoding and format errors early;
+    # past VALIDATE_DOCS documents a bad line still stops the run with the same one-line message.
     if next(iter_documents(spec), None) is None:
         raise NormprobeError(f"input file {path} holds no documents (it is empty or only whitespace)")
-    for _ in iter_documents(spec):
-        pass
+    for count, _ in enumerate(iter_documents(spec)):
+        if count >= VALIDATE_DOCS:
+            break
 
 
 def iter_documents(spec: InputSpec) -> Iterator[str]:

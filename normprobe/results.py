@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import NormprobeError
+from .jsonio import read_json
 
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
@@ -105,13 +106,7 @@ class RunResult:
     @classmethod
     def load(cls, folder: str | Path) -> "RunResult":
         folder = Path(folder)
-        run_file = folder / RUN_FILE
-        if not run_file.is_file():
-            raise NormprobeError(f"{folder} holds no {RUN_FILE}; is it a normprobe run folder?")
-        try:
-            body = json.loads(run_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NormprobeError(f"{run_file} is not valid JSON ({exc})") from None
+        body = read_run_json(folder)
         names = body.pop("tables", [])
         findings = body.pop("findings", {})
         tables = {}
@@ -120,6 +115,10 @@ class RunResult:
             if table_file.is_file():
                 tables[name] = pd.read_parquet(table_file)
         return cls(tables=tables, findings=findings, meta=body)
+
+
+def read_run_json(folder: Path) -> dict[str, Any]:
+    return read_json(Path(folder) / RUN_FILE, f"{folder} holds no {RUN_FILE}; is it a normprobe run folder?")
 
 
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:

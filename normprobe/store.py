@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NormprobeError
-from .results import RUN_FILE, _json_safe, check_output_dir, write_atomic
+from .results import RUN_FILE, _json_safe, check_output_dir, read_run_json, write_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # What must match for a resumed run to continue the same measurement.
@@ -67,13 +67,7 @@ class RunFolder:
         return folder, meta, checkpoint
 
     def read_meta(self) -> dict[str, Any]:
-        run_file = self.path / RUN_FILE
-        if not run_file.is_file():
-            raise NormprobeError(f"{self.path} holds no {RUN_FILE}; is it a normprobe run folder?")
-        try:
-            return json.loads(run_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NormprobeError(f"{run_file} is not valid JSON ({exc})") from None
+        return read_run_json(self.path)
 
     # -- writing -----------------------------------------------------------
     def write_meta(self, meta: dict[str, Any]) -> None:
