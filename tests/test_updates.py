@@ -42,7 +42,7 @@ def analytic_grad(hf, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (gy - xhat * (gy * xhat).mean(-1, keepdim=True)) / sigma
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "gemma", "opt", "phi"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_gradient_matches_analytic_formula(family, family_adapter, hf_model, family_dir):
     adapter = family_adapter(family)
     torch.manual_seed(1)
