@@ -109,9 +109,27 @@ def _check_hub_reachable(source: ModelSource) -> dict | None:
         config = json.loads(Path(cached).read_text())
         check_architecture(config.get("model_type"), f"model {source.location}")
         return config
-    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") \
+            or not _hub_resolvable():
         raise NormprobeError(_not_found_message(source, HF_HUB_CACHE))
     return None
+
+
+def _hub_resolvable() -> bool:
+    """Whether the Hub's host name resolves: without DNS the loader would retry for half a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub.constants import ENDPOINT
+
+    host = urlparse(ENDPOINT).hostname
+    if not host:
+        return True
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _not_found_message(source: ModelSource, cache: str) -> str:

@@ -169,3 +169,21 @@ def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir)
 def test_bad_format_is_refused_before_loading(tmp_path, capsys):
     code, _, err = invoke(["run", "demo", "--format", "gif", "--out", str(tmp_path / "x")], capsys)
     assert code == 1 and "--format must be html, png or svg" in err and not (tmp_path / "x").exists()
+
+
+def test_hub_name_without_network_fails_fast(tmp_path, capsys, monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    started = time.time()
+    code, _, err = invoke(["run", "gpt2-small", "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == 1 and time.time() - started < 10
+    assert err.strip().splitlines() == [err.strip()] and "HF_HOME" in err and "HF_HUB_OFFLINE" in err
