@@ -97,7 +97,6 @@ def main() -> None:
     import normprobe
     from normprobe.batching import iter_batches, iter_windows
     from normprobe.corpus import sample_documents
-    from normprobe.runner import Corpus, RunOptions, Runner
 
     work = Path(tempfile.mkdtemp(prefix="normprobe-bench-"))
     folder = build_model(shape, work / "model")
@@ -112,7 +111,6 @@ def main() -> None:
     texts = [model.tokenizer.decode(w.tokens[1:]) for w in windows]
     batches = list(iter_batches(windows, args.batch_size, model.pad_token_id, args.device))
     n_tokens = sum(b.n_tokens for b in batches)
-    L = model.n_layers
     results: dict[str, dict] = {}
 
     def sync():

@@ -19,6 +19,8 @@ _LAZY = {
     "GroupedMoments": ("normprobe.stats", "GroupedMoments"),
     "Batch": ("normprobe.batching", "Batch"),
     "resolve_probe": ("normprobe.registry", "resolve_probe"),
+    "compare": ("normprobe.api", "compare"),
+    "merge_shards": ("normprobe.api", "merge_shards"),
 }
 
 __all__ = ["NormprobeError", "Probe", "__version__", *_LAZY]

@@ -4,96 +4,17 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
-from .corpus import InputSpec, iter_documents, sample_documents, validate_input
+from .corpus import InputSpec
 from .errors import NormprobeError
+from .hooked import HookedPass, ProbeFailed
+from .options import DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
 from .registry import resolve_probes
 
-DEFAULT_SEQ_LEN = 1024
-DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
-
-
-@dataclass
-class RunOptions:
-    """Everything that decides which numbers a run produces (recorded in run.json)."""
-
-    batch_size: int | None = None
-    seq_len: int | None = None
-    max_docs: int | None = None
-    max_tokens: int | None = None
-    prepend_bos: bool = True
-    layers: list[int] | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    shard: tuple[int, int] | None = None
-    device_map: str | None = None
-    n_devices: int | None = None
-
-    def validate(self) -> None:
-        for name in ("batch_size", "max_docs", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise NormprobeError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.seq_len is not None and self.seq_len < 2:
-            raise NormprobeError(f"--seq-len must be at least 2 (got {self.seq_len})")
-        if self.layers is not None:
-            if not self.layers:
-                raise NormprobeError("--layers is empty")
-            bad = [l for l in self.layers if l < 0]
-            if bad:
-                raise NormprobeError(f"invalid layer index {bad[0]}: layers count from 0")
-        from .adapter import parse_dtype
-        from .distributed import is_distributed
-
-        self.dtype = parse_dtype(self.dtype)
-        if self.max_tokens is not None and (self.shard or is_distributed()):
-            raise NormprobeError("--max-tokens cannot be split across shards or ranks; use --max-docs")
-
-
-@dataclass
-class Corpus:
-    """Documents from a list of strings, a file, or the built-in sample."""
-
-    texts: Sequence[str] | None = None
-    input: InputSpec | None = None
-
-    @property
-    def description(self) -> str:
-        if self.input is not None:
-            return str(self.input.path)
-        return "texts" if self.texts is not None else "built-in sample (Python help topics)"
-
-    def validate(self) -> None:
-        if self.input is not None:
-            validate_input(self.input)
-        elif self.texts is not None:
-            if isinstance(self.texts, str):
-                raise NormprobeError("texts must be a list of documents, not one string")
-            if not any(t.strip() for t in self.texts):
-                raise NormprobeError("no documents: every text given is empty or whitespace")
-
-    def documents(self) -> Iterator[str]:
-        if self.input is not None:
-            return iter_documents(self.input)
-        if self.texts is not None:
-            return (t for t in self.texts if t.strip())
-        return iter(sample_documents())
-
-
-def default_batch_size(model, seq_len: int) -> int:
-    """Tokens per batch from free accelerator memory (a share of it), else a fixed CPU budget."""
-    import torch
-
-    budget = DEFAULT_TOKEN_BUDGET
-    if str(model.device).startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info()
-        # the updates probe holds ~4 float32 vectors per layer and token; keep to a quarter of free memory
-        per_token = 4 * 4 * model.d_model * (model.n_layers + 1) + 4 * model.d_vocab
-        budget = max(seq_len, int(free * 0.25 // per_token))
-    return max(1, min(256, budget // seq_len))
+__all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
 
 
 def _versions() -> dict[str, str]:
@@ -246,7 +167,7 @@ class Runner:
             if folder is not None:
                 folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes}, "progress": dict(done)})
 
-        hooked = _HookedPass(model, probes)
+        hooked = HookedPass(model, probes)
         bar = _progress(total, progress and sync.rank == 0)
         bar.update(done["tokens"])
         last_save = time.time()
@@ -263,7 +184,7 @@ class Runner:
                     if batch is not None:
                         try:
                             self._step(hooked, probes, batch)
-                        except (_ProbeFailed, NormprobeError) as exc:
+                        except (ProbeFailed, NormprobeError) as exc:
                             error = exc
                     step_tokens, active = sync.step(batch.n_tokens if batch is not None else 0, batch is not None, error)
                     if not active:
@@ -287,7 +208,7 @@ class Runner:
                         if folder is not None:
                             folder.mark(meta, "interrupted", reason)
                         raise RunInterrupted(f"{reason}" + (f" {folder.path}" if folder is not None else ""))
-        except _ProbeFailed as failure:
+        except ProbeFailed as failure:
             reason = f"probe {failure.probe!r} raised {type(failure.error).__name__}: {failure.error}"
             if folder is not None:
                 folder.mark(meta, "failed", reason + "; statistics up to the last checkpoint are in checkpoint.pt")
@@ -305,13 +226,13 @@ class Runner:
         return self._finish(model, probes, seq_len, meta, sync, done, time.time() - started)
 
     @staticmethod
-    def _step(hooked: "_HookedPass", probes: list, batch) -> None:
+    def _step(hooked: "HookedPass", probes: list, batch) -> None:
         reduced = hooked.forward(batch)
         for probe in probes:
             try:
                 probe.update(reduced[probe.name], batch)
             except Exception as exc:  # noqa: BLE001 - a probe's own bug fails the run, cleanly
-                raise _ProbeFailed(probe.name, exc) from exc
+                raise ProbeFailed(probe.name, exc) from exc
 
     def _finish(self, model, probes, seq_len: int, meta, sync, done, seconds: float):
         if sync.size > 1:
@@ -356,47 +277,6 @@ def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers
         other.setup(model, seq_len)
         other.load_state_dict(state[probe.name])
         probe.merge(other)
-
-
-class _ProbeFailed(Exception):
-    def __init__(self, probe: str, error: BaseException):
-        super().__init__(probe)
-        self.probe, self.error = probe, error
-
-
-class _HookedPass:
-    """One forward pass per batch with every probe's hooks attached; checks that each hook fired."""
-
-    def __init__(self, model, probes):
-        self.model = model
-        self.wanted: dict[str, list] = {}
-        for probe in probes:
-            for point in probe.hook_points():
-                self.wanted.setdefault(model.resolve_hook(point), []).append(probe)
-        self.probes = probes
-        self.hooks = [(name, self._make_hook(name, readers)) for name, readers in self.wanted.items()]
-        self._batch = None
-        self._reduced: dict[str, dict[str, Any]] = {}
-        self._fired: set[str] = set()
-
-    def _make_hook(self, hook_name: str, readers: list):
-        def hook(activation, hook=None):
-            self._fired.add(hook_name)
-            for probe in readers:
-                self._reduced[probe.name][hook_name] = probe.reduce(hook_name, activation, self._batch)
-            return None
-        return hook
-
-    def forward(self, batch) -> dict[str, dict[str, Any]]:
-        self._batch = batch
-        self._reduced = {p.name: {} for p in self.probes}
-        self._fired = set()
-        self.model.forward(batch.tokens, batch.mask.long(), self.hooks)
-        silent = [name for name in self.wanted if name not in self._fired]
-        if silent:
-            raise NormprobeError(f"hook {silent[0]} was attached but never fired on {self.model.source.name} "
-                                 f"({len(silent)} of {len(self.wanted)} hooks silent)")
-        return self._reduced
 
 
 def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 
 from .common import Block, Section, empty_figure, esc, figure, log_toggle
