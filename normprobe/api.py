@@ -151,21 +151,32 @@ def _check_compare_out(out: Path) -> None:
     check_output_dir(out)
 
 
+def folder_slug(model: str) -> str:
+    """A folder-safe short name for a model name or path."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name or model).strip("-.")
+    return slug or "model"
+
+
+def validate_runs(models: list[tuple[str, int | None]], run_kwargs: dict[str, Any]) -> None:
+    """Check every (model, checkpoint_value) of a multi-run, and the corpus and options, before any model loads."""
+    from .runner import make_runner
+
+    options = {k: v for k, v in run_kwargs.items() if k != "checkpoint_every"}
+    for model, checkpoint_value in models:
+        make_runner(model, checkpoint_value=checkpoint_value, **options)
+
+
 def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = False, plotlyjs: str = "inline",
                        progress: bool = True, **run_kwargs: Any) -> Path:
     """Run each model on the same corpus into OUT/<i>-<model>/, then write the comparison to OUT/report.html."""
     from .results import check_output_dir
-    from .runner import make_runner
 
     out = Path(out)
     check_output_dir(out, overwrite)
-    checks = {k: v for k, v in run_kwargs.items() if k != "checkpoint_every"}
-    for model in models:  # validate every model and the corpus before loading any
-        make_runner(model, **checks)
+    validate_runs([(model, None) for model in models], run_kwargs)
     folders = []
     for i, model in enumerate(models, start=1):
-        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name or model).strip("-.")
-        folder = out / f"{i}-{slug or 'model'}"
+        folder = out / f"{i}-{folder_slug(model)}"
         run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
         folders.append(folder)
     return compare(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs,

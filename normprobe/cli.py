@@ -49,8 +49,9 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
 
 
 def _default_out(model: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name or model).strip("-.") or "model"
-    return Path("reports") / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .api import folder_slug
+
+    return Path("reports") / f"{folder_slug(model)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @app.callback()

@@ -58,7 +58,15 @@ class Runner:
         self.corpus.validate()
 
     def request(self) -> dict[str, Any]:
-        """What the user asked for, in the form resume compares (see store.FINGERPRINT_KEYS)."""
+        """What the user asked for, in the form resume compares (see store.FINGERPRINT_KEYS).
+
+        Computed once: it hashes the corpus file.
+        """
+        if getattr(self, "_request", None) is None:
+            self._request = self._make_request()
+        return self._request
+
+    def _make_request(self) -> dict[str, Any]:
         from .adapter import resolve_source
         from .store import corpus_digest
 

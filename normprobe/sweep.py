@@ -129,9 +129,8 @@ def hub_checkpoint_labels(hub_id: str) -> list[int]:
 def run_sweep(checkpoints: list[Checkpoint], out: str | Path, *, probes: list[str], resume: bool = False,
               overwrite: bool = False, plotlyjs: str = "inline", progress: bool = True, **run_kwargs: Any) -> Path:
     """Run every checkpoint into OUT/step-N/, then write the evolution report OUT/report.html."""
-    from .api import run_to_folder
+    from .api import run_to_folder, validate_runs
     from .results import check_output_dir, write_atomic
-    from .runner import make_runner
 
     out = Path(out)
     if resume:
@@ -142,9 +141,7 @@ def run_sweep(checkpoints: list[Checkpoint], out: str | Path, *, probes: list[st
             raise NormprobeError("cannot resume: the sweep's checkpoints differ from this command's")
     else:
         check_output_dir(out, overwrite)
-    checks = {k: v for k, v in run_kwargs.items() if k != "checkpoint_every"}
-    for checkpoint in checkpoints:  # validate everything before loading any model
-        make_runner(checkpoint.model, probes=probes, checkpoint_value=checkpoint.checkpoint_value, **checks)
+    validate_runs([(c.model, c.checkpoint_value) for c in checkpoints], {**run_kwargs, "probes": probes})
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "sweep.json", (json.dumps({"checkpoints": [asdict(c) for c in checkpoints], "probes": probes},
                                                  indent=2) + "\n").encode())
