@@ -138,3 +138,17 @@ def test_probe_file_errors(tmp_path):
         resolve_probe(str(empty))
     with pytest.raises(normprobe.NormprobeError, match="probe file not found"):
         resolve_probe(str(tmp_path / "missing.py"))
+
+
+def test_readme_probe_example_runs(demo_adapter, tmp_path):
+    """The README's "Write your own probe" example, run as written."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Write your own probe", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme_probe.py"
+    path.write_text(code)
+    result = normprobe.run(demo_adapter, texts=DOCS, probes=[str(path)], progress=False)
+    table = result["final_alignment"]
+    reference = normprobe.run(demo_adapter, texts=DOCS, probes=[ALIGNMENT], progress=False)["final_alignment"]
+    assert list(table["count"]) == list(reference["count"])
+    assert table["cos_mean"].to_numpy() == pytest.approx(reference["cos_final_mean"].to_numpy(), abs=1e-6)
