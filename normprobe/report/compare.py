@@ -7,6 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .common import Block, Section, empty_figure, esc, figure, log_toggle
+from .curves import descent_curve, lens_loss_curve, position0_curve, residual_norm_curve
 from .norms import norms_findings_rows
 from .page import metadata_rows, render_page
 from .updates import updates_findings_rows
@@ -44,47 +45,32 @@ def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.nd
     return fig
 
 
-def _norm_growth(runs) -> go.Figure:
+def _series(runs, curve) -> list[tuple[str, np.ndarray, np.ndarray, int]]:
     series = []
     for label, result in runs:
-        f = result.findings.get("norms", {})
-        if f.get("residual_layers"):
-            series.append((label, np.array(f["residual_layers"]), np.array(f["residual_mean_norm"], dtype=float),
-                           result.meta["n_layers"]))
-    return _overlay("Mean norm of the residual stream h_0..h_L", "mean L2 norm", series,
+        layers, values = curve(result)
+        if layers is not None:
+            series.append((label, layers, values, result.meta["n_layers"]))
+    return series
+
+
+def _norm_growth(runs) -> go.Figure:
+    return _overlay("Mean norm of the residual stream h_0..h_L", "mean L2 norm", _series(runs, residual_norm_curve),
                     "no run has the norms probe")
 
 
 def _position0(runs) -> go.Figure:
-    series = []
-    for label, result in runs:
-        ratio = result.findings.get("norms", {}).get("position0_ratio") or {}
-        if ratio:
-            layers = np.array(sorted(int(k) for k in ratio))
-            series.append((label, layers, np.array([ratio[str(l)] if str(l) in ratio else ratio[l] for l in layers]),
-                           result.meta["n_layers"]))
-    return _overlay("Position-0 outlier: norm at position 0 over the median of later positions", "ratio", series,
-                    "no run has the norms probe with a position 0 and later positions")
+    return _overlay("Position-0 outlier: norm at position 0 over the median of later positions", "ratio",
+                    _series(runs, position0_curve), "no run has the norms probe with a position 0 and later positions")
 
 
 def _lens_loss(runs) -> go.Figure:
-    series = []
-    for label, result in runs:
-        table = result.tables.get("updates")
-        if table is not None and len(table):
-            lens = table.drop_duplicates("layer").sort_values("layer")
-            series.append((label, lens["layer"].to_numpy(), lens["lens_loss_mean"].to_numpy(), result.meta["n_layers"]))
-    return _overlay("Logit-lens loss over depth (last point: the model's output)", "cross-entropy (nats)", series,
-                    "no run has the updates probe")
+    return _overlay("Logit-lens loss over depth (last point: the model's output)", "cross-entropy (nats)",
+                    _series(runs, lens_loss_curve), "no run has the updates probe")
 
 
 def _descent(runs) -> go.Figure:
-    series = []
-    for label, result in runs:
-        table = result.tables.get("updates")
-        if table is not None and len(table):
-            block = table[table["component"] == "block"]
-            series.append((label, block["layer"].to_numpy(), block["descent_cos_mean"].to_numpy(), result.meta["n_layers"]))
+    series = _series(runs, descent_curve)
     fig = _overlay("Descent alignment of the block update, cos(Δ, -dCE/dh)", "mean cosine", series,
                    "no run has the updates probe")
     if series:

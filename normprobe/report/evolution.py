@@ -8,12 +8,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from .common import Block, Section, empty_figure, esc, figure, integer_axis, log_toggle
+from .curves import descent_curve, lens_loss_curve, residual_norm_curve
 from .page import render_page
-
-
-def _by_layer(mapping: dict) -> tuple[np.ndarray, np.ndarray]:
-    keys = sorted(int(k) for k in mapping)
-    return np.array(keys), np.array([mapping[str(k)] if str(k) in mapping else mapping[k] for k in keys], dtype=float)
 
 
 def evolution_findings(runs: Sequence[tuple[int, Any]]) -> dict[str, Any]:
@@ -78,29 +74,6 @@ def _curves(title: str, y_title: str, runs, extract, reason: str) -> go.Figure:
     return fig
 
 
-def _lens(result):
-    table = result.tables.get("updates")
-    if table is None or not len(table):
-        return None, None
-    lens = table.drop_duplicates("layer").sort_values("layer")
-    return lens["layer"].to_numpy(), lens["lens_loss_mean"].to_numpy()
-
-
-def _descent(result):
-    table = result.tables.get("updates")
-    if table is None or not len(table):
-        return None, None
-    block = table[table["component"] == "block"]
-    return block["layer"].to_numpy(), block["descent_cos_mean"].to_numpy()
-
-
-def _norm_curve(result):
-    f = result.findings.get("norms", {})
-    if not f.get("residual_layers"):
-        return None, None
-    return np.array(f["residual_layers"]), np.array(f["residual_mean_norm"], dtype=float)
-
-
 def render_evolution(runs: Sequence[tuple[int, Any]], plotlyjs: str = "inline", name: str | None = None) -> str:
     f = evolution_findings(runs)
     steps = f["steps"]
@@ -126,11 +99,11 @@ def render_evolution(runs: Sequence[tuple[int, Any]], plotlyjs: str = "inline", 
         Block(figure=_vs_step("Mean descent alignment of the block update", "mean cos(Δ, -dCE/dh)", steps,
                               f["descent_cos_block_mean"], no_updates)),
         Block(figure=_curves("Mean norm of the residual stream h_0..h_L, one line per checkpoint", "mean L2 norm",
-                             runs, _norm_curve, no_norms)),
-        Block(figure=_curves("Logit-lens loss over depth, one line per checkpoint", "cross-entropy (nats)", runs, _lens,
+                             runs, residual_norm_curve, no_norms)),
+        Block(figure=_curves("Logit-lens loss over depth, one line per checkpoint", "cross-entropy (nats)", runs, lens_loss_curve,
                              no_updates)),
         Block(figure=_curves("Descent alignment of the block update per layer, one line per checkpoint", "mean cosine",
-                             runs, _descent, no_updates)),
+                             runs, descent_curve, no_updates)),
     ])
     first = runs[0][1].meta
     name = name or first.get("model")
