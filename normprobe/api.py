@@ -31,18 +31,15 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
         runner.execute(progress=False)
         return None
     if resume:
-        folder, saved_meta, checkpoint = RunFolder.for_resume(out)
-        check_same_run(saved_meta.get("request", {}), runner.request())
+        folder, saved_meta, checkpoint = RunFolder.for_resume(out)  # locked: a live run in it is refused
         state = (saved_meta, checkpoint)
     else:
-        folder, state = RunFolder.create(out, overwrite), None
-    result = runner.execute(progress=progress, folder=folder, resume=state, checkpoint_every=checkpoint_every)
-    try:
-        result.save(out, overwrite=True, plotlyjs=plotlyjs)
-    except NormprobeError as exc:
-        folder.mark(dict(result.meta), "failed", str(exc))
-        raise
-    folder.remove_checkpoint()
+        folder, state = RunFolder.open(out, overwrite), None  # locked for the run's whole life
+    with folder:
+        if resume:
+            check_same_run(saved_meta.get("request", {}), runner.request())
+        result = runner.execute(progress=progress, folder=folder, resume=state, checkpoint_every=checkpoint_every)
+        folder.finish(result, plotlyjs)
     return out
 
 
@@ -56,35 +53,78 @@ def export_images(folder: str | Path, fmt: str) -> list[Path]:
     return export_figures(sections_for(RunResult.load(folder)), Path(folder), fmt)
 
 
-def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = "inline") -> Path:
-    """Re-render a report from saved tables; a run that is not complete is rendered as partial."""
+def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = "inline",
+             overwrite: bool = False) -> Path:
+    """Re-render a report from saved tables; a run that is not complete is rendered as partial.
+
+    A run still being written is refused; one whose process died while `running` is rendered as partial.
+    An `out` file that exists needs `overwrite`.
+    """
+    from .lock import FolderLock, describe_running, live_holder
+
     folder = Path(folder)
     if not folder.is_dir():
         raise NormprobeError(f"run folder not found: {folder}")
     result = RunResult.load(folder)
     status = result.meta.get("status", "complete")
+    if status == "running":
+        if live_holder(folder) is not None:
+            raise NormprobeError(f"run in {folder} is {describe_running(folder)}; report it when it has finished")
+        result.meta["status_reason"] = describe_running(folder) + f"; continue it with --resume {folder}"
     if status != "complete":
         print(f"normprobe: warning: run in {folder} is {status}, not complete; rendering only what was saved",
               file=sys.stderr)
-    return result.to_html(Path(out) if out else folder / REPORT_FILE, plotlyjs=plotlyjs)
+    if out is None:
+        with FolderLock.acquire(folder):
+            return _render_checked(result, folder / REPORT_FILE, folder, plotlyjs)
+    out = Path(out)
+    if out.is_dir():
+        raise NormprobeError(f"--out {out} is a folder; give the path of the HTML file to write")
+    if out.exists() and not overwrite:
+        raise NormprobeError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NormprobeError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return _render_checked(result, out, folder, plotlyjs)
+
+
+def _render_checked(result: RunResult, path: Path, folder: Path, plotlyjs: str) -> Path:
+    """Render; tables that read but do not hold what their probe wrote (tampered columns) are one line."""
+    try:
+        return result.to_html(path, plotlyjs=plotlyjs)
+    except OSError as exc:
+        raise NormprobeError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise NormprobeError(f"cannot render {folder}: its tables do not hold what run.json says "
+                             f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged") from exc
 
 
 def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = False, plotlyjs: str = "inline",
                  device: str = "auto") -> Path:
     """Combine the folders of `run --shard i/N` runs into one run, equal to a single run over all documents."""
-    import torch
-
-    from .adapter import load_model
-    from .registry import resolve_probes
-    from .results import STATE_FILE, check_output_dir
-    from .runner import Runner, merge_state
-    from .store import FINGERPRINT_KEYS, RunFolder
+    from .results import check_output_dir
+    from .store import RunFolder
 
     if not folders:
         raise NormprobeError("give the shard folders to merge")
     out = Path(out)
     check_output_dir(out, overwrite)
+    with RunFolder.open(out, overwrite):  # locked for the merge's whole life
+        return _merge_into(folders, out, overwrite, plotlyjs, device)
+
+
+def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str) -> Path:
+    from .adapter import load_model
+    from .registry import resolve_probes
+    from .results import STATE_FILE
+    from .runner import Runner, merge_state
+    from .store import FINGERPRINT_KEYS, RunFolder, load_state_file
+    from .verify import check_run_json
+
     metas = [RunFolder(Path(f)).read_meta() for f in folders]
+    for folder, meta in zip(folders, metas):
+        check_run_json(meta, Path(folder))
     for folder, meta in zip(folders, metas):
         if meta.get("status") != "complete" or not (Path(folder) / STATE_FILE).is_file():
             raise NormprobeError(f"{folder} is not a complete shard run (run it with --shard I/N)")
@@ -104,8 +144,9 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     for probe in probes:
         probe.setup(model, seq_len)
     for folder in folders:
-        merge_state(model, probes, torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False),
-                    seq_len, first.get("layers"))
+        state_path = Path(folder) / STATE_FILE
+        merge_state(model, probes, load_state_file(state_path, "shard state"), seq_len, first.get("layers"),
+                    where=str(state_path))
     done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
             "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
             "seconds": 0.0}
@@ -113,12 +154,13 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     base["request"] = {**first, "shard": None}
     base["merged_from"] = [str(f) for f in folders]
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
-    return result.save(out, overwrite=overwrite, plotlyjs=plotlyjs)
+    return result.save(out, overwrite=True, plotlyjs=plotlyjs)
 
 
 def compare(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
             plotlyjs: str = "inline", overwrite: bool = False) -> Path:
     """Render one report overlaying saved runs into OUT/report.html."""
+    from .lock import FolderLock
     from .report.compare import render_comparison
     from .results import check_output_dir, write_atomic
 
@@ -131,26 +173,35 @@ def compare(folders: list[str | Path], out: str | Path, labels: list[str] | None
     for folder in folders:
         if not Path(folder).is_dir():
             raise NormprobeError(f"run folder not found: {folder}")
-        results.append(RunResult.load(folder))
-    if Path(out).resolve() not in [Path(f).resolve() for f in folders]:
-        check_output_dir(out, overwrite=True) if overwrite else _check_compare_out(out)
+        results.append(_load_finished(Path(folder)))
     labels = labels or [Path(f).resolve().name for f in folders]
-    html = render_comparison(results, labels, plotlyjs=plotlyjs)
+    check_output_dir(out, overwrite)  # an existing folder (a run's, say) is written into only with overwrite
     out.mkdir(parents=True, exist_ok=True)
-    path = out / REPORT_FILE
-    write_atomic(path, html.encode("utf-8"))
+    with FolderLock.acquire(out):
+        check_output_dir(out, overwrite)
+        try:
+            html = render_comparison(results, labels, plotlyjs=plotlyjs)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise NormprobeError(f"cannot compare: a run's tables do not hold what its run.json says "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+        path = out / REPORT_FILE
+        try:
+            write_atomic(path, html.encode("utf-8"))
+        except OSError as exc:
+            raise NormprobeError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
-def _check_compare_out(out: Path) -> None:
-    from .results import check_output_dir
+def _load_finished(folder: Path) -> RunResult:
+    """A saved run for a comparison; a run still being written is refused, a dead `running` one is partial."""
+    from .lock import describe_running, live_holder
 
-    # a folder that already holds the runs being compared (from `run A B`) may take the page
-    if out.is_dir() and (out / REPORT_FILE).exists():
-        raise NormprobeError(f"{out / REPORT_FILE} exists; pass --overwrite or choose another --out")
-    if out.is_dir():
-        return
-    check_output_dir(out)
+    result = RunResult.load(folder)
+    if result.meta.get("status") == "running":
+        if live_holder(folder) is not None:
+            raise NormprobeError(f"run in {folder} is {describe_running(folder)}; compare it when it has finished")
+        result.meta["status_reason"] = describe_running(folder)
+    return result
 
 
 def folder_slug(model: str) -> str:
@@ -171,15 +222,19 @@ def validate_runs(models: list[tuple[str, int | None]], run_kwargs: dict[str, An
 def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = False, plotlyjs: str = "inline",
                        progress: bool = True, **run_kwargs: Any) -> Path:
     """Run each model on the same corpus into OUT/<i>-<model>/, then write the comparison to OUT/report.html."""
+    from .lock import FolderLock
     from .results import check_output_dir
 
     out = Path(out)
     check_output_dir(out, overwrite)
     validate_runs([(model, None) for model in models], run_kwargs)
-    folders = []
-    for i, model in enumerate(models, start=1):
-        folder = out / f"{i}-{folder_slug(model)}"
-        run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
-        folders.append(folder)
-    return compare(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs,
-                   overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock.acquire(out):  # OUT for the whole multi-run; each run also locks its own folder
+        check_output_dir(out, overwrite)
+        folders = []
+        for i, model in enumerate(models, start=1):
+            folder = out / f"{i}-{folder_slug(model)}"
+            run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
+            folders.append(folder)
+        return compare(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs,
+                       overwrite=True)

@@ -30,16 +30,53 @@ class Batch:
         return int(self.mask.sum())
 
 
-def windows_of(doc_index: int, ids: list[int], seq_len: int, bos: int | None) -> Iterator[Window]:
-    """Split one document's token ids into windows of at most seq_len, each starting with BOS if given."""
+PIECE_CHARS = 1 << 16  # a longer document is tokenised piece by piece, only as far as it is used
+
+
+def windows_of(doc_index: int, ids: "list[int] | Iterable[list[int]]", seq_len: int,
+               bos: int | None) -> Iterator[Window]:
+    """Split one document's token ids (a list, or a stream of lists) into windows of at most seq_len,
+    each starting with BOS if given."""
     body = seq_len - (1 if bos is not None else 0)
     if body < 1:
         raise ValueError("seq_len must leave room for at least one token after BOS")
-    for start in range(0, max(len(ids), 1), body):
-        chunk = ids[start : start + body]
-        if not chunk:
-            return
-        yield Window(doc_index, ([bos] if bos is not None else []) + chunk)
+    pieces = [ids] if isinstance(ids, list) else ids
+    pending: list[int] = []
+    for piece in pieces:
+        pending.extend(piece)
+        while len(pending) >= body:
+            chunk, pending = pending[:body], pending[body:]
+            yield Window(doc_index, ([bos] if bos is not None else []) + chunk)
+    if pending:
+        yield Window(doc_index, ([bos] if bos is not None else []) + pending)
+
+
+def text_pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """A long document in pieces of about `size` characters, each cut just before a space.
+
+    Word-level tokenisers split at spaces anyway, so the pieces' tokens are the document's,
+    up to a token at a cut in rare cases; a document of at most `size` characters is one piece.
+    """
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + size // 2, start + size)
+        if cut <= start:
+            cut = start + size  # no space near: cut anyway, between characters
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def token_pieces(doc_index: int, doc: str, encode: Callable[[str], list[int]]) -> Iterator[list[int]]:
+    """A document's token ids, piece by piece; text the tokenizer rejects is one line naming the document."""
+    from .errors import NormprobeError
+
+    for piece in text_pieces(doc):
+        try:
+            yield encode(piece)
+        except (TypeError, ValueError, UnicodeError, OverflowError) as exc:
+            raise NormprobeError(f"document {doc_index + 1} cannot be tokenised ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]}); fix or drop it") from None
 
 
 def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_len: int, bos: int | None,
@@ -48,6 +85,7 @@ def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_le
     """Windows in document order; stops cleanly at max_docs documents or max_tokens tokens.
 
     With slice_of=(i, n), only documents whose index is i modulo n are tokenised (shards, ranks).
+    Long documents are tokenised lazily, so max_tokens bounds the work as well as the result.
     """
     n_tokens = 0
     for doc_index, doc in enumerate(docs):
@@ -55,7 +93,7 @@ def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_le
             return
         if slice_of is not None and doc_index % slice_of[1] != slice_of[0]:
             continue
-        for window in windows_of(doc_index, encode(doc), seq_len, bos):
+        for window in windows_of(doc_index, token_pieces(doc_index, doc, encode), seq_len, bos):
             if max_tokens is not None:
                 room = max_tokens - n_tokens
                 if room <= 0:
@@ -64,6 +102,8 @@ def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_le
                     window = Window(window.doc_index, window.tokens[:room])
             n_tokens += len(window.tokens)
             yield window
+            if max_tokens is not None and n_tokens >= max_tokens:
+                return
 
 
 def iter_batches(windows: Iterable[Window], batch_size: int, pad_id: int, device: str,

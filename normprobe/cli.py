@@ -156,7 +156,7 @@ def compare(
     folders: Annotated[List[Path], typer.Argument(help="Two or more run folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison's report.html.")],
     label: Annotated[Optional[List[str]], typer.Option("--label", help="A name per run, in order (default: folder names).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing report.html.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Write into an existing, non-empty folder (replacing its report.html).")] = False,
     plotlyjs: PlotlyOpt = "inline",
 ) -> None:
     """Render one report overlaying saved runs (different models, sizes, checkpoints, corpora, dtypes)."""
@@ -186,6 +186,7 @@ def merge(
 def report(
     folder: Annotated[Path, typer.Argument(help="A run folder written by `normprobe run`.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default FOLDER/report.html).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
 ) -> None:
@@ -195,7 +196,7 @@ def report(
     _check_format(format)
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    path = rerender(folder, out, plotlyjs=plotlyjs)
+    path = rerender(folder, out, plotlyjs=plotlyjs, overwrite=overwrite)
     for image in export_images(folder, format):
         typer.echo(f"wrote {image}")
     typer.echo(f"wrote {path}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import codecs
+import io
 import json
 import sysconfig
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ def validate_input(spec: InputSpec) -> None:
         raise NormprobeError(f"input file not found: {path}")
     if path.is_dir():
         raise NormprobeError(f"input is a folder, not a file: {path}")
+    if not path.is_file():
+        # a FIFO, socket or device: it is read several times (read-ahead, sha256, the run) and may never end
+        raise NormprobeError(f"input {path} is not a regular file (a pipe or device?); save it to a file first")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise NormprobeError(
             f"unsupported input type {path.suffix or '(none)'!r} for {path}; "
@@ -152,15 +156,39 @@ def _iter_jsonl(spec: InputSpec) -> Iterator[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise NormprobeError(f"{spec.path}: line {lineno} is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise NormprobeError(f"{spec.path}: line {lineno} is nested too deeply to read as JSON") from None
+        except ValueError as exc:  # e.g. an integer too long to convert
+            raise NormprobeError(f"{spec.path}: line {lineno} cannot be read as JSON ({exc})") from None
         if not isinstance(record, dict) or spec.text_field not in record:
             raise NormprobeError(
                 f"{spec.path}: line {lineno} has no field {spec.text_field!r}; choose one with --text-field"
             )
         text = record[spec.text_field]
         if not isinstance(text, str):
-            raise NormprobeError(f"{spec.path}: line {lineno} field {spec.text_field!r} is not a string")
+            raise NormprobeError(f"{spec.path}: line {lineno} field {spec.text_field!r} is "
+                                 f"{_json_kind(text)}, not a string")
+        text = as_text(text, f"{spec.path}: line {lineno} field {spec.text_field!r}", spec.errors)
         if text.strip():
             yield text
+
+
+def _json_kind(value: object) -> str:
+    return {dict: "an object", list: "a list", bool: "true/false", type(None): "null"}.get(type(value), "a number")
+
+
+def as_text(text: str, where: str, errors: str = "strict") -> str:
+    """Text a tokenizer accepts: lone surrogates (an escaped \\ud800 in JSON, undecodable bytes in argv)
+    are an error naming `where`, or U+FFFD with errors='replace'."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as exc:
+        if errors == "replace":
+            return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        raise NormprobeError(f"{where} holds {text[exc.start:exc.end].encode('unicode_escape').decode()!s} at "
+                             f"character {exc.start}, which is not text (a lone surrogate); "
+                             "fix it or pass --errors replace") from None
 
 
 def _iter_table(spec: InputSpec) -> Iterator[str]:
@@ -176,17 +204,25 @@ def _iter_table(spec: InputSpec) -> Iterator[str]:
         else:
             import pyarrow.csv as pcsv
 
-            read_opts = pcsv.ReadOptions(encoding=spec.encoding)
-            reader = pcsv.open_csv(spec.path, read_options=read_opts)
+            # decoded by Python, so --encoding and --errors mean what they mean for .txt; every cell is text
+            reader = pcsv.open_csv(_Utf8Stream(spec), convert_options=pcsv.ConvertOptions(
+                column_types={spec.text_field: pa.string()}))
             columns = reader.schema.names
             batches = lambda: reader  # noqa: E731
     except (pa.ArrowInvalid, OSError) as exc:
         raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise _not_decodable(spec) from None
     if spec.text_field not in columns:
         raise NormprobeError(
             f"{spec.path} has no column {spec.text_field!r}; columns found: {', '.join(columns)}; "
             "choose one with --text-field"
         )
+    if spec.path.suffix.lower() == ".parquet":
+        kind = source.schema_arrow.field(spec.text_field).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise NormprobeError(f"{spec.path}: column {spec.text_field!r} holds {kind} values, not text; "
+                                 "choose a text column with --text-field")
     try:
         for batch in batches():
             for value in batch.column(batch.schema.get_field_index(spec.text_field)).to_pylist():
@@ -194,3 +230,39 @@ def _iter_table(spec: InputSpec) -> Iterator[str]:
                     yield value
     except pa.ArrowInvalid as exc:
         raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise _not_decodable(spec) from None
+
+
+def _not_decodable(spec: InputSpec) -> NormprobeError:
+    return NormprobeError(f"{spec.path} is not valid {spec.encoding}; pass --encoding ENCODING or --errors replace")
+
+
+class _Utf8Stream(io.RawIOBase):
+    """A file decoded with --encoding and --errors and handed on as UTF-8, for pyarrow's CSV reader."""
+
+    def __init__(self, spec: InputSpec):
+        try:
+            self._decoder = codecs.getincrementaldecoder(spec.encoding)(errors=spec.errors)
+        except LookupError:
+            raise NormprobeError(f"unknown encoding {spec.encoding!r}") from None
+        self._file = open(spec.path, "rb")
+        self._ready = b""
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while len(self._ready) < len(buffer) and not self._ended:
+            raw = self._file.read(1 << 16)
+            self._ended = not raw
+            self._ready += self._decoder.decode(raw, final=self._ended).encode("utf-8")
+        n = min(len(buffer), len(self._ready))
+        buffer[:n] = self._ready[:n]
+        self._ready = self._ready[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

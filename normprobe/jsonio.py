@@ -14,5 +14,7 @@ def read_json(path: Path, missing: str) -> Any:
         raise NormprobeError(missing)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NormprobeError(f"{path} is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        raise NormprobeError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    except OSError as exc:
+        raise NormprobeError(f"cannot read {path}: {exc.strerror or exc}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from .corpus import InputSpec, iter_documents, sample_documents, validate_input
+from .corpus import InputSpec, as_text, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
 
 DEFAULT_SEQ_LEN = 1024
@@ -69,6 +69,8 @@ class Corpus:
                 raise NormprobeError("texts must be a list of documents, not one string")
             if not any(t.strip() for t in self.texts):
                 raise NormprobeError("no documents: every text given is empty or whitespace")
+            for number, text in enumerate(self.texts, start=1):
+                as_text(text, f"text {number}")  # undecodable bytes in argv arrive as lone surrogates
 
     def documents(self) -> Iterator[str]:
         if self.input is not None:

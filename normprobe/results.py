@@ -12,6 +12,7 @@ import pandas as pd
 
 from .errors import NormprobeError
 from .jsonio import read_json
+from .lock import LOCK_FILE, FolderLock
 
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
@@ -32,13 +33,21 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside the target, then rename: a reader sees all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write to a temporary name beside the target, then rename: a reader sees all or nothing.
+
+    The temporary name is unique to this process and call, and it is removed when writing fails
+    (a full disk must not keep a half-written file).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_output_dir(path: Path, overwrite: bool = False) -> None:
@@ -46,7 +55,7 @@ def check_output_dir(path: Path, overwrite: bool = False) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NormprobeError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()) and not overwrite:
         raise NormprobeError(f"output folder {path} exists and is not empty; pass --overwrite or choose another --out")
     nearest = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not nearest.is_dir():
@@ -84,23 +93,28 @@ class RunResult:
         check_output_dir(out, overwrite)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            for name, frame in self.tables.items():
-                write_atomic(out / f"{name}.parquet", _parquet_bytes(frame))
-            if self.probe_states is not None:
-                import io
-
-                import torch
-
-                buffer = io.BytesIO()
-                torch.save(self.probe_states, buffer)
-                write_atomic(out / STATE_FILE, buffer.getvalue())
-            if report:
-                self.to_html(out / REPORT_FILE, plotlyjs=plotlyjs)
-            # run.json last: a folder whose run.json says complete has every file.
-            write_atomic(out / RUN_FILE, self.run_json().encode("utf-8"))
+            with FolderLock.acquire(out):
+                check_output_dir(out, overwrite)  # again, now that no other writer can start
+                self._write(out, report, plotlyjs)
         except OSError as exc:
             raise NormprobeError(f"cannot write results to {out}: {exc.strerror or exc}") from None
         return out
+
+    def _write(self, out: Path, report: bool, plotlyjs: str) -> None:
+        for name, frame in self.tables.items():
+            write_atomic(out / f"{name}.parquet", _parquet_bytes(frame))
+        if self.probe_states is not None:
+            import io
+
+            import torch
+
+            buffer = io.BytesIO()
+            torch.save(self.probe_states, buffer)
+            write_atomic(out / STATE_FILE, buffer.getvalue())
+        if report:
+            self.to_html(out / REPORT_FILE, plotlyjs=plotlyjs)
+        # run.json last: a folder whose run.json says complete has every file.
+        write_atomic(out / RUN_FILE, self.run_json().encode("utf-8"))
 
     def run_json(self) -> str:
         body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings}
@@ -115,15 +129,14 @@ class RunResult:
 
     @classmethod
     def load(cls, folder: str | Path) -> "RunResult":
+        """A saved run; refuses (one line) a run.json of the wrong shape and a named table that is missing or unreadable."""
+        from .verify import check_run_json, read_tables
+
         folder = Path(folder)
         body = read_run_json(folder)
-        names = body.pop("tables", [])
+        check_run_json(body, folder)
+        tables = read_tables(folder, body.pop("tables", []))
         findings = body.pop("findings", {})
-        tables = {}
-        for name in names:
-            table_file = folder / f"{name}.parquet"
-            if table_file.is_file():
-                tables[name] = pd.read_parquet(table_file)
         return cls(tables=tables, findings=findings, meta=body)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -160,12 +161,14 @@ class Runner:
 
         done = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0, "seconds": 0.0}
         if checkpoint is not None:
+            from .store import CHECKPOINT_FILE, restore_probe
+
             for probe in probes:
-                probe.load_state_dict(checkpoint["probes"][probe.name])
-            done.update(checkpoint["progress"])
-            meta["resumed"] = saved_meta.get("resumed", 0) + 1
+                restore_probe(probe, checkpoint["probes"], folder.path / CHECKPOINT_FILE)
+            done.update({k: checkpoint["progress"][k] for k in done if k in checkpoint["progress"]})
+            meta["resumed"] = int(saved_meta.get("resumed", 0) or 0) + 1
         if folder is not None:
-            folder.mark(meta, "running")
+            folder.start(meta)  # signal handlers first, then run.json says running
 
         part = opts.shard if sync.size == 1 else (sync.rank, sync.size)
         windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
@@ -186,7 +189,8 @@ class Runner:
         batches = iter(iter_batches(windows, batch_size, model.pad_token_id, model.device))
         skip = done["batches"]  # counted before the checkpoint this run resumed from
         try:
-            with StopRequests() as stops, torch.inference_mode():
+            with (nullcontext(folder.stops) if folder is not None else StopRequests()) as stops, \
+                    torch.inference_mode():
                 while True:
                     batch = next(batches, None)
                     if batch is not None and skip:
@@ -284,12 +288,15 @@ class Runner:
         return RunResult(tables=tables, findings=findings, meta=meta)
 
 
-def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None) -> None:
+def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None,
+                where: str = "another rank's statistics") -> None:
     """Merge saved probe statistics (another rank's or shard's) into `probes`."""
+    from .store import restore_probe
+
     for probe in probes:
         other = type(probe)(layers=layers)
         other.setup(model, seq_len)
-        other.load_state_dict(state[probe.name])
+        restore_probe(other, state, where)
         probe.merge(other)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NormprobeError
+from .lock import FolderLock
 from .results import RUN_FILE, _json_safe, check_output_dir, read_run_json, write_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -36,38 +37,118 @@ def corpus_digest(texts: list[str] | None, path: Path | None, text_field: str, e
 
 
 class RunFolder:
-    """The output folder of one run, written as the run goes."""
+    """The output folder of one run and its life cycle: lock, signals, status, checkpoints.
+
+    Use it as a context manager around the run (`with RunFolder.open(out) as folder:`). For its whole
+    life it holds the folder's lock, so a second writer is refused; `start` installs the signal
+    handlers before run.json first says `running`; and leaving the block on any error marks the run
+    `failed` (or `interrupted` on a second signal) if the loop has not already, so run.json never says
+    `running` after its process is gone, except after SIGKILL, where the dropped lock tells.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.meta: dict[str, Any] | None = None  # the run.json being kept current, once started
+        self.stops: Any = None  # StopRequests, installed by start()
+        self._lock: FolderLock | None = None
 
     # -- starting ----------------------------------------------------------
     @classmethod
     def create(cls, path: Path, overwrite: bool = False) -> "RunFolder":
+        """Check the folder only (cheap, before probes and torch are imported); `open` takes it."""
         check_output_dir(path, overwrite)
         return cls(path)
 
     @classmethod
-    def for_resume(cls, path: Path) -> tuple["RunFolder", dict[str, Any], dict[str, Any]]:
-        """The folder, its run.json and its checkpoint; refuses a folder that cannot be resumed."""
-        import torch
-
-        folder = cls(path)
-        meta = folder.read_meta()
-        status = meta.get("status")
-        if status == "complete":
-            raise NormprobeError(f"run in {path} is already complete; nothing to resume")
-        checkpoint_path = folder.path / CHECKPOINT_FILE
-        if not checkpoint_path.is_file():
-            raise NormprobeError(f"run in {path} ({status}) has no {CHECKPOINT_FILE} to resume from; start it again")
+    def open(cls, path: Path, overwrite: bool = False) -> "RunFolder":
+        """Take the folder for a new run: the lock first, then the empty-folder check, so two runs cannot both pass it."""
+        path = Path(path)
+        check_output_dir(path, overwrite)
         try:
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is one message
-            raise NormprobeError(f"cannot read {checkpoint_path}: {type(exc).__name__}: {exc}") from None
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NormprobeError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+        folder = cls(path)
+        folder._lock = FolderLock.acquire(path)
+        try:
+            check_output_dir(path, overwrite)
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+
+    @classmethod
+    def for_resume(cls, path: Path) -> tuple["RunFolder", dict[str, Any], dict[str, Any]]:
+        """The folder (locked), its run.json and its checkpoint; refuses a folder that cannot be resumed."""
+        path = Path(path)
+        if not path.is_dir():
+            raise NormprobeError(f"run folder not found: {path}")
+        folder = cls(path)
+        folder._lock = FolderLock.acquire(path)  # a run still alive in it is refused here, naming its pid
+        try:
+            meta = folder.read_meta()
+            if not isinstance(meta, dict) or not isinstance(meta.get("request", {}), dict):
+                raise NormprobeError(f"{path / RUN_FILE} is damaged or not a normprobe run.json; start the run again")
+            status = meta.get("status")
+            if status == "complete":
+                raise NormprobeError(f"run in {path} is already complete; nothing to resume")
+            checkpoint_path = folder.path / CHECKPOINT_FILE
+            if not checkpoint_path.is_file():
+                raise NormprobeError(f"run in {path} ({status}) has no {CHECKPOINT_FILE} to resume from; start it again")
+            checkpoint = load_checkpoint(checkpoint_path)
+        except BaseException:
+            folder.close()
+            raise
         return folder, meta, checkpoint
 
     def read_meta(self) -> dict[str, Any]:
         return read_run_json(self.path)
+
+    # -- the life cycle ------------------------------------------------------
+    def start(self, meta: dict[str, Any]) -> None:
+        """Install the signal handlers, then mark the run running: no moment says running without them."""
+        from .interrupt import StopRequests
+
+        if self.stops is None:
+            self.stops = StopRequests().__enter__()
+        self.meta = meta
+        self.mark(meta, "running")
+
+    def finish(self, result: Any, plotlyjs: str = "inline") -> None:
+        """Save the result (run.json last, saying complete) and drop the checkpoint."""
+        result.save(self.path, overwrite=True, plotlyjs=plotlyjs)
+        self.meta = result.meta
+        self.remove_checkpoint()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Leave a truthful status, restore the signal handlers, release the lock."""
+        try:
+            if error is not None and self.meta is not None and self.meta.get("status") == "running":
+                if isinstance(error, KeyboardInterrupt):
+                    self._mark_if_possible("interrupted", "aborted by a second signal; the last checkpoint is kept")
+                else:
+                    self._mark_if_possible("failed", failure_reason(error))
+        finally:
+            if self.stops is not None:
+                self.stops.__exit__(None, None, None)
+                self.stops = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _mark_if_possible(self, status: str, reason: str) -> None:
+        try:
+            self.mark(self.meta, status, reason)
+        except OSError:
+            pass  # the disk is still full: run.json stays `running`, and the released lock says the run is dead
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        self.close(error)
+        if isinstance(error, OSError):  # a full disk or a vanished folder: one line, not a traceback
+            raise NormprobeError(failure_reason(error)) from None
 
     # -- writing -----------------------------------------------------------
     def write_meta(self, meta: dict[str, Any]) -> None:
@@ -91,6 +172,54 @@ class RunFolder:
 
     def remove_checkpoint(self) -> None:
         (self.path / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def failure_reason(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        where = f" ({Path(error.filename).parent})" if error.filename else ""
+        return f"cannot write{where}: {error.strerror or type(error).__name__}"
+    if isinstance(error, NormprobeError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def load_state_file(path: Path, what: str) -> Any:
+    """A checkpoint.pt or state.pt, read as data only: tensors, numbers, strings and containers, never code."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NormprobeError(f"cannot read {path} as a normprobe {what} (it is loaded as data only, and this "
+                             f"file holds something else or is damaged): {first[:200]}") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """checkpoint.pt, checked for the shape the runner writes."""
+    state = load_state_file(path, "checkpoint")
+    progress = state.get("progress") if isinstance(state, dict) else None
+    if not (isinstance(state, dict) and isinstance(state.get("probes"), dict) and isinstance(progress, dict)
+            and all(isinstance(progress.get(k), int) for k in ("batches", "tokens", "windows", "docs"))
+            and isinstance(progress.get("seconds", 0.0), (int, float))):
+        raise NormprobeError(f"{path} is not a normprobe checkpoint (it lacks probes and progress counts); "
+                             "start the run again")
+    return state
+
+
+def restore_probe(probe: Any, states: Any, path: Path) -> None:
+    """Load one probe's saved statistics; a missing or ill-fitting entry is one line naming the probe."""
+    if not isinstance(states, dict) or not isinstance(states.get(probe.name), dict):
+        raise NormprobeError(f"{path} holds no statistics for probe {probe.name!r}")
+    try:
+        probe.load_state_dict(states[probe.name])
+    except NormprobeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any probe's loader may reject a tampered state its own way
+        raise NormprobeError(f"{path}: the statistics of probe {probe.name!r} do not fit this run "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def check_same_run(saved: dict[str, Any], requested: dict[str, Any]) -> None:
