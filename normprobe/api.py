@@ -138,15 +138,20 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
         for key in FINGERPRINT_KEYS:
             if key not in ("shard", "batch_size") and request.get(key) != first.get(key):
                 raise NormprobeError(f"cannot merge {folder}: {key} differs from {folders[0]}")
+    for folder, meta, request in zip(folders, metas, requests):
+        missing = [k for k in ("n_tokens", "n_windows", "n_batches", "n_docs", "seq_len") if k not in meta]
+        if missing or not (isinstance(request.get("model"), str) and isinstance(request.get("dtype"), str)
+                           and isinstance(request.get("probe_specs"), list)):
+            raise NormprobeError(f"{Path(folder) / 'run.json'} is damaged: it lacks {missing[0] if missing else 'the request'}")
+    # Read (as data only) and check every state before the model loads.
+    states = [(Path(f) / STATE_FILE, load_state_file(Path(f) / STATE_FILE, "shard state")) for f in folders]
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     probes = [cls(layers=first.get("layers")) for cls in resolve_probes(first["probe_specs"])]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)
-    for folder in folders:
-        state_path = Path(folder) / STATE_FILE
-        merge_state(model, probes, load_state_file(state_path, "shard state"), seq_len, first.get("layers"),
-                    where=str(state_path))
+    for state_path, state in states:
+        merge_state(model, probes, state, seq_len, first.get("layers"), where=str(state_path))
     done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
             "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
             "seconds": 0.0}

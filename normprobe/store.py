@@ -127,7 +127,7 @@ class RunFolder:
                 if isinstance(error, KeyboardInterrupt):
                     self._mark_if_possible("interrupted", "aborted by a second signal; the last checkpoint is kept")
                 else:
-                    self._mark_if_possible("failed", failure_reason(error))
+                    self._mark_if_possible("failed", failure_reason(error, self.path))
         finally:
             if self.stops is not None:
                 self.stops.__exit__(None, None, None)
@@ -148,7 +148,7 @@ class RunFolder:
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
         self.close(error)
         if isinstance(error, OSError):  # a full disk or a vanished folder: one line, not a traceback
-            raise NormprobeError(failure_reason(error)) from None
+            raise NormprobeError(failure_reason(error, self.path)) from None
 
     # -- writing -----------------------------------------------------------
     def write_meta(self, meta: dict[str, Any]) -> None:
@@ -174,10 +174,9 @@ class RunFolder:
         (self.path / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
-def failure_reason(error: BaseException) -> str:
+def failure_reason(error: BaseException, folder: Path) -> str:
     if isinstance(error, OSError):
-        where = f" ({Path(error.filename).parent})" if error.filename else ""
-        return f"cannot write{where}: {error.strerror or type(error).__name__}"
+        return f"cannot write in {folder}: {error.strerror or type(error).__name__}"
     if isinstance(error, NormprobeError):
         return str(error)
     return f"{type(error).__name__}: {error}"
