@@ -205,14 +205,18 @@ def _iter_table(spec: InputSpec) -> Iterator[str]:
             import pyarrow.csv as pcsv
 
             # decoded by Python, so --encoding and --errors mean what they mean for .txt; every cell is text
-            reader = pcsv.open_csv(_Utf8Stream(spec), convert_options=pcsv.ConvertOptions(
-                column_types={spec.text_field: pa.string()}))
+            stream = _Utf8Stream(spec)
+            try:
+                reader = pcsv.open_csv(stream, convert_options=pcsv.ConvertOptions(
+                    column_types={spec.text_field: pa.string()}))
+            except pa.ArrowInvalid:
+                stream.check()
+                raise
+            stream.check()
             columns = reader.schema.names
-            batches = lambda: reader  # noqa: E731
+            batches = lambda: stream.checked(reader)  # noqa: E731
     except (pa.ArrowInvalid, OSError) as exc:
         raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
-    except UnicodeDecodeError:
-        raise _not_decodable(spec) from None
     if spec.text_field not in columns:
         raise NormprobeError(
             f"{spec.path} has no column {spec.text_field!r}; columns found: {', '.join(columns)}; "
@@ -229,26 +233,39 @@ def _iter_table(spec: InputSpec) -> Iterator[str]:
                 if isinstance(value, str) and value.strip():
                     yield value
     except pa.ArrowInvalid as exc:
+        if spec.path.suffix.lower() == ".csv":
+            stream.check()
         raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
-    except UnicodeDecodeError:
-        raise _not_decodable(spec) from None
-
-
-def _not_decodable(spec: InputSpec) -> NormprobeError:
-    return NormprobeError(f"{spec.path} is not valid {spec.encoding}; pass --encoding ENCODING or --errors replace")
 
 
 class _Utf8Stream(io.RawIOBase):
-    """A file decoded with --encoding and --errors and handed on as UTF-8, for pyarrow's CSV reader."""
+    """A file decoded with --encoding and --errors and handed on as UTF-8, for pyarrow's CSV reader.
+
+    pyarrow reads it from its own thread, where an exception would abort the process; an undecodable
+    byte therefore ends the stream, and `check` raises the one-line error in the caller's thread.
+    """
 
     def __init__(self, spec: InputSpec):
         try:
             self._decoder = codecs.getincrementaldecoder(spec.encoding)(errors=spec.errors)
         except LookupError:
             raise NormprobeError(f"unknown encoding {spec.encoding!r}") from None
+        self._spec = spec
         self._file = open(spec.path, "rb")
         self._ready = b""
         self._ended = False
+        self._undecodable = False
+
+    def check(self) -> None:
+        if self._undecodable:
+            raise NormprobeError(f"{self._spec.path} is not valid {self._spec.encoding}; "
+                                 "pass --encoding ENCODING or --errors replace")
+
+    def checked(self, reader):
+        for batch in reader:
+            self.check()
+            yield batch
+        self.check()
 
     def readable(self) -> bool:
         return True
@@ -257,7 +274,10 @@ class _Utf8Stream(io.RawIOBase):
         while len(self._ready) < len(buffer) and not self._ended:
             raw = self._file.read(1 << 16)
             self._ended = not raw
-            self._ready += self._decoder.decode(raw, final=self._ended).encode("utf-8")
+            try:
+                self._ready += self._decoder.decode(raw, final=self._ended).encode("utf-8")
+            except UnicodeDecodeError:
+                self._undecodable = self._ended = True
         n = min(len(buffer), len(self._ready))
         buffer[:n] = self._ready[:n]
         self._ready = self._ready[n:]
