@@ -19,7 +19,7 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
     """
     from .distributed import world
     from .runner import make_runner
-    from .store import RunFolder, check_same_run
+    from .store import RunFolder
 
     if checkpoint_every is not None and checkpoint_every < 1:
         raise NormprobeError(f"--checkpoint-every must be at least 1 (got {checkpoint_every})")
@@ -31,13 +31,12 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
         runner.execute(progress=False)
         return None
     if resume:
-        folder, saved_meta, checkpoint = RunFolder.for_resume(out)  # locked: a live run in it is refused
+        # locked: a live run in it is refused; then the request is compared and the checkpoint read
+        folder, saved_meta, checkpoint = RunFolder.for_resume(out, runner.request())
         state = (saved_meta, checkpoint)
     else:
         folder, state = RunFolder.open(out, overwrite), None  # locked for the run's whole life
     with folder:
-        if resume:
-            check_same_run(saved_meta.get("request", {}), runner.request())
         result = runner.execute(progress=progress, folder=folder, resume=state, checkpoint_every=checkpoint_every)
         folder.finish(result, plotlyjs)
     return out

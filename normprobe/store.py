@@ -78,8 +78,10 @@ class RunFolder:
         return folder
 
     @classmethod
-    def for_resume(cls, path: Path) -> tuple["RunFolder", dict[str, Any], dict[str, Any]]:
-        """The folder (locked), its run.json and its checkpoint; refuses a folder that cannot be resumed."""
+    def for_resume(cls, path: Path, requested: dict[str, Any] | None = None
+                   ) -> tuple["RunFolder", dict[str, Any], dict[str, Any]]:
+        """The folder (locked), its run.json and its checkpoint; refuses a folder that cannot be resumed,
+        or whose run asked for something other than `requested`."""
         path = Path(path)
         if not path.is_dir():
             raise NormprobeError(f"run folder not found: {path}")
@@ -92,6 +94,8 @@ class RunFolder:
             status = meta.get("status")
             if status == "complete":
                 raise NormprobeError(f"run in {path} is already complete; nothing to resume")
+            if requested is not None:
+                check_same_run(meta.get("request", {}), requested)
             checkpoint_path = folder.path / CHECKPOINT_FILE
             if not checkpoint_path.is_file():
                 raise NormprobeError(f"run in {path} ({status}) has no {CHECKPOINT_FILE} to resume from; start it again")

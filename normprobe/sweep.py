@@ -129,20 +129,35 @@ def hub_checkpoint_labels(hub_id: str) -> list[int]:
 def run_sweep(checkpoints: list[Checkpoint], out: str | Path, *, probes: list[str], resume: bool = False,
               overwrite: bool = False, plotlyjs: str = "inline", progress: bool = True, **run_kwargs: Any) -> Path:
     """Run every checkpoint into OUT/step-N/, then write the evolution report OUT/report.html."""
-    from .api import run_to_folder, validate_runs
-    from .results import check_output_dir, write_atomic
+    from .api import validate_runs
+    from .lock import FolderLock
+    from .results import check_output_dir
 
     out = Path(out)
     if resume:
         if not (out / "sweep.json").is_file():
             raise NormprobeError(f"{out} holds no sweep.json; is it a checkpoint sweep folder?")
-        saved = json.loads((out / "sweep.json").read_text())
-        if [c["step"] for c in saved["checkpoints"]] != [c.step for c in checkpoints]:
+        from .jsonio import read_json
+
+        saved = read_json(out / "sweep.json", f"{out} holds no sweep.json")
+        listed = saved.get("checkpoints") if isinstance(saved, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(c, dict) and "step" in c for c in listed):
+            raise NormprobeError(f"{out / 'sweep.json'} is damaged: it lists no checkpoints")
+        if [c["step"] for c in listed] != [c.step for c in checkpoints]:
             raise NormprobeError("cannot resume: the sweep's checkpoints differ from this command's")
     else:
         check_output_dir(out, overwrite)
     validate_runs([(c.model, c.checkpoint_value) for c in checkpoints], {**run_kwargs, "probes": probes})
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock.acquire(out):  # one sweep per folder; each checkpoint's run also locks its own folder
+        return _sweep_into(out, checkpoints, probes, plotlyjs, progress, run_kwargs)
+
+
+def _sweep_into(out: Path, checkpoints: list[Checkpoint], probes: list[str], plotlyjs: str, progress: bool,
+                run_kwargs: dict[str, Any]) -> Path:
+    from .api import run_to_folder
+    from .results import write_atomic
+
     write_atomic(out / "sweep.json", (json.dumps({"checkpoints": [asdict(c) for c in checkpoints], "probes": probes},
                                                  indent=2) + "\n").encode())
     for checkpoint in checkpoints:

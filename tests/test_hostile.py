@@ -100,7 +100,8 @@ def test_a_live_run_refuses_writers_and_resume_and_report_says_it_runs(tmp_path)
 
 def test_sigkill_leaves_running_that_the_lock_marks_dead_and_resume_takes_over(tmp_path):
     out = tmp_path / "run"
-    victim = start(*LONG_RUN, "--checkpoint-every", "1", "--out", str(out))
+    short_run = [*LONG_RUN[:-4], "--max-docs", "30", "--batch-size", "1", "--no-progress"]
+    victim = start(*short_run, "--checkpoint-every", "1", "--out", str(out))
     wait_for(out / "checkpoint.pt", victim)
     victim.kill()
     victim.wait()
@@ -109,10 +110,10 @@ def test_sigkill_leaves_running_that_the_lock_marks_dead_and_resume_takes_over(t
     assert code == 0 and "is running, not complete" in err, err
     page = (tmp_path / "page.html").read_text()
     assert "Partial run" in page and "no process holds its lock" in page
-    code, err = cli(*LONG_RUN, "--checkpoint-every", "50", "--resume", str(out))
+    code, err = cli(*short_run, "--checkpoint-every", "50", "--resume", str(out))
     assert code == 0, err
     meta = json.loads((out / "run.json").read_text())
-    assert meta["status"] == "complete" and meta["resumed"] == 1 and meta["n_docs"] == 200
+    assert meta["status"] == "complete" and meta["resumed"] == 1 and meta["n_docs"] == 30
     assert leftovers(out) == [] and not (out / "checkpoint.pt").exists()
 
 
