@@ -51,6 +51,7 @@ class RunFolder:
         self.meta: dict[str, Any] | None = None  # the run.json being kept current, once started
         self.stops: Any = None  # StopRequests, installed by start()
         self._lock: FolderLock | None = None
+        self._created = False  # made by open(), so removed again if the run fails before writing anything
 
     # -- starting ----------------------------------------------------------
     @classmethod
@@ -64,11 +65,13 @@ class RunFolder:
         """Take the folder for a new run: the lock first, then the empty-folder check, so two runs cannot both pass it."""
         path = Path(path)
         check_output_dir(path, overwrite)
+        created = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise NormprobeError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
         folder = cls(path)
+        folder._created = created
         folder._lock = FolderLock.acquire(path)
         try:
             check_output_dir(path, overwrite)
@@ -139,6 +142,11 @@ class RunFolder:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+            if self._created and self.meta is None:  # failed before run.json: leave nothing behind
+                try:
+                    self.path.rmdir()
+                except OSError:
+                    pass  # not empty, or already gone
 
     def _mark_if_possible(self, status: str, reason: str) -> None:
         try:
