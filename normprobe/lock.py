@@ -42,13 +42,16 @@ class FolderLock:
         # A reader checking the lock holds it for microseconds; retry briefly before refusing.
         deadline = time.monotonic() + 0.5
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise NormprobeError(f"cannot write in {self.folder}: {exc.strerror or exc}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
+                    raise NormprobeError(f"cannot lock {self.path} for writing: {exc.strerror or exc}") from None
                 if time.monotonic() < deadline:
                     time.sleep(0.02)
                     continue
@@ -63,8 +66,11 @@ class FolderLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # a full disk: the lock holds without the pid, which others then call unknown
         self._fd = fd
 
     def release(self) -> None:

@@ -340,3 +340,32 @@ def test_a_50_mb_line_with_max_tokens_is_fast_and_small(tmp_path):
     assert meta["n_tokens"] == 500
     print(f"50 MB line, --max-tokens 500: {seconds:.1f} s, peak RSS {peak_mb:.0f} MB")
     assert peak_mb < 1500 and seconds < 60  # before: 76 s and 7.4 GB
+
+
+def test_lock_is_exclusive_reentrant_and_taken_over_when_stale(tmp_path):
+    from normprobe.lock import LOCK_FILE, FolderLock, live_holder
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    # a lock file left by a dead process (SIGKILL): nobody holds it, so it is taken over
+    (folder / LOCK_FILE).write_text("999999999\n")
+    assert live_holder(folder) is None
+    outer = FolderLock.acquire(folder)
+    inner = FolderLock.acquire(folder)  # the same process again: a multi-run locks OUT, then compares into it
+    assert live_holder(folder) == os.getpid() and (folder / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    holder = subprocess.run([sys.executable, "-c", "from normprobe.lock import FolderLock; import sys; "
+                             f"FolderLock.acquire({str(folder)!r})"], capture_output=True, text=True)
+    assert holder.returncode == 1 and f"(pid {os.getpid()})" in holder.stderr.strip().splitlines()[-1]
+    inner.release()
+    assert (folder / LOCK_FILE).exists()
+    outer.release()
+    assert not (folder / LOCK_FILE).exists() and live_holder(folder) is None
+
+
+def test_deeply_nested_run_json_is_one_line(tmp_path):
+    from normprobe.errors import NormprobeError
+    from normprobe.results import RunResult
+
+    (tmp_path / "run.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(NormprobeError, match="run.json is not valid JSON \\(RecursionError"):
+        RunResult.load(tmp_path)
