@@ -100,7 +100,7 @@ def test_a_live_run_refuses_writers_and_resume_and_report_says_it_runs(tmp_path)
 
 def test_sigkill_leaves_running_that_the_lock_marks_dead_and_resume_takes_over(tmp_path):
     out = tmp_path / "run"
-    short_run = [*LONG_RUN[:-4], "--max-docs", "30", "--batch-size", "1", "--no-progress"]
+    short_run = ["run", "demo", "--probe", "norms", "--max-docs", "30", "--batch-size", "1", "--no-progress"]
     victim = start(*short_run, "--checkpoint-every", "1", "--out", str(out))
     wait_for(out / "checkpoint.pt", victim)
     victim.kill()
