@@ -369,3 +369,20 @@ def test_deeply_nested_run_json_is_one_line(tmp_path):
     (tmp_path / "run.json").write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(NormprobeError, match="run.json is not valid JSON \\(RecursionError"):
         RunResult.load(tmp_path)
+
+
+def test_statistics_that_do_not_fit_the_probe_are_one_line(demo_adapter):
+    from normprobe.errors import NormprobeError
+    from normprobe.probes.norms import NormsProbe
+    from normprobe.store import restore_probe
+
+    probe = NormsProbe()
+    probe.setup(demo_adapter, 16)
+    good = probe.state_dict()
+    restore_probe(probe, {"norms": good}, Path("checkpoint.pt"))  # its own statistics fit
+    for tampered, phrase in [({"norms": {"by_position": good["by_position"]}}, "KeyError: 'by_token'"),
+                             ({"norms": {**good, "by_position": {"count": torch.zeros(3)}}}, "ValueError"),
+                             ({"updates": good}, "holds no statistics for probe 'norms'")]:
+        with pytest.raises(NormprobeError, match=r"^checkpoint\.pt") as caught:
+            restore_probe(probe, tampered, Path("checkpoint.pt"))
+        assert phrase in str(caught.value) and "\n" not in str(caught.value)
