@@ -142,10 +142,14 @@ class Planted:
 
 
 def test_planted_pickles_never_run(tmp_path):
+    from normprobe.results import _json_safe
+    from normprobe.runner import make_runner
+
     marker = tmp_path / "PWNED"
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
-    (interrupted / "run.json").write_text(json.dumps({"status": "interrupted", "request": {}}))
+    request = _json_safe(make_runner("demo", texts=["hi"]).request())  # what `run demo --text hi` asks for
+    (interrupted / "run.json").write_text(json.dumps({"status": "interrupted", "request": request}))
     torch.save({"probes": Planted(marker), "progress": {}}, interrupted / "checkpoint.pt")
     wrong_shape = tmp_path / "wrong"
     shutil.copytree(interrupted, wrong_shape)
