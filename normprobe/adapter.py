@@ -258,6 +258,7 @@ class ModelAdapter:
         hooks = bridge.hook_dict
         self.sites = tuple(s for s in SITES if f"blocks.0.hook_{s}" in hooks)
         self._readout: Readout | None = None
+        self._fast_attention_gap: float | None = None  # checked once per loaded model
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
@@ -353,6 +354,28 @@ class ModelAdapter:
         """One forward pass with the given hooks attached; logits are not kept."""
         with self.bridge.hooks(fwd_hooks=hooks):
             self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+
+    def select_attention(self, reads_patterns: bool) -> tuple[str, str]:
+        """Run eager attention when a probe reads patterns, else sdpa where it agrees with eager on this model.
+
+        Returns (the attention that runs, why).
+        """
+        from .attention import AGREEMENT_REL, EAGER, FAST, fast_attention_disagreement, use_attention
+
+        if reads_patterns:
+            return use_attention(self.bridge, EAGER), "a probe reads attention patterns"
+        if self._fast_attention_gap is None:
+            import torch
+
+            tokens = torch.randint(self.d_vocab, (1, min(24, self.n_ctx)), generator=torch.Generator().manual_seed(0))
+            self._fast_attention_gap = fast_attention_disagreement(
+                self.bridge, self.hook_name("resid_post", self.n_layers - 1), tokens.to(self.device))
+        allowed = AGREEMENT_REL if self.dtype == "float32" else 3e-2
+        if self._fast_attention_gap > allowed:
+            return use_attention(self.bridge, EAGER), (f"{FAST} differed from eager by {self._fast_attention_gap:.2g} "
+                                                       "(relative) on this model")
+        running = use_attention(self.bridge, FAST)
+        return running, ("Hugging Face's default" if running == FAST else f"the model offers no {FAST}")
 
     @property
     def n_params(self) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .corpus import InputSpec
+from .attention import reads_patterns
 from .console import warn
 from .errors import NormprobeError
 from .hooked import HookedPass, ProbeFailed
@@ -91,6 +92,7 @@ class Runner:
             warn(f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
                  f"using {model.n_ctx}")
         probes = [cls(layers=opts.layers) for cls in self.probe_classes]
+        hooks = []
         for probe in probes:
             probe.setup(model, seq_len)
             for point in probe.hook_points():
@@ -98,6 +100,8 @@ class Runner:
                 if not model.has_hook(hook):
                     raise NormprobeError(f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
                                          f"({model.family.name}) does not have")
+                hooks.append(hook)
+        self.attention = model.select_attention(reads_patterns(hooks))
         return probes, seq_len
 
     def _base_meta(self, model, probes, seq_len: int, batch_size: int, bos: int | None) -> dict[str, Any]:
@@ -110,6 +114,8 @@ class Runner:
             **{("model_n_ctx" if k == "n_ctx" else k): v for k, v in model.facts().items()},
             "dtype": model.dtype,
             "device": str(model.device),
+            "attention": self.attention[0],
+            "attention_reason": self.attention[1],
             "probes": [p.name for p in probes],
             "corpus": self.corpus.description,
             "seq_len": seq_len,
