@@ -259,6 +259,7 @@ class ModelAdapter:
         self.sites = tuple(s for s in SITES if f"blocks.0.hook_{s}" in hooks)
         self._readout: Readout | None = None
         self._fast_attention_gap: float | None = None  # checked once per loaded model
+        self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
@@ -353,7 +354,14 @@ class ModelAdapter:
                 hooks: list[tuple[str, Callable]]) -> None:
         """One forward pass with the given hooks attached; logits are not kept."""
         with self.bridge.hooks(fwd_hooks=hooks):
-            self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+            try:
+                # no KV cache (it grows with depth) and logits for one position only (they grow with vocabulary)
+                self.bridge(tokens, attention_mask=attention_mask, return_type=None, **self._lean_forward)
+            except TypeError as exc:
+                if not self._lean_forward or "unexpected keyword" not in str(exc):
+                    raise
+                self._lean_forward = {}  # an older model class without these arguments
+                self.bridge(tokens, attention_mask=attention_mask, return_type=None)
 
     def select_attention(self, reads_patterns: bool) -> tuple[str, str]:
         """Run eager attention when a probe reads patterns, else sdpa where it agrees with eager on this model.
