@@ -279,3 +279,32 @@ def test_report_section_draws_and_says_why_when_empty(demo_adapter):
     blank = render_massive(empty, massive_findings(empty), result.meta)
     notes = [a.text for b in blank.blocks if b.figure is not None for a in b.figure.layout.annotations]
     assert len(notes) == 3 and all(n.startswith("No data:") for n in notes)
+
+
+def test_top_counts_exact_within_keep_and_within_the_bound_beyond():
+    from normprobe.probes.massive import TopCounts
+
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 20, 6000)
+    few = rng.integers(0, 6, 6000)  # at most 6 distinct values per cell: exact with keep=8
+    many = np.where(rng.random(6000) < 0.5, 3, rng.integers(0, 40, 6000))  # value 3 holds about half of each cell
+
+    def counted(values, keep, chunks):
+        top = TopCounts(40, keep)
+        for part in np.array_split(np.arange(len(values)), chunks):
+            other = TopCounts(40, keep)
+            other.add(torch.tensor(cells[part] * 40 + values[part]), torch.ones(len(part), dtype=torch.float64))
+            top.merge(other)
+        return {(int(k) // 40, int(k) % 40): float(c) for k, c in zip(top.keys, top.counts)}, top.mode(20)
+
+    exact, mode = counted(few, 8, 1)
+    assert exact == {k: float(v) for k, v in Counter(zip(cells.tolist(), few.tolist())).items()}
+    assert counted(few, 8, 7)[0] == exact
+    assert mode.tolist() == [min(((-v, d) for (c, d), v in exact.items() if c == cell))[1] for cell in range(20)]
+    truth = Counter(zip(cells.tolist(), many.tolist()))
+    for chunks in (1, 9):
+        approx, mode = counted(many, 4, chunks)
+        assert mode.tolist() == [3] * 20
+        for (cell, value), count in approx.items():
+            n_cell = int((cells == cell).sum())
+            assert truth[(cell, value)] - n_cell / 5 <= count <= truth[(cell, value)]

@@ -20,6 +20,7 @@ from ..stats import GroupedMoments
 from .norms import spearman
 
 TOP_RANKS = 8
+MAX_DIMS_KEPT = 16  # dimensions counted per (site, layer, position) for max_dim_mode: exact up to 16 distinct
 GROUPS = ("position0", "rest")
 
 
@@ -27,7 +28,7 @@ class SparseSums:
     """Float64 sums of value columns per int64 key, holding only the keys seen.
 
     Exact for counts, merges in any order, and its size is the number of distinct keys, never the
-    size of the key space (a dimension per (site, layer, position), a token type per layer).
+    size of the key space (here (layer, token id) of the tokens that crossed the ratio).
     """
 
     def __init__(self, n_columns: int, device: str | torch.device = "cpu"):
@@ -55,6 +56,65 @@ class SparseSums:
             raise ValueError("state does not fit these sums")
         self.keys = state["keys"].to(self.keys.device, torch.int64).clone()
         self.sums = state["sums"].to(self.sums.device, torch.float64).clone()
+
+
+class TopCounts:
+    """Counts of integer values per cell, keeping at most `keep` values per cell (Misra-Gries).
+
+    Memory is at most cells x keep entries, whatever d_model or the corpus. While a cell has seen at
+    most `keep` distinct values its counts are exact and merge exactly in any order. Past that, each
+    merge subtracts the (keep+1)-th largest count from all of the cell's counts and drops those left
+    at zero (Agarwal et al. 2012, "Mergeable summaries"), so a count is low by at most
+    n_cell / (keep + 1), and a value holding more than that share of the cell is never lost.
+    """
+
+    def __init__(self, n_values: int, keep: int, device: str | torch.device = "cpu"):
+        self.n_values, self.keep = n_values, keep
+        self.keys = torch.zeros(0, dtype=torch.int64, device=device)  # cell * n_values + value
+        self.counts = torch.zeros(0, dtype=torch.float64, device=device)
+
+    def add(self, keys: torch.Tensor, counts: torch.Tensor) -> None:
+        if keys.numel() == 0:
+            return
+        keys = torch.cat([self.keys, keys.to(self.keys.device, torch.int64)])
+        counts = torch.cat([self.counts, counts.to(self.counts.device, torch.float64)])
+        keys, slot = torch.unique(keys, return_inverse=True)
+        counts = torch.zeros(len(keys), dtype=torch.float64, device=keys.device).index_add_(0, slot, counts)
+        cells, cell = torch.unique(keys // self.n_values, return_inverse=True)
+        # rank within the cell by count, largest first; ties do not matter, equal counts share a fate
+        order = torch.sort(counts, descending=True, stable=True).indices
+        order = order[torch.sort(cell[order], stable=True).indices]
+        first = torch.searchsorted(cell[order], torch.arange(len(cells), device=keys.device))
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=keys.device) - first[cell[order]]
+        floor = torch.zeros(len(cells), dtype=torch.float64, device=keys.device)
+        at_floor = rank == self.keep
+        floor[cell[at_floor]] = counts[at_floor]
+        counts = counts - floor[cell]
+        kept = counts > 0
+        self.keys, self.counts = keys[kept], counts[kept]
+
+    def merge(self, other: "TopCounts") -> None:
+        self.add(other.keys, other.counts)
+
+    def mode(self, n_cells: int) -> np.ndarray:
+        """The value with the largest count per cell (ties: the lowest value); -1 where the cell is empty."""
+        keys, counts = self.keys.cpu().numpy(), self.counts.cpu().numpy()
+        cell, value = keys // self.n_values, keys % self.n_values
+        order = np.lexsort((value, -counts, cell))
+        first = order[np.r_[True, cell[order][1:] != cell[order][:-1]]] if len(order) else order
+        mode = np.full(n_cells, -1, dtype=np.int64)
+        mode[cell[first]] = value[first]
+        return mode
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.keys.detach().cpu().clone(), "counts": self.counts.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if len(state["keys"]) != len(state["counts"]):
+            raise ValueError("state does not fit these counts")
+        self.keys = state["keys"].to(self.keys.device, torch.int64).clone()
+        self.counts = state["counts"].to(self.counts.device, torch.float64).clone()
 
 
 def numpy_median(values: torch.Tensor) -> torch.Tensor:
@@ -90,8 +150,8 @@ class MassiveProbe(Probe):
         self.max_abs = GroupedMoments(n, device, track_extremes=False)
         self.median_abs = GroupedMoments(n, device, track_extremes=False)
         self.norm = GroupedMoments(n, device, track_extremes=False)
-        # counts of the arg-max dimension per (slot, position): sparse, since maxima sit in few dimensions
-        self.max_dims = SparseSums(1, device)
+        # which dimension holds the maximum, counted per (slot, position) for at most MAX_DIMS_KEPT dimensions
+        self.max_dims = TopCounts(self._d, MAX_DIMS_KEPT, device)
         self.squares = torch.zeros((len(self._pre), len(GROUPS), self._d), dtype=torch.float64, device=device)
         self.sink = GroupedMoments(len(layers) * self._heads, device, track_extremes=False)
         self.massive_tokens = SparseSums(2, device)  # (count, sum of max |h_i|) per (layer slot, token id)
@@ -127,7 +187,7 @@ class MassiveProbe(Probe):
         self.median_abs.add(groups.reshape(-1), per_token["median"].reshape(-1))
         self.norm.add(groups.reshape(-1), per_token["norm"].reshape(-1))
         dims = groups * self._d + per_token["argmax"]
-        self.max_dims.add(dims.reshape(-1), torch.ones((dims.numel(), 1), dtype=torch.float64, device=dims.device))
+        self.max_dims.add(dims.reshape(-1), torch.ones(dims.numel(), dtype=torch.float64, device=dims.device))
         for i, hook in enumerate(self._pre):
             self.squares[i] += activations[hook]["squares"].to(self.squares.device)
         self._add_massive_tokens(per_token, batch)
@@ -183,21 +243,10 @@ class MassiveProbe(Probe):
             "count": self.max_abs.count.cpu().numpy().astype(np.int64),
             "max_abs_mean": self.max_abs.mean().cpu().numpy(),
             "median_abs_mean": self.median_abs.mean().cpu().numpy(),
-            "max_dim_mode": self._max_dim_mode(n_slots * width),
+            "max_dim_mode": self.max_dims.mode(n_slots * width),
             "norm_mean": self.norm.mean().cpu().numpy(),
         })
         return frame[frame["count"] > 0].reset_index(drop=True)
-
-    def _max_dim_mode(self, n_groups: int) -> np.ndarray:
-        """The most frequent arg-max dimension per group; ties go to the lowest dimension; -1 where none."""
-        keys = self.max_dims.keys.cpu().numpy()
-        counts = self.max_dims.sums[:, 0].cpu().numpy()
-        group, dim = keys // self._d, keys % self._d
-        order = np.lexsort((dim, -counts, group))  # by group, then most frequent, then lowest dimension
-        first = order[np.r_[True, group[order][1:] != group[order][:-1]]] if len(order) else order
-        mode = np.full(n_groups, -1, dtype=np.int64)
-        mode[group[first]] = dim[first]
-        return mode
 
     def _top_dims_table(self) -> pd.DataFrame:
         rows = []
