@@ -150,6 +150,9 @@ def test_findings_recomputed_by_hand(family_adapter):
     x, y = [f["position0_norm_ratio"][l] for l in layers], [f["sink_mass_by_layer"][l] for l in layers]
     assert f["sink_vs_norm_ratio_pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
     assert massive_findings(tables, 1e9)["first_massive"] is None
+    queries = pre[pre.position > 0]  # the last layer's rows: every layer sees the same tokens
+    uniform = sum(c / (p + 1) for p, c in zip(queries.position, queries["count"])) / queries["count"].sum()
+    assert f["sink_mass_uniform"] == pytest.approx(uniform, rel=1e-12)
 
 
 def _probe_over(adapter, windows, seq_len=64, **options):

@@ -322,6 +322,10 @@ def massive_findings(tables: dict[str, pd.DataFrame], massive_ratio: float = DEF
     weighted = (sink["sink_mass_mean"] * sink["count"]).groupby(sink["layer"]).sum()
     by_layer = weighted / sink.groupby("layer")["count"].sum()
     out["sink_mass_by_layer"] = {int(l): float(v) for l, v in by_layer.items()}
+    # what the sink mass would be if every query attended uniformly to its t + 1 keys
+    queries = massive[(massive["site"] == "resid_pre") & (massive["position"] > 0)].drop_duplicates("position")
+    out["sink_mass_uniform"] = float((queries["count"] / (queries["position"] + 1)).sum() / queries["count"].sum()) \
+        if len(queries) else float("nan")
     norm_ratio = _position0_norm_ratio(massive)
     out["position0_norm_ratio"] = norm_ratio
     both = [l for l in out["sink_mass_by_layer"] if l in norm_ratio]

@@ -33,6 +33,7 @@ def massive_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         ("Share of position 0's squared norm in its top 2 dimensions", _by_layer(f.get("position0_top2_share"), 2)),
         ("Share of later tokens' squared norm in their top 2 dimensions", _by_layer(f.get("rest_top2_share"), 2)),
         ("Mean attention on key position 0 (queries at positions ≥ 1), by layer", _by_layer(f.get("sink_mass_by_layer"), 2)),
+        ("The same under uniform attention (mean of 1/(t+1) over those queries)", _fmt(f.get("sink_mass_uniform"), 2)),
         ("Correlation across layers of position 0's norm ratio with sink mass (Pearson, Spearman)",
          f"{_fmt(f.get('sink_vs_norm_ratio_pearson'), 2)}, {_fmt(f.get('sink_vs_norm_ratio_spearman'), 2)}"),
         (f"Token types with max/median above {_fmt(threshold)} at positions ≥ 1", str(f.get("n_massive_token_types", 0))),
@@ -70,6 +71,7 @@ def sink_heatmap(sink: pd.DataFrame) -> go.Figure:
                              colorscale="Viridis", colorbar=dict(title="weight"), customdata=counts.to_numpy(),
                              hovertemplate="layer %{y}, head %{x}<br>mean weight on key 0 %{z:.3f}<br>queries %{customdata}<extra></extra>"))
     integer_axis(fig, "y", grid.index)
+    fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -85,7 +87,7 @@ def top_dims_bars(top: pd.DataFrame) -> go.Figure:
             rows = top[(top["layer"] == layer) & (top["group"] == group)].sort_values("rank")
             fig.add_trace(go.Bar(x=rows["rank"].to_numpy(), y=f32(rows["share"]), name=f"{label}", visible=(i == 0),
                                  marker_color=colours[group], text=[f"d{d}" for d in rows["dim"]], textposition="outside",
-                                 hovertemplate=f"layer {layer}, {label}<br>rank %{{x}}: dim %{{text}}<br>share %{{y:.3f}}<extra></extra>"))
+                                 hovertemplate=f"layer {layer}, {label}<br>rank %{{x}}: %{{text}}<br>share %{{y:.3f}}<extra></extra>"))
     n = len(fig.data)
     buttons = [dict(label=f"layer {l}", method="update", args=[{"visible": [j // 2 == i for j in range(n)]}])
                for i, l in enumerate(layers)]
