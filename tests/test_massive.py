@@ -259,9 +259,30 @@ def test_checkpoint_then_resume_equals_uninterrupted(demo_adapter, tmp_path):
         check_same_run(got.meta["request"], {**got.meta["request"], "massive_ratio": 50.0})
 
 
-def test_massive_ratio_is_validated():
+def test_massive_ratio_is_validated(capsys, tmp_path):
+    from normprobe.cli import main
+
     with pytest.raises(NormprobeError, match="--massive-ratio"):
         normprobe.run("demo", texts=["hello"], probes=["massive"], massive_ratio=0.5, progress=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "demo", "--probe", "massive", "--text", "hi", "--massive-ratio", "nan", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1 and len(err) == 1 and "--massive-ratio must be" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_shards_merge_to_the_whole_run(demo_adapter, tmp_path):
+    from normprobe.api import merge_shards, run_to_folder
+    from normprobe.results import RunResult
+
+    options = dict(probes=["massive"], texts=DOCS, batch_size=1, massive_ratio=4.0, progress=False, plotlyjs="cdn")
+    whole = RunResult.load(run_to_folder(demo_adapter, tmp_path / "whole", **options))
+    shards = [run_to_folder(demo_adapter, tmp_path / f"shard{i}", shard=(i, 2), **options) for i in range(2)]
+    merged = RunResult.load(merge_shards(shards, tmp_path / "merged", device="cpu", plotlyjs="cdn"))
+    assert len(whole["massive_tokens"]) > 0
+    for name in ("massive", "top_dims", "attention_sink", "massive_tokens"):
+        pd.testing.assert_frame_equal(merged[name], whole[name], check_exact=False, rtol=1e-12, atol=0)
+    assert merged.findings["massive"]["massive_ratio"] == 4.0
 
 
 def test_report_section_draws_and_says_why_when_empty(demo_adapter):
