@@ -358,6 +358,10 @@ class ModelAdapter:
         with self.bridge.hooks(fwd_hooks=hooks):
             self.bridge(tokens, attention_mask=attention_mask, return_type=None)
 
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.hf_model.parameters())
+
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:
         cfg = self.bridge.cfg

@@ -23,8 +23,10 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
 
     if checkpoint_every is not None and checkpoint_every < 1:
         raise NormprobeError(f"--checkpoint-every must be at least 1 (got {checkpoint_every})")
-    runner = make_runner(model, probes=probes, **run_kwargs)
     out = Path(out)
+    if not resume and world()[0] == 0:
+        RunFolder.create(out, overwrite)  # a bad --out fails before probes and torch are even imported
+    runner = make_runner(model, probes=probes, **run_kwargs)
     if world()[0] != 0:  # under torchrun only rank 0 touches the folder
         runner.execute(progress=False)
         return None

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import inspect
 import platform
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .corpus import InputSpec
+from .console import warn
 from .errors import NormprobeError
 from .hooked import HookedPass, ProbeFailed
 from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
@@ -28,13 +28,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "unknown"
     return found
-
-
-def _progress(total: int | None, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, desc="probing")
 
 
 CHECKPOINT_SECONDS = 300.0  # default: a checkpoint at most every five minutes
@@ -96,6 +89,9 @@ class Runner:
             if bad:
                 raise NormprobeError(f"invalid layer index {bad[0]}: {model.source.name} has layers 0..{model.n_layers - 1}")
         seq_len = min(opts.seq_len or DEFAULT_SEQ_LEN, model.n_ctx)
+        if opts.seq_len is not None and opts.seq_len > model.n_ctx:
+            warn(f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
+                 f"using {model.n_ctx}")
         probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
         for probe in probes:
             probe.setup(model, seq_len)
@@ -134,19 +130,27 @@ class Runner:
 
         from .adapter import ModelAdapter, ModelSource, load_model
         from .batching import iter_batches, iter_windows
+        from .console import progress_bar, say
         from .distributed import local_device, make_sync
         from .interrupt import RunInterrupted, StopRequests
 
         started = time.time()
         opts = self.options
         sync = make_sync()
+        talk = progress and sync.rank == 0
         model = self.model
-        if isinstance(model, ModelSource):
-            model = ModelAdapter.from_source(model, device=local_device(opts.device), dtype=opts.dtype,
-                                             device_map=opts.device_map, n_devices=opts.n_devices)
-        elif not isinstance(model, ModelAdapter):
-            model = load_model(str(model), device=local_device(opts.device), dtype=opts.dtype,
-                               device_map=opts.device_map, n_devices=opts.n_devices)
+        if not isinstance(model, ModelAdapter):
+            name = model.name if isinstance(model, ModelSource) else str(model)
+            say(f"loading {name} ({opts.dtype}, device {local_device(opts.device)}) ...", talk)
+            load_started = time.time()
+            if isinstance(model, ModelSource):
+                model = ModelAdapter.from_source(model, device=local_device(opts.device), dtype=opts.dtype,
+                                                 device_map=opts.device_map, n_devices=opts.n_devices)
+            else:
+                model = load_model(name, device=local_device(opts.device), dtype=opts.dtype,
+                                   device_map=opts.device_map, n_devices=opts.n_devices)
+            say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.family.name}, {model.n_layers} layers, "
+                f"d_model {model.d_model}, {model.n_params / 1e6:,.2f}M parameters on {model.device}", talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
         batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len)
@@ -178,7 +182,7 @@ class Runner:
                 folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes}, "progress": dict(done)})
 
         hooked = HookedPass(model, probes)
-        bar = _progress(total, progress and sync.rank == 0)
+        bar = progress_bar(total, talk)
         bar.update(done["tokens"])
         last_save = time.time()
         batches = iter(iter_batches(windows, batch_size, model.pad_token_id, model.device))
@@ -217,7 +221,9 @@ class Runner:
                         reason = f"stopped by {stops.requested} after {done['tokens']} tokens; resume with --resume"
                         if folder is not None:
                             folder.mark(meta, "interrupted", reason)
-                        raise RunInterrupted(f"{reason}" + (f" {folder.path}" if folder is not None else ""))
+                        raise RunInterrupted(f"stopped by {stops.requested} after {done['tokens']:,} tokens"
+                                             + ("; checkpoint saved" if folder is not None else ""),
+                                             folder.path if folder is not None else None)
         except ProbeFailed as failure:
             reason = f"probe {failure.probe!r} raised {type(failure.error).__name__}: {failure.error}"
             if folder is not None:

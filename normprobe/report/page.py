@@ -92,4 +92,5 @@ def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "
             parts.append(f"<p><small>options: {esc(json.dumps(options, default=str))}</small></p>")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style>{_plotly_script(plotlyjs)}</head><body><main>{''.join(parts)}</main></body></html>\n")
+            f"<style>{STYLE}</style>{_plotly_script(plotlyjs) if n_fig else ''}</head><body><main>{''.join(parts)}</main>"
+            "</body></html>\n")
