@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+# Sites inside the attention block; every family has them. The pattern is [batch, query head, query, key].
+ATTENTION_SITES = {"attn_pattern": "attn.hook_pattern"}
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -292,12 +294,14 @@ class ModelAdapter:
 
     # -- sites and hooks -------------------------------------------------
     def hook_name(self, site: str, layer: int) -> str:
-        if site not in SITES:
-            raise NormprobeError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
-        if site not in self.sites:
+        if site not in SITES and site not in ATTENTION_SITES:
+            raise NormprobeError(f"unknown site {site!r}; sites are {', '.join(SITES + tuple(ATTENTION_SITES))}")
+        if site in SITES and site not in self.sites:
             raise NormprobeError(f"model {self.source.location} has no {site} (it is a {self.block_kind} block)")
         if not 0 <= layer < self.n_layers:
             raise NormprobeError(f"layer {layer} is out of range for {self.source.location} (0..{self.n_layers - 1})")
+        if site in ATTENTION_SITES:
+            return f"blocks.{layer}.{ATTENTION_SITES[site]}"
         return f"blocks.{layer}.hook_{site}"
 
     def has_hook(self, hook_name: str) -> bool:

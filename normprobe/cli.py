@@ -97,6 +97,7 @@ def run(
     checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
+    massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
@@ -115,7 +116,7 @@ def run(
     common = dict(texts=text, input=input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
                   max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers),
                   prepend_bos=prepend_bos, device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress,
-                  checkpoint_every=checkpoint_every)
+                  checkpoint_every=checkpoint_every, massive_ratio=massive_ratio)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
@@ -134,7 +135,8 @@ def run(
             models, out or _default_out("compare"), probes=probe, texts=text, input=input, text_field=text_field,
             encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
             seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every)
+            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
+            massive_ratio=massive_ratio)
         typer.echo(f"wrote {page.parent}/ (comparison: {page})")
         return
     if resume is not None and out is not None and Path(out) != resume:
@@ -145,7 +147,7 @@ def run(
         encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
         seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
         overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, shard=parse_shard(shard),
-        device_map=device_map, n_devices=n_devices)
+        device_map=device_map, n_devices=n_devices, massive_ratio=massive_ratio)
     if folder is not None:
         export_images(folder, format)
         typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")

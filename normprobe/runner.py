@@ -1,6 +1,7 @@
 """The loop: documents -> windows -> batches -> one hooked forward pass -> every probe's statistics."""
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from dataclasses import asdict
@@ -12,7 +13,7 @@ from .attention import reads_patterns
 from .console import warn
 from .errors import NormprobeError
 from .hooked import HookedPass, ProbeFailed
-from .options import DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
+from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
 from .registry import resolve_probes
 
 __all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
@@ -79,7 +80,8 @@ class Runner:
                 "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
-                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None}
+                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
+                "massive_ratio": opts.massive_ratio}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -91,7 +93,7 @@ class Runner:
         if opts.seq_len is not None and opts.seq_len > model.n_ctx:
             warn(f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
                  f"using {model.n_ctx}")
-        probes = [cls(layers=opts.layers) for cls in self.probe_classes]
+        probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
         hooks = []
         for probe in probes:
             probe.setup(model, seq_len)
@@ -290,10 +292,18 @@ class Runner:
         return RunResult(tables=tables, findings=findings, meta=meta)
 
 
+def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
+    """An instance of a probe class, given those of the run's probe options its constructor accepts."""
+    params = inspect.signature(cls).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        options = {k: v for k, v in options.items() if k in {p.name for p in params}}
+    return cls(layers=layers, **options)
+
+
 def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None) -> None:
     """Merge saved probe statistics (another rank's or shard's) into `probes`."""
     for probe in probes:
-        other = type(probe)(layers=layers)
+        other = make_probe(type(probe), layers, getattr(probe, "options", {}))
         other.setup(model, seq_len)
         other.load_state_dict(state[probe.name])
         probe.merge(other)
@@ -306,13 +316,13 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
-                checkpoint_value: int | None = None) -> Runner:
+                checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if texts is not None and input is not None:
         raise NormprobeError("give texts or an input file, not both")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices)
+                         device_map, n_devices, massive_ratio)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -335,6 +345,6 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
     The corpus is `texts` (one document each), an `input` file, or else the built-in sample.
     Options: input, text_field, encoding, errors, batch_size, seq_len, max_docs, max_tokens,
-    prepend_bos, layers, device, dtype, shard=(i, n).
+    prepend_bos, layers, device, dtype, shard=(i, n), massive_ratio (the massive probe's threshold).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)
