@@ -375,7 +375,7 @@ class ModelAdapter:
         from .attention import AGREEMENT_REL, EAGER, FAST, fast_attention_disagreement, use_attention
 
         if reads_patterns:
-            return use_attention(self.bridge, EAGER), "a probe reads attention patterns"
+            return use_attention(self.bridge, EAGER), "a probe reads attention patterns or norm internals"
         if self._fast_attention_gap is None:
             import torch
 
