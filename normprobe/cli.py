@@ -160,11 +160,11 @@ def compare(
     plotlyjs: PlotlyOpt = "inline",
 ) -> None:
     """Render one report overlaying saved runs (different models, sizes, checkpoints, corpora, dtypes)."""
-    from .api import compare as compare_runs
+    from .api import compare_to_folder
 
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    page = compare_runs(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
+    page = compare_to_folder(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
     typer.echo(f"wrote {page}")
 
 

@@ -210,7 +210,7 @@ def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir)
     for run in runs:
         assert json.loads((out / run / "run.json").read_text())["status"] == "complete"
     page = (out / "report.html").read_text()
-    assert "normprobe comparison: 1: demo vs 2: " in page and page.count("Plotly.newPlot") == 4
+    assert "normprobe comparison: 1: demo vs 2: " in page and page.count("Plotly.newPlot") == 5
     code, _, err = invoke(["compare", str(out / runs[0]), "--out", str(tmp_path / "c")], capsys)
     assert code == 1 and "at least two run folders" in err
 
