@@ -46,6 +46,13 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
     return out
 
 
+def findings_summary(folder: str | Path) -> list[str]:
+    """A saved run's findings in at most five lines, for the console."""
+    from .report.headline import summary_lines
+
+    return summary_lines(RunResult.load(folder))
+
+
 def export_images(folder: str | Path, fmt: str) -> list[Path]:
     """Write each figure of a saved run's report as PNG or SVG into FOLDER/figures/."""
     from .report import sections_for
