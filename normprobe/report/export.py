@@ -19,7 +19,8 @@ def static_copy(fig: Any) -> Any:
     import plotly.graph_objects as go
 
     still = go.Figure(fig)
-    still.update_layout(updatemenus=[], sliders=[])
+    still.layout.updatemenus = []  # update_layout(updatemenus=[]) would merge, keeping them
+    still.layout.sliders = []
     return still
 
 
