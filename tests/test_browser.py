@@ -112,3 +112,6 @@ def test_static_svg_export(payload_run, capsys):
     images = sorted((payload_run / "figures").glob("*.svg"))
     assert len(images) == 9
     assert all(p.read_text().lstrip().startswith("<svg") for p in images)
+    # the report's linear/log buttons and layer menus stay out of the images (the page has them)
+    assert "y: log" in (payload_run / "report.html").read_text()
+    assert not any("y: log" in p.read_text() or "updatemenu" in p.read_text() for p in images)
