@@ -78,7 +78,8 @@ def run(
     probe: ProbeOpt = ["norms"],
     text: TextOpt = None,
     input: InputOpt = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: a Hub name (streamed), a save_to_disk folder, or a folder or glob of data files.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Hugging Face dataset: a Hub name (streamed), a save_to_disk folder, or a folder or glob of data files.")] = None,
     dataset_config: Annotated[Optional[str], typer.Option(help="Configuration of a Hub --dataset.")] = None,
     split: Annotated[str, typer.Option(help="Split of --dataset.")] = "train",
     text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet or --dataset.")] = "text",
@@ -117,8 +118,8 @@ def run(
 
     common = dict(texts=text, input=input, dataset=dataset, dataset_config=dataset_config, split=split,
                   text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
-                  batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress,
-                  checkpoint_every=checkpoint_every)
+                  batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
+                  device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
