@@ -84,8 +84,8 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     from .adapter import load_model
     from .registry import resolve_probes
     from .results import STATE_FILE, check_output_dir
-    from .runner import Runner, merge_state
-    from .store import FINGERPRINT_KEYS, RunFolder
+    from .runner import Runner, make_probe, merge_state
+    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder
 
     if not folders:
         raise NormprobeError("give the shard folders to merge")
@@ -106,7 +106,8 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
             if key not in ("shard", "batch_size") and request.get(key) != first.get(key):
                 raise NormprobeError(f"cannot merge {folder}: {key} differs from {folders[0]}")
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
-    probes = [cls(layers=first.get("layers")) for cls in resolve_probes(first["probe_specs"])]
+    options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"])}
+    probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)

@@ -101,6 +101,7 @@ def run(
     checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
+    massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
@@ -119,7 +120,8 @@ def run(
     common = dict(texts=text, input=input, dataset=dataset, dataset_config=dataset_config, split=split,
                   text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
                   batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
-                  device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every)
+                  device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
+                  massive_ratio=massive_ratio)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")

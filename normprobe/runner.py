@@ -1,6 +1,7 @@
 """The loop: documents -> windows -> batches -> one hooked forward pass -> every probe's statistics."""
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from dataclasses import asdict
@@ -8,11 +9,12 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .corpus import InputSpec
+from .attention import reads_patterns
 from .console import warn
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
 from .hooked import HookedPass, ProbeFailed
-from .options import DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
+from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
 from .registry import resolve_probes
 
 __all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
@@ -64,7 +66,6 @@ class Runner:
         from .adapter import ModelSource, resolve_source
 
         opts = self.options
-
         if isinstance(self.model, ModelSource):
             source = self.model
         else:
@@ -75,7 +76,8 @@ class Runner:
                 "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
-                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None}
+                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
+                "massive_ratio": opts.massive_ratio}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -87,7 +89,8 @@ class Runner:
         if opts.seq_len is not None and opts.seq_len > model.n_ctx:
             warn(f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
                  f"using {model.n_ctx}")
-        probes = [cls(layers=opts.layers) for cls in self.probe_classes]
+        probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
+        hooks = []
         for probe in probes:
             probe.setup(model, seq_len)
             for point in probe.hook_points():
@@ -95,6 +98,8 @@ class Runner:
                 if not model.has_hook(hook):
                     raise NormprobeError(f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
                                          f"({model.family.name}) does not have")
+                hooks.append(hook)
+        self.attention = model.select_attention(reads_patterns(hooks))
         return probes, seq_len
 
     def _base_meta(self, model, probes, seq_len: int, batch_size: int, bos: int | None) -> dict[str, Any]:
@@ -107,6 +112,8 @@ class Runner:
             **{("model_n_ctx" if k == "n_ctx" else k): v for k, v in model.facts().items()},
             "dtype": model.dtype,
             "device": str(model.device),
+            "attention": self.attention[0],
+            "attention_reason": self.attention[1],
             "probes": [p.name for p in probes],
             "corpus": self.corpus.description,
             "seq_len": seq_len,
@@ -286,10 +293,18 @@ class Runner:
         return RunResult(tables=tables, findings=findings, meta=meta)
 
 
+def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
+    """An instance of a probe class, given those of the run's probe options its constructor accepts."""
+    params = inspect.signature(cls).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        options = {k: v for k, v in options.items() if k in {p.name for p in params}}
+    return cls(layers=layers, **options)
+
+
 def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None) -> None:
     """Merge saved probe statistics (another rank's or shard's) into `probes`."""
     for probe in probes:
-        other = type(probe)(layers=layers)
+        other = make_probe(type(probe), layers, getattr(probe, "options", {}))
         other.setup(model, seq_len)
         other.load_state_dict(state[probe.name])
         probe.merge(other)
@@ -303,14 +318,14 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
-                checkpoint_value: int | None = None) -> Runner:
+                checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices)
+                         device_map, n_devices, massive_ratio)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -334,6 +349,7 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     The corpus is `texts` (one document each), an `input` file, a Hugging Face `dataset` (a Hub name, a
     `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
     built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
-    seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n).
+    seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
+    massive_ratio (the massive probe's threshold).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -82,6 +82,13 @@ def _updates_line(result: Any, f: dict[str, Any]) -> str:
     return "updates: " + ("; ".join(parts) or "no token had a next token")
 
 
+def _massive_line(f: dict[str, Any]) -> str:
+    threshold, first = _g(_number(f.get("massive_ratio")), 3), f.get("first_massive")
+    where = (f"position 0's max/median |h_i| first exceeds {threshold} at {first['site']} of layer {first['layer']} "
+             f"(ratio {_g(_number(first.get('ratio')), 3)})") if first else f"position 0's max/median |h_i| stays under {threshold}"
+    return f"massive: {where}; {f.get('n_massive_token_types', 0)} token types above it at positions ≥ 1"
+
+
 def _generic_line(name: str, f: dict[str, Any]) -> str:
     scalars = [f"{k} {_g(_number(v)) if _number(v) is not None else json.dumps(v, default=str)[:40]}"
                for k, v in f.items() if isinstance(v, (int, float, str, bool))][:3]
@@ -97,6 +104,8 @@ def summary_lines(result: Any, limit: int = SUMMARY_LINES) -> list[str]:
             lines.append(_norms_line(f))
         elif name == "updates":
             lines.append(_updates_line(result, f))
+        elif name == "massive":
+            lines.append(_massive_line(f))
         else:
             lines.append(_generic_line(name, f))
     if len(lines) > limit:
