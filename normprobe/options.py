@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 from .corpus import InputSpec, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
+from .hfcorpus import DatasetSpec
 
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
@@ -60,29 +61,63 @@ class RunOptions:
 
 @dataclass
 class Corpus:
-    """Documents from a list of strings, a file, or the built-in sample."""
+    """Documents from a list of strings, a file, a Hugging Face dataset, or the built-in sample."""
 
     texts: Sequence[str] | None = None
     input: InputSpec | None = None
+    dataset: DatasetSpec | None = None
+    _opened: Any = field(default=None, repr=False, compare=False)
 
     @property
     def description(self) -> str:
         if self.input is not None:
             return str(self.input.path)
+        if self.dataset is not None:
+            return self.dataset.description
         return "texts" if self.texts is not None else "built-in sample (Python help topics)"
 
+    @property
+    def in_memory(self) -> bool:
+        """Texts or the sample: small enough to tokenise up front (a file or dataset streams)."""
+        return self.input is None and self.dataset is None
+
+    def opened_dataset(self):
+        """The dataset, opened once: validation, the fingerprint and the documents share it."""
+        if self._opened is None:
+            from .hfcorpus import open_dataset
+
+            self._opened = open_dataset(self.dataset)
+        return self._opened
+
     def validate(self) -> None:
+        if sum(x is not None for x in (self.texts, self.input, self.dataset)) > 1:
+            raise NormprobeError("give one corpus: texts, an input file or a dataset")
         if self.input is not None:
             validate_input(self.input)
+        elif self.dataset is not None:
+            if next(self.opened_dataset().documents(), None) is None:
+                raise NormprobeError(f"{self.dataset.description} holds no documents (every text is empty or whitespace)")
         elif self.texts is not None:
             if isinstance(self.texts, str):
                 raise NormprobeError("texts must be a list of documents, not one string")
             if not any(t.strip() for t in self.texts):
                 raise NormprobeError("no documents: every text given is empty or whitespace")
 
+    def digest(self) -> str:
+        """sha256 of what decides the documents; resume refuses a corpus whose digest changed."""
+        from .store import corpus_digest
+
+        if self.dataset is not None:
+            return self.opened_dataset().digest()
+        spec = self.input
+        return corpus_digest(list(self.texts) if self.texts is not None else None, spec.path if spec else None,
+                             *((spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")))
+
     def documents(self) -> Iterator[str]:
         if self.input is not None:
             return iter_documents(self.input)
+        if self.dataset is not None:
+            return self.opened_dataset().documents()
         if self.texts is not None:
             return (t for t in self.texts if t.strip())
         return iter(sample_documents())
