@@ -391,7 +391,15 @@ class ModelAdapter:
 
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.hf_model.parameters())
+        """The checkpoint's parameters: the bridge splits a fused qkv into q, k, v copies, counted once here."""
+        from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+
+        total = sum(p.numel() for p in self.hf_model.parameters())
+        for module in self.bridge.modules():
+            if isinstance(module, JointQKVAttentionBridge) and "qkv" in module._modules:
+                total -= sum(p.numel() for name in ("q", "k", "v") if name in module._modules
+                             for p in module._modules[name].parameters())
+        return total
 
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:

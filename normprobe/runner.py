@@ -156,8 +156,8 @@ class Runner:
             else:
                 model = load_model(name, device=local_device(opts.device), dtype=opts.dtype,
                                    device_map=opts.device_map, n_devices=opts.n_devices)
-            say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.family.name}, {model.n_layers} layers, "
-                f"d_model {model.d_model}, {model.n_params / 1e6:,.2f}M parameters on {model.device}", talk)
+            say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
+                f"on {model.device}", talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
         batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len)

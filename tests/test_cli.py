@@ -179,7 +179,8 @@ def test_console_announces_loading_warns_once_and_logs_progress_once(tmp_path, c
     code, _, err = invoke(["run", "demo", "--seq-len", "4096", "--max-docs", "2", "--out", str(out)], capsys)
     assert code == 0, err
     assert err.count("warning: --seq-len 4096 is longer than demo's context of 128 tokens; using 128") == 1
-    assert "normprobe: loaded demo in " in err and "GPT-2, 4 layers" in err
+    assert "normprobe: loading demo (GPT-2, 1.07M parameters): float32 on cpu" in err
+    assert "normprobe: loaded demo in " in err and ": 4 layers, d_model 128, on cpu" in err
     assert err.count("probing: ") == 1  # stderr is no terminal here: one plain final line
     meta = json.loads((out / "run.json").read_text())
     assert meta["seq_len"] == 128
@@ -254,3 +255,10 @@ def test_hub_name_without_network_fails_fast(tmp_path, capsys, monkeypatch):
     code, _, err = invoke(["run", "gpt2-small", "--out", str(tmp_path / "out"), "--no-progress"], capsys)
     assert code == 1 and time.time() - started < 10
     assert err.strip().splitlines() == [err.strip()] and "HF_HOME" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_parameter_count_is_the_checkpoints(demo_adapter, hf_model):
+    from normprobe.adapter import DEMO_DIR
+
+    # the bridge holds split q/k/v copies beside GPT-2's fused qkv; they are not the model's parameters
+    assert demo_adapter.n_params == sum(p.numel() for p in hf_model(DEMO_DIR).parameters()) == 1_071_872
