@@ -304,6 +304,12 @@ class ModelAdapter:
             return f"blocks.{layer}.{ATTENTION_SITES[site]}"
         return f"blocks.{layer}.hook_{site}"
 
+    @staticmethod
+    def layer_of_hook(hook_name: str) -> int | None:
+        """The block a hook sits in (`blocks.{l}.`), or None for hooks outside the blocks."""
+        parts = hook_name.split(".", 2)
+        return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
     def has_hook(self, hook_name: str) -> bool:
         return hook_name in self.bridge.hook_dict
 
