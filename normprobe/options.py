@@ -123,14 +123,36 @@ class Corpus:
         return iter(sample_documents())
 
 
-def default_batch_size(model, seq_len: int) -> int:
-    """Tokens per batch from free accelerator memory (a share of it), else a fixed CPU budget."""
+READOUT_CHUNK = 1 << 24  # logits (tokens x vocabulary) a readout holds at once: 64 MB in float32
+KEPT_VECTORS = 48  # float32 d_model-vectors per token: the forward's working set and what a streaming probe keeps
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for this run: free accelerator memory, or the host's MemAvailable."""
     import torch
 
-    budget = DEFAULT_TOKEN_BUDGET
-    if str(model.device).startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info()
-        # the updates probe holds ~4 float32 vectors per layer and token; keep to a quarter of free memory
-        per_token = 4 * 4 * model.d_model * (model.n_layers + 1) + 4 * model.d_vocab
-        budget = max(seq_len, int(free * 0.25 // per_token))
-    return max(1, min(256, budget // seq_len))
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def default_batch_size(model, seq_len: int, eager_attention: bool = False) -> int:
+    """Windows per batch that fit half the free memory: on the CPU at most DEFAULT_TOKEN_BUDGET tokens.
+
+    Per token: the forward's activations and what the probes keep (flat in depth: probes stream
+    layers), eager attention's scores and pattern rows (heads x window), and a fixed readout chunk
+    whatever the vocabulary. The model's logits are never materialised for more than one position.
+    """
+    per_token = 4 * model.d_model * KEPT_VECTORS + (2 * 4 * model.n_heads * seq_len if eager_attention else 0)
+    room = available_memory(str(model.device)) // 2 - 3 * 4 * READOUT_CHUNK
+    tokens = max(seq_len, room // per_token)
+    if not str(model.device).startswith("cuda"):
+        tokens = min(tokens, DEFAULT_TOKEN_BUDGET)  # more tokens per batch do not make the CPU faster
+    return max(1, min(256, tokens // seq_len))

@@ -160,7 +160,7 @@ class Runner:
                 f"on {model.device}", talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
-        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len)
+        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len, self.attention[0] == "eager")
         bos = model.bos_token_id if opts.prepend_bos else None
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
         if sync.size > 1:
