@@ -42,6 +42,13 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
     return out
 
 
+def findings_summary(folder: str | Path) -> list[str]:
+    """A saved run's findings in at most five lines, for the console."""
+    from .report.headline import summary_lines
+
+    return summary_lines(RunResult.load(folder))
+
+
 def export_images(folder: str | Path, fmt: str) -> list[Path]:
     """Write each figure of a saved run's report as PNG or SVG into FOLDER/figures/."""
     from .report import sections_for
@@ -117,8 +124,8 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     from .adapter import load_model
     from .registry import resolve_probes
     from .results import STATE_FILE
-    from .runner import Runner, merge_state
-    from .store import FINGERPRINT_KEYS, RunFolder, load_state_file
+    from .runner import Runner, make_probe, merge_state
+    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder, load_state_file
     from .verify import check_run_json
 
     metas = [RunFolder(Path(f)).read_meta() for f in folders]
@@ -145,7 +152,8 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     # Read (as data only) and check every state before the model loads.
     states = [(Path(f) / STATE_FILE, load_state_file(Path(f) / STATE_FILE, "shard state")) for f in folders]
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
-    probes = [cls(layers=first.get("layers")) for cls in resolve_probes(first["probe_specs"])]
+    options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"])}
+    probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)
@@ -161,39 +169,43 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)
 
 
-def compare(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
-            plotlyjs: str = "inline", overwrite: bool = False) -> Path:
-    """Render one report overlaying saved runs into OUT/report.html."""
+def compare(runs: list[Any], labels: list[str] | None = None):
+    """Overlay runs (RunResults or run folders) and return a `Comparison`; `.save(folder)` writes its page."""
+    from .comparison import Comparison
+
+    return Comparison.of(runs, labels)
+
+
+def compare_to_folder(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
+                      plotlyjs: str = "inline", overwrite: bool = False) -> Path:
+    """Render one report overlaying saved runs into OUT/report.html (the `compare` command).
+
+    OUT is locked while the page is written; an existing non-empty OUT (a run's folder, say) needs `overwrite`.
+    """
+    from .comparison import Comparison
     from .lock import FolderLock
-    from .report.compare import render_comparison
-    from .results import check_output_dir, write_atomic
+    from .results import check_output_dir
 
     if len(folders) < 2:
         raise NormprobeError("compare needs at least two run folders")
-    if labels is not None and len(labels) != len(folders):
-        raise NormprobeError(f"give one label per run ({len(folders)}), not {len(labels)}")
-    out = Path(out)
-    results = []
     for folder in folders:
         if not Path(folder).is_dir():
             raise NormprobeError(f"run folder not found: {folder}")
-        results.append(_load_finished(Path(folder)))
-    labels = labels or [Path(f).resolve().name for f in folders]
-    check_output_dir(out, overwrite)  # an existing folder (a run's, say) is written into only with overwrite
-    out.mkdir(parents=True, exist_ok=True)
+    comparison = Comparison.of([_load_finished(Path(f)) for f in folders],
+                               labels if labels is not None else [Path(f).resolve().name for f in folders])
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NormprobeError(f"cannot create {out}: {exc.strerror or exc}") from None
     with FolderLock.acquire(out):
-        check_output_dir(out, overwrite)
+        check_output_dir(out, overwrite)  # again, now that no other writer can start
         try:
-            html = render_comparison(results, labels, plotlyjs=plotlyjs)
+            return comparison.save(out, plotlyjs=plotlyjs)
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise NormprobeError(f"cannot compare: a run's tables do not hold what its run.json says "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from exc
-        path = out / REPORT_FILE
-        try:
-            write_atomic(path, html.encode("utf-8"))
-        except OSError as exc:
-            raise NormprobeError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
 
 
 def _load_finished(folder: Path) -> RunResult:
@@ -240,5 +252,5 @@ def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = 
             folder = out / f"{i}-{folder_slug(model)}"
             run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
             folders.append(folder)
-        return compare(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs,
-                       overwrite=True)
+        return compare_to_folder(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)],
+                                 plotlyjs=plotlyjs, overwrite=True)
