@@ -35,6 +35,16 @@ def cli(*args) -> tuple[int, str]:
     return finish(start(*args))
 
 
+def in_process(argv: list[str], capsys) -> tuple[int, str]:
+    """The CLI's `main` in this process: the same code path, without a fresh interpreter's import time."""
+    from normprobe.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    return exc.value.code or 0, capsys.readouterr().err
+
+
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("normprobe: error: "), err
@@ -141,7 +151,7 @@ class Planted:
         return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
-def test_planted_pickles_never_run(tmp_path):
+def test_planted_pickles_never_run(tmp_path, capsys):
     from normprobe.results import _json_safe
     from normprobe.runner import make_runner
 
@@ -165,9 +175,9 @@ def test_planted_pickles_never_run(tmp_path):
         torch.save({"norms": Planted(marker)}, shard / "state.pt")
         shards.append(str(shard))
     procs = [start("run", "demo", "--text", "hi", "--resume", str(interrupted), "--no-progress"),
-             start("run", "demo", "--text", "hi", "--resume", str(wrong_shape), "--no-progress"),
              start("merge", *shards, "--out", str(tmp_path / "merged"))]
-    (a_code, a_err), (b_code, b_err), (c_code, c_err) = [finish(p) for p in procs]
+    b_code, b_err = in_process(["run", "demo", "--text", "hi", "--resume", str(wrong_shape), "--no-progress"], capsys)
+    (a_code, a_err), (c_code, c_err) = [finish(p) for p in procs]
     assert not marker.exists()
     assert a_code == 1 and "as a normprobe checkpoint (it is loaded as data only" in one_line(a_err)
     assert b_code == 1 and "is not a normprobe checkpoint" in one_line(b_err)
@@ -199,7 +209,7 @@ def test_disk_full_is_one_line_marks_failed_and_leaves_no_temp_files(small_disk)
 
 
 # -- tampered or corrupt folders ------------------------------------------------
-def test_tampered_folders_are_one_line_never_a_wrong_page(tmp_path, complete_run):
+def test_tampered_folders_are_one_line_never_a_wrong_page(tmp_path, complete_run, capsys):
     def copy(name: str) -> Path:
         folder = tmp_path / name
         shutil.copytree(complete_run, folder)
@@ -220,11 +230,13 @@ def test_tampered_folders_are_one_line_never_a_wrong_page(tmp_path, complete_run
     (deleted / "norms_by_token.parquet").unlink()
     columns = copy("columns")
     pd.DataFrame({"x": [1.0]}).to_parquet(columns / "norms.parquet")
-    procs = {name: start("report", str(folder)) for name, folder in
-             [("listed", listed), ("tables-text", tables_text), ("escape", escape), ("truncated", truncated),
-              ("deleted", deleted), ("columns", columns)]}
-    procs["compare"] = start("compare", str(complete_run), str(deleted), "--out", str(tmp_path / "cmp"))
-    said = {name: finish(proc) for name, proc in procs.items()}
+    # two through a fresh interpreter, the rest through the same `main` in this process (cheaper)
+    procs = {"truncated": start("report", str(truncated)),
+             "compare": start("compare", str(complete_run), str(deleted), "--out", str(tmp_path / "cmp"))}
+    said = {name: in_process(["report", str(folder)], capsys) for name, folder in
+            [("listed", listed), ("tables-text", tables_text), ("escape", escape), ("deleted", deleted),
+             ("columns", columns)]}
+    said.update({name: finish(proc) for name, proc in procs.items()})
     expected = {"listed": "it holds a list, not an object", "tables-text": "'tables' must be a list of table names",
                 "escape": "'tables' must be a list of table names", "truncated": "norms.parquet cannot be read",
                 "deleted": "names table 'norms_by_token' but norms_by_token.parquet is missing",
@@ -238,26 +250,26 @@ def test_tampered_folders_are_one_line_never_a_wrong_page(tmp_path, complete_run
     assert not (tmp_path / "cmp" / "report.html").exists()
 
 
-def test_compare_and_report_out_ask_before_overwriting(tmp_path, complete_run):
+def test_compare_and_report_out_ask_before_overwriting(tmp_path, complete_run, capsys):
     run = tmp_path / "run"
     shutil.copytree(complete_run, run)
     before = (run / "report.html").read_bytes()
     page = tmp_path / "page.html"
     page.write_text("mine")
-    (c_code, c_err), (r_code, r_err), (d_code, d_err) = [finish(p) for p in (
-        start("compare", str(run), str(complete_run), "--out", str(run)),
-        start("report", str(run), "--out", str(page)),
-        start("report", str(run), "--out", str(tmp_path)))]
+    compare = start("compare", str(run), str(complete_run), "--out", str(run))
+    r_code, r_err = in_process(["report", str(run), "--out", str(page)], capsys)
+    d_code, d_err = in_process(["report", str(run), "--out", str(tmp_path)], capsys)
+    c_code, c_err = finish(compare)
     assert c_code == 1 and "exists and is not empty; pass --overwrite" in one_line(c_err)
     assert r_code == 1 and "exists; pass --overwrite" in one_line(r_err)
     assert d_code == 1 and "is a folder" in one_line(d_err)
     assert (run / "report.html").read_bytes() == before and page.read_text() == "mine"
-    code, err = cli("report", str(run), "--out", str(page), "--overwrite")
+    code, err = in_process(["report", str(run), "--out", str(page), "--overwrite"], capsys)
     assert code == 0 and "Plotly.newPlot" in page.read_text(), err
 
 
 # -- inputs that pass a glance but break a run -----------------------------------
-def test_hostile_inputs_are_one_line_before_the_model_loads(tmp_path):
+def test_hostile_inputs_are_one_line_before_the_model_loads(tmp_path, capsys):
     fifo = tmp_path / "corpus.txt"
     os.mkfifo(fifo)
     deep = tmp_path / "deep.jsonl"
@@ -274,10 +286,14 @@ def test_hostile_inputs_are_one_line_before_the_model_loads(tmp_path):
              "argv": ([b"--text", b"caf\xff"], "text 1 holds \\udcff"),
              "csv": (["--input", str(latin)], "is not valid utf-8; pass --encoding ENCODING or --errors replace"),
              "numbers": (["--input", str(numbers)], "column 'text' holds int64 values, not text")}
-    procs = {name: start("run", "demo", *args, "--out", str(tmp_path / name), "--no-progress")
-             for name, (args, _) in cases.items()}
-    for name, (_, phrase) in cases.items():
-        code, err = finish(procs[name], timeout=60)  # the FIFO must not hang
+    # the FIFO (which must not hang) and argv bytes through a fresh interpreter, the rest in this process
+    procs = {name: start("run", "demo", *cases[name][0], "--out", str(tmp_path / name), "--no-progress")
+             for name in ("fifo", "argv")}
+    for name, (args, phrase) in cases.items():
+        if name in procs:
+            code, err = finish(procs[name], timeout=60)
+        else:
+            code, err = in_process(["run", "demo", *args, "--out", str(tmp_path / name), "--no-progress"], capsys)
         assert code == 1 and phrase in one_line(err), (name, err)
         assert not (tmp_path / name).exists()
 
