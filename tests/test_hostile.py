@@ -186,26 +186,31 @@ def test_planted_pickles_never_run(tmp_path, capsys):
 
 
 # -- a full disk ----------------------------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 48 KiB tmpfs (root only): room for run.json and a few checkpoints' worth of temp files, not more."""
-    mount = tmp_path / "disk"
+def mount_tmpfs(mount: Path, size: str) -> None:
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()}); needs root")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_disk_full_is_one_line_marks_failed_and_leaves_no_temp_files(small_disk):
-    in_loop = small_disk / "checkpoints"  # norms' checkpoint (~70 KB) does not fit
-    code, err = cli("run", "demo", "--probe", "norms", "--max-docs", "3", "--batch-size", "1", "--checkpoint-every", "1",
-                    "--out", str(in_loop), "--no-progress")
-    assert code == 1 and "No space left on device" in one_line(err)
-    meta = json.loads((in_loop / "run.json").read_text())
-    assert meta["status"] == "failed" and "No space left on device" in meta["status_reason"]
-    assert sorted(p.name for p in in_loop.iterdir()) == ["run.json"]
+@pytest.mark.parametrize("size, extra, where", [
+    ("48k", ["--checkpoint-every", "1"], "checkpoint"),  # norms' checkpoint (~70 KB) does not fit mid-run
+    ("1m", [], "report"),  # the tables fit, report.html (~4.7 MB with plotly.js) does not: the save fails
+])
+def test_disk_full_is_one_line_marks_failed_and_leaves_no_temp_files(tmp_path, size, extra, where):
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, size)
+    try:
+        out = disk / "run"
+        code, err = cli("run", "demo", "--probe", "norms", "--max-docs", "3", "--batch-size", "1", *extra,
+                        "--out", str(out), "--no-progress")
+        assert code == 1 and "No space left on device" in one_line(err)
+        meta = json.loads((out / "run.json").read_text())
+        assert meta["status"] == "failed" and "No space left on device" in meta["status_reason"]
+        left = sorted(p.name for p in out.iterdir())
+        assert left == (["run.json"] if where == "checkpoint" else ["norms.parquet", "norms_by_token.parquet", "run.json"])
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 # -- tampered or corrupt folders ------------------------------------------------
