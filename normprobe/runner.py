@@ -175,7 +175,8 @@ class Runner:
             for probe in probes:
                 restore_probe(probe, checkpoint["probes"], folder.path / CHECKPOINT_FILE)
             done.update({k: checkpoint["progress"][k] for k in done if k in checkpoint["progress"]})
-            meta["resumed"] = int(saved_meta.get("resumed", 0) or 0) + 1
+            resumed = saved_meta.get("resumed")
+            meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
         if folder is not None:
             folder.start(meta)  # signal handlers first, then run.json says running
 
