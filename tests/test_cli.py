@@ -70,7 +70,7 @@ def _bad_folders(tmp_path):
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage" * 100)
     bloom = tmp_path / "bloom"
     bloom.mkdir()
-    (bloom / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    (bloom / "config.json").write_text(json.dumps({"model_type": "mamba"}))  # a refused type
     (bloom / "model.safetensors").write_bytes(b"x")
     return no_weights, corrupt, bloom
 
@@ -129,7 +129,7 @@ def test_bad_input_one_line_error(extra, message, inputs, capsys):
 @pytest.mark.parametrize("which, message", [
     ("no-weights", "has no weights"),
     ("corrupt", "looks corrupt"),
-    ("bloom", "architecture 'bloom' is not supported; supported families: GPT-2"),
+    ("bloom", "architecture 'mamba' is not supported: state-space model (no attention blocks)"),
     ("hub", "is not a local folder and is not in the Hugging Face cache"),
 ])
 def test_bad_models(which, message, tmp_path, capsys, monkeypatch):
