@@ -142,3 +142,30 @@ def test_every_causal_lm_of_both_libraries_is_supported_or_refused():
     assert both - set(MODEL_TYPES) - set(REFUSED) == set(), "new in the registries: support or refuse these"
     assert set(MODEL_TYPES) <= both
     assert set(MODEL_FACTS) == set(MODEL_TYPES)
+
+
+def test_readme_table_is_generated_from_the_family_data():
+    from pathlib import Path
+
+    from normprobe.families import markdown_tables
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("<!-- model-types:start -->\n")[1].split("<!-- model-types:end -->")[0]
+    assert table == markdown_tables(), "regenerate the README table from normprobe.families.markdown_tables()"
+
+
+@pytest.mark.parametrize("family, norm_type", [("gemma", "RMSNorm (1 + w)"), ("gpt2", "LayerNorm")])
+def test_run_json_names_the_real_final_norm(family, norm_type, family_adapter, tmp_path):
+    """run.json's norm_type says what the final norm computes, not the bridge's wrapper class."""
+    import json
+
+    import normprobe
+
+    adapter = family_adapter(family)  # loaded from a folder, as a user loads a model
+    hf_norm = adapter.final_norm()
+    assert "Bridge" not in type(hf_norm).__name__
+    result = normprobe.run(adapter, texts=["A short one."], probes=["norms"], progress=False)
+    result.save(tmp_path / "run", report=False)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["norm_type"] == norm_type
+    assert meta["logit_postprocessing"] == "none" and "sublayer outputs" in meta["block_outputs"]
