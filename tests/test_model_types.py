@@ -169,3 +169,29 @@ def test_run_json_names_the_real_final_norm(family, norm_type, family_adapter, t
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["norm_type"] == norm_type
     assert meta["logit_postprocessing"] == "none" and "sublayer outputs" in meta["block_outputs"]
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "rwkv", "openai-gpt"])
+def test_refused_for_disagreeing_with_hugging_face_still_disagrees(model_type, word_tokenizer):
+    """These types are refused because the bridge's resid_pre differs from HF; when a release fixes it, this fails."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    assert "differs" in REFUSED[model_type] or "disagrees" in REFUSED[model_type]
+    config = tiny_config(model_type)
+    config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(config).eval()
+    reference = copy.deepcopy(hf)
+    bridge = TransformerBridge.boot_transformers(word_tokenizer.name_or_path, hf_model=hf, device="cpu",
+                                                 tokenizer=word_tokenizer)
+    ids = torch.randint(2, VOCAB, (2, 10), generator=torch.Generator().manual_seed(1))
+    seen = {}
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(bridge.cfg.n_layers)]
+    hooks = [(n, lambda act, hook, n=n: seen.__setitem__(n, act.clone())) for n in names]
+    with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
+        bridge(ids, attention_mask=torch.ones_like(ids), return_type=None)  # normprobe always passes a mask
+        hidden = reference(ids, output_hidden_states=True, use_cache=False).hidden_states
+    worst = max(_rel(seen[f"blocks.{l}.hook_resid_pre"], hidden[l]) for l in range(bridge.cfg.n_layers))
+    assert worst > 1e-3, (model_type, worst)
