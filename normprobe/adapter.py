@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .errors import NormprobeError
-from .families import SHORT_NAMES, family_for, refusal_reason
+from .families import REFUSED, SHORT_NAMES, family_for, refusal_reason
 from .jsonio import read_json
 from .readout import Readout, describe_norm, logit_op_from_config
 
@@ -69,7 +69,28 @@ def _read_config(folder: Path) -> dict:
 
 def check_architecture(model_type: str | None, where: str) -> None:
     if family_for(model_type or "") is None:
-        raise NormprobeError(f"{where}: architecture {model_type!r} is not supported: {refusal_reason(model_type)}")
+        reason = refusal_reason(model_type) if model_type in REFUSED else _registry_reason(model_type)
+        raise NormprobeError(f"{where}: architecture {model_type!r} is not supported: {reason}")
+
+
+def _registry_reason(model_type: str | None) -> str:
+    """Why a model type outside both libraries' causal-LM registries is refused, from those registries."""
+    from transformers.models.auto import configuration_auto as configs
+    from transformers.models.auto import modeling_auto as models
+
+    listed = "; `normprobe models` lists the supported model types"
+    if model_type not in configs.CONFIG_MAPPING_NAMES:
+        return "unknown to Hugging Face transformers (models that need remote code are not supported)" + listed
+    if model_type in models.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return "encoder-decoder, not a decoder-only causal LM" + listed
+    if model_type in models.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return "vision-language wrapper: load its text model" + listed
+    if model_type in models.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        name = models.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
+        return f"TransformerLens 4 has no adapter for {name}" + listed
+    if model_type in models.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder (masked LM), not a causal LM" + listed
+    return "not a causal language model in Hugging Face transformers" + listed
 
 
 def validate_source(source: ModelSource) -> dict | None:

@@ -195,3 +195,17 @@ def test_refused_for_disagreeing_with_hugging_face_still_disagrees(model_type, w
         hidden = reference(ids, output_hidden_states=True, use_cache=False).hidden_states
     worst = max(_rel(seen[f"blocks.{l}.hook_resid_pre"], hidden[l]) for l in range(bridge.cfg.n_layers))
     assert worst > 1e-3, (model_type, worst)
+
+
+@pytest.mark.parametrize("model_type, reason", [
+    ("t5", "encoder-decoder"), ("llava", "vision-language wrapper: load its text model"),
+    ("ctrl", "TransformerLens 4 has no adapter for CTRLLMHeadModel"), ("gemma3", "load its text model (model_type gemma3_text)"),
+    ("mamba", "state-space model"), ("no-such-type", "unknown to Hugging Face transformers"),
+])
+def test_refusal_names_its_reason(model_type, reason):
+    from normprobe.adapter import check_architecture
+    from normprobe.errors import NormprobeError
+
+    with pytest.raises(NormprobeError, match="is not supported: ") as error:
+        check_architecture(model_type, "model x")
+    assert reason in str(error.value)
