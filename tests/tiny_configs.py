@@ -19,6 +19,8 @@ TINY = dict(
     # state-space and recurrent parts
     state_size=4, mamba_d_state=4, mamba_n_heads=4, mamba_d_head=16, mamba_expand=2, time_step_rank=4,
     lru_width=32, attention_window_size=16,
+    # sliding-window attention engaged within the test's 10 tokens
+    sliding_window=4, window_size=4,
     # misc widths
     rotary_dim=4, partial_rotary_factor=0.5, ffn_dim=64, word_embed_proj_dim=32, n_inner=64,
     # logit post-processing, small enough that soft-capping bends the tiny model's logits
