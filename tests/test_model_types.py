@@ -29,12 +29,13 @@ FACT_KEYS = ("block", "norm_type", "logit_postprocessing_kind", "tied_unembeddin
 
 def word_tokenizer_in(folder):
     """A word-level tokenizer over the tiny vocabulary, saved and reloaded: the bridge wants a name_or_path."""
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<s>": 0, "</s>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="</s>")),
-                                  bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    words = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>", pad_token="</s>")
     tok.save_pretrained(folder)
     return PreTrainedTokenizerFast.from_pretrained(folder)
 
@@ -209,3 +210,25 @@ def test_refusal_names_its_reason(model_type, reason):
     with pytest.raises(NormprobeError, match="is not supported: ") as error:
         check_architecture(model_type, "model x")
     assert reason in str(error.value)
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "mixtral", "cohere"])
+def test_a_run_reads_out_the_model_loss(model_type, word_tokenizer):
+    """End to end through the runner (BOS, windows, padding): the output row's lens loss is HF's own loss."""
+    import normprobe
+
+    adapter, reference = tiny_pair(model_type, word_tokenizer)
+    generator = torch.Generator().manual_seed(2)
+    docs = [[int(i) for i in torch.randint(2, VOCAB, (n,), generator=generator)] for n in (9, 4, 13)]
+    updates = normprobe.run(adapter, texts=[" ".join(f"w{i}" for i in doc) for doc in docs], probes=["updates"],
+                            progress=False, batch_size=2)["updates"]
+    total, count = 0.0, 0
+    for doc in docs:
+        ids = torch.tensor([[word_tokenizer.bos_token_id, *doc]])
+        with torch.no_grad():
+            logits = reference(ids, use_cache=False).logits[0, :-1].float()
+        total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        count += len(doc)
+    output = updates[updates.component == "output"].iloc[0]
+    assert int(output["count"]) == count
+    assert output["lens_loss_mean"] == pytest.approx(total / count, rel=REL)
