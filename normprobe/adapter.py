@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+# Sites inside the attention block; every family has them. The pattern is [batch, query head, query, key].
+ATTENTION_SITES = {"attn_pattern": "attn.hook_pattern"}
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -229,6 +231,8 @@ class ModelAdapter:
         hooks = bridge.hook_dict
         self.sites = tuple(s for s in SITES if f"blocks.0.hook_{s}" in hooks)
         self._readout: Readout | None = None
+        self._fast_attention_gap: float | None = None  # checked once per loaded model
+        self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
@@ -274,12 +278,14 @@ class ModelAdapter:
 
     # -- sites and hooks -------------------------------------------------
     def hook_name(self, site: str, layer: int) -> str:
-        if site not in SITES:
-            raise NormprobeError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
-        if site not in self.sites:
+        if site not in SITES and site not in ATTENTION_SITES:
+            raise NormprobeError(f"unknown site {site!r}; sites are {', '.join(SITES + tuple(ATTENTION_SITES))}")
+        if site in SITES and site not in self.sites:
             raise NormprobeError(f"model {self.source.location} has no {site} (it is a {self.block_kind} block)")
         if not 0 <= layer < self.n_layers:
             raise NormprobeError(f"layer {layer} is out of range for {self.source.location} (0..{self.n_layers - 1})")
+        if site in ATTENTION_SITES:
+            return f"blocks.{layer}.{ATTENTION_SITES[site]}"
         return f"blocks.{layer}.hook_{site}"
 
     def has_hook(self, hook_name: str) -> bool:
@@ -351,7 +357,40 @@ class ModelAdapter:
                 hooks: list[tuple[str, Callable]]) -> None:
         """One forward pass with the given hooks attached; logits are not kept."""
         with self.bridge.hooks(fwd_hooks=hooks):
-            self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+            try:
+                # no KV cache (it grows with depth) and logits for one position only (they grow with vocabulary)
+                self.bridge(tokens, attention_mask=attention_mask, return_type=None, **self._lean_forward)
+            except TypeError as exc:
+                if not self._lean_forward or "unexpected keyword" not in str(exc):
+                    raise
+                self._lean_forward = {}  # an older model class without these arguments
+                self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+
+    def select_attention(self, reads_patterns: bool) -> tuple[str, str]:
+        """Run eager attention when a probe reads patterns, else sdpa where it agrees with eager on this model.
+
+        Returns (the attention that runs, why).
+        """
+        from .attention import AGREEMENT_REL, EAGER, FAST, fast_attention_disagreement, use_attention
+
+        if reads_patterns:
+            return use_attention(self.bridge, EAGER), "a probe reads attention patterns"
+        if self._fast_attention_gap is None:
+            import torch
+
+            tokens = torch.randint(self.d_vocab, (1, min(24, self.n_ctx)), generator=torch.Generator().manual_seed(0))
+            self._fast_attention_gap = fast_attention_disagreement(
+                self.bridge, self.hook_name("resid_post", self.n_layers - 1), tokens.to(self.device))
+        allowed = AGREEMENT_REL if self.dtype == "float32" else 3e-2
+        if self._fast_attention_gap > allowed:
+            return use_attention(self.bridge, EAGER), (f"{FAST} differed from eager by {self._fast_attention_gap:.2g} "
+                                                       "(relative) on this model")
+        running = use_attention(self.bridge, FAST)
+        return running, ("Hugging Face's default" if running == FAST else f"the model offers no {FAST}")
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.hf_model.parameters())
 
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:

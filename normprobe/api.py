@@ -23,8 +23,10 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
 
     if checkpoint_every is not None and checkpoint_every < 1:
         raise NormprobeError(f"--checkpoint-every must be at least 1 (got {checkpoint_every})")
-    runner = make_runner(model, probes=probes, **run_kwargs)
     out = Path(out)
+    if not resume and world()[0] == 0:
+        RunFolder.create(out, overwrite)  # a bad --out fails before probes and torch are even imported
+    runner = make_runner(model, probes=probes, **run_kwargs)
     if world()[0] != 0:  # under torchrun only rank 0 touches the folder
         runner.execute(progress=False)
         return None
@@ -75,8 +77,8 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     from .adapter import load_model
     from .registry import resolve_probes
     from .results import STATE_FILE, check_output_dir
-    from .runner import Runner, merge_state
-    from .store import FINGERPRINT_KEYS, RunFolder
+    from .runner import Runner, make_probe, merge_state
+    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder
 
     if not folders:
         raise NormprobeError("give the shard folders to merge")
@@ -97,7 +99,8 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
             if key not in ("shard", "batch_size") and request.get(key) != first.get(key):
                 raise NormprobeError(f"cannot merge {folder}: {key} differs from {folders[0]}")
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
-    probes = [cls(layers=first.get("layers")) for cls in resolve_probes(first["probe_specs"])]
+    options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"])}
+    probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)

@@ -54,16 +54,21 @@ def _default_out(model: str) -> Path:
     return Path("reports") / f"{folder_slug(model)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # An eager option callback runs while parsing, before click asks for a command.
+    if value:
         from . import __version__
 
         typer.echo(f"normprobe {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version, expose_value=False)] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
     _state["debug"] = debug
 
 
@@ -92,9 +97,10 @@ def run(
     checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
+    massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
 ) -> None:
     """Run probes over a corpus and write tables, run.json and report.html."""
     from .api import export_images, run_to_folder
@@ -110,7 +116,7 @@ def run(
     common = dict(texts=text, input=input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
                   max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers),
                   prepend_bos=prepend_bos, device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress,
-                  checkpoint_every=checkpoint_every)
+                  checkpoint_every=checkpoint_every, massive_ratio=massive_ratio)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
@@ -129,7 +135,8 @@ def run(
             models, out or _default_out("compare"), probes=probe, texts=text, input=input, text_field=text_field,
             encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
             seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every)
+            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
+            massive_ratio=massive_ratio)
         typer.echo(f"wrote {page.parent}/ (comparison: {page})")
         return
     if resume is not None and out is not None and Path(out) != resume:
@@ -140,7 +147,7 @@ def run(
         encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
         seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
         overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, shard=parse_shard(shard),
-        device_map=device_map, n_devices=n_devices)
+        device_map=device_map, n_devices=n_devices, massive_ratio=massive_ratio)
     if folder is not None:
         export_images(folder, format)
         typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
@@ -235,10 +242,35 @@ def _fail(message: str, code: int) -> None:
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def resume_command(argv: list[str], folder: Path) -> str:
+    """The command that continues an interrupted run: the same arguments, --out DIR becoming --resume DIR."""
+    import shlex
+
+    kept: list[str] = []
+    target = None
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--out", "-o", "--resume"):
+            target = next(args, None)
+        elif arg.startswith(("--out=", "--resume=")):
+            target = arg.split("=", 1)[1]
+        elif arg != "--overwrite":
+            kept.append(arg)
+    return shlex.join(["normprobe", *kept, "--resume", str(target or folder)])
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one-line errors, exit 1 for bad input, 2 for bad usage, 130 on Ctrl-C."""
+    from .interrupt import RunInterrupted
+
     try:
         code = app(args=argv, prog_name="normprobe", standalone_mode=False)
+    except RunInterrupted as exc:
+        typer.echo(f"normprobe: interrupted: {exc}", err=True)
+        if exc.folder is not None:
+            typer.echo(f"normprobe: to continue: {resume_command(sys.argv[1:] if argv is None else argv, exc.folder)}",
+                       err=True)
+        sys.exit(exc.exit_code)
     except NormprobeError as exc:
         if _state["debug"]:
             raise
@@ -246,7 +278,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except _CLICK_ERROR as exc:
         _fail(" ".join(exc.format_message().split()), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+        typer.echo("normprobe: interrupted", err=True)
+        sys.exit(130)
     else:
         sys.exit(code if isinstance(code, int) else 0)
 

@@ -1,6 +1,7 @@
 """What a run is asked to do: its options and its corpus, validated before any model loads."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -9,6 +10,8 @@ from .errors import NormprobeError
 
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
+DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
+PROBE_OPTIONS = ("massive_ratio",)  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -26,6 +29,10 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     device_map: str | None = None
     n_devices: int | None = None
+    massive_ratio: float = DEFAULT_MASSIVE_RATIO
+
+    def probe_options(self) -> dict:
+        return {name: getattr(self, name) for name in PROBE_OPTIONS}
 
     def validate(self) -> None:
         for name in ("batch_size", "max_docs", "max_tokens"):
@@ -40,6 +47,9 @@ class RunOptions:
             bad = [l for l in self.layers if l < 0]
             if bad:
                 raise NormprobeError(f"invalid layer index {bad[0]}: layers count from 0")
+        if not (math.isfinite(self.massive_ratio) and self.massive_ratio >= 1):
+            raise NormprobeError(f"--massive-ratio must be a finite number of at least 1, since max/median never is below 1 "
+                                 f"(got {self.massive_ratio})")
         from .adapter import parse_dtype
         from .distributed import is_distributed
 

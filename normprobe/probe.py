@@ -4,7 +4,8 @@ A probe's life in a run:
   1. `setup(model, seq_len)` once, with the `ModelAdapter`: allocate accumulators.
   2. `hook_points()` names what it reads: TransformerLens hook names such as
      "blocks.3.attn.hook_pattern", or (site, layer) pairs such as ("resid_pre", 3) that the
-     adapter resolves (sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out). The
+     adapter resolves (sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out, and
+     attn_pattern, the attention weights [batch, query head, query, key]). The
      activations handed to `reduce` and `update` are keyed by the resolved hook name,
      which `model.hook_name(site, layer)` gives.
   3. For every batch, the runner calls `reduce(hook_name, activation, batch)` inside the hook

@@ -27,6 +27,8 @@ BUILTIN = (
                "L2 norm of each token's vector per (site, layer, position); growth, position-0, position and frequency findings"),
     ProbeEntry("updates", "normprobe.probes.updates:UpdatesProbe", "built-in",
                "per-layer residual updates: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"),
+    ProbeEntry("massive", "normprobe.probes.massive:MassiveProbe", "built-in",
+               "massive activations (max/median |h_i|) per position, top dimensions' share of the norm, attention sinks"),
 )
 
 

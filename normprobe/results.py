@@ -48,11 +48,21 @@ def check_output_dir(path: Path, overwrite: bool = False) -> None:
         raise NormprobeError(f"output path {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise NormprobeError(f"output folder {path} exists and is not empty; pass --overwrite or choose another --out")
-    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise NormprobeError(f"output folder {path} cannot be written ({probe} is a file, not a folder)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise NormprobeError(f"output folder {path} cannot be written (no write permission on {probe})")
+    nearest = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not nearest.is_dir():
+        raise NormprobeError(f"output folder {path} cannot be written ({nearest} is a file, not a folder)")
+    _try_writing_in(nearest, path)
+
+
+def _try_writing_in(folder: Path, target: Path) -> None:
+    """Create and remove a scratch folder: permission bits lie to root and on /proc-like file systems."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".normprobe-check-", dir=folder))
+    except OSError as exc:
+        raise NormprobeError(f"output folder {target} cannot be written in {folder}: "
+                             f"{exc.strerror or type(exc).__name__}") from None
 
 
 @dataclass

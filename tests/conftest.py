@@ -143,9 +143,10 @@ def hf_model():
 
     loaded = {}
 
-    def get(path):
-        if str(path) not in loaded:
-            loaded[str(path)] = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-        return loaded[str(path)]
+    def get(path, attention="eager"):
+        key = (str(path), attention)
+        if key not in loaded:
+            loaded[key] = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention).eval()
+        return loaded[key]
 
     return get

@@ -1,12 +1,16 @@
 """The CLI end to end on the demo model, and every bad input: one line, non-zero exit, nothing written."""
 from __future__ import annotations
 
+import io
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from normprobe.cli import main
+import normprobe
+from normprobe.cli import main, resume_command
+from normprobe.console import LogProgress
 
 
 def invoke(argv, capsys):
@@ -157,6 +161,51 @@ def test_unwritable_output(tmp_path, capsys):
     blocker.write_text("x")
     code, _, err = invoke(["run", "demo", "--out", str(blocker / "sub"), "--no-progress"], capsys)
     assert code == 1 and "cannot be written" in err and len(err.strip().splitlines()) == 1
+
+
+def test_version(capsys):
+    code, out, err = invoke(["--version"], capsys)
+    assert code == 0 and out.strip() == f"normprobe {normprobe.__version__}", err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_output_where_nothing_can_be_created_fails_before_loading(capsys, monkeypatch):
+    # root passes every permission check, but /proc takes no new folders
+    import normprobe.adapter as adapter
+
+    monkeypatch.setattr(adapter.ModelAdapter, "from_source", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    started = time.time()
+    code, _, err = invoke(["run", "demo", "--out", "/proc/normprobe-out", "--no-progress"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "output folder /proc/normprobe-out cannot be written" in err
+    assert time.time() - started < 5  # typically ~0.1 s in process
+
+
+def test_console_announces_loading_warns_once_and_logs_progress_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = invoke(["run", "demo", "--seq-len", "4096", "--max-docs", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert err.count("warning: --seq-len 4096 is longer than demo's context of 128 tokens; using 128") == 1
+    assert "normprobe: loading demo" in err and "normprobe: loaded demo in " in err and "GPT-2, 4 layers" in err
+    assert err.count("probing: ") == 1  # stderr is no terminal here: one plain final line
+    assert json.loads((out / "run.json").read_text())["seq_len"] == 128
+
+
+def test_log_progress_prints_the_last_line_once():
+    stream = io.StringIO()
+    bar = LogProgress(100, stream, every=0.0)
+    bar.update(40)
+    bar.update(60)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("probing: 40 tokens of 100 (40%)")
+    assert lines[1].startswith("probing: 100 tokens of 100 (100%)")
+
+
+def test_resume_command_swaps_out_for_resume():
+    argv = ["run", "demo", "--probe", "norms", "--out", "runs/a b", "--overwrite", "--max-docs", "3"]
+    assert resume_command(argv, Path("ignored")) == "normprobe run demo --probe norms --max-docs 3 --resume 'runs/a b'"
+    assert resume_command(["run", "demo"], Path("reports/demo-1")) == "normprobe run demo --resume reports/demo-1"
 
 
 def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir):

@@ -22,11 +22,13 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
 
 def renderer_for(probe_name: str, spec: str | None = None) -> Renderer:
     if not _RENDERERS:
+        from .massive import render_massive
         from .norms import render_norms
         from .updates import render_updates
 
         _RENDERERS.setdefault("norms", render_norms)
         _RENDERERS.setdefault("updates", render_updates)
+        _RENDERERS.setdefault("massive", render_massive)
     return _RENDERERS.get(probe_name) or _generic_section(probe_name, spec)
 
 

@@ -15,20 +15,24 @@ from .updates import updates_findings_rows
 FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows}
 
 
-def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray]) -> None:
+def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray], log_y: bool) -> None:
     """Buttons switching every trace between relative depth (layer / n_layers) and layer index."""
-    fig.update_layout(updatemenus=[
+    menus = [
         dict(type="buttons", direction="right", x=0.72, y=1.02, xanchor="right", yanchor="bottom", showactive=True,
              buttons=[dict(label="relative depth", method="update",
                            args=[{"x": [list(map(float, x)) for x in relative_x]}, {"xaxis.title.text": "layer / n_layers"}]),
                       dict(label="layer index", method="update",
                            args=[{"x": [list(map(float, x)) for x in layer_x]}, {"xaxis.title.text": "layer"}])]),
-        log_toggle("yaxis"),
-    ])
+    ]
+    if log_y:
+        menus.append(log_toggle("yaxis"))
+    fig.update_layout(updatemenus=menus)
 
 
-def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.ndarray, int]], reason: str) -> go.Figure:
-    """series: (label, layers, values, n_layers) per run; x starts as relative depth."""
+def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.ndarray, int]], reason: str,
+             log_y: bool = True) -> go.Figure:
+    """series: (label, layers, values, n_layers) per run; x starts as relative depth. `log_y`: a quantity that
+    is positive by nature (norms, ratios, losses) gets a log-axis button; a cosine does not."""
     series = [s for s in series if len(s[1])]
     if not series:
         return empty_figure(title, reason)
@@ -41,7 +45,7 @@ def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.nd
         fig.add_trace(go.Scatter(x=relative, y=values, mode="lines+markers", name=esc(label),
                                  customdata=np.asarray(layers),
                                  hovertemplate=f"{esc(label)}<br>layer %{{customdata}}<br>%{{y:.4g}}<extra></extra>"))
-    _depth_toggle(fig, layer_x, relative_x)
+    _depth_toggle(fig, layer_x, relative_x, log_y)
     return fig
 
 
@@ -72,7 +76,7 @@ def _lens_loss(runs) -> go.Figure:
 def _descent(runs) -> go.Figure:
     series = _series(runs, descent_curve)
     fig = _overlay("Descent alignment of the block update, cos(Δ, -dCE/dh)", "mean cosine", series,
-                   "no run has the updates probe")
+                   "no run has the updates probe", log_y=False)
     if series:
         fig.add_hline(y=0, line=dict(color="#888", width=1))
     return fig
