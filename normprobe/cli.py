@@ -216,7 +216,7 @@ def probes() -> None:
 @app.command()
 def models() -> None:
     """List the supported model types with their facts, the refused ones with why, and the short names."""
-    from .families import REFUSED, SHORT_NAMES, model_type_rows
+    from .families import FAMILIES, REFUSED, SHORT_NAMES, model_type_rows
 
     rows = model_type_rows()
     typer.echo(f"Supported model types ({len(rows)}; verified = checked against Hugging Face on a tiny model by the test suite):")
@@ -224,6 +224,10 @@ def models() -> None:
     typer.echo("  " + "  ".join(k.ljust(widths[k]) for k in rows[0]).rstrip())
     for row in rows:
         typer.echo("  " + "  ".join(v.ljust(widths[k]) for k, v in row.items()).rstrip())
+    typer.echo("Hub examples:")
+    for family in FAMILIES:
+        if family.examples:
+            typer.echo(f"  {family.name:<26} {', '.join(family.examples)}")
     typer.echo("Refused model types:")
     for model_type, reason in sorted(REFUSED.items()):
         typer.echo(f"  {model_type:<20} {reason}")
