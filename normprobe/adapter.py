@@ -299,7 +299,9 @@ class ModelAdapter:
 
     @property
     def block_kind(self) -> str:
-        return "sequential" if "resid_mid" in self.sites else "parallel"
+        if "resid_mid" in self.sites:
+            return "sequential"
+        return "parallel" if "attn_out" in self.sites else "one mixer per layer"
 
     # -- readout ----------------------------------------------------------
     def _component(self, name: str) -> Any:

@@ -79,6 +79,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("DeepSeek-V2", ("deepseek_v2",), ("deepseek-ai/DeepSeek-V2-Lite",), block_outputs=MOE),
     Family("DeepSeek-V3", ("deepseek_v3", "sarvam_mla"), ("deepseek-ai/DeepSeek-V3",), block_outputs=MOE),
     Family("Youtu", ("youtu",), ()),
+    Family("Nemotron-H", ("nemotron_h",), (), outputs_add_up=False,
+           block_outputs=("hybrid: each layer is one Mamba, attention or MLP mixer, and the bridge exposes only "
+                          "resid_pre and resid_post (no attn_out, mlp_out; the updates probe cannot run)")),
     Family("Nemotron", ("nemotron",), ()),
     Family("ERNIE 4.5", ("ernie4_5",), ()),
     Family("ERNIE 4.5 MoE", ("ernie4_5_moe",), (), block_outputs=MOE),
@@ -120,7 +123,6 @@ REFUSED: dict[str, str] = {
     "recurrent_gemma": HYBRID_CACHE,
     "falcon_h1": HYBRID_CACHE,
     "zamba2": HYBRID_CACHE,
-    "nemotron_h": "hybrid Mamba-attention model: the bridge exposes only resid_pre and resid_post, no attn_out / mlp_out",
     "deepseek_v4": "the bridge exposes no residual-stream hooks for it (no blocks.{l}.hook_resid_pre)",
     "openai-gpt": ("post-LN GPT: with an attention mask (normprobe always passes one) the bridge's resid_pre of "
                    "layer 1 differs from Hugging Face hidden_states by 0.6% on a tiny model"),
@@ -207,7 +209,8 @@ def model_type_rows() -> list[dict[str, str]]:
 def markdown_tables() -> str:
     """The README's tables of supported and refused model types, rendered from this module's data."""
     rows = model_type_rows()
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
+    lines = [f"{len(rows)} model types are supported and {len(REFUSED)} refused.", ""]
+    lines += ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
     lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
     lines += ["", "| refused model_type | why |", "| --- | --- |"]
     lines += [f"| {t} | {reason} |" for t, reason in sorted(REFUSED.items())]
@@ -409,6 +412,10 @@ MODEL_FACTS: dict[str, dict] = {'afmoe': {'block': 'sequential',
               'norm_type': 'LayerNorm (1 + w)',
               'logit_postprocessing_kind': 'none',
               'tied_unembedding': False},
+ 'nemotron_h': {'block': 'one mixer per layer',
+                'norm_type': 'RMSNorm',
+                'logit_postprocessing_kind': 'none',
+                'tied_unembedding': False},
  'olmo': {'block': 'sequential',
           'norm_type': 'LayerNorm without weight',
           'logit_postprocessing_kind': 'none',
