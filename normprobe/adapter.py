@@ -229,7 +229,8 @@ class ModelAdapter:
         self.n_ctx = int(bridge.cfg.n_ctx)
         self.n_heads = int(bridge.cfg.n_heads)
         hooks = bridge.hook_dict
-        self.sites = tuple(s for s in SITES if f"blocks.0.hook_{s}" in hooks)
+        # a site exists when every layer has it (hybrids can lack attn_out on their convolution layers)
+        self.sites = tuple(s for s in SITES if all(f"blocks.{l}.hook_{s}" in hooks for l in range(self.n_layers)))
         self._readout: Readout | None = None
         self._fast_attention_gap: float | None = None  # checked once per loaded model
         self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
