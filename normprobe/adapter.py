@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .errors import NormprobeError
-from .families import REFUSED, SHORT_NAMES, family_for, refusal_reason
+from .families import REFUSED, SHORT_NAMES, family_for
 from .jsonio import read_json
 from .readout import Readout, describe_norm, logit_op_from_config
 
@@ -71,7 +71,7 @@ def _read_config(folder: Path) -> dict:
 
 def check_architecture(model_type: str | None, where: str) -> None:
     if family_for(model_type or "") is None:
-        reason = refusal_reason(model_type) if model_type in REFUSED else _registry_reason(model_type)
+        reason = REFUSED[model_type] if model_type in REFUSED else _registry_reason(model_type)
         raise NormprobeError(f"{where}: architecture {model_type!r} is not supported: {reason}")
 
 

@@ -137,9 +137,6 @@ REFUSED: dict[str, str] = {
     "qwen3_5": VISION + " (model_type qwen3_5_text, itself refused as a hybrid)",
     "qwen3_5_moe": VISION + " (model_type qwen3_5_moe_text, itself refused as a hybrid)",
 }
-NOT_IN_BOTH = ("not a causal language model that both TransformerLens 4 and Hugging Face transformers build "
-               "without remote code; `normprobe models` lists the supported model types")
-
 SHORT_NAMES: dict[str, str] = {
     "gpt2-small": "gpt2",
     "gpt2-medium": "gpt2-medium",
@@ -186,9 +183,6 @@ MODEL_TYPES: tuple[str, ...] = tuple(sorted(_BY_MODEL_TYPE))
 def family_for(model_type: str) -> Family | None:
     return _BY_MODEL_TYPE.get(model_type)
 
-
-def refusal_reason(model_type: str | None) -> str:
-    return REFUSED.get(model_type or "", NOT_IN_BOTH)
 
 def model_type_rows() -> list[dict[str, str]]:
     """One row per supported model type: the facts `normprobe models` prints and the README's table shows."""
