@@ -289,6 +289,12 @@ class ModelAdapter:
             return f"blocks.{layer}.{ATTENTION_SITES[site]}"
         return f"blocks.{layer}.hook_{site}"
 
+    @staticmethod
+    def layer_of_hook(hook_name: str) -> int | None:
+        """The block a hook sits in (`blocks.{l}.`), or None for hooks outside the blocks."""
+        parts = hook_name.split(".", 2)
+        return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
     def has_hook(self, hook_name: str) -> bool:
         return hook_name in self.bridge.hook_dict
 
@@ -377,7 +383,7 @@ class ModelAdapter:
         from .attention import AGREEMENT_REL, EAGER, FAST, fast_attention_disagreement, use_attention
 
         if reads_patterns:
-            return use_attention(self.bridge, EAGER), "a probe reads attention patterns"
+            return use_attention(self.bridge, EAGER), "a probe reads attention patterns or norm internals"
         if self._fast_attention_gap is None:
             import torch
 
@@ -393,7 +399,15 @@ class ModelAdapter:
 
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.hf_model.parameters())
+        """The checkpoint's parameters: the bridge splits a fused qkv into q, k, v copies, counted once here."""
+        from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+
+        total = sum(p.numel() for p in self.hf_model.parameters())
+        for module in self.bridge.modules():
+            if isinstance(module, JointQKVAttentionBridge) and "qkv" in module._modules:
+                total -= sum(p.numel() for name in ("q", "k", "v") if name in module._modules
+                             for p in module._modules[name].parameters())
+        return total
 
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:

@@ -46,6 +46,13 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
     return out
 
 
+def findings_summary(folder: str | Path) -> list[str]:
+    """A saved run's findings in at most five lines, for the console."""
+    from .report.headline import summary_lines
+
+    return summary_lines(RunResult.load(folder))
+
+
 def export_images(folder: str | Path, fmt: str) -> list[Path]:
     """Write each figure of a saved run's report as PNG or SVG into FOLDER/figures/."""
     from .report import sections_for
@@ -117,30 +124,25 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     return result.save(out, overwrite=overwrite, plotlyjs=plotlyjs)
 
 
-def compare(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
-            plotlyjs: str = "inline", overwrite: bool = False) -> Path:
-    """Render one report overlaying saved runs into OUT/report.html."""
-    from .report.compare import render_comparison
-    from .results import check_output_dir, write_atomic
+def compare(runs: list[Any], labels: list[str] | None = None):
+    """Overlay runs (RunResults or run folders) and return a `Comparison`; `.save(folder)` writes its page."""
+    from .comparison import Comparison
+
+    return Comparison.of(runs, labels)
+
+
+def compare_to_folder(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
+                      plotlyjs: str = "inline", overwrite: bool = False) -> Path:
+    """Render one report overlaying saved runs into OUT/report.html (the `compare` command)."""
+    from .results import check_output_dir
 
     if len(folders) < 2:
         raise NormprobeError("compare needs at least two run folders")
-    if labels is not None and len(labels) != len(folders):
-        raise NormprobeError(f"give one label per run ({len(folders)}), not {len(labels)}")
+    comparison = compare(folders, labels)
     out = Path(out)
-    results = []
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise NormprobeError(f"run folder not found: {folder}")
-        results.append(RunResult.load(folder))
-    if Path(out).resolve() not in [Path(f).resolve() for f in folders]:
+    if out.resolve() not in [Path(f).resolve() for f in folders]:
         check_output_dir(out, overwrite=True) if overwrite else _check_compare_out(out)
-    labels = labels or [Path(f).resolve().name for f in folders]
-    html = render_comparison(results, labels, plotlyjs=plotlyjs)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / REPORT_FILE
-    write_atomic(path, html.encode("utf-8"))
-    return path
+    return comparison.save(out, plotlyjs=plotlyjs)
 
 
 def _check_compare_out(out: Path) -> None:
@@ -182,5 +184,5 @@ def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = 
         folder = out / f"{i}-{folder_slug(model)}"
         run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
         folders.append(folder)
-    return compare(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs,
-                   overwrite=True)
+    return compare_to_folder(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)],
+                             plotlyjs=plotlyjs, overwrite=True)

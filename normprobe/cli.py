@@ -78,7 +78,11 @@ def run(
     probe: ProbeOpt = ["norms"],
     text: TextOpt = None,
     input: InputOpt = None,
-    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Hugging Face dataset: a Hub name (streamed), a save_to_disk folder, or a folder or glob of data files.")] = None,
+    dataset_config: Annotated[Optional[str], typer.Option(help="Configuration of a Hub --dataset.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --dataset.")] = "train",
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet or --dataset.")] = "text",
     encoding: Annotated[str, typer.Option(help="Text encoding of --input.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict (stop) or replace.")] = "strict",
     max_docs: Annotated[Optional[int], typer.Option(help="Stop after this many documents.")] = None,
@@ -113,10 +117,11 @@ def run(
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
     from .sweep import looks_like_checkpoints, plan, run_sweep
 
-    common = dict(texts=text, input=input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
-                  max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers),
-                  prepend_bos=prepend_bos, device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress,
-                  checkpoint_every=checkpoint_every, massive_ratio=massive_ratio)
+    common = dict(texts=text, input=input, dataset=dataset, dataset_config=dataset_config, split=split,
+                  text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
+                  batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
+                  device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
+                  massive_ratio=massive_ratio)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
@@ -131,25 +136,22 @@ def run(
             raise NormprobeError("--resume and --shard take one model")
         from .api import run_many_to_folder
 
-        page = run_many_to_folder(
-            models, out or _default_out("compare"), probes=probe, texts=text, input=input, text_field=text_field,
-            encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
-            seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
-            massive_ratio=massive_ratio)
+        page = run_many_to_folder(models, out or _default_out("compare"), probes=probe, overwrite=overwrite, **common)
         typer.echo(f"wrote {page.parent}/ (comparison: {page})")
         return
     if resume is not None and out is not None and Path(out) != resume:
         raise NormprobeError("--resume DIR writes into DIR; leave out --out")
     folder = run_to_folder(
         models[0], resume or out or _default_out(models[0]), probes=probe, resume=resume is not None,
-        checkpoint_every=checkpoint_every, texts=text, input=input, text_field=text_field,
-        encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
-        seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-        overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, shard=parse_shard(shard),
-        device_map=device_map, n_devices=n_devices, massive_ratio=massive_ratio)
+        overwrite=overwrite, shard=parse_shard(shard), device_map=device_map, n_devices=n_devices, **common)
     if folder is not None:
         export_images(folder, format)
+        if progress:
+            from .api import findings_summary
+            from .console import say
+
+            for line in findings_summary(folder):
+                say(line)
         typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
 
 
@@ -162,11 +164,11 @@ def compare(
     plotlyjs: PlotlyOpt = "inline",
 ) -> None:
     """Render one report overlaying saved runs (different models, sizes, checkpoints, corpora, dtypes)."""
-    from .api import compare as compare_runs
+    from .api import compare_to_folder
 
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    page = compare_runs(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
+    page = compare_to_folder(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
     typer.echo(f"wrote {page}")
 
 

@@ -1,8 +1,11 @@
 """What a run tells the person watching it, on stderr: status lines and a progress bar that suits logs."""
 from __future__ import annotations
 
+import json
+import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 LOG_EVERY_SECONDS = 30.0
@@ -15,6 +18,57 @@ def say(message: str, enabled: bool = True) -> None:
 
 def warn(message: str) -> None:
     print(f"normprobe: warning: {message}", file=sys.stderr, flush=True)
+
+
+def model_line(source: Any, dtype: str, device: str) -> str:
+    """What is about to load, read from config.json and the safetensors headers only (no weights)."""
+    folder = _model_folder(source)
+    family = params = None
+    if folder is not None:
+        try:
+            from .families import family_for
+
+            found = family_for(json.loads((folder / "config.json").read_text()).get("model_type", ""))
+            family = found.name if found else None
+        except (OSError, ValueError):
+            pass
+        params = safetensors_parameter_count(folder)
+    facts = ", ".join(x for x in (family, params is not None and f"{params / 1e6:,.2f}M parameters") if x)
+    return f"loading {source.name}{f' ({facts})' if facts else ''}: {dtype} on {device} ..."
+
+
+def _model_folder(source: Any) -> Path | None:
+    if source.kind in ("demo", "local"):
+        return Path(source.location)
+    try:  # a Hub model already in the cache: its snapshot folder
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
+    except Exception:  # noqa: BLE001 - the line is informative only
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def safetensors_parameter_count(folder: Path) -> int | None:
+    """Sum of tensor sizes in the safetensors headers (8-byte length, then JSON); None without safetensors."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    try:
+        for path in files:
+            with open(path, "rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(length))
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    size = 1
+                    for dim in entry["shape"]:
+                        size *= dim
+                    total += size
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return total
 
 
 def progress_bar(total: int | None, enabled: bool, stream: Any = None) -> Any:

@@ -12,6 +12,7 @@ from .corpus import InputSpec
 from .attention import reads_patterns
 from .console import warn
 from .errors import NormprobeError
+from .hfcorpus import DatasetSpec
 from .hooked import HookedPass, ProbeFailed
 from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
 from .registry import resolve_probes
@@ -62,19 +63,14 @@ class Runner:
         return self._request
 
     def _make_request(self) -> dict[str, Any]:
-        from .adapter import resolve_source
-        from .store import corpus_digest
+        from .adapter import ModelSource, resolve_source
 
-        opts, spec = self.options, self.corpus.input
-        from .adapter import ModelSource
-
+        opts = self.options
         if isinstance(self.model, ModelSource):
             source = self.model
         else:
             source = resolve_source(self.model) if isinstance(self.model, str) else self.model.source
-        digest = corpus_digest(list(self.corpus.texts) if self.corpus.texts is not None else None,
-                               spec.path if spec else None, *(
-                                   (spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")))
+        digest = self.corpus.digest()
         return {"model": source.name, "resolved_model": source.location, "revision": source.revision,
                 "checkpoint_value": source.checkpoint_value,
                 "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
@@ -147,7 +143,12 @@ class Runner:
         model = self.model
         if not isinstance(model, ModelAdapter):
             name = model.name if isinstance(model, ModelSource) else str(model)
-            say(f"loading {name} ({opts.dtype}, device {local_device(opts.device)}) ...", talk)
+            if talk:
+                from .adapter import pick_device, resolve_source
+                from .console import model_line
+
+                source = model if isinstance(model, ModelSource) else resolve_source(name)
+                say(model_line(source, opts.dtype, pick_device(local_device(opts.device))))
             load_started = time.time()
             if isinstance(model, ModelSource):
                 model = ModelAdapter.from_source(model, device=local_device(opts.device), dtype=opts.dtype,
@@ -155,11 +156,11 @@ class Runner:
             else:
                 model = load_model(name, device=local_device(opts.device), dtype=opts.dtype,
                                    device_map=opts.device_map, n_devices=opts.n_devices)
-            say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.family.name}, {model.n_layers} layers, "
-                f"d_model {model.d_model}, {model.n_params / 1e6:,.2f}M parameters on {model.device}", talk)
+            say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
+                f"on {model.device}", talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
-        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len)
+        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len, self.attention[0] == "eager")
         bos = model.bos_token_id if opts.prepend_bos else None
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
         if sync.size > 1:
@@ -179,7 +180,7 @@ class Runner:
         windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
                                          opts.max_docs, opts.max_tokens, slice_of=part)
         total = opts.max_tokens
-        if self.corpus.input is None and sync.size == 1:  # in memory: tokenise up front so the bar has a total
+        if self.corpus.in_memory and sync.size == 1:  # in memory: tokenise up front so the bar has a total
             windows = list(windows)
             total = sum(len(w.tokens) for w in windows)
 
@@ -310,7 +311,8 @@ def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers
 
 
 def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,
-                input: str | Path | None = None, text_field: str = "text", encoding: str = "utf-8",
+                input: str | Path | None = None, dataset: str | None = None, dataset_config: str | None = None,
+                split: str = "train", text_field: str = "text", encoding: str = "utf-8",
                 errors: str = "strict", batch_size: int | None = None, seq_len: int | None = None,
                 max_docs: int | None = None, max_tokens: int | None = None, prepend_bos: bool = True,
                 layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
@@ -318,12 +320,13 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 n_devices: int | None = None, revision: str | None = None,
                 checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
-    if texts is not None and input is not None:
-        raise NormprobeError("give texts or an input file, not both")
+    if sum(x is not None for x in (texts, input, dataset)) > 1:
+        raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
+    data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
                          device_map, n_devices, massive_ratio)
-    runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec), list(probes), options)
+    runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
         from .adapter import config_n_layers, resolve_source, validate_source
@@ -343,8 +346,10 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     """Run probes over a corpus and return a `RunResult`.
 
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
-    The corpus is `texts` (one document each), an `input` file, or else the built-in sample.
-    Options: input, text_field, encoding, errors, batch_size, seq_len, max_docs, max_tokens,
-    prepend_bos, layers, device, dtype, shard=(i, n), massive_ratio (the massive probe's threshold).
+    The corpus is `texts` (one document each), an `input` file, a Hugging Face `dataset` (a Hub name, a
+    `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
+    built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
+    seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
+    massive_ratio (the massive probe's threshold).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -21,7 +21,7 @@ def test_norms_run_on_sdpa_unless_patterns_are_read(family, family_adapter):
     fast = _run(adapter, ["norms"])
     assert (fast.meta["attention"], fast.meta["attention_reason"]) == ("sdpa", "Hugging Face's default")
     patterns = _run(adapter, ["norms", ENTROPY])
-    assert (patterns.meta["attention"], patterns.meta["attention_reason"]) == ("eager", "a probe reads attention patterns")
+    assert (patterns.meta["attention"], patterns.meta["attention_reason"]) == ("eager", "a probe reads attention patterns or norm internals")
     again = _run(adapter, ["norms"])  # the same loaded model switches back
     assert again.meta["attention"] == "sdpa"
     for result in (patterns, again):  # eager and sdpa agree to float32 rounding

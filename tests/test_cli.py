@@ -40,6 +40,7 @@ def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
     code, stdout, err = invoke(["run", "demo", "--probe", "norms", "--probe", "updates", "--max-docs", "12",
                                 "--out", str(out), "--no-progress"], capsys)
     assert code == 0, err
+    assert err == "" and stdout == f"wrote {out}/ (report: {out / 'report.html'})\n"  # --no-progress: quiet
     names = {p.name for p in out.iterdir()}
     assert names == {"run.json", "report.html", "norms.parquet", "norms_by_token.parquet", "updates.parquet",
                      "updates_by_position.parquet", "updates_hist.parquet"}
@@ -186,9 +187,25 @@ def test_console_announces_loading_warns_once_and_logs_progress_once(tmp_path, c
     code, _, err = invoke(["run", "demo", "--seq-len", "4096", "--max-docs", "2", "--out", str(out)], capsys)
     assert code == 0, err
     assert err.count("warning: --seq-len 4096 is longer than demo's context of 128 tokens; using 128") == 1
-    assert "normprobe: loading demo" in err and "normprobe: loaded demo in " in err and "GPT-2, 4 layers" in err
+    assert "normprobe: loading demo (GPT-2, 1.07M parameters): float32 on cpu" in err
+    assert "normprobe: loaded demo in " in err and ": 4 layers, d_model 128, on cpu" in err
     assert err.count("probing: ") == 1  # stderr is no terminal here: one plain final line
-    assert json.loads((out / "run.json").read_text())["seq_len"] == 128
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["seq_len"] == 128
+    import math
+
+    from safetensors import safe_open
+
+    from normprobe.adapter import pick_device
+
+    with safe_open(Path(normprobe.__file__).parent / "demo" / "model.safetensors", "pt") as weights:
+        n_params = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+    assert err.splitlines()[0] == (f"normprobe: loading demo (GPT-2, {n_params / 1e6:.2f}M parameters): "
+                                   f"float32 on {pick_device('auto')} ...")
+    summary = err.splitlines()[err.splitlines().index(next(l for l in err.splitlines() if l.startswith("probing: "))) + 1:]
+    growth = meta["findings"]["norms"]["growth"]["geometric"]
+    assert summary == [f"normprobe: norms: norm grows ×{growth:.4g} per layer (h_0..h_L, geometric mean); position 0 "
+                       f"reaches {meta['findings']['norms']['position0_ratio_max']:.3g}× the median of later positions"]
 
 
 def test_log_progress_prints_the_last_line_once():
@@ -218,7 +235,9 @@ def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir)
     for run in runs:
         assert json.loads((out / run / "run.json").read_text())["status"] == "complete"
     page = (out / "report.html").read_text()
-    assert "normprobe comparison: 1: demo vs 2: " in page and page.count("Plotly.newPlot") == 4
+    assert "normprobe comparison: 1: demo vs 2: " in page and page.count("Plotly.newPlot") == 5
+    # a 3-layer model is not subtracted layer by layer from the 4-layer demo
+    assert "Left out, being of another depth than the first run: 2: " in page
     code, _, err = invoke(["compare", str(out / runs[0]), "--out", str(tmp_path / "c")], capsys)
     assert code == 1 and "at least two run folders" in err
 
@@ -244,3 +263,10 @@ def test_hub_name_without_network_fails_fast(tmp_path, capsys, monkeypatch):
     code, _, err = invoke(["run", "gpt2-small", "--out", str(tmp_path / "out"), "--no-progress"], capsys)
     assert code == 1 and time.time() - started < 10
     assert err.strip().splitlines() == [err.strip()] and "HF_HOME" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_parameter_count_is_the_checkpoints(demo_adapter, hf_model):
+    from normprobe.adapter import DEMO_DIR
+
+    # the bridge holds split q/k/v copies beside GPT-2's fused qkv; they are not the model's parameters
+    assert demo_adapter.n_params == sum(p.numel() for p in hf_model(DEMO_DIR).parameters()) == 1_071_872
