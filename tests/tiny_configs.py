@@ -30,21 +30,19 @@ TINY = dict(
 MLA = dict(num_key_value_heads=4, head_dim=4, qk_rope_head_dim=4)  # latent attention: one key/value head per head
 OVERRIDES = {  # where the generic shrink gives an invalid model
     "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
-    "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),  # refused, but builds
     **{t: MLA for t in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite", "glm_moe_dsa", "sarvam_mla", "youtu")},
 }
 
 
 def tiny_config(model_type: str, **overrides):
+    """A tiny config of `model_type`: every TINY field its config class knows, then the type's overrides."""
     from transformers import AutoConfig
-
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     cls = CONFIG_MAPPING[model_type]
-    default = cls()
-    names = set(default.to_dict()) | set(getattr(cls, "attribute_map", {}))
+    names = set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
     kwargs = {k: v for k, v in TINY.items() if k in names}
     kwargs.update(OVERRIDES.get(model_type, {}))
     kwargs.update(overrides)
-    config = AutoConfig.for_model(model_type, **kwargs)
-    return config
+    return AutoConfig.for_model(model_type, **kwargs)
