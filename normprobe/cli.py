@@ -218,16 +218,26 @@ def probes() -> None:
 
 @app.command()
 def models() -> None:
-    """List the supported model families and the short names."""
-    from .families import FAMILIES, SHORT_NAMES
+    """List the supported model types with their facts, the refused ones with why, and the short names."""
+    from .families import FAMILIES, REFUSED, SHORT_NAMES, model_type_rows
 
-    typer.echo("Supported families (Hugging Face model_type):")
+    rows = model_type_rows()
+    typer.echo(f"Supported model types ({len(rows)}; verified = checked against Hugging Face on a tiny model by the test suite):")
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    typer.echo("  " + "  ".join(k.ljust(widths[k]) for k in rows[0]).rstrip())
+    for row in rows:
+        typer.echo("  " + "  ".join(v.ljust(widths[k]) for k, v in row.items()).rstrip())
+    typer.echo("Hub examples:")
     for family in FAMILIES:
-        typer.echo(f"  {family.name:<18} {', '.join(family.model_types):<10} e.g. {', '.join(family.examples)}")
+        if family.examples:
+            typer.echo(f"  {family.name:<26} {', '.join(family.examples)}")
+    typer.echo("Refused model types:")
+    for model_type, reason in sorted(REFUSED.items()):
+        typer.echo(f"  {model_type:<20} {reason}")
     typer.echo("Short names:")
     for short, hub in SHORT_NAMES.items():
         typer.echo(f"  {short:<24} {hub}")
-    typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported family.")
+    typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported model type.")
 
 
 def _fail(message: str, code: int) -> None:

@@ -59,6 +59,14 @@ def test_probes_and_models_list(capsys):
     assert code == 0 and "norms" in out and "updates" in out and "built-in" in out
     code, out, _ = invoke(["models"], capsys)
     assert code == 0 and "gpt2-small" in out and "GPT-NeoX" in out and "Gemma" in out
+    from normprobe.families import REFUSED, model_type_rows
+
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    for row in model_type_rows():  # every supported type with the facts the model-type tests check
+        line = lines[row["model_type"]]
+        assert all(value in line for value in row.values()), line
+    for model_type, reason in REFUSED.items():
+        assert reason in lines[model_type]
 
 
 def _bad_folders(tmp_path):
@@ -75,7 +83,7 @@ def _bad_folders(tmp_path):
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage" * 100)
     bloom = tmp_path / "bloom"
     bloom.mkdir()
-    (bloom / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    (bloom / "config.json").write_text(json.dumps({"model_type": "mamba"}))  # a refused type
     (bloom / "model.safetensors").write_bytes(b"x")
     return no_weights, corrupt, bloom
 
@@ -134,7 +142,7 @@ def test_bad_input_one_line_error(extra, message, inputs, capsys):
 @pytest.mark.parametrize("which, message", [
     ("no-weights", "has no weights"),
     ("corrupt", "looks corrupt"),
-    ("bloom", "architecture 'bloom' is not supported; supported families: GPT-2"),
+    ("bloom", "architecture 'mamba' is not supported: state-space model (no attention blocks)"),
     ("hub", "is not a local folder and is not in the Hugging Face cache"),
 ])
 def test_bad_models(which, message, tmp_path, capsys, monkeypatch):

@@ -43,7 +43,8 @@ def _figure_html(fig, div_id: str) -> str:
 
 
 META_KEYS = ("model", "resolved_model", "family", "model_type", "n_layers", "d_model", "n_heads", "d_vocab",
-             "norm_type", "block", "positional", "tied_unembedding", "dtype", "device", "attention", "corpus", "n_docs",
+             "norm_type", "logit_postprocessing", "block", "block_outputs", "positional", "tied_unembedding",
+             "dtype", "device", "attention", "corpus", "n_docs",
              "n_windows", "n_tokens", "seq_len", "batch_size", "prepend_bos", "seconds", "created", "status",
              "probes", "checkpoints")
 
