@@ -73,6 +73,7 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     import torch
 
     from .adapter import load_model
+    from .options import probe_kwargs
     from .registry import resolve_probes
     from .results import STATE_FILE, check_output_dir
     from .runner import Runner, merge_state
@@ -97,13 +98,14 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
             if key not in ("shard", "batch_size") and request.get(key) != first.get(key):
                 raise NormprobeError(f"cannot merge {folder}: {key} differs from {folders[0]}")
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
-    probes = [cls(layers=first.get("layers")) for cls in resolve_probes(first["probe_specs"])]
+    options = {"readout": first.get("readout", "logit"), "alphas": first.get("alphas")}
+    probes = [cls(layers=first.get("layers"), **probe_kwargs(cls, options)) for cls in resolve_probes(first["probe_specs"])]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)
     for folder in folders:
         merge_state(model, probes, torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False),
-                    seq_len, first.get("layers"))
+                    seq_len, first.get("layers"), options)
     done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
             "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
             "seconds": 0.0}

@@ -48,6 +48,16 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
     return sorted(set(layers))
 
 
+def parse_alphas(text: Optional[str]) -> Optional[list[float]]:
+    """'0,0.5,1,2' to a list of step sizes."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise NormprobeError(f"invalid --alphas {text!r}; use numbers separated by commas, e.g. 0,0.5,1,2") from None
+
+
 def _default_out(model: str) -> Path:
     from .api import folder_slug
 
@@ -92,6 +102,8 @@ def run(
     checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
+    readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens) or tuned:DIR (a tuned-lens folder, see `normprobe lens train`).")] = "logit",
+    alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
@@ -110,7 +122,7 @@ def run(
     common = dict(texts=text, input=input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
                   max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers),
                   prepend_bos=prepend_bos, device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress,
-                  checkpoint_every=checkpoint_every)
+                  checkpoint_every=checkpoint_every, readout=readout, alphas=parse_alphas(alphas))
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
@@ -129,7 +141,8 @@ def run(
             models, out or _default_out("compare"), probes=probe, texts=text, input=input, text_field=text_field,
             encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
             seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every)
+            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
+            readout=readout, alphas=parse_alphas(alphas))
         typer.echo(f"wrote {page.parent}/ (comparison: {page})")
         return
     if resume is not None and out is not None and Path(out) != resume:
@@ -140,7 +153,7 @@ def run(
         encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
         seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
         overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, shard=parse_shard(shard),
-        device_map=device_map, n_devices=n_devices)
+        device_map=device_map, n_devices=n_devices, readout=readout, alphas=parse_alphas(alphas))
     if folder is not None:
         export_images(folder, format)
         typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")

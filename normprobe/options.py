@@ -26,6 +26,8 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     device_map: str | None = None
     n_devices: int | None = None
+    readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
+    alphas: list[float] | None = None  # the linesearch probe's step sizes
 
     def validate(self) -> None:
         for name in ("batch_size", "max_docs", "max_tokens"):
@@ -40,7 +42,14 @@ class RunOptions:
             bad = [l for l in self.layers if l < 0]
             if bad:
                 raise NormprobeError(f"invalid layer index {bad[0]}: layers count from 0")
+        if self.alphas is not None:
+            if not self.alphas or any(a != a or a in (float("inf"), float("-inf")) for a in self.alphas):
+                raise NormprobeError(f"--alphas must be finite numbers, e.g. 0,0.5,1,2 (got {self.alphas})")
+            self.alphas = sorted(set(float(a) for a in self.alphas))
         from .adapter import parse_dtype
+        from .readouts import parse_readout
+
+        parse_readout(self.readout)
         from .distributed import is_distributed
 
         self.dtype = parse_dtype(self.dtype)
@@ -89,3 +98,8 @@ def default_batch_size(model, seq_len: int) -> int:
         per_token = 4 * 4 * model.d_model * (model.n_layers + 1) + 4 * model.d_vocab
         budget = max(seq_len, int(free * 0.25 // per_token))
     return max(1, min(256, budget // seq_len))
+
+
+def probe_kwargs(cls, values: dict) -> dict:
+    """The run options a probe class asks for (its `run_options`) from {option: value}, for its constructor."""
+    return {name: values[name] for name in getattr(cls, "run_options", ()) if values.get(name) is not None}

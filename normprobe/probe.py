@@ -32,6 +32,8 @@ class Probe:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # Run options this probe takes as keyword arguments, e.g. ("readout",): the runner passes them on.
+    run_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, layers: list[int] | None = None, **options: Any):
         self.layers = layers

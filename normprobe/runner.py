@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 from .corpus import InputSpec
 from .errors import NormprobeError
 from .hooked import HookedPass, ProbeFailed
-from .options import DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
+from .options import DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size, probe_kwargs
 from .registry import resolve_probes
 
 __all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
@@ -85,7 +85,8 @@ class Runner:
                 "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
-                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None}
+                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
+                **readout_request(opts)}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -94,7 +95,10 @@ class Runner:
             if bad:
                 raise NormprobeError(f"invalid layer index {bad[0]}: {model.source.name} has layers 0..{model.n_layers - 1}")
         seq_len = min(opts.seq_len or DEFAULT_SEQ_LEN, model.n_ctx)
-        probes = [cls(layers=opts.layers) for cls in self.probe_classes]
+        from .readouts import make_readout
+
+        make_readout(model, opts.readout)  # a lens for another model fails here, in one line
+        probes = [cls(layers=opts.layers, **probe_kwargs(cls, asdict(opts))) for cls in self.probe_classes]
         for probe in probes:
             probe.setup(model, seq_len)
             for point in probe.hook_points():
@@ -119,11 +123,18 @@ class Runner:
             "seq_len": seq_len,
             "batch_size": batch_size,
             "prepend_bos": bos is not None,
+            "readout": self._readout_meta(),
             "options": {k: v for k, v in asdict(self.options).items() if k not in ("device", "device_map", "n_devices")},
             "request": self.request(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
         }
+
+    def _readout_meta(self) -> dict[str, Any]:
+        from .readouts import parse_readout
+
+        spec = parse_readout(self.options.readout)
+        return {**spec.describe(), "label": spec.label}
 
     def execute(self, progress: bool = True, folder=None, resume: tuple[dict, dict] | None = None,
                 checkpoint_every: int | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
@@ -249,7 +260,7 @@ class Runner:
             if sync.rank != 0:
                 return None
             for other in states[1:]:
-                merge_state(model, probes, other, seq_len, self.options.layers)
+                merge_state(model, probes, other, seq_len, self.options.layers, asdict(self.options))
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
         result = self._result(probes, meta, done, seconds)
@@ -278,10 +289,20 @@ class Runner:
         return RunResult(tables=tables, findings=findings, meta=meta)
 
 
-def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None) -> None:
-    """Merge saved probe statistics (another rank's or shard's) into `probes`."""
+def readout_request(opts: RunOptions) -> dict[str, Any]:
+    """The readout and line-search options as resume and merge compare them (a retrained lens differs)."""
+    from .readouts import parse_readout
+
+    described = parse_readout(opts.readout).describe()
+    return {"readout": parse_readout(opts.readout).text, "readout_params_sha256": described.get("params_sha256"),
+            "alphas": opts.alphas}
+
+
+def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None,
+                options: dict[str, Any] | None = None) -> None:
+    """Merge saved probe statistics (another rank's or shard's) into `probes`; `options` as in probe_kwargs."""
     for probe in probes:
-        other = type(probe)(layers=layers)
+        other = type(probe)(layers=layers, **probe_kwargs(type(probe), options or {}))
         other.setup(model, seq_len)
         other.load_state_dict(state[probe.name])
         probe.merge(other)
@@ -294,13 +315,14 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
-                checkpoint_value: int | None = None) -> Runner:
+                checkpoint_value: int | None = None, readout: str = "logit",
+                alphas: list[float] | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if texts is not None and input is not None:
         raise NormprobeError("give texts or an input file, not both")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices)
+                         device_map, n_devices, readout, alphas)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -323,6 +345,6 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
     The corpus is `texts` (one document each), an `input` file, or else the built-in sample.
     Options: input, text_field, encoding, errors, batch_size, seq_len, max_docs, max_tokens,
-    prepend_bos, layers, device, dtype, shard=(i, n).
+    prepend_bos, layers, device, dtype, shard=(i, n), readout ("logit" or "tuned:DIR"), alphas.
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -17,7 +17,10 @@ from .results import RUN_FILE, _json_safe, check_output_dir, read_run_json, writ
 CHECKPOINT_FILE = "checkpoint.pt"
 # What must match for a resumed run to continue the same measurement.
 FINGERPRINT_KEYS = ("model", "resolved_model", "revision", "checkpoint_value", "dtype", "probe_specs", "corpus", "corpus_sha256",
-                    "seq_len", "batch_size", "prepend_bos", "layers", "max_docs", "max_tokens", "shard")
+                    "seq_len", "batch_size", "prepend_bos", "layers", "max_docs", "max_tokens", "shard",
+                    "readout", "readout_params_sha256", "alphas")
+# What a run saved before a key existed asked for implicitly.
+FINGERPRINT_DEFAULTS = {"readout": "logit"}
 
 
 def corpus_digest(texts: list[str] | None, path: Path | None, text_field: str, encoding: str, errors: str) -> str:
@@ -96,7 +99,7 @@ class RunFolder:
 def check_same_run(saved: dict[str, Any], requested: dict[str, Any]) -> None:
     """Refuse to resume when anything that decides the numbers differs; name the first difference."""
     for key in FINGERPRINT_KEYS:
-        was, now = saved.get(key), requested.get(key)
+        was, now = saved.get(key, FINGERPRINT_DEFAULTS.get(key)), requested.get(key)
         if key == "batch_size" and now is None:
             continue  # not given now: the saved one is used
         if json.loads(json.dumps(_json_safe(was))) != json.loads(json.dumps(_json_safe(now))):
