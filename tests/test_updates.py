@@ -127,7 +127,12 @@ def _slow_reference(adapter, docs):
                 deltas = {"attn": parts[("attn", l)][t], "mlp": parts[("mlp", l)][t], "block": hs[l + 1][t] - hs[l][t]}
                 for c, d in deltas.items():
                     cos = float(torch.dot(d, -g) / (d.norm() * g.norm()))
-                    r = rows.setdefault((l, c), {"cos": [], "norm": [], "rel": [], "eta": [], "total": [], "next": []})
+                    r = rows.setdefault((l, c), {"cos": [], "norm": [], "rel": [], "eta": [], "total": [], "next": [],
+                                                 "predicted": [], "actual": []})
+                    with torch.no_grad():
+                        stepped = torch.nn.functional.cross_entropy(head(norm(h + d))[None], target[None])
+                    r["predicted"].append(float(torch.dot(g, d)))
+                    r["actual"].append(float(stepped - loss.detach()))
                     r["cos"].append(cos)
                     r["norm"].append(float(d.norm()))
                     r["rel"].append(float(d.norm() / hs[l][t].norm()))
@@ -156,6 +161,8 @@ def test_matches_slow_reference_on_demo_model(demo_adapter):
         assert got["step_eta_mean"] == pytest.approx(np.mean(r["eta"]), rel=1e-4)
         assert got["total_cos_mean"] == pytest.approx(np.mean(r["total"]), abs=1e-5)
         assert got["lens_loss_mean"] == pytest.approx(np.mean(lens[layer]), rel=1e-5)
+        assert got["predicted_change_mean"] == pytest.approx(np.mean(r["predicted"]), rel=1e-4, abs=1e-5)
+        assert got["actual_change_mean"] == pytest.approx(np.mean(r["actual"]), rel=1e-4, abs=1e-5)
         if r["next"]:
             assert got["next_cos_mean"] == pytest.approx(np.mean(r["next"]), abs=1e-5)
         else:
