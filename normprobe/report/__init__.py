@@ -22,11 +22,13 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
 
 def renderer_for(probe_name: str, spec: str | None = None) -> Renderer:
     if not _RENDERERS:
+        from .linesearch import render_line_search
         from .norms import render_norms
         from .updates import render_updates
 
         _RENDERERS.setdefault("norms", render_norms)
         _RENDERERS.setdefault("updates", render_updates)
+        _RENDERERS.setdefault("linesearch", render_line_search)
     return _RENDERERS.get(probe_name) or _generic_section(probe_name, spec)
 
 

@@ -13,6 +13,12 @@ from .norms import _fmt
 COMPONENT_COLOURS = {"attn": "#1f77b4", "mlp": "#d62728", "block": "#2ca02c"}
 
 
+def readout_label(meta: dict[str, Any]) -> str:
+    """Which readout the run read h through (runs saved before readouts existed used the logit lens)."""
+    readout = meta.get("readout") or {"kind": "logit"}
+    return str(readout.get("label") or ("logit lens" if readout.get("kind") == "logit" else readout.get("kind")))
+
+
 def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     chance = f.get("chance_cos_std")
     rows = []
@@ -130,7 +136,7 @@ def update_norms(updates: pd.DataFrame) -> go.Figure:
 def render_updates(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
     updates = tables.get("updates", pd.DataFrame(columns=["layer", "component", "count", "lens_loss_mean"]))
     return Section(
-        title="Inner-loop updates", anchor="updates", findings=updates_findings_rows(findings),
+        title="Inner-loop updates", anchor="updates", findings=[("Readout", readout_label(meta))] + updates_findings_rows(findings),
         blocks=[
             Block(figure=lens_loss_curve(updates)),
             Block(figure=descent_alignment(updates),
