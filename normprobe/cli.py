@@ -233,6 +233,36 @@ def models() -> None:
     typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported family.")
 
 
+lens_app = typer.Typer(no_args_is_help=True, help="Tuned lenses: train one for a model (read it with run --readout tuned:DIR).")
+app.add_typer(lens_app, name="lens")
+
+
+@lens_app.command("train")
+def lens_train(
+    model: Annotated[str, typer.Argument(help="Model: demo, a Hub name or short name, or a local folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the lens (config.json, params.pt: tuned-lens's format).")],
+    input: InputOpt = None,
+    text: TextOpt = None,
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 250,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (Nesterov momentum 0.9, linear warm-up then decay).")] = 0.1,
+    batch_size: Annotated[int, typer.Option(help="Windows per step.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Window length in tokens.")] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted training in --out from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> None:
+    """Train a tuned lens (tuned-lens's recipe) on a corpus (default: the built-in sample)."""
+    from .lens import train_lens
+
+    folder = train_lens(model, out, texts=text, input=input, text_field=text_field, steps=steps, lr=lr,
+                        batch_size=batch_size, seq_len=seq_len, device=device, resume=resume, overwrite=overwrite,
+                        progress=progress, checkpoint_every=checkpoint_every)
+    typer.echo(f"wrote {folder}/ (use it with: normprobe run {model} --probe updates --readout tuned:{folder})")
+
+
 def _fail(message: str, code: int) -> None:
     typer.echo(f"normprobe: error: {message}", err=True)
     sys.exit(code)
