@@ -182,6 +182,13 @@ def test_findings_from_table(demo_adapter):
     assert f["lens_loss_falls_every_layer"] == bool((np.diff(losses) < 0).all())
     assert f["lens_loss_total_drop"] == pytest.approx(losses[0] - losses[-1])
     assert f["chance_cos_std"] == pytest.approx(1 / math.sqrt(demo_adapter.d_model))
+    uniform = math.log(demo_adapter.d_vocab)
+    above = [l for l, loss in enumerate(losses) if loss > uniform]
+    assert f["uniform_loss"] == pytest.approx(uniform) and f["readout_not_meaningful_layers"] == above
+    first = next(l for l in range(len(losses)) if l not in above)
+    assert f["first_meaningful_layer"] == first
+    assert f["lens_loss_drop_from_first_meaningful"] == pytest.approx(losses[first] - losses[-1])
+    assert f["descent_cos_mean"]["block"] == pytest.approx(dict(zip(steps["layer"], steps["descent_cos_mean"])))
 
 
 def test_layer_subset_changes_nothing(demo_adapter):

@@ -258,4 +258,37 @@ def updates_findings(updates: pd.DataFrame) -> dict[str, Any]:
         "lens_loss_rising_after_layers": [int(l) for l, d in zip(lens["layer"].iloc[:-1], drops) if d <= 0],
         "lens_loss_total_drop": float(losses[0] - losses[-1]) if len(losses) else float("nan"),
         "n_nonfinite": int(updates["n_nonfinite"].sum()),
+        "descent_cos_mean": {
+            c: {int(r.layer): float(r.descent_cos_mean) for r in rows.itertuples()}
+            for c, rows in steps.groupby("component", sort=False)
+        },
+        **_meaningful_readout(lens),
+        **_first_order(steps),
     }
+
+
+def _meaningful_readout(lens: pd.DataFrame) -> dict[str, Any]:
+    """Layers whose lens loss exceeds log(V), the loss of a uniform guess: the readout says nothing there."""
+    if "uniform_loss" not in lens or lens.empty:
+        return {}
+    uniform = float(lens["uniform_loss"].iloc[0])
+    above = lens["lens_loss_mean"] > uniform
+    meaningful = lens.loc[~above, ["layer", "lens_loss_mean"]]
+    first = meaningful.iloc[0] if len(meaningful) else None
+    return {
+        "uniform_loss": uniform,
+        "readout_not_meaningful_layers": [int(l) for l in lens.loc[above, "layer"]],
+        "first_meaningful_layer": int(first["layer"]) if first is not None else None,
+        "lens_loss_drop_from_first_meaningful": (float(first["lens_loss_mean"] - lens["lens_loss_mean"].iloc[-1])
+                                                 if first is not None else float("nan")),
+    }
+
+
+def _first_order(steps: pd.DataFrame) -> dict[str, Any]:
+    """Per layer, the mean loss change a step makes against the change its linear picture g·Δ predicts."""
+    if "predicted_change_mean" not in steps:
+        return {}
+    return {"first_order": {
+        c: {int(r.layer): [float(r.predicted_change_mean), float(r.actual_change_mean)] for r in rows.itertuples()}
+        for c, rows in steps.groupby("component", sort=False)
+    }}
