@@ -76,6 +76,20 @@ def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
     return ReadoutSpec("tuned", path)
 
 
+def check_lens_fits_config(spec: "str | ReadoutSpec | None", model_config: dict | None, model_name: str) -> None:
+    """Refuse, before the model loads, a lens whose depth or width differs from the model's config.json."""
+    spec = parse_readout(spec)
+    if spec.kind != "tuned" or not model_config:
+        return
+    lens = read_lens_config(spec.path)
+    width = next((model_config[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(model_config.get(k), int)), None)
+    depth = next((model_config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(model_config.get(k), int)), None)
+    if (width is not None and width != lens["d_model"]) or (depth is not None and depth != lens["num_hidden_layers"]):
+        raise NormprobeError(
+            f"tuned lens {spec.path} was made for a model with d_model {lens['d_model']} and {lens['num_hidden_layers']} "
+            f"layers (base {lens.get('base_model_name_or_path')!r}); {model_name} has d_model {width} and {depth} layers")
+
+
 def read_lens_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((Path(path) / CONFIG_FILE).read_text())

@@ -331,7 +331,11 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
         source = resolve_source(model, revision=revision, checkpoint_value=checkpoint_value)
         if revision is not None or checkpoint_value is not None:
             runner.model = source
-        n_layers = config_n_layers(validate_source(source))
+        config = validate_source(source)
+        n_layers = config_n_layers(config)
+        from .readouts import check_lens_fits_config
+
+        check_lens_fits_config(readout, config, model)
         bad = [l for l in (layers or []) if n_layers is not None and l >= n_layers]
         if bad:
             raise NormprobeError(f"invalid layer index {bad[0]}: {model} has layers 0..{n_layers - 1}")

@@ -63,6 +63,8 @@ def test_lens_for_another_model_is_refused(tmp_path, demo_adapter, random_lens):
     with pytest.raises(NormprobeError, match="made for a model with d_model 128 and 5 layers") as info:
         make_readout(demo_adapter, f"tuned:{other}")
     assert "\n" not in str(info.value)
+    with pytest.raises(NormprobeError, match="and 5 layers .*; demo has d_model 128 and 4 layers"):
+        make_runner("demo", texts=DOCS, probes=["updates"], readout=f"tuned:{other}")  # before any model loads
 
 
 def test_bad_readout_values_fail_before_loading(tmp_path):
