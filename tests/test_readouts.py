@@ -152,3 +152,14 @@ def test_updates_with_tuned_readout_records_it(demo_adapter, random_lens, hf_mod
     table = result["updates"].drop_duplicates("layer").set_index("layer")
     for layer, values in losses.items():
         assert table.loc[layer, "lens_loss_mean"] == pytest.approx(sum(values) / len(values), rel=1e-5)
+
+
+def test_resume_compares_the_readout():
+    from normprobe.store import check_same_run
+
+    saved_before_readouts = {"model": "demo"}
+    check_same_run(saved_before_readouts, {"model": "demo", "readout": "logit", "readout_params_sha256": None, "alphas": None})
+    with pytest.raises(NormprobeError, match="cannot resume: readout differs"):
+        check_same_run(saved_before_readouts, {"model": "demo", "readout": "tuned:/x", "readout_params_sha256": "ab"})
+    with pytest.raises(NormprobeError, match="readout_params_sha256 differs"):
+        check_same_run({"readout": "tuned:/x", "readout_params_sha256": "ab"}, {"readout": "tuned:/x", "readout_params_sha256": "cd"})
