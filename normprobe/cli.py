@@ -246,7 +246,7 @@ def lens_train(
     text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 250,
     lr: Annotated[float, typer.Option(help="SGD learning rate (Nesterov momentum 0.9, linear warm-up then decay).")] = 0.1,
-    batch_size: Annotated[int, typer.Option(help="Windows per step.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Windows per step.")] = 4,
     seq_len: Annotated[int, typer.Option(help="Window length in tokens.")] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the interrupted training in --out from its checkpoint.")] = False,
