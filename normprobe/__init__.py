@@ -20,6 +20,7 @@ _LAZY = {
     "Batch": ("normprobe.batching", "Batch"),
     "resolve_probe": ("normprobe.registry", "resolve_probe"),
     "compare": ("normprobe.api", "compare"),
+    "Comparison": ("normprobe.comparison", "Comparison"),
     "merge_shards": ("normprobe.api", "merge_shards"),
 }
 
@@ -35,8 +36,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'normprobe' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # tab completion and dir() find the lazily loaded names too
+    return sorted(set(globals()) | set(_LAZY))
+
+
 if TYPE_CHECKING:  # pragma: no cover
     from .adapter import ModelAdapter, load_model
+    from .api import compare, merge_shards
+    from .comparison import Comparison
     from .batching import Batch
     from .registry import resolve_probe
     from .results import RunResult

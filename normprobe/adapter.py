@@ -5,7 +5,6 @@ no weight centring), so every norm measured is a norm of the model's real hidden
 """
 from __future__ import annotations
 
-import copy
 import json
 import operator
 import os
@@ -14,13 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .errors import NormprobeError
-from .families import SHORT_NAMES, family_for, supported_family_names
+from .families import REFUSED, SHORT_NAMES, family_for
 from .jsonio import read_json
+from .readout import Readout, describe_norm, logit_op_from_config
 
 if TYPE_CHECKING:
     import torch
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+# Sites inside the attention block; every family has them. The pattern is [batch, query head, query, key].
+ATTENTION_SITES = {"attn_pattern": "attn.hook_pattern"}
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -69,9 +71,28 @@ def _read_config(folder: Path) -> dict:
 
 def check_architecture(model_type: str | None, where: str) -> None:
     if family_for(model_type or "") is None:
-        raise NormprobeError(
-            f"{where}: architecture {model_type!r} is not supported; supported families: {supported_family_names()}"
-        )
+        reason = REFUSED[model_type] if model_type in REFUSED else _registry_reason(model_type)
+        raise NormprobeError(f"{where}: architecture {model_type!r} is not supported: {reason}")
+
+
+def _registry_reason(model_type: str | None) -> str:
+    """Why a model type outside both libraries' causal-LM registries is refused, from those registries."""
+    from transformers.models.auto import configuration_auto as configs
+    from transformers.models.auto import modeling_auto as models
+
+    listed = "; `normprobe models` lists the supported model types"
+    if model_type not in configs.CONFIG_MAPPING_NAMES:
+        return "unknown to Hugging Face transformers (models that need remote code are not supported)" + listed
+    if model_type in models.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return "encoder-decoder, not a decoder-only causal LM" + listed
+    if model_type in models.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return "vision-language wrapper: load its text model" + listed
+    if model_type in models.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        name = models.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
+        return f"TransformerLens 4 has no adapter for {name}" + listed
+    if model_type in models.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder (masked LM), not a causal LM" + listed
+    return "not a causal language model in Hugging Face transformers" + listed
 
 
 def validate_source(source: ModelSource) -> dict | None:
@@ -188,54 +209,6 @@ def _own_tokenizer(source: ModelSource) -> Any:
         return None
 
 
-class Readout:
-    """Final norm and unembedding as float32 functions: the logit lens and its exact gradient."""
-
-    def __init__(self, modules: list[Any]):
-        import torch
-
-        self.modules = [copy.deepcopy(m).float().eval().requires_grad_(False) for m in modules]
-        self._torch = torch
-
-    def logits(self, h: "torch.Tensor") -> "torch.Tensor":
-        x = h.float()
-        for module in self.modules:
-            x = module(x)
-        return x
-
-    def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-        """Per-token cross-entropy of `targets` read out from h [N, d], and dCE/dh [N, d], in float32.
-
-        Autograd carries the gradient through the final norm (whatever the family's norm is); the
-        unembedding's part, (softmax - onehot) @ W_U, is written out so that only one
-        [tokens x vocab] buffer exists, reused in place for the probabilities.
-        """
-        torch = self._torch
-        head = self.modules[-1]
-        with torch.inference_mode(False), torch.enable_grad():
-            x = h.detach().float().clone().requires_grad_(True)
-            y = x
-            for module in self.modules[:-1]:
-                y = module(y)
-        with torch.inference_mode(False), torch.no_grad():
-            targets = targets.clone()
-            logits = torch.nn.functional.linear(y.detach(), head.weight, head.bias)
-            lse = torch.logsumexp(logits, dim=-1)
-            loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
-            probs = logits.sub_(lse[:, None]).exp_()
-            probs[torch.arange(len(targets), device=probs.device), targets] -= 1.0
-            grad_y = probs @ head.weight
-            del logits, probs
-        if x is y:  # no norm before the unembedding
-            return loss, grad_y
-        with torch.inference_mode(False):
-            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
-        return loss, grad.detach()
-
-    def loss(self, h: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
-        return self._torch.nn.functional.cross_entropy(self.logits(h), targets, reduction="none")
-
-
 class ModelAdapter:
     """Neutral questions about a loaded model: depth, width, sites, hook names, readout, tokens."""
 
@@ -252,12 +225,15 @@ class ModelAdapter:
         check_architecture(self.hf_config.model_type, f"model {source.location}")
         self.n_layers = int(bridge.cfg.n_layers)
         self.d_model = int(bridge.cfg.d_model)
-        self.d_vocab = int(self.hf_model.get_output_embeddings().weight.shape[0])
+        self.d_vocab = int(self._head().weight.shape[0])
         self.n_ctx = int(bridge.cfg.n_ctx)
         self.n_heads = int(bridge.cfg.n_heads)
         hooks = bridge.hook_dict
-        self.sites = tuple(s for s in SITES if f"blocks.0.hook_{s}" in hooks)
+        # a site exists when every layer has it (hybrids can lack attn_out on their convolution layers)
+        self.sites = tuple(s for s in SITES if all(f"blocks.{l}.hook_{s}" in hooks for l in range(self.n_layers)))
         self._readout: Readout | None = None
+        self._fast_attention_gap: float | None = None  # checked once per loaded model
+        self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
@@ -288,15 +264,36 @@ class ModelAdapter:
         bridge.eval()
         return cls(bridge, source, resolved_device, dtype, tokenizer=_own_tokenizer(source))
 
+    @classmethod
+    def from_hf_model(cls, hf_model: Any, tokenizer: Any, name: str = "in-memory model",
+                      device: str = "cpu") -> "ModelAdapter":
+        """Wrap a Hugging Face causal LM already in memory (the bridge takes it over; keep a copy to compare)."""
+        from transformer_lens.model_bridge import TransformerBridge
+
+        check_architecture(hf_model.config.model_type, name)
+        bridge = TransformerBridge.boot_transformers(tokenizer.name_or_path, hf_model=hf_model, device=device,
+                                                     tokenizer=tokenizer)
+        bridge.eval()
+        source = ModelSource(name, "memory", name)
+        return cls(bridge, source, device, parse_dtype(str(next(hf_model.parameters()).dtype)), tokenizer=tokenizer)
+
     # -- sites and hooks -------------------------------------------------
     def hook_name(self, site: str, layer: int) -> str:
-        if site not in SITES:
-            raise NormprobeError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
-        if site not in self.sites:
+        if site not in SITES and site not in ATTENTION_SITES:
+            raise NormprobeError(f"unknown site {site!r}; sites are {', '.join(SITES + tuple(ATTENTION_SITES))}")
+        if site in SITES and site not in self.sites:
             raise NormprobeError(f"model {self.source.location} has no {site} (it is a {self.block_kind} block)")
         if not 0 <= layer < self.n_layers:
             raise NormprobeError(f"layer {layer} is out of range for {self.source.location} (0..{self.n_layers - 1})")
+        if site in ATTENTION_SITES:
+            return f"blocks.{layer}.{ATTENTION_SITES[site]}"
         return f"blocks.{layer}.hook_{site}"
+
+    @staticmethod
+    def layer_of_hook(hook_name: str) -> int | None:
+        """The block a hook sits in (`blocks.{l}.`), or None for hooks outside the blocks."""
+        parts = hook_name.split(".", 2)
+        return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
 
     def has_hook(self, hook_name: str) -> bool:
         return hook_name in self.bridge.hook_dict
@@ -309,23 +306,40 @@ class ModelAdapter:
 
     @property
     def block_kind(self) -> str:
-        return "sequential" if "resid_mid" in self.sites else "parallel"
+        if "resid_mid" in self.sites:
+            return "sequential"
+        return "parallel" if "attn_out" in self.sites else "one mixer per layer"
 
     # -- readout ----------------------------------------------------------
+    def _component(self, name: str) -> Any:
+        """The Hugging Face module behind one of the bridge's top-level components (or None)."""
+        component = getattr(self.bridge, name, None) if name in self.bridge.adapter.component_mapping else None
+        return getattr(component, "original_component", component)
+
+    def _head(self) -> Any:
+        return self._component("unembed")
+
+    def final_norm(self) -> Any:
+        return self._component("ln_final")
+
+    def _pre_head(self) -> list[Any]:
+        """Modules between the final norm and the unembedding: a prediction head, OPT's projection."""
+        found = [self._component("prediction_head")]
+        for path in self.family.pre_head:
+            try:
+                found.append(operator.attrgetter(path)(self.hf_model))
+            except AttributeError:
+                continue
+        return [m for m in found if m is not None]
+
     @property
     def readout(self) -> Readout:
-        """Final norm (and OPT's projection) then unembedding, as float32 copies."""
+        """Final norm, pre-head modules, unembedding and logit post-processing, as float32 copies."""
         if self._readout is None:
-            modules = []
-            norm = operator.attrgetter(self.family.final_norm)(self.hf_model)
-            if norm is not None:
-                modules.append(norm)
-            project_out = getattr(getattr(getattr(self.hf_model, "model", None), "decoder", None), "project_out", None)
-            if project_out is not None:
-                modules.append(project_out)
-            modules.append(self.hf_model.get_output_embeddings())
-            self._readout = Readout(modules)
-            self._readout.modules = [m.to(self.device) for m in self._readout.modules]
+            modules = [m for m in (self.final_norm(), *self._pre_head(), self._head()) if m is not None]
+            readout = Readout(modules, logit_op_from_config(self.hf_config, self.family.logit_fields))
+            readout.modules = [m.to(self.device) for m in readout.modules]
+            self._readout = readout
         return self._readout
 
     # -- tokens -------------------------------------------------------------
@@ -352,14 +366,55 @@ class ModelAdapter:
                 hooks: list[tuple[str, Callable]]) -> None:
         """One forward pass with the given hooks attached; logits are not kept."""
         with self.bridge.hooks(fwd_hooks=hooks):
-            self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+            try:
+                # no KV cache (it grows with depth) and logits for one position only (they grow with vocabulary)
+                self.bridge(tokens, attention_mask=attention_mask, return_type=None, **self._lean_forward)
+            except TypeError as exc:
+                if not self._lean_forward or "unexpected keyword" not in str(exc):
+                    raise
+                self._lean_forward = {}  # an older model class without these arguments
+                self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+
+    def select_attention(self, reads_patterns: bool) -> tuple[str, str]:
+        """Run eager attention when a probe reads patterns, else sdpa where it agrees with eager on this model.
+
+        Returns (the attention that runs, why).
+        """
+        from .attention import AGREEMENT_REL, EAGER, FAST, fast_attention_disagreement, use_attention
+
+        if reads_patterns:
+            return use_attention(self.bridge, EAGER), "a probe reads attention patterns or norm internals"
+        if self._fast_attention_gap is None:
+            import torch
+
+            tokens = torch.randint(self.d_vocab, (1, min(24, self.n_ctx)), generator=torch.Generator().manual_seed(0))
+            self._fast_attention_gap = fast_attention_disagreement(
+                self.bridge, self.hook_name("resid_post", self.n_layers - 1), tokens.to(self.device))
+        allowed = AGREEMENT_REL if self.dtype == "float32" else 3e-2
+        if self._fast_attention_gap > allowed:
+            return use_attention(self.bridge, EAGER), (f"{FAST} differed from eager by {self._fast_attention_gap:.2g} "
+                                                       "(relative) on this model")
+        running = use_attention(self.bridge, FAST)
+        return running, ("Hugging Face's default" if running == FAST else f"the model offers no {FAST}")
+
+    @property
+    def n_params(self) -> int:
+        """The checkpoint's parameters: the bridge splits a fused qkv into q, k, v copies, counted once here."""
+        from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+
+        total = sum(p.numel() for p in self.hf_model.parameters())
+        for module in self.bridge.modules():
+            if isinstance(module, JointQKVAttentionBridge) and "qkv" in module._modules:
+                total -= sum(p.numel() for name in ("q", "k", "v") if name in module._modules
+                             for p in module._modules[name].parameters())
+        return total
 
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:
         cfg = self.bridge.cfg
-        head = self.hf_model.get_output_embeddings().weight
-        embed = self.hf_model.get_input_embeddings().weight
-        norm = operator.attrgetter(self.family.final_norm)(self.hf_model)
+        head = self._head().weight
+        embed = self._component("embed").weight
+        op = logit_op_from_config(self.hf_config, self.family.logit_fields)
         return {
             "family": self.family.name,
             "model_type": self.hf_config.model_type,
@@ -368,8 +423,11 @@ class ModelAdapter:
             "n_heads": int(cfg.n_heads),
             "d_vocab": self.d_vocab,
             "n_ctx": self.n_ctx,
-            "norm_type": type(norm).__name__ if norm is not None else "none",
+            "norm_type": describe_norm(self.final_norm(), self.d_model),
+            "logit_postprocessing": op.describe() if op else "none",
+            "logit_postprocessing_kind": op.kind_text() if op else "none",
             "block": self.block_kind,
+            "block_outputs": self.family.block_outputs,
             "positional": str(getattr(cfg, "positional_embedding_type", "unknown")),
             "tied_unembedding": bool(head.data_ptr() == embed.data_ptr()),
             "sites": list(self.sites),

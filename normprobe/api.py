@@ -23,8 +23,10 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
 
     if checkpoint_every is not None and checkpoint_every < 1:
         raise NormprobeError(f"--checkpoint-every must be at least 1 (got {checkpoint_every})")
-    runner = make_runner(model, probes=probes, **run_kwargs)
     out = Path(out)
+    if not resume and world()[0] == 0:
+        RunFolder.create(out, overwrite)  # a bad --out fails before probes and torch are even imported
+    runner = make_runner(model, probes=probes, **run_kwargs)
     if world()[0] != 0:  # under torchrun only rank 0 touches the folder
         runner.execute(progress=False)
         return None
@@ -42,6 +44,13 @@ def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: 
         raise
     folder.remove_checkpoint()
     return out
+
+
+def findings_summary(folder: str | Path) -> list[str]:
+    """A saved run's findings in at most five lines, for the console."""
+    from .report.headline import summary_lines
+
+    return summary_lines(RunResult.load(folder))
 
 
 def export_images(folder: str | Path, fmt: str) -> list[Path]:
@@ -73,11 +82,10 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     import torch
 
     from .adapter import load_model
-    from .options import probe_kwargs
     from .registry import resolve_probes
     from .results import STATE_FILE, check_output_dir
-    from .runner import Runner, merge_state
-    from .store import FINGERPRINT_KEYS, RunFolder
+    from .runner import Runner, make_probe, merge_state
+    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder
 
     if not folders:
         raise NormprobeError("give the shard folders to merge")
@@ -98,14 +106,15 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
             if key not in ("shard", "batch_size") and request.get(key) != first.get(key):
                 raise NormprobeError(f"cannot merge {folder}: {key} differs from {folders[0]}")
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
-    options = {"readout": first.get("readout", "logit"), "alphas": first.get("alphas")}
-    probes = [cls(layers=first.get("layers"), **probe_kwargs(cls, options)) for cls in resolve_probes(first["probe_specs"])]
+    options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
+               "readout": first.get("readout", "logit"), "alphas": first.get("alphas")}
+    probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)
     for folder in folders:
         merge_state(model, probes, torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False),
-                    seq_len, first.get("layers"), options)
+                    seq_len, first.get("layers"))
     done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
             "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
             "seconds": 0.0}
@@ -116,30 +125,25 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     return result.save(out, overwrite=overwrite, plotlyjs=plotlyjs)
 
 
-def compare(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
-            plotlyjs: str = "inline", overwrite: bool = False) -> Path:
-    """Render one report overlaying saved runs into OUT/report.html."""
-    from .report.compare import render_comparison
-    from .results import check_output_dir, write_atomic
+def compare(runs: list[Any], labels: list[str] | None = None):
+    """Overlay runs (RunResults or run folders) and return a `Comparison`; `.save(folder)` writes its page."""
+    from .comparison import Comparison
+
+    return Comparison.of(runs, labels)
+
+
+def compare_to_folder(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
+                      plotlyjs: str = "inline", overwrite: bool = False) -> Path:
+    """Render one report overlaying saved runs into OUT/report.html (the `compare` command)."""
+    from .results import check_output_dir
 
     if len(folders) < 2:
         raise NormprobeError("compare needs at least two run folders")
-    if labels is not None and len(labels) != len(folders):
-        raise NormprobeError(f"give one label per run ({len(folders)}), not {len(labels)}")
+    comparison = compare(folders, labels)
     out = Path(out)
-    results = []
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise NormprobeError(f"run folder not found: {folder}")
-        results.append(RunResult.load(folder))
-    if Path(out).resolve() not in [Path(f).resolve() for f in folders]:
+    if out.resolve() not in [Path(f).resolve() for f in folders]:
         check_output_dir(out, overwrite=True) if overwrite else _check_compare_out(out)
-    labels = labels or [Path(f).resolve().name for f in folders]
-    html = render_comparison(results, labels, plotlyjs=plotlyjs)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / REPORT_FILE
-    write_atomic(path, html.encode("utf-8"))
-    return path
+    return comparison.save(out, plotlyjs=plotlyjs)
 
 
 def _check_compare_out(out: Path) -> None:
@@ -181,5 +185,5 @@ def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = 
         folder = out / f"{i}-{folder_slug(model)}"
         run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
         folders.append(folder)
-    return compare(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs,
-                   overwrite=True)
+    return compare_to_folder(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)],
+                             plotlyjs=plotlyjs, overwrite=True)

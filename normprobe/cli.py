@@ -64,16 +64,21 @@ def _default_out(model: str) -> Path:
     return Path("reports") / f"{folder_slug(model)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # An eager option callback runs while parsing, before click asks for a command.
+    if value:
         from . import __version__
 
         typer.echo(f"normprobe {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version, expose_value=False)] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
     _state["debug"] = debug
 
 
@@ -83,7 +88,11 @@ def run(
     probe: ProbeOpt = ["norms"],
     text: TextOpt = None,
     input: InputOpt = None,
-    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Hugging Face dataset: a Hub name (streamed), a save_to_disk folder, or a folder or glob of data files.")] = None,
+    dataset_config: Annotated[Optional[str], typer.Option(help="Configuration of a Hub --dataset.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --dataset.")] = "train",
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet or --dataset.")] = "text",
     encoding: Annotated[str, typer.Option(help="Text encoding of --input.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict (stop) or replace.")] = "strict",
     max_docs: Annotated[Optional[int], typer.Option(help="Stop after this many documents.")] = None,
@@ -104,9 +113,10 @@ def run(
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
     readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens) or tuned:DIR (a tuned-lens folder, see `normprobe lens train`).")] = "logit",
     alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
+    massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
 ) -> None:
     """Run probes over a corpus and write tables, run.json and report.html."""
     from .api import export_images, run_to_folder
@@ -119,10 +129,11 @@ def run(
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
     from .sweep import looks_like_checkpoints, plan, run_sweep
 
-    common = dict(texts=text, input=input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
-                  max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers),
-                  prepend_bos=prepend_bos, device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress,
-                  checkpoint_every=checkpoint_every, readout=readout, alphas=parse_alphas(alphas))
+    common = dict(texts=text, input=input, dataset=dataset, dataset_config=dataset_config, split=split,
+                  text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
+                  batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
+                  device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
+                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas))
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
@@ -137,25 +148,22 @@ def run(
             raise NormprobeError("--resume and --shard take one model")
         from .api import run_many_to_folder
 
-        page = run_many_to_folder(
-            models, out or _default_out("compare"), probes=probe, texts=text, input=input, text_field=text_field,
-            encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
-            seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-            overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
-            readout=readout, alphas=parse_alphas(alphas))
+        page = run_many_to_folder(models, out or _default_out("compare"), probes=probe, overwrite=overwrite, **common)
         typer.echo(f"wrote {page.parent}/ (comparison: {page})")
         return
     if resume is not None and out is not None and Path(out) != resume:
         raise NormprobeError("--resume DIR writes into DIR; leave out --out")
     folder = run_to_folder(
         models[0], resume or out or _default_out(models[0]), probes=probe, resume=resume is not None,
-        checkpoint_every=checkpoint_every, texts=text, input=input, text_field=text_field,
-        encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens, batch_size=batch_size,
-        seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos, device=device, dtype=dtype,
-        overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, shard=parse_shard(shard),
-        device_map=device_map, n_devices=n_devices, readout=readout, alphas=parse_alphas(alphas))
+        overwrite=overwrite, shard=parse_shard(shard), device_map=device_map, n_devices=n_devices, **common)
     if folder is not None:
         export_images(folder, format)
+        if progress:
+            from .api import findings_summary
+            from .console import say
+
+            for line in findings_summary(folder):
+                say(line)
         typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
 
 
@@ -168,11 +176,11 @@ def compare(
     plotlyjs: PlotlyOpt = "inline",
 ) -> None:
     """Render one report overlaying saved runs (different models, sizes, checkpoints, corpora, dtypes)."""
-    from .api import compare as compare_runs
+    from .api import compare_to_folder
 
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    page = compare_runs(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
+    page = compare_to_folder(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
     typer.echo(f"wrote {page}")
 
 
@@ -221,16 +229,26 @@ def probes() -> None:
 
 @app.command()
 def models() -> None:
-    """List the supported model families and the short names."""
-    from .families import FAMILIES, SHORT_NAMES
+    """List the supported model types with their facts, the refused ones with why, and the short names."""
+    from .families import FAMILIES, REFUSED, SHORT_NAMES, model_type_rows
 
-    typer.echo("Supported families (Hugging Face model_type):")
+    rows = model_type_rows()
+    typer.echo(f"Supported model types ({len(rows)}; verified = checked against Hugging Face on a tiny model by the test suite):")
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    typer.echo("  " + "  ".join(k.ljust(widths[k]) for k in rows[0]).rstrip())
+    for row in rows:
+        typer.echo("  " + "  ".join(v.ljust(widths[k]) for k, v in row.items()).rstrip())
+    typer.echo("Hub examples:")
     for family in FAMILIES:
-        typer.echo(f"  {family.name:<18} {', '.join(family.model_types):<10} e.g. {', '.join(family.examples)}")
+        if family.examples:
+            typer.echo(f"  {family.name:<26} {', '.join(family.examples)}")
+    typer.echo("Refused model types:")
+    for model_type, reason in sorted(REFUSED.items()):
+        typer.echo(f"  {model_type:<20} {reason}")
     typer.echo("Short names:")
     for short, hub in SHORT_NAMES.items():
         typer.echo(f"  {short:<24} {hub}")
-    typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported family.")
+    typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported model type.")
 
 
 lens_app = typer.Typer(no_args_is_help=True, help="Tuned lenses: train one for a model (read it with run --readout tuned:DIR).")
@@ -272,10 +290,35 @@ def _fail(message: str, code: int) -> None:
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def resume_command(argv: list[str], folder: Path) -> str:
+    """The command that continues an interrupted run: the same arguments, --out DIR becoming --resume DIR."""
+    import shlex
+
+    kept: list[str] = []
+    target = None
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--out", "-o", "--resume"):
+            target = next(args, None)
+        elif arg.startswith(("--out=", "--resume=")):
+            target = arg.split("=", 1)[1]
+        elif arg != "--overwrite":
+            kept.append(arg)
+    return shlex.join(["normprobe", *kept, "--resume", str(target or folder)])
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one-line errors, exit 1 for bad input, 2 for bad usage, 130 on Ctrl-C."""
+    from .interrupt import RunInterrupted
+
     try:
         code = app(args=argv, prog_name="normprobe", standalone_mode=False)
+    except RunInterrupted as exc:
+        typer.echo(f"normprobe: interrupted: {exc}", err=True)
+        if exc.folder is not None:
+            typer.echo(f"normprobe: to continue: {resume_command(sys.argv[1:] if argv is None else argv, exc.folder)}",
+                       err=True)
+        sys.exit(exc.exit_code)
     except NormprobeError as exc:
         if _state["debug"]:
             raise
@@ -283,7 +326,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except _CLICK_ERROR as exc:
         _fail(" ".join(exc.format_message().split()), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+        typer.echo("normprobe: interrupted", err=True)
+        sys.exit(130)
     else:
         sys.exit(code if isinstance(code, int) else 0)
 

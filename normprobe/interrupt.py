@@ -13,6 +13,10 @@ class RunInterrupted(NormprobeError):
 
     exit_code = 130
 
+    def __init__(self, message: str, folder: Any = None):
+        super().__init__(message)
+        self.folder = folder  # where the checkpoint is, for the resume command
+
 
 class StopRequests:
     """Installs SIGINT and SIGTERM handlers for the duration of a run (main thread only)."""

@@ -1,14 +1,18 @@
 """What a run is asked to do: its options and its corpus, validated before any model loads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 from .corpus import InputSpec, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
+from .hfcorpus import DatasetSpec
 
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
+DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -26,8 +30,12 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     device_map: str | None = None
     n_devices: int | None = None
+    massive_ratio: float = DEFAULT_MASSIVE_RATIO
     readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
     alphas: list[float] | None = None  # the linesearch probe's step sizes
+
+    def probe_options(self) -> dict:
+        return {name: getattr(self, name) for name in PROBE_OPTIONS}
 
     def validate(self) -> None:
         for name in ("batch_size", "max_docs", "max_tokens"):
@@ -46,6 +54,9 @@ class RunOptions:
             if not self.alphas or any(a != a or a in (float("inf"), float("-inf")) for a in self.alphas):
                 raise NormprobeError(f"--alphas must be finite numbers, e.g. 0,0.5,1,2 (got {self.alphas})")
             self.alphas = sorted(set(float(a) for a in self.alphas))
+        if not (math.isfinite(self.massive_ratio) and self.massive_ratio >= 1):
+            raise NormprobeError(f"--massive-ratio must be a finite number of at least 1, since max/median never is below 1 "
+                                 f"(got {self.massive_ratio})")
         from .adapter import parse_dtype
         from .readouts import parse_readout
 
@@ -59,47 +70,98 @@ class RunOptions:
 
 @dataclass
 class Corpus:
-    """Documents from a list of strings, a file, or the built-in sample."""
+    """Documents from a list of strings, a file, a Hugging Face dataset, or the built-in sample."""
 
     texts: Sequence[str] | None = None
     input: InputSpec | None = None
+    dataset: DatasetSpec | None = None
+    _opened: Any = field(default=None, repr=False, compare=False)
 
     @property
     def description(self) -> str:
         if self.input is not None:
             return str(self.input.path)
+        if self.dataset is not None:
+            return self.dataset.description
         return "texts" if self.texts is not None else "built-in sample (Python help topics)"
 
+    @property
+    def in_memory(self) -> bool:
+        """Texts or the sample: small enough to tokenise up front (a file or dataset streams)."""
+        return self.input is None and self.dataset is None
+
+    def opened_dataset(self):
+        """The dataset, opened once: validation, the fingerprint and the documents share it."""
+        if self._opened is None:
+            from .hfcorpus import open_dataset
+
+            self._opened = open_dataset(self.dataset)
+        return self._opened
+
     def validate(self) -> None:
+        if sum(x is not None for x in (self.texts, self.input, self.dataset)) > 1:
+            raise NormprobeError("give one corpus: texts, an input file or a dataset")
         if self.input is not None:
             validate_input(self.input)
+        elif self.dataset is not None:
+            if next(self.opened_dataset().documents(), None) is None:
+                raise NormprobeError(f"{self.dataset.description} holds no documents (every text is empty or whitespace)")
         elif self.texts is not None:
             if isinstance(self.texts, str):
                 raise NormprobeError("texts must be a list of documents, not one string")
             if not any(t.strip() for t in self.texts):
                 raise NormprobeError("no documents: every text given is empty or whitespace")
 
+    def digest(self) -> str:
+        """sha256 of what decides the documents; resume refuses a corpus whose digest changed."""
+        from .store import corpus_digest
+
+        if self.dataset is not None:
+            return self.opened_dataset().digest()
+        spec = self.input
+        return corpus_digest(list(self.texts) if self.texts is not None else None, spec.path if spec else None,
+                             *((spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")))
+
     def documents(self) -> Iterator[str]:
         if self.input is not None:
             return iter_documents(self.input)
+        if self.dataset is not None:
+            return self.opened_dataset().documents()
         if self.texts is not None:
             return (t for t in self.texts if t.strip())
         return iter(sample_documents())
 
 
-def default_batch_size(model, seq_len: int) -> int:
-    """Tokens per batch from free accelerator memory (a share of it), else a fixed CPU budget."""
+READOUT_CHUNK = 1 << 24  # logits (tokens x vocabulary) a readout holds at once: 64 MB in float32
+KEPT_VECTORS = 48  # float32 d_model-vectors per token: the forward's working set and what a streaming probe keeps
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for this run: free accelerator memory, or the host's MemAvailable."""
     import torch
 
-    budget = DEFAULT_TOKEN_BUDGET
-    if str(model.device).startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info()
-        # the updates probe holds ~4 float32 vectors per layer and token; keep to a quarter of free memory
-        per_token = 4 * 4 * model.d_model * (model.n_layers + 1) + 4 * model.d_vocab
-        budget = max(seq_len, int(free * 0.25 // per_token))
-    return max(1, min(256, budget // seq_len))
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
 
 
-def probe_kwargs(cls, values: dict) -> dict:
-    """The run options a probe class asks for (its `run_options`) from {option: value}, for its constructor."""
-    return {name: values[name] for name in getattr(cls, "run_options", ()) if values.get(name) is not None}
+def default_batch_size(model, seq_len: int, eager_attention: bool = False) -> int:
+    """Windows per batch that fit half the free memory: on the CPU at most DEFAULT_TOKEN_BUDGET tokens.
+
+    Per token: the forward's activations and what the probes keep (flat in depth: probes stream
+    layers), eager attention's scores and pattern rows (heads x window), and a fixed readout chunk
+    whatever the vocabulary. The model's logits are never materialised for more than one position.
+    """
+    per_token = 4 * model.d_model * KEPT_VECTORS + (2 * 4 * model.n_heads * seq_len if eager_attention else 0)
+    room = available_memory(str(model.device)) // 2 - 3 * 4 * READOUT_CHUNK
+    tokens = max(seq_len, room // per_token)
+    if not str(model.device).startswith("cuda"):
+        tokens = min(tokens, DEFAULT_TOKEN_BUDGET)  # more tokens per batch do not make the CPU faster
+    return max(1, min(256, tokens // seq_len))

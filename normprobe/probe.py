@@ -4,12 +4,17 @@ A probe's life in a run:
   1. `setup(model, seq_len)` once, with the `ModelAdapter`: allocate accumulators.
   2. `hook_points()` names what it reads: TransformerLens hook names such as
      "blocks.3.attn.hook_pattern", or (site, layer) pairs such as ("resid_pre", 3) that the
-     adapter resolves (sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out). The
+     adapter resolves (sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out, and
+     attn_pattern, the attention weights [batch, query head, query, key]). The
      activations handed to `reduce` and `update` are keyed by the resolved hook name,
      which `model.hook_name(site, layer)` gives.
-  3. For every batch, the runner calls `reduce(hook_name, activation, batch)` inside the hook
-     (keep this small: return only what `update` needs) and then `update(reduced, batch)`
-     once with every hook point's reduced value.
+  3. For every batch, the runner calls `begin_batch(batch)`, then `reduce(hook_name, activation,
+     batch)` inside each hook (keep this small: return only what `update` needs) and then
+     `update(reduced, batch)` once with every hook point's reduced value.
+     A probe that overrides `update_layer(layer, reduced, batch)` streams instead: it gets a
+     layer's reduced values as soon as all of its hook points in that layer have fired, and the
+     runner forgets them; `update` then gets only the hook points outside any layer. Memory
+     then stays flat in depth however much a probe keeps per layer.
   4. `merge(other)` folds in another instance's statistics (shards, ranks).
   5. `result()` turns the statistics into named tidy DataFrames; `findings(tables)` into a
      JSON-able dict of headline numbers, computed from the tables alone.
@@ -32,8 +37,6 @@ class Probe:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    # Run options this probe takes as keyword arguments, e.g. ("readout",): the runner passes them on.
-    run_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, layers: list[int] | None = None, **options: Any):
         self.layers = layers
@@ -49,6 +52,17 @@ class Probe:
     def reduce(self, hook_name: str, activation: "torch.Tensor", batch: "Batch") -> Any:
         """Reduce an activation where it stands (inside the hook). The default keeps it whole."""
         return activation.detach()
+
+    def begin_batch(self, batch: "Batch") -> None:
+        """Called before each batch's forward pass (optional)."""
+
+    def update_layer(self, layer: int, activations: dict[str, Any], batch: "Batch") -> None:
+        """Accumulate one layer's reduced activations, inside the forward pass (optional: see the module doc)."""
+        raise NotImplementedError
+
+    @property
+    def streams_layers(self) -> bool:
+        return type(self).update_layer is not Probe.update_layer
 
     def update(self, activations: dict[str, Any], batch: "Batch") -> None:
         """Accumulate statistics from one batch's reduced activations."""

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .errors import NormprobeError
 from .jsonio import read_json
+from .notebook import FigureViews
 
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
@@ -48,16 +49,29 @@ def check_output_dir(path: Path, overwrite: bool = False) -> None:
         raise NormprobeError(f"output path {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise NormprobeError(f"output folder {path} exists and is not empty; pass --overwrite or choose another --out")
-    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise NormprobeError(f"output folder {path} cannot be written ({probe} is a file, not a folder)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise NormprobeError(f"output folder {path} cannot be written (no write permission on {probe})")
+    nearest = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not nearest.is_dir():
+        raise NormprobeError(f"output folder {path} cannot be written ({nearest} is a file, not a folder)")
+    _try_writing_in(nearest, path)
 
 
-@dataclass
-class RunResult:
-    """What one run measured. `tables` are tidy DataFrames; `findings` maps a probe name to its headline numbers."""
+def _try_writing_in(folder: Path, target: Path) -> None:
+    """Create and remove a scratch folder: permission bits lie to root and on /proc-like file systems."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".normprobe-check-", dir=folder))
+    except OSError as exc:
+        raise NormprobeError(f"output folder {target} cannot be written in {folder}: "
+                             f"{exc.strerror or type(exc).__name__}") from None
+
+
+@dataclass(repr=False)
+class RunResult(FigureViews):
+    """What one run measured. `tables` are tidy DataFrames; `findings` maps a probe name to its headline numbers.
+
+    In a notebook it shows a compact summary; `figures()` and `show()` give the report's figures.
+    """
 
     tables: dict[str, pd.DataFrame]
     findings: dict[str, dict[str, Any]]
@@ -66,6 +80,26 @@ class RunResult:
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"RunResult(model={m.get('model')!r}, status={m.get('status', 'complete')!r}, "
+                f"tokens={m.get('n_tokens')}, probes={m.get('probes', list(self.findings))}, tables={sorted(self.tables)})")
+
+    def _repr_html_(self) -> str:
+        from .notebook import esc, run_line, table_html
+        from .report import finding_rows
+
+        reason = self.meta.get("status_reason")
+        note = f"<br><small>{esc(reason)}</small>" if reason and self.meta.get("status") != "complete" else ""
+        return (f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}"
+                f"{table_html(('probe', 'finding', 'value'), finding_rows(self))}"
+                "<small>.figures() gives the report's figures, .show() draws them, .tables holds the data.</small></div>")
+
+    def _sections(self) -> list:
+        from .report import sections_for
+
+        return sections_for(self)
 
     def save(self, out: str | Path, overwrite: bool = False, report: bool = True,
              plotlyjs: str = "inline") -> Path:

@@ -1,17 +1,20 @@
 """The loop: documents -> windows -> batches -> one hooked forward pass -> every probe's statistics."""
 from __future__ import annotations
 
+import inspect
 import platform
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .corpus import InputSpec
+from .attention import reads_patterns
+from .console import warn
 from .errors import NormprobeError
+from .hfcorpus import DatasetSpec
 from .hooked import HookedPass, ProbeFailed
-from .options import DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size, probe_kwargs
+from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
 from .registry import resolve_probes
 
 __all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
@@ -27,13 +30,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "unknown"
     return found
-
-
-def _progress(total: int | None, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, desc="probing")
 
 
 CHECKPOINT_SECONDS = 300.0  # default: a checkpoint at most every five minutes
@@ -67,26 +63,21 @@ class Runner:
         return self._request
 
     def _make_request(self) -> dict[str, Any]:
-        from .adapter import resolve_source
-        from .store import corpus_digest
+        from .adapter import ModelSource, resolve_source
 
-        opts, spec = self.options, self.corpus.input
-        from .adapter import ModelSource
-
+        opts = self.options
         if isinstance(self.model, ModelSource):
             source = self.model
         else:
             source = resolve_source(self.model) if isinstance(self.model, str) else self.model.source
-        digest = corpus_digest(list(self.corpus.texts) if self.corpus.texts is not None else None,
-                               spec.path if spec else None, *(
-                                   (spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")))
+        digest = self.corpus.digest()
         return {"model": source.name, "resolved_model": source.location, "revision": source.revision,
                 "checkpoint_value": source.checkpoint_value,
                 "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
                 "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
-                **readout_request(opts)}
+                "massive_ratio": opts.massive_ratio, **readout_request(opts)}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -95,10 +86,14 @@ class Runner:
             if bad:
                 raise NormprobeError(f"invalid layer index {bad[0]}: {model.source.name} has layers 0..{model.n_layers - 1}")
         seq_len = min(opts.seq_len or DEFAULT_SEQ_LEN, model.n_ctx)
+        if opts.seq_len is not None and opts.seq_len > model.n_ctx:
+            warn(f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
+                 f"using {model.n_ctx}")
         from .readouts import make_readout
 
         make_readout(model, opts.readout)  # a lens for another model fails here, in one line
-        probes = [cls(layers=opts.layers, **probe_kwargs(cls, asdict(opts))) for cls in self.probe_classes]
+        probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
+        hooks = []
         for probe in probes:
             probe.setup(model, seq_len)
             for point in probe.hook_points():
@@ -106,6 +101,8 @@ class Runner:
                 if not model.has_hook(hook):
                     raise NormprobeError(f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
                                          f"({model.family.name}) does not have")
+                hooks.append(hook)
+        self.attention = model.select_attention(reads_patterns(hooks))
         return probes, seq_len
 
     def _base_meta(self, model, probes, seq_len: int, batch_size: int, bos: int | None) -> dict[str, Any]:
@@ -118,6 +115,8 @@ class Runner:
             **{("model_n_ctx" if k == "n_ctx" else k): v for k, v in model.facts().items()},
             "dtype": model.dtype,
             "device": str(model.device),
+            "attention": self.attention[0],
+            "attention_reason": self.attention[1],
             "probes": [p.name for p in probes],
             "corpus": self.corpus.description,
             "seq_len": seq_len,
@@ -143,22 +142,35 @@ class Runner:
 
         from .adapter import ModelAdapter, ModelSource, load_model
         from .batching import iter_batches, iter_windows
+        from .console import progress_bar, say
         from .distributed import local_device, make_sync
         from .interrupt import RunInterrupted, StopRequests
 
         started = time.time()
         opts = self.options
         sync = make_sync()
+        talk = progress and sync.rank == 0
         model = self.model
-        if isinstance(model, ModelSource):
-            model = ModelAdapter.from_source(model, device=local_device(opts.device), dtype=opts.dtype,
-                                             device_map=opts.device_map, n_devices=opts.n_devices)
-        elif not isinstance(model, ModelAdapter):
-            model = load_model(str(model), device=local_device(opts.device), dtype=opts.dtype,
-                               device_map=opts.device_map, n_devices=opts.n_devices)
+        if not isinstance(model, ModelAdapter):
+            name = model.name if isinstance(model, ModelSource) else str(model)
+            if talk:
+                from .adapter import pick_device, resolve_source
+                from .console import model_line
+
+                source = model if isinstance(model, ModelSource) else resolve_source(name)
+                say(model_line(source, opts.dtype, pick_device(local_device(opts.device))))
+            load_started = time.time()
+            if isinstance(model, ModelSource):
+                model = ModelAdapter.from_source(model, device=local_device(opts.device), dtype=opts.dtype,
+                                                 device_map=opts.device_map, n_devices=opts.n_devices)
+            else:
+                model = load_model(name, device=local_device(opts.device), dtype=opts.dtype,
+                                   device_map=opts.device_map, n_devices=opts.n_devices)
+            say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
+                f"on {model.device}", talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
-        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len)
+        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len, self.attention[0] == "eager")
         bos = model.bos_token_id if opts.prepend_bos else None
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
         if sync.size > 1:
@@ -178,7 +190,7 @@ class Runner:
         windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
                                          opts.max_docs, opts.max_tokens, slice_of=part)
         total = opts.max_tokens
-        if self.corpus.input is None and sync.size == 1:  # in memory: tokenise up front so the bar has a total
+        if self.corpus.in_memory and sync.size == 1:  # in memory: tokenise up front so the bar has a total
             windows = list(windows)
             total = sum(len(w.tokens) for w in windows)
 
@@ -187,7 +199,7 @@ class Runner:
                 folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes}, "progress": dict(done)})
 
         hooked = HookedPass(model, probes)
-        bar = _progress(total, progress and sync.rank == 0)
+        bar = progress_bar(total, talk)
         bar.update(done["tokens"])
         last_save = time.time()
         batches = iter(iter_batches(windows, batch_size, model.pad_token_id, model.device))
@@ -226,7 +238,9 @@ class Runner:
                         reason = f"stopped by {stops.requested} after {done['tokens']} tokens; resume with --resume"
                         if folder is not None:
                             folder.mark(meta, "interrupted", reason)
-                        raise RunInterrupted(f"{reason}" + (f" {folder.path}" if folder is not None else ""))
+                        raise RunInterrupted(f"stopped by {stops.requested} after {done['tokens']:,} tokens"
+                                             + ("; checkpoint saved" if folder is not None else ""),
+                                             folder.path if folder is not None else None)
         except ProbeFailed as failure:
             reason = f"probe {failure.probe!r} raised {type(failure.error).__name__}: {failure.error}"
             if folder is not None:
@@ -260,7 +274,7 @@ class Runner:
             if sync.rank != 0:
                 return None
             for other in states[1:]:
-                merge_state(model, probes, other, seq_len, self.options.layers, asdict(self.options))
+                merge_state(model, probes, other, seq_len, self.options.layers)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
         result = self._result(probes, meta, done, seconds)
@@ -298,32 +312,41 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
             "alphas": opts.alphas}
 
 
-def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None,
-                options: dict[str, Any] | None = None) -> None:
-    """Merge saved probe statistics (another rank's or shard's) into `probes`; `options` as in probe_kwargs."""
+def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
+    """An instance of a probe class, given those of the run's probe options its constructor accepts."""
+    params = inspect.signature(cls).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        options = {k: v for k, v in options.items() if k in {p.name for p in params}}
+    return cls(layers=layers, **options)
+
+
+def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None) -> None:
+    """Merge saved probe statistics (another rank's or shard's) into `probes`."""
     for probe in probes:
-        other = type(probe)(layers=layers, **probe_kwargs(type(probe), options or {}))
+        other = make_probe(type(probe), layers, getattr(probe, "options", {}))
         other.setup(model, seq_len)
         other.load_state_dict(state[probe.name])
         probe.merge(other)
 
 
 def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,
-                input: str | Path | None = None, text_field: str = "text", encoding: str = "utf-8",
+                input: str | Path | None = None, dataset: str | None = None, dataset_config: str | None = None,
+                split: str = "train", text_field: str = "text", encoding: str = "utf-8",
                 errors: str = "strict", batch_size: int | None = None, seq_len: int | None = None,
                 max_docs: int | None = None, max_tokens: int | None = None, prepend_bos: bool = True,
                 layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
-                checkpoint_value: int | None = None, readout: str = "logit",
-                alphas: list[float] | None = None) -> Runner:
+                checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
+                readout: str = "logit", alphas: list[float] | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
-    if texts is not None and input is not None:
-        raise NormprobeError("give texts or an input file, not both")
+    if sum(x is not None for x in (texts, input, dataset)) > 1:
+        raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
+    data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, readout, alphas)
-    runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec), list(probes), options)
+                         device_map, n_devices, massive_ratio, readout, alphas)
+    runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
         from .adapter import config_n_layers, resolve_source, validate_source
@@ -347,8 +370,10 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     """Run probes over a corpus and return a `RunResult`.
 
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
-    The corpus is `texts` (one document each), an `input` file, or else the built-in sample.
-    Options: input, text_field, encoding, errors, batch_size, seq_len, max_docs, max_tokens,
-    prepend_bos, layers, device, dtype, shard=(i, n), readout ("logit" or "tuned:DIR"), alphas.
+    The corpus is `texts` (one document each), an `input` file, a Hugging Face `dataset` (a Hub name, a
+    `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
+    built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
+    seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
+    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

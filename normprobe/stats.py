@@ -74,6 +74,10 @@ class GroupedMoments:
             self.minimum = torch.minimum(self.minimum, other.minimum.to(self.minimum.device))
             self.maximum = torch.maximum(self.maximum, other.maximum.to(self.maximum.device))
 
+    def counts(self) -> torch.Tensor:
+        """How many finite values each group holds, as integers (kept as float64 for the merge arithmetic)."""
+        return self.count.round().to(torch.int64)
+
     def mean(self) -> torch.Tensor:
         return self.total / self.count.clamp(min=1)
 

@@ -62,7 +62,7 @@ class AttentionEntropyProbe(Probe):
             "layer": np.array(self.layers)[index // (self.n_heads * self.seq_len)],
             "head": (index // self.seq_len) % self.n_heads,
             "position": index % self.seq_len,
-            "count": self.entropy.count.cpu().numpy().astype(np.int64),
+            "count": self.entropy.counts().cpu().numpy(),
             "entropy_mean": self.entropy.mean().cpu().numpy(),
             "entropy_std": self.entropy.std().cpu().numpy(),
         })

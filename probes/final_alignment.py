@@ -53,7 +53,7 @@ class FinalAlignmentProbe(Probe):
         frame = pd.DataFrame({
             "layer": index // self.seq_len,
             "position": index % self.seq_len,
-            "count": self.cosine.count.cpu().numpy().astype(np.int64),
+            "count": self.cosine.counts().cpu().numpy(),
             "cos_final_mean": self.cosine.mean().cpu().numpy(),
             "cos_final_std": self.cosine.std().cpu().numpy(),
         })

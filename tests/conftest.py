@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 VOCAB = 384
+# benchmarks/gpu_check.sh runs the device-relevant tests with the test models on cuda
+TEST_DEVICE = os.environ.get("NORMPROBE_TEST_DEVICE", "cpu")
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
     "Assignment statements are used to bind names to values.",
@@ -124,7 +126,7 @@ def family_adapter(family_dir):
     def get(name, dtype="float32"):
         key = (name, dtype)
         if key not in loaded:
-            loaded[key] = load_model(str(family_dir(name)), device="cpu", dtype=dtype)
+            loaded[key] = load_model(str(family_dir(name)), device=TEST_DEVICE, dtype=dtype)
         return loaded[key]
 
     return get
@@ -134,7 +136,7 @@ def family_adapter(family_dir):
 def demo_adapter():
     from normprobe import load_model
 
-    return load_model("demo", device="cpu")
+    return load_model("demo", device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -143,9 +145,10 @@ def hf_model():
 
     loaded = {}
 
-    def get(path):
-        if str(path) not in loaded:
-            loaded[str(path)] = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-        return loaded[str(path)]
+    def get(path, attention="eager"):
+        key = (str(path), attention)
+        if key not in loaded:
+            loaded[key] = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention).eval()
+        return loaded[key]
 
     return get

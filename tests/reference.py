@@ -3,7 +3,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import torch
+
+# float32 results reached along different paths (thread counts, batch shapes, processes) differ in their
+# last bits: about 1e-7 of a value per operation, a few times that after a reduction.
+FLOAT32_REL = 1e-6
+
+
+def assert_float32_close(got, want, rel: float = FLOAT32_REL, what: str = "") -> None:
+    """Equal to float32 rounding: relative `rel` of each value, with an absolute floor of `rel` times the
+    largest magnitude among the values, so an entry near 0 (a mean cosine) is judged on its column's scale."""
+    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    finite = want[np.isfinite(want)]
+    floor = rel * float(np.abs(finite).max()) if finite.size else 0.0
+    np.testing.assert_allclose(got, want, rtol=rel, atol=floor, equal_nan=True, err_msg=what)
 
 
 def token_ids(tokenizer, doc: str, prepend_bos: bool = True) -> list[int]:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 import normprobe
-from normprobe.api import compare
+from normprobe.api import compare_to_folder
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -90,12 +90,12 @@ def test_corpus_markup_shows_as_text_and_runs_nothing(browser, payload_run, tmp_
 def test_comparison_shows_every_run(browser, demo_adapter, payload_run, tmp_path):
     other = tmp_path / "bf16"
     normprobe.run("demo", texts=PAYLOADS, probes=["norms", "updates"], dtype="bfloat16", progress=False).save(other)
-    page_path = compare([payload_run, other], tmp_path / "cmp", labels=["float32 <b>run</b>", "bfloat16"])
+    page_path = compare_to_folder([payload_run, other], tmp_path / "cmp", labels=["float32 <b>run</b>", "bfloat16"])
     page, problems = open_page(browser, page_path, tmp_path)
     total, ok = rendered(page)
-    assert total == 4 and ok == 4
+    assert total == 5 and ok == 5  # four overlays and the difference view
     legends = page.evaluate("Array.from(document.querySelectorAll('.legendtext')).map(t => t.textContent)")
-    assert legends.count("float32 <b>run</b>") == 4 and legends.count("bfloat16") == 4
+    assert legends.count("float32 <b>run</b>") == 4 and legends.count("bfloat16") == 5
     header = page.evaluate("document.querySelector('table th:nth-child(2)').textContent")
     assert header == "float32 <b>run</b>"
     assert problems == []
@@ -112,3 +112,6 @@ def test_static_svg_export(payload_run, capsys):
     images = sorted((payload_run / "figures").glob("*.svg"))
     assert len(images) == 9
     assert all(p.read_text().lstrip().startswith("<svg") for p in images)
+    # the report's linear/log buttons and layer menus stay out of the images (the page has them)
+    assert "y: log" in (payload_run / "report.html").read_text()
+    assert not any("y: log" in p.read_text() or "updatemenu" in p.read_text() for p in images)

@@ -1,12 +1,16 @@
 """The CLI end to end on the demo model, and every bad input: one line, non-zero exit, nothing written."""
 from __future__ import annotations
 
+import io
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from normprobe.cli import main
+import normprobe
+from normprobe.cli import main, resume_command
+from normprobe.console import LogProgress
 
 
 def invoke(argv, capsys):
@@ -36,6 +40,7 @@ def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
     code, stdout, err = invoke(["run", "demo", "--probe", "norms", "--probe", "updates", "--max-docs", "12",
                                 "--out", str(out), "--no-progress"], capsys)
     assert code == 0, err
+    assert err == "" and stdout == f"wrote {out}/ (report: {out / 'report.html'})\n"  # --no-progress: quiet
     names = {p.name for p in out.iterdir()}
     assert names == {"run.json", "report.html", "norms.parquet", "norms_by_token.parquet", "updates.parquet",
                      "updates_by_position.parquet", "updates_hist.parquet"}
@@ -54,6 +59,14 @@ def test_probes_and_models_list(capsys):
     assert code == 0 and "norms" in out and "updates" in out and "built-in" in out
     code, out, _ = invoke(["models"], capsys)
     assert code == 0 and "gpt2-small" in out and "GPT-NeoX" in out and "Gemma" in out
+    from normprobe.families import REFUSED, model_type_rows
+
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    for row in model_type_rows():  # every supported type with the facts the model-type tests check
+        line = lines[row["model_type"]]
+        assert all(value in line for value in row.values()), line
+    for model_type, reason in REFUSED.items():
+        assert reason in lines[model_type]
 
 
 def _bad_folders(tmp_path):
@@ -70,7 +83,7 @@ def _bad_folders(tmp_path):
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage" * 100)
     bloom = tmp_path / "bloom"
     bloom.mkdir()
-    (bloom / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    (bloom / "config.json").write_text(json.dumps({"model_type": "mamba"}))  # a refused type
     (bloom / "model.safetensors").write_bytes(b"x")
     return no_weights, corrupt, bloom
 
@@ -129,7 +142,7 @@ def test_bad_input_one_line_error(extra, message, inputs, capsys):
 @pytest.mark.parametrize("which, message", [
     ("no-weights", "has no weights"),
     ("corrupt", "looks corrupt"),
-    ("bloom", "architecture 'bloom' is not supported; supported families: GPT-2"),
+    ("bloom", "architecture 'mamba' is not supported: state-space model (no attention blocks)"),
     ("hub", "is not a local folder and is not in the Hugging Face cache"),
 ])
 def test_bad_models(which, message, tmp_path, capsys, monkeypatch):
@@ -151,6 +164,67 @@ def test_unwritable_output(tmp_path, capsys):
     assert code == 1 and "cannot be written" in err and len(err.strip().splitlines()) == 1
 
 
+def test_version(capsys):
+    code, out, err = invoke(["--version"], capsys)
+    assert code == 0 and out.strip() == f"normprobe {normprobe.__version__}", err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_output_where_nothing_can_be_created_fails_before_loading(capsys, monkeypatch):
+    # root passes every permission check, but /proc takes no new folders
+    import normprobe.adapter as adapter
+
+    monkeypatch.setattr(adapter.ModelAdapter, "from_source", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    started = time.time()
+    code, _, err = invoke(["run", "demo", "--out", "/proc/normprobe-out", "--no-progress"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "output folder /proc/normprobe-out cannot be written" in err
+    assert time.time() - started < 5  # typically ~0.1 s in process
+
+
+def test_console_announces_loading_warns_once_and_logs_progress_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = invoke(["run", "demo", "--seq-len", "4096", "--max-docs", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert err.count("warning: --seq-len 4096 is longer than demo's context of 128 tokens; using 128") == 1
+    assert "normprobe: loading demo (GPT-2, 1.07M parameters): float32 on cpu" in err
+    assert "normprobe: loaded demo in " in err and ": 4 layers, d_model 128, on cpu" in err
+    assert err.count("probing: ") == 1  # stderr is no terminal here: one plain final line
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["seq_len"] == 128
+    import math
+
+    from safetensors import safe_open
+
+    from normprobe.adapter import pick_device
+
+    with safe_open(Path(normprobe.__file__).parent / "demo" / "model.safetensors", "pt") as weights:
+        n_params = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+    assert err.splitlines()[0] == (f"normprobe: loading demo (GPT-2, {n_params / 1e6:.2f}M parameters): "
+                                   f"float32 on {pick_device('auto')} ...")
+    summary = err.splitlines()[err.splitlines().index(next(l for l in err.splitlines() if l.startswith("probing: "))) + 1:]
+    growth = meta["findings"]["norms"]["growth"]["geometric"]
+    assert summary == [f"normprobe: norms: norm grows ×{growth:.4g} per layer (h_0..h_L, geometric mean); position 0 "
+                       f"reaches {meta['findings']['norms']['position0_ratio_max']:.3g}× the median of later positions"]
+
+
+def test_log_progress_prints_the_last_line_once():
+    stream = io.StringIO()
+    bar = LogProgress(100, stream, every=0.0)
+    bar.update(40)
+    bar.update(60)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("probing: 40 tokens of 100 (40%)")
+    assert lines[1].startswith("probing: 100 tokens of 100 (100%)")
+
+
+def test_resume_command_swaps_out_for_resume():
+    argv = ["run", "demo", "--probe", "norms", "--out", "runs/a b", "--overwrite", "--max-docs", "3"]
+    assert resume_command(argv, Path("ignored")) == "normprobe run demo --probe norms --max-docs 3 --resume 'runs/a b'"
+    assert resume_command(["run", "demo"], Path("reports/demo-1")) == "normprobe run demo --resume reports/demo-1"
+
+
 def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir):
     out = tmp_path / "both"
     code, stdout, err = invoke(["run", "demo", str(family_dir("llama")), "--probe", "norms", "--probe", "updates",
@@ -161,7 +235,9 @@ def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir)
     for run in runs:
         assert json.loads((out / run / "run.json").read_text())["status"] == "complete"
     page = (out / "report.html").read_text()
-    assert "normprobe comparison: 1: demo vs 2: " in page and page.count("Plotly.newPlot") == 4
+    assert "normprobe comparison: 1: demo vs 2: " in page and page.count("Plotly.newPlot") == 5
+    # a 3-layer model is not subtracted layer by layer from the 4-layer demo
+    assert "Left out, being of another depth than the first run: 2: " in page
     code, _, err = invoke(["compare", str(out / runs[0]), "--out", str(tmp_path / "c")], capsys)
     assert code == 1 and "at least two run folders" in err
 
@@ -187,3 +263,10 @@ def test_hub_name_without_network_fails_fast(tmp_path, capsys, monkeypatch):
     code, _, err = invoke(["run", "gpt2-small", "--out", str(tmp_path / "out"), "--no-progress"], capsys)
     assert code == 1 and time.time() - started < 10
     assert err.strip().splitlines() == [err.strip()] and "HF_HOME" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_parameter_count_is_the_checkpoints(demo_adapter, hf_model):
+    from normprobe.adapter import DEMO_DIR
+
+    # the bridge holds split q/k/v copies beside GPT-2's fused qkv; they are not the model's parameters
+    assert demo_adapter.n_params == sum(p.numel() for p in hf_model(DEMO_DIR).parameters()) == 1_071_872

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -47,10 +48,15 @@ def test_signal_then_resume_equals_uninterrupted(sig, tmp_path, uninterrupted):
     assert proc.returncode == 130, err
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "interrupted" and signal.Signals(sig).name in meta["status_reason"]
-    assert err.strip().splitlines()[-1].startswith("normprobe: error: stopped by")
+    *_, said, advice = err.strip().splitlines()
+    assert said.startswith(f"normprobe: interrupted: stopped by {signal.Signals(sig).name} after "), err
+    assert advice.startswith("normprobe: to continue: normprobe run demo "), err
     assert not (out / "report.html").exists()
 
-    resumed = subprocess.run(RUN + ["--resume", str(out)], capture_output=True, text=True)
+    # the advised command, as printed, continues the run
+    command = shlex.split(advice.removeprefix("normprobe: to continue: "))
+    assert command[-2:] == ["--resume", str(out)] and "--out" not in command
+    resumed = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["resumed"] == 1

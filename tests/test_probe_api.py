@@ -60,6 +60,15 @@ def test_final_alignment_matches_hidden_states(demo_adapter):
         assert table.loc[key, "cos_final_mean"] == pytest.approx(total / counts[key], abs=1e-5)
 
 
+def test_report_without_figures_carries_no_plotly(demo_adapter, tmp_path):
+    result = normprobe.run(demo_adapter, texts=DOCS, probes=[ALIGNMENT], progress=False)  # it has no figures()
+    html = result.to_html(tmp_path / "page.html").read_text()
+    assert "final_alignment" in html and "Plotly.newPlot" not in html
+    assert len(html) < 200_000  # plotly.js alone is ~4.7 MB
+    with_figures = normprobe.run(demo_adapter, texts=DOCS, probes=[ENTROPY], progress=False)
+    assert len(with_figures.to_html(tmp_path / "figures.html").read_text()) > 3_000_000
+
+
 def test_custom_probe_from_cli_with_report(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
@@ -151,4 +160,5 @@ def test_readme_probe_example_runs(demo_adapter, tmp_path):
     table = result["final_alignment"]
     reference = normprobe.run(demo_adapter, texts=DOCS, probes=[ALIGNMENT], progress=False)["final_alignment"]
     assert list(table["count"]) == list(reference["count"])
+    assert table["count"].dtype.kind == "i" and reference["count"].dtype.kind == "i"  # counts are integers
     assert table["cos_mean"].to_numpy() == pytest.approx(reference["cos_final_mean"].to_numpy(), abs=1e-6)

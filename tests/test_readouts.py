@@ -155,11 +155,13 @@ def test_updates_with_tuned_readout_records_it(demo_adapter, random_lens, hf_mod
 
 
 def test_resume_compares_the_readout():
-    from normprobe.store import check_same_run
+    from normprobe.store import FINGERPRINT_DEFAULTS, check_same_run
 
     saved_before_readouts = {"model": "demo"}
-    check_same_run(saved_before_readouts, {"model": "demo", "readout": "logit", "readout_params_sha256": None, "alphas": None})
+    now = {**FINGERPRINT_DEFAULTS, "model": "demo", "readout": "logit", "readout_params_sha256": None, "alphas": None}
+    check_same_run(saved_before_readouts, now)
     with pytest.raises(NormprobeError, match="cannot resume: readout differs"):
-        check_same_run(saved_before_readouts, {"model": "demo", "readout": "tuned:/x", "readout_params_sha256": "ab"})
+        check_same_run(saved_before_readouts, {**now, "readout": "tuned:/x", "readout_params_sha256": "ab"})
     with pytest.raises(NormprobeError, match="readout_params_sha256 differs"):
-        check_same_run({"readout": "tuned:/x", "readout_params_sha256": "ab"}, {"readout": "tuned:/x", "readout_params_sha256": "cd"})
+        check_same_run({**now, "readout": "tuned:/x", "readout_params_sha256": "ab"},
+                       {**now, "readout": "tuned:/x", "readout_params_sha256": "cd"})

@@ -103,3 +103,23 @@ def test_large_model_report_stays_small(tmp_path):
     assert size < 15 * 1024 * 1024, size
     small = result.to_html(tmp_path / "cdn.html", plotlyjs="cdn").stat().st_size
     assert small < size - 4 * 1024 * 1024
+
+
+def test_axes_fit_their_values(result):
+    from normprobe.report.compare import _descent, _norm_growth
+    from normprobe.report.norms import norm_by_frequency
+    from normprobe.report.updates import COMPONENT_COLOURS, alignment_histogram
+
+    frequency = norm_by_frequency(result["norms_by_token"])
+    assert frequency.layout.xaxis.type == "log" and frequency.layout.xaxis.range[0] == 0  # counts start at 1
+    histogram = alignment_histogram(result["updates_hist"])
+    assert {t.name for t in histogram.data} == {"attn", "mlp", "block"}
+    for trace in histogram.data:  # outlines in the legend's own colours, nothing blended
+        assert trace.type == "scatter" and trace.line.color == COMPONENT_COLOURS[trace.name] and trace.opacity is None
+
+    def log_buttons(fig):
+        return [b.label for menu in fig.layout.updatemenus for b in menu.buttons if b.label == "y: log"]
+
+    runs = [("a", result), ("b", result)]
+    assert log_buttons(_norm_growth(runs)) == ["y: log"]
+    assert log_buttons(_descent(runs)) == []  # cosines can be negative

@@ -11,6 +11,8 @@ import pytest
 
 from normprobe.cli import main
 
+from .reference import assert_float32_close
+
 ARGS = ["demo", "--probe", "norms", "--probe", "updates", "--max-docs", "24", "--batch-size", "4", "--no-progress"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "normprobe", "run"]
 
@@ -38,7 +40,8 @@ def assert_same_run(got, want):
             if column == "count" or a[column].dtype.kind in "iuOT":
                 assert (a[column].to_numpy() == b[column].to_numpy()).all(), (path.name, column)
             else:
-                np.testing.assert_allclose(b[column], a[column], rtol=1e-6, atol=1e-12, err_msg=f"{path.name}:{column}")
+                # ranks run fewer threads than the single process, so float32 sums take another order
+                assert_float32_close(b[column], a[column], what=f"{path.name}:{column}")
     meta_a, meta_b = json.loads((want / "run.json").read_text()), json.loads((got / "run.json").read_text())
     for key in ("n_tokens", "n_windows", "n_docs"):
         assert meta_a[key] == meta_b[key], key

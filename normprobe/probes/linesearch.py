@@ -24,11 +24,10 @@ NEAR_ONE = 0.25  # |α* - 1| within this counts as "the step the model takes is 
 class LineSearchProbe(Probe):
     name = "linesearch"
     description = "lens loss along h_l + αΔ for a grid of α per layer and component; the best step α* and whether it is near 1"
-    run_options = ("readout", "alphas")
 
     def __init__(self, layers: list[int] | None = None, alphas: list[float] | None = None, readout: str = "logit",
                  vocab_chunk: int = 1 << 24, **options: Any):
-        super().__init__(layers, **options)
+        super().__init__(layers, readout=readout, alphas=alphas, **options)
         self.alphas = sorted(set(float(a) for a in (alphas if alphas is not None else DEFAULT_ALPHAS)))
         self.readout_spec = readout
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once

@@ -46,11 +46,9 @@ class UpdatesProbe(Probe):
     name = "updates"
     description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
 
-    run_options = ("readout",)
-
     def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, readout: str = "logit",
                  **options: Any):
-        super().__init__(layers, **options)
+        super().__init__(layers, readout=readout, **options)
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
         self.readout_spec = readout
 

@@ -23,12 +23,14 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
 def renderer_for(probe_name: str, spec: str | None = None) -> Renderer:
     if not _RENDERERS:
         from .linesearch import render_line_search
+        from .massive import render_massive
         from .norms import render_norms
         from .updates import render_updates
 
         _RENDERERS.setdefault("norms", render_norms)
         _RENDERERS.setdefault("updates", render_updates)
         _RENDERERS.setdefault("linesearch", render_line_search)
+        _RENDERERS.setdefault("massive", render_massive)
     return _RENDERERS.get(probe_name) or _generic_section(probe_name, spec)
 
 
@@ -51,8 +53,42 @@ def sections_for(result: Any) -> list[Section]:
     return sections
 
 
+def finding_rows(result: Any) -> list[tuple[str, str, str]]:
+    """(probe, finding, value) rows as the report's findings tables show them, without drawing a figure."""
+    from .generic import generic_findings_rows
+    from .massive import massive_findings_rows
+    from .norms import norms_findings_rows
+    from .updates import updates_findings_rows
+
+    known = {"norms": norms_findings_rows, "updates": updates_findings_rows, "massive": massive_findings_rows}
+    rows = []
+    for probe_name in result.meta.get("probes", list(result.findings)):
+        make_rows = known.get(probe_name, generic_findings_rows)
+        rows.extend((probe_name, k, v) for k, v in make_rows(result.findings.get(probe_name, {})))
+    return rows
+
+
+def figures_by_title(sections: list[Section]) -> dict[str, Any]:
+    """Every figure of the sections, keyed by its title as shown (a repeated title gets " (2)", " (3)")."""
+    import html
+
+    out: dict[str, Any] = {}
+    for section in sections:
+        for block in section.blocks:
+            if block.figure is None:
+                continue
+            title = html.unescape(block.figure.layout.title.text or section.title)
+            key, n = title, 1
+            while key in out:
+                n += 1
+                key = f"{title} ({n})"
+            out[key] = block.figure
+    return out
+
+
 def render_report(result: Any, plotlyjs: str = "inline") -> str:
     return render_page(result.meta, sections_for(result), plotlyjs=plotlyjs)
 
 
-__all__ = ["Block", "Section", "register_renderer", "render_report", "renderer_for"]
+__all__ = ["Block", "Section", "figures_by_title", "finding_rows", "register_renderer", "render_report", "renderer_for",
+           "sections_for"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
-from .common import Block, Section, empty_figure, esc, figure, log_toggle
+from .common import TEMPLATE, Block, Section, empty_figure, esc, figure, integer_axis, log_toggle
 from .curves import descent_curve, lens_loss_curve, position0_curve, residual_norm_curve
+from .headline import headline_numbers
 from .norms import norms_findings_rows
 from .page import metadata_rows, render_page
 from .linesearch import line_search_findings_rows
@@ -16,20 +18,24 @@ from .updates import updates_findings_rows
 FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows, "linesearch": line_search_findings_rows}
 
 
-def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray]) -> None:
+def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray], log_y: bool) -> None:
     """Buttons switching every trace between relative depth (layer / n_layers) and layer index."""
-    fig.update_layout(updatemenus=[
+    menus = [
         dict(type="buttons", direction="right", x=0.72, y=1.02, xanchor="right", yanchor="bottom", showactive=True,
              buttons=[dict(label="relative depth", method="update",
                            args=[{"x": [list(map(float, x)) for x in relative_x]}, {"xaxis.title.text": "layer / n_layers"}]),
                       dict(label="layer index", method="update",
                            args=[{"x": [list(map(float, x)) for x in layer_x]}, {"xaxis.title.text": "layer"}])]),
-        log_toggle("yaxis"),
-    ])
+    ]
+    if log_y:
+        menus.append(log_toggle("yaxis"))
+    fig.update_layout(updatemenus=menus)
 
 
-def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.ndarray, int]], reason: str) -> go.Figure:
-    """series: (label, layers, values, n_layers) per run; x starts as relative depth."""
+def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.ndarray, int]], reason: str,
+             log_y: bool = True) -> go.Figure:
+    """series: (label, layers, values, n_layers) per run; x starts as relative depth. `log_y`: a quantity that
+    is positive by nature (norms, ratios, losses) gets a log-axis button; a cosine does not."""
     series = [s for s in series if len(s[1])]
     if not series:
         return empty_figure(title, reason)
@@ -42,7 +48,7 @@ def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.nd
         fig.add_trace(go.Scatter(x=relative, y=values, mode="lines+markers", name=esc(label),
                                  customdata=np.asarray(layers),
                                  hovertemplate=f"{esc(label)}<br>layer %{{customdata}}<br>%{{y:.4g}}<extra></extra>"))
-    _depth_toggle(fig, layer_x, relative_x)
+    _depth_toggle(fig, layer_x, relative_x, log_y)
     return fig
 
 
@@ -73,22 +79,102 @@ def _lens_loss(runs) -> go.Figure:
 def _descent(runs) -> go.Figure:
     series = _series(runs, descent_curve)
     fig = _overlay("Descent alignment of the block update, cos(Δ, -dCE/dh)", "mean cosine", series,
-                   "no run has the updates probe")
+                   "no run has the updates probe", log_y=False)
     if series:
         fig.add_hline(y=0, line=dict(color="#888", width=1))
     return fig
 
 
-def _side_by_side(runs) -> str:
-    rows: dict[str, list[str]] = {}
+DIFFERENCE_CURVES = (("mean norm of h_l", residual_norm_curve), ("lens loss (nats)", lens_loss_curve),
+                     ("descent cosine of the block update", descent_curve))
+
+
+def difference_table(runs) -> pd.DataFrame:
+    """Each run minus the first, per layer, for norm growth, lens loss and descent alignment.
+
+    Tidy: one row per (quantity, run, layer). Only runs as deep as the first are subtracted (layer l of a
+    12-layer model is not layer l of a 24-layer one), and only at layers both runs measured.
+    """
+    rows = []
+    (_, first), rest = runs[0], runs[1:]
+    for quantity, curve in DIFFERENCE_CURVES:
+        base_layers, base_values = curve(first)
+        if base_layers is None:
+            continue
+        base = dict(zip(base_layers.tolist(), base_values.tolist()))
+        for label, result in rest:
+            if result.meta.get("n_layers") != first.meta.get("n_layers"):
+                continue
+            layers, values = curve(result)
+            for layer, value in zip(*(() if layers is None else (layers.tolist(), values.tolist()))):
+                if layer in base:
+                    rows.append((quantity, label, int(layer), value, base[layer], value - base[layer]))
+    return pd.DataFrame(rows, columns=["quantity", "run", "layer", "value", "first", "difference"])
+
+
+def _difference_figure(runs) -> tuple[go.Figure, str]:
+    from plotly.subplots import make_subplots
+
+    first = runs[0][0]
+    title = f"Difference from the first run: each run minus {first}, per layer"
+    table = difference_table(runs)
+    left_out = [label for label, r in runs[1:] if r.meta.get("n_layers") != runs[0][1].meta.get("n_layers")]
+    note = (f" Left out, being of another depth than the first run: {', '.join(left_out)}." if left_out else "")
+    if table.empty:
+        return empty_figure(title, "no other run of the first run's depth shares a curve with it"), note
+    quantities = [q for q, _ in DIFFERENCE_CURVES if q in set(table["quantity"])]
+    fig = make_subplots(rows=len(quantities), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[esc(f"Δ {q}") for q in quantities])
+    colours = TEMPLATE.layout.colorway
+    for row, quantity in enumerate(quantities, start=1):
+        for i, (label, _) in enumerate(runs[1:], start=1):
+            part = table[(table["quantity"] == quantity) & (table["run"] == label)]
+            if part.empty:
+                continue
+            fig.add_trace(go.Scatter(x=part["layer"], y=part["difference"], mode="lines+markers", name=esc(label),
+                                     legendgroup=esc(label), showlegend=row == 1, line=dict(color=colours[i % len(colours)]),
+                                     hovertemplate=f"{esc(label)} − {esc(first)}<br>layer %{{x}}<br>Δ %{{y:.4g}}<extra></extra>"),
+                          row=row, col=1)
+        fig.add_hline(y=0, line=dict(color="#888", width=1), row=row, col=1)
+    fig.update_layout(template=TEMPLATE, title=dict(text=esc(title), x=0.01), height=260 * len(quantities) + 120)
+    fig.update_xaxes(title_text="layer", row=len(quantities), col=1)
+    integer_axis(fig, "x", table["layer"])
+    return fig, note
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4g}"
+
+
+def _plain(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def side_by_side_rows(runs) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each finding per run; headline numbers first, with each run minus the first."""
+    labels = [label for label, _ in runs]
+    head = ["finding", *labels, *(f"{label} − {labels[0]}" for label in labels[1:])]
+    numbers = [headline_numbers(result) for _, result in runs]
+    rows = []
+    for key in dict.fromkeys(k for n in numbers for k in n):
+        values = [n.get(key) for n in numbers]
+        diffs = [None if v is None or values[0] is None else v - values[0] for v in values[1:]]
+        rows.append([key, *map(_plain, values), *map(_signed, diffs)])
+    text: dict[str, list[str]] = {}
     for i, (_, result) in enumerate(runs):
         for probe, make_rows in FINDING_ROWS.items():
             if probe in result.findings:
                 for finding, value in make_rows(result.findings[probe]):
-                    rows.setdefault(f"{probe}: {finding}", [""] * len(runs))[i] = value
-    head = "".join(f"<th>{esc(label)}</th>" for label, _ in runs)
-    body = "".join(f"<tr><td>{esc(k)}</td>{''.join(f'<td>{esc(v)}</td>' for v in vals)}</tr>" for k, vals in rows.items())
-    return f"<table><tr><th>finding</th>{head}</tr>{body}</table>"
+                    text.setdefault(f"{probe}: {finding}", [""] * len(runs))[i] = value
+    rows.extend([key, *values, *[""] * (len(runs) - 1)] for key, values in text.items())
+    return head, rows
+
+
+def _side_by_side(runs) -> str:
+    head, rows = side_by_side_rows(runs)
+    header = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join(f"<tr>{''.join(f'<td>{esc(v)}</td>' for v in row)}</tr>" for row in rows)
+    return f"<table><tr>{header}</tr>{body}</table>"
 
 
 def _runs_table(runs) -> str:
@@ -108,19 +194,28 @@ def unique_labels(labels: Sequence[str]) -> list[str]:
     return out
 
 
-def render_comparison(results: Sequence[Any], labels: Sequence[str], plotlyjs: str = "inline") -> str:
+def comparison_sections(results: Sequence[Any], labels: Sequence[str]) -> list[Section]:
     runs = list(zip(unique_labels(list(labels)), results))
-    section = Section(title="Comparison", anchor="comparison", findings=[], blocks=[
-        Block(html=_side_by_side(runs), caption="Each run's findings, side by side."),
+    difference, note = _difference_figure(runs)
+    return [Section(title="Comparison", anchor="comparison", findings=[], blocks=[
+        Block(html=_side_by_side(runs), caption="Each run's findings, side by side; headline numbers first, "
+                                                "with each run minus the first."),
         Block(figure=_norm_growth(runs), caption="Runs of different depth line up on relative depth; the buttons switch to layer index."),
         Block(figure=_position0(runs)),
         Block(figure=_lens_loss(runs)),
         Block(figure=_descent(runs)),
-    ])
+        Block(figure=difference, caption="Curves that lie on top of each other above (float32 against bfloat16, "
+                                         "two seeds) differ here." + esc(note)),
+    ])]
+
+
+def render_comparison(results: Sequence[Any], labels: Sequence[str], plotlyjs: str = "inline") -> str:
+    runs = list(zip(unique_labels(list(labels)), results))
     statuses = {r.meta.get("status", "complete") for _, r in runs}
     meta = {"status": "complete" if statuses == {"complete"} else "partial",
             "status_reason": "at least one run is not complete", "model": ", ".join(l for l, _ in runs)}
     details = "".join(f"<h3>{esc(label)}</h3>" + "<table>" + "".join(
         f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in metadata_rows(r.meta)) + "</table>" for label, r in runs)
-    return render_page(meta, [section], plotlyjs=plotlyjs, title=f"normprobe comparison: {' vs '.join(l for l, _ in runs)}",
+    return render_page(meta, comparison_sections(results, labels), plotlyjs=plotlyjs,
+                       title=f"normprobe comparison: {' vs '.join(l for l, _ in runs)}",
                        preface=_runs_table(runs), appendix=f'<h2 id="details">Each run\'s metadata</h2>{details}')

@@ -48,7 +48,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _vs_step(title: str, y_title: str, steps, values, reason: str) -> go.Figure:
+def _vs_step(title: str, y_title: str, steps, values, reason: str, log_y: bool = True) -> go.Figure:
     points = [(s, v) for s, v in zip(steps, values) if v is not None]
     if not points:
         return empty_figure(title, reason)
@@ -56,7 +56,8 @@ def _vs_step(title: str, y_title: str, steps, values, reason: str) -> go.Figure:
     x, y = zip(*points)
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=esc(y_title),
                              hovertemplate="step %{x}<br>%{y:.4g}<extra></extra>"))
-    fig.update_layout(updatemenus=[log_toggle("xaxis", x=0.78), log_toggle("yaxis")])
+    # a log y-axis only for quantities positive by nature, not for cosines
+    fig.update_layout(updatemenus=[log_toggle("xaxis", x=0.78)] + ([log_toggle("yaxis")] if log_y else []))
     return fig
 
 
@@ -97,7 +98,7 @@ def render_evolution(runs: Sequence[tuple[int, Any]], plotlyjs: str = "inline", 
         Block(figure=_vs_step("Position-0 outlier ratio (largest over layers)", "ratio", steps,
                               f["position0_ratio_max"], no_norms)),
         Block(figure=_vs_step("Mean descent alignment of the block update", "mean cos(Δ, -dCE/dh)", steps,
-                              f["descent_cos_block_mean"], no_updates)),
+                              f["descent_cos_block_mean"], no_updates, log_y=False)),
         Block(figure=_curves("Mean norm of the residual stream h_0..h_L, one line per checkpoint", "mean L2 norm",
                              runs, residual_norm_curve, no_norms)),
         Block(figure=_curves("Logit-lens loss over depth, one line per checkpoint", "cross-entropy (nats)", runs, lens_loss_curve,

@@ -14,6 +14,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "figure"
 
 
+def static_copy(fig: Any) -> Any:
+    """The figure without its menus, buttons and sliders: on paper they would only cover the plot."""
+    import plotly.graph_objects as go
+
+    still = go.Figure(fig)
+    still.layout.updatemenus = []  # update_layout(updatemenus=[]) would merge, keeping them
+    still.layout.sliders = []
+    return still
+
+
 def export_figures(sections: list[Any], folder: Path, fmt: str) -> list[Path]:
     """Write every figure of the sections as FOLDER/figures/NN-section-title.FMT."""
     if fmt not in ("png", "svg"):
@@ -30,7 +40,7 @@ def export_figures(sections: list[Any], folder: Path, fmt: str) -> list[Path]:
         for block in section.blocks:
             if block.figure is not None:
                 title = block.figure.layout.title.text or "figure"
-                figures.append(block.figure)
+                figures.append(static_copy(block.figure))
                 paths.append(target / f"{len(paths) + 1:02d}-{_slug(section.anchor)}-{_slug(title)}.{fmt}")
     try:
         pio.write_images(figures, paths, format=fmt, width=1100, height=520)

@@ -30,9 +30,13 @@ def _probe_figures(spec: str | None, tables: dict[str, pd.DataFrame]) -> list[Bl
     return blocks
 
 
+def generic_findings_rows(findings: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(str(k), json.dumps(v, default=str)[:300]) for k, v in findings.items()]
+
+
 def render_generic(probe_name: str, tables: dict[str, pd.DataFrame], findings: dict[str, Any],
                    meta: dict[str, Any], spec: str | None = None) -> Section:
-    rows = [(str(k), json.dumps(v, default=str)[:300]) for k, v in findings.items()]
+    rows = generic_findings_rows(findings)
     blocks = _probe_figures(spec, tables)
     for name, frame in tables.items():
         preview = frame.head(50).to_html(index=False, escape=True, border=0, classes="data")

@@ -137,11 +137,12 @@ def norm_by_frequency(tokens: pd.DataFrame | None) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=rows["count"].to_numpy(np.int32), y=f32(rows["mean"]), mode="markers", name=f"layer {layer}",
             visible=(i == len(layers) - 1),
-            marker=dict(size=5, opacity=0.6), text=[esc(t) for t in rows["token"]], customdata=rows["token_id"],
+            marker=dict(size=5, opacity=0.6), cliponaxis=False, text=[esc(t) for t in rows["token"]], customdata=rows["token_id"],
             hovertemplate=f"token %{{text}} (id %{{customdata}})<br>layer {layer}<br>count %{{x}}<br>mean norm %{{y:.4g}}<extra></extra>"))
     buttons = [dict(label=f"layer {l}", method="update", args=[{"visible": [j == i for j in range(len(layers))]}])
                for i, l in enumerate(layers)]
-    fig.update_xaxes(type="log")
+    # counts start at 1: the log axis starts there too, not at Plotly's padded 0.6
+    fig.update_xaxes(type="log", range=[0, np.log10(max(2, int(pre["count"].max()))) * 1.03])
     fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02, xanchor="right", yanchor="bottom")])
     if trimmed:
         fig.add_annotation(text=f"drawn: up to {TOKENS_PER_LAYER} most frequent token types of up to {len(layers)} layers; "

@@ -43,7 +43,8 @@ def _figure_html(fig, div_id: str) -> str:
 
 
 META_KEYS = ("model", "resolved_model", "family", "model_type", "n_layers", "d_model", "n_heads", "d_vocab",
-             "norm_type", "block", "positional", "tied_unembedding", "dtype", "device", "corpus", "n_docs",
+             "norm_type", "logit_postprocessing", "block", "block_outputs", "positional", "tied_unembedding",
+             "dtype", "device", "attention", "corpus", "n_docs",
              "n_windows", "n_tokens", "seq_len", "batch_size", "prepend_bos", "seconds", "created", "status",
              "probes", "checkpoints")
 
@@ -96,4 +97,5 @@ def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "
             parts.append(f"<p><small>options: {esc(json.dumps(options, default=str))}</small></p>")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style>{_plotly_script(plotlyjs)}</head><body><main>{''.join(parts)}</main></body></html>\n")
+            f"<style>{STYLE}</style>{_plotly_script(plotlyjs) if n_fig else ''}</head><body><main>{''.join(parts)}</main>"
+            "</body></html>\n")

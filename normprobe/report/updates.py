@@ -131,15 +131,16 @@ def alignment_histogram(hist: pd.DataFrame | None) -> go.Figure:
         for component in components:
             rows = hist[(hist["layer"] == layer) & (hist["component"] == component)]
             centres = (rows["bin_left"] + rows["bin_right"]) / 2
-            fig.add_trace(go.Bar(x=centres, y=rows["count"], width=rows["bin_right"] - rows["bin_left"],
-                                 name=component, marker_color=COMPONENT_COLOURS.get(component), opacity=0.6,
+            # step outlines, not translucent bars: overlapping bars blend into colours no legend entry has
+            fig.add_trace(go.Scatter(x=centres, y=rows["count"], mode="lines", line_shape="hvh",
+                                 name=component, line=dict(color=COMPONENT_COLOURS.get(component), width=2),
                                  visible=(layer == layers[-1]),
                                  hovertemplate=f"{component}, layer {layer}<br>cos %{{x:.3f}}<br>tokens %{{y}}<extra></extra>"))
     per_layer = len(components)
     n = len(fig.data)
     buttons = [dict(label=f"layer {l}", method="update",
                     args=[{"visible": [i // per_layer == k for i in range(n)]}]) for k, l in enumerate(layers)]
-    fig.update_layout(barmode="overlay", updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02,
+    fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02,
                                                            xanchor="right", yanchor="bottom")])
     return fig
 

@@ -1,0 +1,97 @@
+"""Which kernels a booted bridge runs: TransformerLens's hookable re-implementations, or Hugging Face's own.
+
+TransformerBridge re-implements attention for most families so that `hook_pattern` fires, which
+makes every forward pass eager, and re-implements LayerNorm/RMSNorm in Python so that `hook_scale`
+and `hook_normalized` fire. When no probe reads those hooks, each attention bridge is pointed back
+at its wrapped Hugging Face module (TransformerLens's own delegating `AttentionBridge.forward`) with
+sdpa, Hugging Face's default, and each norm bridge calls its wrapped module. The switch is checked
+once per model against the eager pass on a short input; a family where the two disagree stays eager.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+EAGER, FAST = "eager", "sdpa"
+PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
+NORM_INTERNAL_HOOKS = ("hook_scale", "hook_normalized")
+AGREEMENT_REL = 1e-4  # sdpa and eager sum in another order: ~1e-6 relative in float32, far more in half
+
+
+def reads_patterns(hook_names: list[str]) -> bool:
+    return any(name.endswith(PATTERN_HOOKS + NORM_INTERNAL_HOOKS) for name in hook_names)
+
+
+def _norm_bridges(bridge: Any) -> list:
+    from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
+
+    return [m for m in bridge.modules() if isinstance(m, NormalizationBridge)
+            and getattr(m, "original_component", None) is not None]
+
+
+def _native_norm_forward(self: Any, hidden_states: Any, **kwargs: Any) -> Any:
+    return self.hook_out(self.original_component(self.hook_in(hidden_states)))
+
+
+def _attention_bridges(bridge: Any) -> list:
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    return [m for m in bridge.modules() if isinstance(m, AttentionBridge)]
+
+
+def _delegate(module: Any) -> None:
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    # Bridge components forward attribute writes to the wrapped module; write the instance dict directly.
+    module.__dict__["forward"] = types.MethodType(AttentionBridge.forward, module)
+
+
+def _restore(module: Any) -> None:
+    module.__dict__.pop("forward", None)
+
+
+def _set_hf_attention(hf_model: Any, kind: str) -> str:
+    """Ask Hugging Face for `kind`; returns what the model really runs (it may refuse sdpa)."""
+    try:
+        hf_model.set_attn_implementation(kind)
+    except (ValueError, ImportError, AttributeError):
+        pass
+    return str(getattr(hf_model.config, "_attn_implementation", EAGER) or EAGER)
+
+
+def use_attention(bridge: Any, kind: str) -> str:
+    """Switch the bridge to `kind` (eager or sdpa) and return what now runs."""
+    modules = _attention_bridges(bridge)
+    norms = _norm_bridges(bridge)
+    if kind == EAGER:
+        for module in modules + norms:
+            _restore(module)
+        return _set_hf_attention(bridge.original_model, EAGER)
+    if _set_hf_attention(bridge.original_model, FAST) != FAST:
+        return use_attention(bridge, EAGER)
+    for module in modules:
+        _delegate(module)
+    for module in norms:
+        module.__dict__["forward"] = types.MethodType(_native_norm_forward, module)
+    return FAST
+
+
+def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> float:
+    """Relative max difference of one hook's activation between the fast and the eager pass."""
+    import torch
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(activation, hook=None):
+        seen["x"] = activation.detach().float().clone()
+
+    def once(kind: str) -> torch.Tensor:
+        use_attention(bridge, kind)
+        with torch.inference_mode(), bridge.hooks(fwd_hooks=[(check_hook, grab)]):
+            bridge(tokens, attention_mask=torch.ones_like(tokens), return_type=None)
+        return seen.pop("x")
+
+    eager = once(EAGER)
+    fast = once(FAST)
+    scale = float(eager.abs().max()) or 1.0
+    return float((fast - eager).abs().max()) / scale

@@ -1,0 +1,57 @@
+"""What runs and comparisons show in a notebook: a compact HTML summary, and the report's figures as objects.
+
+The summary is a plain table (no plotly.js), so a notebook that holds many results stays small.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Iterable, Sequence
+
+from .errors import NormprobeError
+
+STYLE = "border-collapse:collapse;font-size:0.9em"
+CELL = "border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top"
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def table_html(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    header = "".join(f'<th style="{CELL}">{esc(h)}</th>' for h in head)
+    body = "".join("<tr>" + "".join(f'<td style="{CELL}">{esc(c)}</td>' for c in row) + "</tr>" for row in rows)
+    return f'<table style="{STYLE}"><tr>{header}</tr>{body}</table>'
+
+
+def run_line(meta: dict[str, Any]) -> str:
+    """One line naming the model, its shape, the tokens read and the status."""
+    shape = ", ".join(str(x) for x in (meta.get("family"), meta.get("n_layers") and f"{meta['n_layers']} layers",
+                                       meta.get("dtype")) if x)
+    tokens = meta.get("n_tokens")
+    parts = [f"model {meta.get('model', '?')}" + (f" ({shape})" if shape else ""),
+             f"{tokens:,} tokens in {meta.get('n_docs', 0):,} documents" if isinstance(tokens, int) else "no tokens yet",
+             f"status {meta.get('status', 'complete')}"]
+    return " · ".join(parts)
+
+
+class FigureViews:
+    """figures(), show() and the notebook's view, for anything that lists its report sections."""
+
+    def _sections(self) -> list:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def figures(self) -> dict[str, Any]:
+        """The report's figures as `plotly.graph_objects.Figure`s, keyed by title, in the report's order."""
+        from .report import figures_by_title
+
+        return figures_by_title(self._sections())
+
+    def show(self, *titles: str, renderer: str | None = None) -> None:
+        """Draw the figures; give words of titles (case ignored) to draw only the figures whose titles hold them."""
+        figures = self.figures()
+        chosen = [t for t in figures if not titles or any(w.lower() in t.lower() for w in titles)]
+        if not chosen:
+            raise NormprobeError(f"no figure title contains {', '.join(map(repr, titles))}; "
+                                 f"titles: {'; '.join(figures)}")
+        for title in chosen:
+            figures[title].show(renderer=renderer)

@@ -1,0 +1,142 @@
+"""Results and comparisons as notebook objects: repr, HTML summary, figures(), show(), differences.
+
+Expected values are recomputed here from the saved tables, not read from the code under test.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import normprobe
+from normprobe.errors import NormprobeError
+from normprobe.report.export import static_copy
+from tests.reference import assert_float32_close
+
+FIRST = ["The quick brown fox jumps over the lazy dog.", "Assignment statements are used to bind names to values.",
+         "Norms grow with depth in many models, and the first token is often an outlier."]
+SECOND = ["Every layer of a transformer adds an update to the residual stream of each token in the window.",
+          "A short one.", "The cat sat on the mat."]
+
+
+@pytest.fixture(scope="module")
+def runs(demo_adapter):
+    a = normprobe.run(demo_adapter, texts=FIRST, probes=["norms", "updates"], progress=False)
+    b = normprobe.run(demo_adapter, texts=SECOND, probes=["norms", "updates"], progress=False)
+    return a, b
+
+
+def residual_means(result) -> pd.Series:
+    """Token-weighted mean norm of h_0..h_L: resid_pre of every layer, then the last layer's resid_post."""
+    norms = result["norms"]
+    weighted = lambda rows: (rows["mean"] * rows["count"]).groupby(rows["layer"]).sum() / rows.groupby("layer")["count"].sum()  # noqa: E731
+    pre = weighted(norms[norms["site"] == "resid_pre"])
+    post = norms[(norms["site"] == "resid_post") & (norms["layer"] == norms["layer"].max())]
+    pre.loc[int(post["layer"].iloc[0]) + 1] = (post["mean"] * post["count"]).sum() / post["count"].sum()
+    return pre.sort_index()
+
+
+def geometric_growth(result) -> float:
+    means = residual_means(result).to_numpy()
+    return float((means[-1] / means[0]) ** (1 / (len(means) - 1)))
+
+
+def test_repr_is_one_short_line(runs):
+    a, _ = runs
+    text = repr(a)
+    assert "\n" not in text and len(text) < 300
+    assert text.startswith("RunResult(model='demo', status='complete', tokens=")
+    tokens = int(a["norms"].query("site == 'resid_pre' and layer == 0")["count"].sum())
+    assert f"tokens={tokens}," in text
+
+
+def test_html_summary_shows_model_tokens_status_and_findings_without_plotly(runs):
+    a, _ = runs
+    page = a._repr_html_()
+    tokens = int(a["norms"].query("site == 'resid_pre' and layer == 0")["count"].sum())
+    assert f"model demo (GPT-2, 4 layers, float32) · {tokens:,} tokens in 3 documents · status complete" in page
+    assert f"<td style=\"border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top\">{geometric_growth(a):.3g}</td>" in page
+    assert "Lens loss falls at every layer" in page and "<script" not in page and len(page) < 20_000
+
+
+def test_figures_are_the_reports_figures_with_its_values(runs, tmp_path):
+    a, _ = runs
+    figures = a.figures()
+    report = a.to_html(tmp_path / "r.html").read_text()
+    assert len(figures) == report.count("Plotly.newPlot") == 9
+    assert all(isinstance(f, __import__("plotly.graph_objects").graph_objects.Figure) for f in figures.values())
+    per_layer = figures["Mean norm per layer, by site (band: ± one standard deviation over tokens)"]
+    resid_pre = next(t for t in per_layer.data if t.name == "resid_pre")
+    norms = a["norms"][a["norms"]["site"] == "resid_pre"]
+    want = (norms["mean"] * norms["count"]).groupby(norms["layer"]).sum() / norms.groupby("layer")["count"].sum()
+    assert_float32_close(resid_pre.y, want.to_numpy())
+    lens = next(f for t, f in figures.items() if t.startswith("Logit-lens loss"))
+    rows = a["updates"].drop_duplicates("layer").sort_values("layer")
+    np.testing.assert_array_equal(lens.data[0].y, rows["lens_loss_mean"].to_numpy())
+
+
+def test_show_draws_the_chosen_figures(runs, monkeypatch):
+    import plotly.graph_objects as go
+
+    a, _ = runs
+    shown = []
+    monkeypatch.setattr(go.Figure, "show", lambda self, renderer=None: shown.append(self.layout.title.text))
+    a.show("LOGIT-LENS")
+    assert shown == ["Logit-lens loss of the next token, read out from h_l (the last point is the model&#x27;s output)"]
+    shown.clear()
+    a.show()
+    assert len(shown) == 9
+    with pytest.raises(NormprobeError, match="no figure title contains 'nothing such'; titles: Mean norm over"):
+        a.show("nothing such")
+
+
+def test_comparison_subtracts_the_first_run_per_layer_and_in_findings(runs, tmp_path):
+    a, b = runs
+    comparison = normprobe.compare([a, b], labels=["A", "B"])
+    assert isinstance(comparison, normprobe.Comparison) and repr(comparison) == "Comparison('A', 'B')"
+    diff = comparison.differences()
+    norm = diff[diff["quantity"] == "mean norm of h_l"].set_index("layer")["difference"]
+    assert_float32_close(norm.to_numpy(), (residual_means(b) - residual_means(a)).to_numpy())
+    lens_a, lens_b = (r["updates"].drop_duplicates("layer").set_index("layer")["lens_loss_mean"] for r in (a, b))
+    lens = diff[diff["quantity"] == "lens loss (nats)"].set_index("layer")["difference"]
+    np.testing.assert_array_equal(lens.to_numpy(), (lens_b - lens_a).to_numpy())
+    block = [r["updates"].query("component == 'block'").set_index("layer")["descent_cos_mean"] for r in (a, b)]
+    descent = diff[diff["quantity"] == "descent cosine of the block update"].set_index("layer")["difference"]
+    np.testing.assert_array_equal(descent.to_numpy(), (block[1] - block[0]).to_numpy())
+
+    findings = comparison.findings()
+    growth = findings.loc["norms: growth per layer, h_0..h_L (geometric)"]
+    assert float(growth["B − A"]) == pytest.approx(geometric_growth(b) - geometric_growth(a), rel=1e-3)
+    assert float(growth["A"]) == pytest.approx(geometric_growth(a), rel=1e-5)
+
+    figures = comparison.figures()
+    assert len(figures) == 5
+    difference = figures["Difference from the first run: each run minus A, per layer"]
+    lens_trace = [t for t in difference.data if t.yaxis == "y2"]
+    np.testing.assert_array_equal(lens_trace[0].y, (lens_b - lens_a).to_numpy())
+    page = comparison.save(tmp_path / "cmp").read_text()
+    assert page.count("Plotly.newPlot") == 5 and "<th>B − A</th>" in page
+    html = comparison._repr_html_()
+    assert "<script" not in html and "B − A" in html and "normprobe comparison</b> of 2 runs" in html
+
+
+def test_static_copy_drops_menus_and_keeps_the_data(runs):
+    a, b = runs
+    figures = {**a.figures(), **normprobe.compare([a, b]).figures()}
+    with_menus = [f for f in figures.values() if f.layout.updatemenus]
+    assert len(with_menus) >= 5
+    for fig in with_menus:
+        still = static_copy(fig)
+        assert still.layout.updatemenus == () and still.layout.sliders == ()
+        assert fig.layout.updatemenus  # the report's own figure keeps its menus
+        assert json.loads(still.to_json())["data"] == json.loads(fig.to_json())["data"]
+
+
+def test_dir_lists_lazy_names_and_import_stays_light():
+    assert {"run", "load_model", "compare", "Comparison", "RunResult"} <= set(dir(normprobe))
+    code = "import sys, normprobe; dir(normprobe); print('torch' in sys.modules, 'plotly' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == ["False", "False"]
