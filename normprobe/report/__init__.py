@@ -56,11 +56,13 @@ def sections_for(result: Any) -> list[Section]:
 def finding_rows(result: Any) -> list[tuple[str, str, str]]:
     """(probe, finding, value) rows as the report's findings tables show them, without drawing a figure."""
     from .generic import generic_findings_rows
+    from .linesearch import line_search_findings_rows
     from .massive import massive_findings_rows
     from .norms import norms_findings_rows
     from .updates import updates_findings_rows
 
-    known = {"norms": norms_findings_rows, "updates": updates_findings_rows, "massive": massive_findings_rows}
+    known = {"norms": norms_findings_rows, "updates": updates_findings_rows, "massive": massive_findings_rows,
+             "linesearch": line_search_findings_rows}
     rows = []
     for probe_name in result.meta.get("probes", list(result.findings)):
         make_rows = known.get(probe_name, generic_findings_rows)
