@@ -73,6 +73,10 @@ def hf_readout_input(reference, adapter):
     return operator.attrgetter(name)(reference)
 
 
+# types for which Hugging Face itself offers no sdpa (transformers 5.24), so runs keep eager attention
+EAGER_ONLY = {"bloom", "falcon", "gemma2", "gpt_neo", "gpt_oss", "mpt", "vaultgemma", "xglm"}
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_model_type_matches_hugging_face(model_type, word_tokenizer):
     adapter, reference = tiny_pair(model_type, word_tokenizer)
@@ -135,6 +139,18 @@ def test_model_type_matches_hugging_face(model_type, word_tokenizer):
     facts = adapter.facts()
     got = {k: facts[k] for k in FACT_KEYS}
     assert got == MODEL_FACTS[model_type], (model_type, got)
+
+    # (f) the fast path runs take when no probe reads patterns (sdpa, HF's own norms) against HF with sdpa
+    running, reason = adapter.select_attention(False)
+    expected = ("eager", "the model offers no sdpa") if model_type in EAGER_ONLY else ("sdpa", "Hugging Face's default")
+    assert (running, reason) == expected, model_type
+    with torch.no_grad():
+        adapter.forward(inputs, torch.ones_like(inputs), hooks)
+    reference.set_attn_implementation(running)
+    with torch.no_grad():
+        fast = reference(inputs, output_hidden_states=True, use_cache=False).hidden_states
+    for l in range(L):
+        assert _rel(seen[f"blocks.{l}.hook_resid_pre"], fast[l]) <= REL, (model_type, "fast resid_pre", l)
 
 
 def test_every_causal_lm_of_both_libraries_is_supported_or_refused():
