@@ -38,6 +38,7 @@ class LineSearchProbe(Probe):
         self._layers = self.selected_layers(model.n_layers)
         self._readout = make_readout(model, self.readout_spec)
         self._vocab = model.d_vocab
+        self._slots = {l: slot for slot, l in enumerate(self._layers)}
         self._hooks = {
             l: {"pre": model.hook_name("resid_pre", l), "post": model.hook_name("resid_post", l),
                 "attn": model.hook_name("attn_out", l), "mlp": model.hook_name("mlp_out", l)}
@@ -55,29 +56,36 @@ class LineSearchProbe(Probe):
     def _group(self, slot: int, component: int, alpha: int) -> int:
         return (slot * len(COMPONENTS) + component) * len(self.alphas) + alpha
 
-    def update(self, activations: dict[str, Any], batch) -> None:
+    def update_layer(self, layer: int, activations: dict[str, Any], batch) -> None:
+        """One layer's line searches, as soon as its hooks have fired (the runner then forgets them)."""
         from ..readouts import chunked_loss
 
         targets = batch.next_tokens[batch.has_next]
         n = targets.shape[0]
         if n == 0:
             return
-        for slot, layer in enumerate(self._layers):
-            hooks = self._hooks[layer]
-            h = activations[hooks["pre"]]
-            deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
-                      "block": activations[hooks["post"]] - h}
-            at_zero = None  # h itself: the same for every component, computed once
-            for c, component in enumerate(COMPONENTS):
-                for a, alpha in enumerate(self.alphas):
-                    if alpha == 0.0:
-                        if at_zero is None:
-                            at_zero = chunked_loss(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
-                        loss = at_zero
-                    else:
-                        loss = chunked_loss(self._readout, h + alpha * deltas[component], targets, layer,
-                                            self.vocab_chunk, self._vocab)
-                    self.losses.add(torch.full((n,), self._group(slot, c, a), device=loss.device), loss)
+        slot, hooks = self._slots[layer], self._hooks[layer]
+        h = activations[hooks["pre"]]
+        deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
+                  "block": activations[hooks["post"]] - h}
+        at_zero = None  # h itself: the same for every component, computed once
+        for c, component in enumerate(COMPONENTS):
+            for a, alpha in enumerate(self.alphas):
+                if alpha == 0.0:
+                    if at_zero is None:
+                        at_zero = chunked_loss(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
+                    loss = at_zero
+                else:
+                    loss = chunked_loss(self._readout, h + alpha * deltas[component], targets, layer,
+                                        self.vocab_chunk, self._vocab)
+                self.losses.add(torch.full((n,), self._group(slot, c, a), device=loss.device), loss)
+
+    def update(self, activations: dict[str, Any], batch) -> None:
+        """Every hook point lies in a layer, so a streaming run hands nothing here; a caller that
+        collects a whole batch's activations gets each complete layer handled as update_layer would."""
+        for layer, hooks in self._hooks.items():
+            if all(name in activations for name in hooks.values()):
+                self.update_layer(layer, {name: activations[name] for name in hooks.values()}, batch)
 
     def merge(self, other: "LineSearchProbe") -> None:
         self.losses.merge(other.losses)
