@@ -48,6 +48,16 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
     return sorted(set(layers))
 
 
+def parse_alphas(text: Optional[str]) -> Optional[list[float]]:
+    """'0,0.5,1,2' to a list of step sizes."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise NormprobeError(f"invalid --alphas {text!r}; use numbers separated by commas, e.g. 0,0.5,1,2") from None
+
+
 def _default_out(model: str) -> Path:
     from .api import folder_slug
 
@@ -101,6 +111,8 @@ def run(
     checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
+    readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens) or tuned:DIR (a tuned-lens folder, see `normprobe lens train`).")] = "logit",
+    alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
     massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
@@ -121,7 +133,7 @@ def run(
                   text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
                   batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
                   device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
-                  massive_ratio=massive_ratio)
+                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas))
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
@@ -238,6 +250,36 @@ def models() -> None:
     for short, hub in SHORT_NAMES.items():
         typer.echo(f"  {short:<24} {hub}")
     typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported model type.")
+
+
+lens_app = typer.Typer(no_args_is_help=True, help="Tuned lenses: train one for a model (read it with run --readout tuned:DIR).")
+app.add_typer(lens_app, name="lens")
+
+
+@lens_app.command("train")
+def lens_train(
+    model: Annotated[str, typer.Argument(help="Model: demo, a Hub name or short name, or a local folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the lens (config.json, params.pt: tuned-lens's format).")],
+    input: InputOpt = None,
+    text: TextOpt = None,
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 250,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (Nesterov momentum 0.9, linear warm-up then decay).")] = 0.1,
+    batch_size: Annotated[int, typer.Option(help="Windows per step.")] = 4,
+    seq_len: Annotated[int, typer.Option(help="Window length in tokens.")] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted training in --out from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> None:
+    """Train a tuned lens (tuned-lens's recipe) on a corpus (default: the built-in sample)."""
+    from .lens import train_lens
+
+    folder = train_lens(model, out, texts=text, input=input, text_field=text_field, steps=steps, lr=lr,
+                        batch_size=batch_size, seq_len=seq_len, device=device, resume=resume, overwrite=overwrite,
+                        progress=progress, checkpoint_every=checkpoint_every)
+    typer.echo(f"wrote {folder}/ (use it with: normprobe run {model} --probe updates --readout tuned:{folder})")
 
 
 def _fail(message: str, code: int) -> None:

@@ -12,7 +12,7 @@ from .hfcorpus import DatasetSpec
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio",)  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -31,6 +31,8 @@ class RunOptions:
     device_map: str | None = None
     n_devices: int | None = None
     massive_ratio: float = DEFAULT_MASSIVE_RATIO
+    readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
+    alphas: list[float] | None = None  # the linesearch probe's step sizes
 
     def probe_options(self) -> dict:
         return {name: getattr(self, name) for name in PROBE_OPTIONS}
@@ -48,10 +50,17 @@ class RunOptions:
             bad = [l for l in self.layers if l < 0]
             if bad:
                 raise NormprobeError(f"invalid layer index {bad[0]}: layers count from 0")
+        if self.alphas is not None:
+            if not self.alphas or any(a != a or a in (float("inf"), float("-inf")) for a in self.alphas):
+                raise NormprobeError(f"--alphas must be finite numbers, e.g. 0,0.5,1,2 (got {self.alphas})")
+            self.alphas = sorted(set(float(a) for a in self.alphas))
         if not (math.isfinite(self.massive_ratio) and self.massive_ratio >= 1):
             raise NormprobeError(f"--massive-ratio must be a finite number of at least 1, since max/median never is below 1 "
                                  f"(got {self.massive_ratio})")
         from .adapter import parse_dtype
+        from .readouts import parse_readout
+
+        parse_readout(self.readout)
         from .distributed import is_distributed
 
         self.dtype = parse_dtype(self.dtype)

@@ -26,7 +26,9 @@ BUILTIN = (
     ProbeEntry("norms", "normprobe.probes.norms:NormsProbe", "built-in",
                "L2 norm of each token's vector per (site, layer, position); growth, position-0, position and frequency findings"),
     ProbeEntry("updates", "normprobe.probes.updates:UpdatesProbe", "built-in",
-               "per-layer residual updates: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"),
+               "per-layer residual updates: size, lens loss, alignment with -dCE/dh, step fit, first-order check"),
+    ProbeEntry("linesearch", "normprobe.probes.linesearch:LineSearchProbe", "built-in",
+               "lens loss along h_l + αΔ per layer and component; the best step α* and whether it is near 1"),
     ProbeEntry("massive", "normprobe.probes.massive:MassiveProbe", "built-in",
                "massive activations (max/median |h_i|) per position, top dimensions' share of the norm, attention sinks"),
 )

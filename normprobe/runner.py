@@ -78,7 +78,7 @@ class Runner:
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
                 "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
-                "massive_ratio": opts.massive_ratio}
+                "massive_ratio": opts.massive_ratio, **readout_request(opts)}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -90,6 +90,9 @@ class Runner:
         if opts.seq_len is not None and opts.seq_len > model.n_ctx:
             warn(f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
                  f"using {model.n_ctx}")
+        from .readouts import make_readout
+
+        make_readout(model, opts.readout)  # a lens for another model fails here, in one line
         probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
         hooks = []
         for probe in probes:
@@ -120,11 +123,18 @@ class Runner:
             "seq_len": seq_len,
             "batch_size": batch_size,
             "prepend_bos": bos is not None,
+            "readout": self._readout_meta(),
             "options": {k: v for k, v in asdict(self.options).items() if k not in ("device", "device_map", "n_devices")},
             "request": self.request(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
         }
+
+    def _readout_meta(self) -> dict[str, Any]:
+        from .readouts import parse_readout
+
+        spec = parse_readout(self.options.readout)
+        return {**spec.describe(), "label": spec.label}
 
     def execute(self, progress: bool = True, folder=None, resume: tuple[dict, dict] | None = None,
                 checkpoint_every: int | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
@@ -298,6 +308,15 @@ class Runner:
         return RunResult(tables=tables, findings=findings, meta=meta)
 
 
+def readout_request(opts: RunOptions) -> dict[str, Any]:
+    """The readout and line-search options as resume and merge compare them (a retrained lens differs)."""
+    from .readouts import parse_readout
+
+    described = parse_readout(opts.readout).describe()
+    return {"readout": parse_readout(opts.readout).text, "readout_params_sha256": described.get("params_sha256"),
+            "alphas": opts.alphas}
+
+
 def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
     """An instance of a probe class, given those of the run's probe options its constructor accepts."""
     params = inspect.signature(cls).parameters.values()
@@ -326,14 +345,15 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
-                checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO) -> Runner:
+                checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
+                readout: str = "logit", alphas: list[float] | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, massive_ratio)
+                         device_map, n_devices, massive_ratio, readout, alphas)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -342,7 +362,11 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
         source = resolve_source(model, revision=revision, checkpoint_value=checkpoint_value)
         if revision is not None or checkpoint_value is not None:
             runner.model = source
-        n_layers = config_n_layers(validate_source(source))
+        config = validate_source(source)
+        n_layers = config_n_layers(config)
+        from .readouts import check_lens_fits_config
+
+        check_lens_fits_config(readout, config, model)
         bad = [l for l in (layers or []) if n_layers is not None and l >= n_layers]
         if bad:
             raise NormprobeError(f"invalid layer index {bad[0]}: {model} has layers 0..{n_layers - 1}")
@@ -358,6 +382,6 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
     built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
     seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
-    massive_ratio (the massive probe's threshold).
+    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -115,6 +115,7 @@ def test_findings_recomputed_by_hand(demo_adapter):
     np.testing.assert_allclose(f["residual_mean_norm"], layer_means, rtol=1e-9)
     L = demo_adapter.n_layers
     assert f["growth"]["geometric"] == pytest.approx((layer_means[-1] / layer_means[0]) ** (1 / L), rel=1e-9)
+    assert f["growth_ratio_by_layer"] == pytest.approx({l: layer_means[l + 1] / layer_means[l] for l in range(L)}, rel=1e-9)
     for layer in range(L):
         rows = pre[pre.layer == layer]
         ratio = rows[rows.position == 0]["mean"].iloc[0] / np.median(rows[rows.position > 0]["mean"])

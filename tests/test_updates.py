@@ -127,7 +127,12 @@ def _slow_reference(adapter, docs):
                 deltas = {"attn": parts[("attn", l)][t], "mlp": parts[("mlp", l)][t], "block": hs[l + 1][t] - hs[l][t]}
                 for c, d in deltas.items():
                     cos = float(torch.dot(d, -g) / (d.norm() * g.norm()))
-                    r = rows.setdefault((l, c), {"cos": [], "norm": [], "rel": [], "eta": [], "total": [], "next": []})
+                    r = rows.setdefault((l, c), {"cos": [], "norm": [], "rel": [], "eta": [], "total": [], "next": [],
+                                                 "predicted": [], "actual": []})
+                    with torch.no_grad():
+                        stepped = torch.nn.functional.cross_entropy(head(norm(h + d))[None], target[None])
+                    r["predicted"].append(float(torch.dot(g, d)))
+                    r["actual"].append(float(stepped - loss.detach()))
                     r["cos"].append(cos)
                     r["norm"].append(float(d.norm()))
                     r["rel"].append(float(d.norm() / hs[l][t].norm()))
@@ -156,6 +161,8 @@ def test_matches_slow_reference_on_demo_model(demo_adapter):
         assert got["step_eta_mean"] == pytest.approx(np.mean(r["eta"]), rel=1e-4)
         assert got["total_cos_mean"] == pytest.approx(np.mean(r["total"]), abs=1e-5)
         assert got["lens_loss_mean"] == pytest.approx(np.mean(lens[layer]), rel=1e-5)
+        assert got["predicted_change_mean"] == pytest.approx(np.mean(r["predicted"]), rel=1e-4, abs=1e-5)
+        assert got["actual_change_mean"] == pytest.approx(np.mean(r["actual"]), rel=1e-4, abs=1e-5)
         if r["next"]:
             assert got["next_cos_mean"] == pytest.approx(np.mean(r["next"]), abs=1e-5)
         else:
@@ -175,6 +182,13 @@ def test_findings_from_table(demo_adapter):
     assert f["lens_loss_falls_every_layer"] == bool((np.diff(losses) < 0).all())
     assert f["lens_loss_total_drop"] == pytest.approx(losses[0] - losses[-1])
     assert f["chance_cos_std"] == pytest.approx(1 / math.sqrt(demo_adapter.d_model))
+    uniform = math.log(demo_adapter.d_vocab)
+    above = [l for l, loss in enumerate(losses) if loss > uniform]
+    assert f["uniform_loss"] == pytest.approx(uniform) and f["readout_not_meaningful_layers"] == above
+    first = next(l for l in range(len(losses)) if l not in above)
+    assert f["first_meaningful_layer"] == first
+    assert f["lens_loss_drop_from_first_meaningful"] == pytest.approx(losses[first] - losses[-1])
+    assert f["descent_cos_mean"]["block"] == pytest.approx(dict(zip(steps["layer"], steps["descent_cos_mean"])))
 
 
 def test_layer_subset_changes_nothing(demo_adapter):

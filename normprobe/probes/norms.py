@@ -138,6 +138,12 @@ def growth_summary(means: pd.Series) -> dict[str, Any]:
     return {"geometric": geometric, "fit": float(np.exp(slope)), "fit_r2": r2}
 
 
+def growth_ratios(means: pd.Series) -> dict[int, float]:
+    """||h_{l+1}|| / ||h_l|| (mean norms) for each measured layer l whose next layer was measured too."""
+    values = means.to_dict()
+    return {int(l): float(values[l + 1] / values[l]) for l in values if l + 1 in values and values[l] > 0}
+
+
 def norms_findings(norms: pd.DataFrame, by_token: pd.DataFrame | None) -> dict[str, Any]:
     means = residual_stream_means(norms)
     means_later = residual_stream_means(norms, exclude_position0=True)
@@ -146,6 +152,7 @@ def norms_findings(norms: pd.DataFrame, by_token: pd.DataFrame | None) -> dict[s
         "residual_mean_norm": [float(x) for x in means],
         "growth": growth_summary(means),
         "growth_excluding_position0": growth_summary(means_later),
+        "growth_ratio_by_layer": growth_ratios(means),
     }
     pre = norms[norms["site"] == "resid_pre"]
     ratio, rho_position = {}, {}

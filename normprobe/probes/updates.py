@@ -2,7 +2,8 @@
 
 For layer l, h_l is resid_pre and the block's update is Δ = h_{l+1} - h_l = attn_out + mlp_out.
 g = dCE/dh at h_l is the exact float32 gradient of the next-token cross-entropy read out
-through the model's own final norm and unembedding (the logit lens).
+through the run's readout (`--readout`: the logit lens, or a tuned lens; see normprobe.readouts).
+The first-order check compares g·Δ with loss(h_l + Δ) - loss(h_l), both through layer l's readout.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ..probe import Probe
 from ..stats import GroupedMoments
 
 COMPONENTS = ("attn", "mlp", "block")
-METRICS = ("update_norm", "rel_update", "descent_cos", "step_eta", "step_r2", "next_cos", "total_cos")
+METRICS = ("update_norm", "rel_update", "descent_cos", "step_eta", "step_r2", "next_cos", "total_cos",
+           "predicted_change", "actual_change")
 HIST_BINS = 80
 
 
@@ -44,15 +46,19 @@ class UpdatesProbe(Probe):
     name = "updates"
     description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
 
-    def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, **options: Any):
-        super().__init__(layers, **options)
+    def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, readout: str = "logit",
+                 **options: Any):
+        super().__init__(layers, readout=readout, **options)
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
+        self.readout_spec = readout
 
     def setup(self, model, seq_len: int) -> None:
         self._layers = self.selected_layers(model.n_layers)
         self._n_layers = model.n_layers
         self._d_model = model.d_model
-        self._readout = model.readout
+        from ..readouts import make_readout
+
+        self._readout = make_readout(model, self.readout_spec)
         self._vocab = model.d_vocab
         self._seq_len = seq_len
         last = model.n_layers - 1
@@ -81,18 +87,15 @@ class UpdatesProbe(Probe):
         # Only tokens with a next token matter; keep them as float32 rows [N, d].
         return activation[batch.has_next].float()
 
-    def _loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        step = max(1, self.vocab_chunk // self._vocab)
-        losses, grads = [], []
-        for start in range(0, h.shape[0], step):
-            loss, grad = self._readout.loss_and_grad(h[start : start + step], targets[start : start + step])
-            losses.append(loss)
-            grads.append(grad)
-        return torch.cat(losses), torch.cat(grads)
+    def _loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..readouts import chunked_loss_and_grad
 
-    def _lens_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        step = max(1, self.vocab_chunk // self._vocab)
-        return torch.cat([self._readout.loss(h[s : s + step], targets[s : s + step]) for s in range(0, h.shape[0], step)])
+        return chunked_loss_and_grad(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
+
+    def _lens_loss(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
+        from ..readouts import chunked_loss
+
+        return chunked_loss(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
 
     def update(self, activations: dict[str, Any], batch) -> None:
         targets = batch.next_tokens[batch.has_next]
@@ -107,7 +110,7 @@ class UpdatesProbe(Probe):
             h = activations[hooks["pre"]]
             deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
                       "block": activations[hooks["post"]] - h}
-            loss, grad = self._loss_and_grad(h, targets)
+            loss, grad = self._loss_and_grad(h, targets, layer)
             self.lens.add(torch.full((n,), slot, device=loss.device), loss)
             self.lens_by_position.add(slot * self._seq_len + positions, loss)
             h_norm = torch.linalg.vector_norm(h, dim=-1)
@@ -120,6 +123,9 @@ class UpdatesProbe(Probe):
                 values["update_norm"] = delta_norm
                 values["rel_update"] = delta_norm / h_norm
                 values["total_cos"] = _cos(delta, total)
+                # first-order check: the linear prediction g·Δ against the loss change it predicts
+                values["predicted_change"] = (grad * delta).sum(-1)
+                values["actual_change"] = self._lens_loss(h + delta, targets, layer) - loss
                 for metric, v in values.items():
                     self.moments[metric].add(groups, v)
                 cos = values["descent_cos"]
@@ -132,7 +138,7 @@ class UpdatesProbe(Probe):
                     self.moments["next_cos"].add(torch.full((n,), prev_row, device=loss.device), _cos(previous[component], delta))
             previous = deltas
         output = len(self._layers)
-        final_loss = self._lens_loss(activations[self._final], targets)
+        final_loss = self._lens_loss(activations[self._final], targets, self._n_layers)
         self.lens.add(torch.full((n,), output, device=final_loss.device), final_loss)
         self.lens_by_position.add(output * self._seq_len + positions, final_loss)
 
@@ -176,6 +182,8 @@ class UpdatesProbe(Probe):
             "step_r2_mean": self.moments["step_r2"].mean().cpu().numpy(),
             "next_cos_mean": _mean_or_nan(self.moments["next_cos"]),
             "total_cos_mean": self.moments["total_cos"].mean().cpu().numpy(),
+            "predicted_change_mean": self.moments["predicted_change"].mean().cpu().numpy(),
+            "actual_change_mean": self.moments["actual_change"].mean().cpu().numpy(),
             "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
         })
         output = {c: np.nan for c in frame.columns}
@@ -185,6 +193,7 @@ class UpdatesProbe(Probe):
         frame["count"] = frame["count"].astype(np.int64)
         frame["n_nonfinite"] = frame["n_nonfinite"].astype(np.int64)
         frame["chance_cos_std"] = 1.0 / math.sqrt(self._d_model)
+        frame["uniform_loss"] = math.log(self._vocab)  # the loss of predicting every token alike
         frame = frame[frame["count"] > 0].reset_index(drop=True) if rows else frame
 
         width = self._seq_len
@@ -247,4 +256,37 @@ def updates_findings(updates: pd.DataFrame) -> dict[str, Any]:
         "lens_loss_rising_after_layers": [int(l) for l, d in zip(lens["layer"].iloc[:-1], drops) if d <= 0],
         "lens_loss_total_drop": float(losses[0] - losses[-1]) if len(losses) else float("nan"),
         "n_nonfinite": int(updates["n_nonfinite"].sum()),
+        "descent_cos_mean": {
+            c: {int(r.layer): float(r.descent_cos_mean) for r in rows.itertuples()}
+            for c, rows in steps.groupby("component", sort=False)
+        },
+        **_meaningful_readout(lens),
+        **_first_order(steps),
     }
+
+
+def _meaningful_readout(lens: pd.DataFrame) -> dict[str, Any]:
+    """Layers whose lens loss exceeds log(V), the loss of a uniform guess: the readout says nothing there."""
+    if "uniform_loss" not in lens or lens.empty:
+        return {}
+    uniform = float(lens["uniform_loss"].iloc[0])
+    above = lens["lens_loss_mean"] > uniform
+    meaningful = lens.loc[~above, ["layer", "lens_loss_mean"]]
+    first = meaningful.iloc[0] if len(meaningful) else None
+    return {
+        "uniform_loss": uniform,
+        "readout_not_meaningful_layers": [int(l) for l in lens.loc[above, "layer"]],
+        "first_meaningful_layer": int(first["layer"]) if first is not None else None,
+        "lens_loss_drop_from_first_meaningful": (float(first["lens_loss_mean"] - lens["lens_loss_mean"].iloc[-1])
+                                                 if first is not None else float("nan")),
+    }
+
+
+def _first_order(steps: pd.DataFrame) -> dict[str, Any]:
+    """Per layer, the mean loss change a step makes against the change its linear picture g·Δ predicts."""
+    if "predicted_change_mean" not in steps:
+        return {}
+    return {"first_order": {
+        c: {int(r.layer): [float(r.predicted_change_mean), float(r.actual_change_mean)] for r in rows.itertuples()}
+        for c, rows in steps.groupby("component", sort=False)
+    }}

@@ -22,12 +22,14 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
 
 def renderer_for(probe_name: str, spec: str | None = None) -> Renderer:
     if not _RENDERERS:
+        from .linesearch import render_line_search
         from .massive import render_massive
         from .norms import render_norms
         from .updates import render_updates
 
         _RENDERERS.setdefault("norms", render_norms)
         _RENDERERS.setdefault("updates", render_updates)
+        _RENDERERS.setdefault("linesearch", render_line_search)
         _RENDERERS.setdefault("massive", render_massive)
     return _RENDERERS.get(probe_name) or _generic_section(probe_name, spec)
 
@@ -54,11 +56,13 @@ def sections_for(result: Any) -> list[Section]:
 def finding_rows(result: Any) -> list[tuple[str, str, str]]:
     """(probe, finding, value) rows as the report's findings tables show them, without drawing a figure."""
     from .generic import generic_findings_rows
+    from .linesearch import line_search_findings_rows
     from .massive import massive_findings_rows
     from .norms import norms_findings_rows
     from .updates import updates_findings_rows
 
-    known = {"norms": norms_findings_rows, "updates": updates_findings_rows, "massive": massive_findings_rows}
+    known = {"norms": norms_findings_rows, "updates": updates_findings_rows, "massive": massive_findings_rows,
+             "linesearch": line_search_findings_rows}
     rows = []
     for probe_name in result.meta.get("probes", list(result.findings)):
         make_rows = known.get(probe_name, generic_findings_rows)

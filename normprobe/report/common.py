@@ -37,6 +37,7 @@ class Section:
     anchor: str
     findings: list[tuple[str, str]] = field(default_factory=list)  # (finding, value) rows
     blocks: list[Block] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one sentence each, shown under the findings, on how to read them
 
 
 def esc(text: Any) -> str:

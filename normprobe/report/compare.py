@@ -12,9 +12,10 @@ from .curves import descent_curve, lens_loss_curve, position0_curve, residual_no
 from .headline import headline_numbers
 from .norms import norms_findings_rows
 from .page import metadata_rows, render_page
+from .linesearch import line_search_findings_rows
 from .updates import updates_findings_rows
 
-FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows}
+FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows, "linesearch": line_search_findings_rows}
 
 
 def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray], log_y: bool) -> None:

@@ -51,6 +51,8 @@ def headline_numbers(result: Any) -> dict[str, float | None]:
     if updates is not None:
         out["updates: model loss (nats)"] = model_loss(result)
         out["updates: lens loss drop, first layer to output (nats)"] = _number(updates.get("lens_loss_total_drop"))
+        out["updates: lens loss drop, first meaningful layer to output (nats)"] = _number(
+            updates.get("lens_loss_drop_from_first_meaningful"))
         out["updates: mean descent cosine of block updates"] = block_descent_mean(result)
     return out
 
@@ -76,6 +78,9 @@ def _updates_line(result: Any, f: dict[str, Any]) -> str:
         trend = "falls at every layer" if f.get("lens_loss_falls_every_layer") else \
             f"rises or stays after layers {', '.join(map(str, f.get('lens_loss_rising_after_layers') or []))}"
         parts.append(f"lens loss {_g(_number(losses[0]))} → {_g(_number(losses[-1]))} nats ({trend})")
+        unread = f.get("readout_not_meaningful_layers")
+        if unread:
+            parts.append(f"readout not meaningful (above log V) at layers {', '.join(map(str, unread))}")
     descending = (f.get("descent_positive_layers") or {}).get("block")
     if descending is not None:
         parts.append(f"block updates descend the loss at layers {', '.join(map(str, descending)) or 'none'}")
@@ -95,6 +100,13 @@ def _generic_line(name: str, f: dict[str, Any]) -> str:
     return f"{name}: {', '.join(scalars) or 'no scalar findings'}"
 
 
+def _linesearch_line(f: dict[str, Any]) -> str:
+    stars = (f.get("alpha_star") or {}).get("block") or {}
+    near = (f.get("alpha_star_near_one") or {}).get("block") or []
+    text = ", ".join(f"L{k} {_g(v, 3)}" for k, v in stars.items()) or "n/a"
+    return f"linesearch: best step α* of the block update {text}; near 1 at layers {', '.join(map(str, near)) or 'none'}"
+
+
 def summary_lines(result: Any, limit: int = SUMMARY_LINES) -> list[str]:
     """At most `limit` lines: one per probe, in the run's order, then a count of what was left out."""
     lines = []
@@ -106,6 +118,8 @@ def summary_lines(result: Any, limit: int = SUMMARY_LINES) -> list[str]:
             lines.append(_updates_line(result, f))
         elif name == "massive":
             lines.append(_massive_line(f))
+        elif name == "linesearch":
+            lines.append(_linesearch_line(f))
         else:
             lines.append(_generic_line(name, f))
     if len(lines) > limit:

@@ -19,12 +19,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+NORMS_NOTES = [
+    "The growth ratio of layer l is the mean norm of h_l+1 over that of h_l; the geometric mean summarises "
+    "them, but one layer (often the first) can carry most of the growth, which the per-layer ratios show.",
+]
+
+
 def norms_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     g, g0 = f.get("growth", {}), f.get("growth_excluding_position0", {})
     rows = [
         ("Norm growth per layer, h_0..h_L (geometric mean of ratios)", _fmt(g.get("geometric"))),
         ("Norm growth per layer, exponential fit (R²)", f"{_fmt(g.get('fit'))} (R² {_fmt(g.get('fit_r2'))})"),
         ("Norm growth per layer, positions ≥ 1 only (geometric)", _fmt(g0.get("geometric"))),
+        ("Norm growth ratio ||h_l+1|| / ||h_l|| by layer", ", ".join(f"L{k}: {_fmt(v)}" for k, v in (f.get("growth_ratio_by_layer") or {}).items()) or "n/a"),
         ("Largest position-0 outlier ratio (norm at 0 / median of others)", _fmt(f.get("position0_ratio_max"))),
     ]
     ratio = f.get("position0_ratio") or {}
@@ -149,7 +156,7 @@ def render_norms(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta
     tokens = tables.get("norms_by_token")
     bos = "position 0 is BOS" if meta.get("prepend_bos") else "no BOS was prepended; position 0 is the first text token"
     return Section(
-        title="Token norms", anchor="norms", findings=norms_findings_rows(findings),
+        title="Token norms", anchor="norms", findings=norms_findings_rows(findings), notes=list(NORMS_NOTES),
         blocks=[
             Block(figure=heatmap(norms), caption=f"Count-weighted mean over all windows; {esc(bos)}."),
             Block(figure=norm_per_layer(norms)),

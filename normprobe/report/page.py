@@ -51,6 +51,8 @@ META_KEYS = ("model", "resolved_model", "family", "model_type", "n_layers", "d_m
 
 def metadata_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [(k, str(meta[k])) for k in META_KEYS if k in meta]
+    if isinstance(meta.get("readout"), dict):
+        rows.append(("readout", str(meta["readout"].get("label", meta["readout"].get("kind")))))
     if "versions" in meta:
         rows.append(("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())))
     return rows
@@ -73,6 +75,8 @@ def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "
         parts.append('<h2 id="findings">Findings</h2>')
         for section in sections:
             parts.append(f"<h3>{esc(section.title)}</h3>{_table(section.findings) if section.findings else '<p>No findings.</p>'}")
+            if section.notes:
+                parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in section.notes) + "</ul>")
     n_fig = 0
     for section in sections:
         parts.append(f'<h2 id="{esc(section.anchor)}">{esc(section.title)}</h2>')

@@ -13,16 +13,51 @@ from .norms import _fmt
 COMPONENT_COLOURS = {"attn": "#1f77b4", "mlp": "#d62728", "block": "#2ca02c"}
 
 
+def readout_label(meta: dict[str, Any]) -> str:
+    """Which readout the run read h through (runs saved before readouts existed used the logit lens)."""
+    readout = meta.get("readout") or {"kind": "logit"}
+    return str(readout.get("label") or ("logit lens" if readout.get("kind") == "logit" else readout.get("kind")))
+
+
+def _with_effect(layer: int, means: dict, cis: dict) -> str:
+    """A layer with its effect size: mean cos and its 95% CI (keys are ints, or strings after a JSON round trip)."""
+    mean, ci = means.get(layer, means.get(str(layer))), cis.get(layer, cis.get(str(layer)))
+    if mean is None or ci is None:
+        return str(layer)
+    return f"{layer} (cos {_fmt(mean, 2)}, CI {_fmt(ci[0], 2)}..{_fmt(ci[1], 2)})"
+
+
+UPDATES_NOTES = [
+    "A layer descends when the mean cosine between its update and -dCE/dh is above 0 with a 95% confidence "
+    "interval that excludes 0; the cosine and its interval give the size of the effect, not just its sign.",
+    "Where the lens loss exceeds log V, the loss of guessing every token alike, the readout does not read the "
+    "layer's representation (a known failure of the logit lens at early layers), so its losses and gradients "
+    "say little there; the drop from the first meaningful layer leaves those layers out.",
+    "The first-order check sets the change g·Δ that the linear picture predicts beside the change loss(h + Δ) − "
+    "loss(h) actually made; where they part, the step is too large for a gradient step's picture to hold.",
+]
+
+
 def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     chance = f.get("chance_cos_std")
     rows = []
+    means, cis = f.get("descent_cos_mean") or {}, f.get("descent_ci") or {}
     for component, layers in (f.get("descent_positive_layers") or {}).items():
         rows.append((f"Layers whose {component} update descends the loss (mean cos > 0, 95% CI excludes 0)",
-                     ", ".join(map(str, layers)) or "none"))
+                     ", ".join(_with_effect(l, means.get(component, {}), cis.get(component, {})) for l in layers) or "none"))
     rows.append(("Chance level of a cosine in d_model dimensions (std of cos for a random direction)", _fmt(chance)))
     rows.append(("Lens loss falls at every layer", "yes" if f.get("lens_loss_falls_every_layer") else
                  f"no (rises or stays after layers {', '.join(map(str, f.get('lens_loss_rising_after_layers') or [])) or 'n/a'})"))
     rows.append(("Lens loss, first layer to model output (total drop)", _fmt(f.get("lens_loss_total_drop"))))
+    if "uniform_loss" in f:
+        rows.append(("Layers where the readout is not meaningful (lens loss above log V = "
+                     f"{_fmt(f['uniform_loss'])}, a uniform guess)", ", ".join(map(str, f.get("readout_not_meaningful_layers") or [])) or "none"))
+        first = f.get("first_meaningful_layer")
+        rows.append((f"Lens loss, first meaningful layer ({first if first is not None else 'none'}) to model output (drop)",
+                     _fmt(f.get("lens_loss_drop_from_first_meaningful"))))
+    for component, by_layer in (f.get("first_order") or {}).items():
+        rows.append((f"First-order check ({component}): predicted g·Δ / actual loss change, by layer",
+                     ", ".join(f"L{l}: {_fmt(p)} / {_fmt(a)}" for l, (p, a) in by_layer.items()) or "n/a"))
     rows.append(("Non-finite values (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
     return rows
 
@@ -131,7 +166,8 @@ def update_norms(updates: pd.DataFrame) -> go.Figure:
 def render_updates(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
     updates = tables.get("updates", pd.DataFrame(columns=["layer", "component", "count", "lens_loss_mean"]))
     return Section(
-        title="Inner-loop updates", anchor="updates", findings=updates_findings_rows(findings),
+        title="Inner-loop updates", anchor="updates", findings=[("Readout", readout_label(meta))] + updates_findings_rows(findings),
+        notes=list(UPDATES_NOTES),
         blocks=[
             Block(figure=lens_loss_curve(updates)),
             Block(figure=descent_alignment(updates),

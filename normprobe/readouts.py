@@ -1,0 +1,255 @@
+"""Readouts: how a probe turns a hidden state h at layer l into next-token logits, a loss and dloss/dh.
+
+- `logit`: the model's own final norm and unembedding (the logit lens), through `model.readout`.
+- `tuned:DIR`: a tuned lens (Belrose et al. 2023) in the tuned-lens package's own format,
+  h -> h + A_l h + b_l -> the logit readout. DIR holds `config.json` (TunedLensConfig's fields)
+  and `params.pt` (the translators' state dict `0.weight`, `0.bias`, ...), one translator per
+  layer; layer l's translator reads h_l = resid_pre of layer l, and the output (layer n_layers)
+  is read without one.
+
+Probes obtain a readout only through `make_readout(model, spec)`, which caches one per model and
+spec. Every loss and gradient is float32 and exact (autograd through the translator).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import NormprobeError
+
+if TYPE_CHECKING:
+    import torch
+
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.pt"
+LENS_TYPE = "linear_tuned_lens"
+# TunedLensConfig's fields (tuned-lens 0.2), written in this order.
+CONFIG_FIELDS = ("base_model_name_or_path", "d_model", "num_hidden_layers", "bias", "base_model_revision",
+                 "unembed_hash", "lens_type")
+
+
+@dataclass(frozen=True)
+class ReadoutSpec:
+    """A parsed `--readout`: `logit`, or `tuned` with the lens folder."""
+
+    kind: str
+    path: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json records, and what resume compares (a retrained lens is another readout)."""
+        if self.kind == "logit":
+            return {"kind": "logit"}
+        config = read_lens_config(self.path)
+        return {"kind": "tuned", "path": str(self.path), "params_sha256": _file_sha256(self.path / PARAMS_FILE),
+                "base_model": config.get("base_model_name_or_path")}
+
+    @property
+    def text(self) -> str:
+        """The canonical `--readout` value: logit, or tuned: with the folder's absolute path."""
+        return "logit" if self.kind == "logit" else f"tuned:{self.path}"
+
+    @property
+    def label(self) -> str:
+        return "logit lens" if self.kind == "logit" else f"tuned lens ({self.path})"
+
+
+def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
+    """Check a `--readout` value without loading any model: the folder and its two files exist."""
+    if isinstance(spec, ReadoutSpec):
+        return spec
+    text = (spec or "logit").strip()
+    if text == "logit":
+        return ReadoutSpec("logit")
+    if not text.startswith("tuned:") or not text[len("tuned:"):].strip():
+        raise NormprobeError(f"--readout must be logit or tuned:DIR (a tuned-lens folder), not {text!r}")
+    path = Path(text[len("tuned:"):].strip()).expanduser().resolve()
+    if not path.is_dir():
+        raise NormprobeError(f"tuned lens folder not found: {path}")
+    missing = [f for f in (CONFIG_FILE, PARAMS_FILE) if not (path / f).is_file()]
+    if missing:
+        raise NormprobeError(f"tuned lens folder {path} has no {' or '.join(missing)} (expected the tuned-lens format)")
+    read_lens_config(path)
+    return ReadoutSpec("tuned", path)
+
+
+def check_lens_fits_config(spec: "str | ReadoutSpec | None", model_config: dict | None, model_name: str) -> None:
+    """Refuse, before the model loads, a lens whose depth or width differs from the model's config.json."""
+    spec = parse_readout(spec)
+    if spec.kind != "tuned" or not model_config:
+        return
+    lens = read_lens_config(spec.path)
+    width = next((model_config[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(model_config.get(k), int)), None)
+    depth = next((model_config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(model_config.get(k), int)), None)
+    if (width is not None and width != lens["d_model"]) or (depth is not None and depth != lens["num_hidden_layers"]):
+        raise NormprobeError(
+            f"tuned lens {spec.path} was made for a model with d_model {lens['d_model']} and {lens['num_hidden_layers']} "
+            f"layers (base {lens.get('base_model_name_or_path')!r}); {model_name} has d_model {width} and {depth} layers")
+
+
+def read_lens_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise NormprobeError(f"cannot read {Path(path) / CONFIG_FILE}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("d_model", "num_hidden_layers")):
+        raise NormprobeError(f"{Path(path) / CONFIG_FILE} is not a tuned-lens config (needs integer d_model and num_hidden_layers)")
+    if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
+        raise NormprobeError(f"{Path(path) / CONFIG_FILE}: lens_type {config['lens_type']!r} is not supported (only {LENS_TYPE})")
+    return config
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- readouts -------------------------------------------------------------------
+class LogitReadout:
+    """The logit lens at every layer: the model's final norm and unembedding."""
+
+    kind = "logit"
+
+    def __init__(self, model):
+        self.base = model.readout
+
+    def loss(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int) -> "torch.Tensor":
+        return self.base.loss(h, targets)
+
+    def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int):
+        return self.base.loss_and_grad(h, targets)
+
+
+class TunedReadout:
+    """A tuned lens: layer l's translator, h + A_l h + b_l, then the logit readout; layer n_layers reads h as is."""
+
+    kind = "tuned"
+
+    def __init__(self, model, translators: "torch.nn.ModuleList"):
+        self.base = model.readout
+        self.translators = translators.float().to(model.device).eval().requires_grad_(False)
+
+    def translate(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
+        if layer >= len(self.translators):
+            return h.float()
+        x = h.float()
+        return x + self.translators[layer](x)
+
+    def loss(self, h, targets, layer: int):
+        return self.base.loss(self.translate(h, layer), targets)
+
+    def loss_and_grad(self, h, targets, layer: int):
+        """Loss and dloss/dh: the logit readout's exact gradient at the translated h, carried back by autograd."""
+        import torch
+
+        if layer >= len(self.translators):
+            return self.base.loss_and_grad(h, targets)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = h.detach().float().clone().requires_grad_(True)
+            y = self.translate(x, layer)
+            loss, grad_y = self.base.loss_and_grad(y.detach(), targets)
+            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
+        return loss, grad.detach()
+
+
+_CACHE: "weakref.WeakKeyDictionary[Any, dict[ReadoutSpec, Any]]" = weakref.WeakKeyDictionary()
+
+
+def make_readout(model, spec: "str | ReadoutSpec | None" = "logit"):
+    """The readout for a loaded model, built once per (model, spec); a lens for another model is refused."""
+    spec = parse_readout(spec)
+    cached = _CACHE.setdefault(model, {})
+    if spec not in cached:
+        cached[spec] = LogitReadout(model) if spec.kind == "logit" else TunedReadout(model, load_translators(spec.path, model))
+    return cached[spec]
+
+
+# -- the tuned-lens format --------------------------------------------------------
+def new_translators(d_model: int, n_layers: int, bias: bool = True) -> "torch.nn.ModuleList":
+    """Residual translators initialised at zero, so a fresh lens is the logit lens (tuned-lens's init)."""
+    import torch
+
+    translators = torch.nn.ModuleList(torch.nn.Linear(d_model, d_model, bias=bias) for _ in range(n_layers))
+    with torch.no_grad():
+        for t in translators:
+            t.weight.zero_()
+            if t.bias is not None:
+                t.bias.zero_()
+    return translators
+
+
+def load_translators(path: Path, model) -> "torch.nn.ModuleList":
+    """The translators of a tuned-lens folder, checked against the model; never executes code from the file."""
+    import torch
+
+    path = Path(path)
+    config = read_lens_config(path)
+    d_model, n_layers = config["d_model"], config["num_hidden_layers"]
+    if (d_model, n_layers) != (model.d_model, model.n_layers):
+        raise NormprobeError(
+            f"tuned lens {path} was made for a model with d_model {d_model} and {n_layers} layers "
+            f"(base {config.get('base_model_name_or_path')!r}); {model.source.name} has d_model {model.d_model} "
+            f"and {model.n_layers} layers")
+    try:
+        state = torch.load(path / PARAMS_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one message
+        raise NormprobeError(f"cannot read {path / PARAMS_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+    translators = new_translators(d_model, n_layers, bias=bool(config.get("bias", True)))
+    try:
+        translators.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise NormprobeError(f"{path / PARAMS_FILE} does not hold {n_layers} translators of size {d_model}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+    return translators
+
+
+def unembed_hash(model) -> str:
+    """tuned-lens's hash of the unembedding matrix (sha256 of numpy's array_str at precision 1)."""
+    import numpy as np
+
+    weight = model.hf_model.get_output_embeddings().weight.detach().cpu().float().numpy()
+    return hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
+
+
+def save_lens(path: Path, translators: "torch.nn.ModuleList", model) -> Path:
+    """Write translators in the tuned-lens format: config.json and params.pt, readable by tuned-lens itself."""
+    import torch
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "base_model_name_or_path": model.source.location if model.source.kind != "demo" else "demo",
+        "d_model": model.d_model,
+        "num_hidden_layers": model.n_layers,
+        "bias": translators[0].bias is not None,
+        "base_model_revision": model.source.revision,
+        "unembed_hash": unembed_hash(model),
+        "lens_type": LENS_TYPE,
+    }
+    state = {k: v.detach().cpu().float().clone() for k, v in translators.state_dict().items()}
+    torch.save(state, path / PARAMS_FILE)
+    (path / CONFIG_FILE).write_text(json.dumps({k: config[k] for k in CONFIG_FIELDS}, indent=2) + "\n")
+    return path
+
+
+# -- chunking -------------------------------------------------------------------------
+def chunked_loss(readout, h, targets, layer: int, vocab_chunk: int, n_vocab: int):
+    """Per-token loss with at most ~vocab_chunk logits (tokens x vocab) in memory at once."""
+    import torch
+
+    step = max(1, vocab_chunk // n_vocab)
+    return torch.cat([readout.loss(h[s:s + step], targets[s:s + step], layer) for s in range(0, h.shape[0], step)])
+
+
+def chunked_loss_and_grad(readout, h, targets, layer: int, vocab_chunk: int, n_vocab: int):
+    import torch
+
+    step = max(1, vocab_chunk // n_vocab)
+    parts = [readout.loss_and_grad(h[s:s + step], targets[s:s + step], layer) for s in range(0, h.shape[0], step)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

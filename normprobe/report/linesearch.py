@@ -1,0 +1,86 @@
+"""Figures for the linesearch probe, from its table alone."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .common import Block, Section, empty_figure, f32, figure, integer_axis, spread_layers
+from .norms import _fmt
+from .updates import COMPONENT_COLOURS, readout_label
+
+
+def _by_layer(values: dict, digits: int = 3) -> str:
+    return ", ".join(f"L{k}: {_fmt(v, digits)}" for k, v in values.items()) or "none"
+
+
+def line_search_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    tolerance = f.get("near_one_tolerance", 0.25)
+    for component, stars in (f.get("alpha_star") or {}).items():
+        rows.append((f"Best step α* on the line h_l + αΔ ({component}), by layer", _by_layer(stars)))
+        near = (f.get("alpha_star_near_one") or {}).get(component, [])
+        rows.append((f"Layers whose {component} α* is near 1 (|α* − 1| ≤ {_fmt(tolerance)})", ", ".join(map(str, near)) or "none"))
+        edge = (f.get("alpha_star_at_grid_edge") or {}).get(component, [])
+        if edge:
+            rows.append((f"Layers whose {component} α* is at the end of the grid (the minimum may lie beyond it)",
+                         ", ".join(map(str, edge))))
+    rows.append(("α grid", ", ".join(_fmt(a) for a in f.get("alphas", [])) or "n/a"))
+    rows.append(("Non-finite losses (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
+    return rows
+
+
+NOTES = [
+    "α* is the step size along the layer's own update Δ that minimises the lens loss: the grid's best α, "
+    "moved to the vertex of the parabola through it and its two neighbours.",
+    "α* near 1 means the model's step has the size that is best on its own line; α* above 1 means it steps "
+    "too short, below 1 too far, and α* at 0 means Δ does not lower the loss at all.",
+    "Every point on the line is read through layer l's readout (its translator, for a tuned lens), the same one "
+    "that defines the descent gradient at h_l.",
+]
+
+
+def loss_curves(table: pd.DataFrame, component: str) -> go.Figure:
+    title = f"Lens loss along h_l + αΔ, {component} update (one line per layer; α = 1 is the model's own step)"
+    rows = table[table["component"] == component]
+    if rows.empty:
+        return empty_figure(title, "no update was measured")
+    fig = figure(title, "α (multiple of the update)", "lens loss minus loss at α = 0 (nats)")
+    layers = spread_layers(sorted(rows["layer"].unique()))
+    for layer in layers:
+        line = rows[rows["layer"] == layer].sort_values("alpha")
+        base = line.loc[line["alpha"] == 0.0, "lens_loss_mean"]
+        offset = float(base.iloc[0]) if len(base) else 0.0
+        fig.add_trace(go.Scatter(x=f32(line["alpha"]), y=f32(line["lens_loss_mean"] - offset), mode="lines+markers",
+                                 name=f"layer {layer}", customdata=f32(line["lens_loss_mean"]),
+                                 hovertemplate=f"layer {layer}<br>α %{{x}}<br>change %{{y:.4f}}<br>loss %{{customdata:.4f}}<extra></extra>"))
+    fig.add_vline(x=1.0, line=dict(color="#888", width=1, dash="dot"))
+    return fig
+
+
+def alpha_star_figure(findings: dict[str, Any]) -> go.Figure:
+    title = "Best step α* per layer (dotted: α = 1, the step the model takes)"
+    stars = findings.get("alpha_star") or {}
+    if not any(stars.values()):
+        return empty_figure(title, "no update was measured")
+    fig = figure(title, "layer", "α*")
+    all_layers = []
+    for component, values in stars.items():
+        layers = np.array([int(k) for k in values], dtype=int)
+        all_layers.extend(layers.tolist())
+        fig.add_trace(go.Scatter(x=layers, y=f32(list(values.values())), mode="lines+markers", name=component,
+                                 line=dict(color=COMPONENT_COLOURS.get(component)),
+                                 hovertemplate=f"{component}<br>layer %{{x}}<br>α* %{{y:.3f}}<extra></extra>"))
+    fig.add_hline(y=1.0, line=dict(color="#888", width=1, dash="dot"))
+    integer_axis(fig, "x", sorted(set(all_layers)))
+    return fig
+
+
+def render_line_search(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
+    table = tables.get("line_search", pd.DataFrame(columns=["layer", "component", "alpha", "count", "lens_loss_mean"]))
+    return Section(
+        title="Line search along each update", anchor="linesearch",
+        findings=[("Readout", readout_label(meta))] + line_search_findings_rows(findings), notes=list(NOTES),
+        blocks=[Block(figure=alpha_star_figure(findings))] + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")])
