@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .errors import NormprobeError
 from .families import REFUSED, SHORT_NAMES, family_for
 from .jsonio import read_json
-from .readout import Readout, describe_norm, logit_op_from_config
+from .logit_readout import Readout, describe_norm, logit_op_from_config
 
 if TYPE_CHECKING:
     import torch

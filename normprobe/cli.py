@@ -274,7 +274,7 @@ def lens_train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
     """Train a tuned lens (tuned-lens's recipe) on a corpus (default: the built-in sample)."""
-    from .lens import train_lens
+    from .lens_training import train_lens
 
     folder = train_lens(model, out, texts=text, input=input, text_field=text_field, steps=steps, lr=lr,
                         batch_size=batch_size, seq_len=seq_len, device=device, resume=resume, overwrite=overwrite,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normprobe.readout import ROW_CHUNK, LogitOp, Readout
+from normprobe.logit_readout import ROW_CHUNK, LogitOp, Readout
 
 
 @pytest.mark.parametrize("op", [None, LogitOp("softcap", 2.0, "final_logit_softcapping"),

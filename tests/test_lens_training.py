@@ -8,7 +8,7 @@ import torch
 
 import normprobe
 from normprobe.adapter import DEMO_DIR
-from normprobe.lens import CHECKPOINT_FILE, LensSettings, LensTrainer, _batches, train_lens
+from normprobe.lens_training import CHECKPOINT_FILE, LensSettings, LensTrainer, _batches, train_lens
 from normprobe.options import Corpus
 from normprobe.readouts import make_readout
 
