@@ -59,6 +59,8 @@ class UpdatesProbe(Probe):
         from ..readouts import make_readout
 
         self._readout = make_readout(model, self.readout_spec)
+        self._readout_is_layer_independent = self._readout.kind == "logit"
+        self._model = model
         self._vocab = model.d_vocab
         self._seq_len = seq_len
         last = model.n_layers - 1
@@ -67,6 +69,7 @@ class UpdatesProbe(Probe):
                 "attn": model.hook_name("attn_out", l), "mlp": model.hook_name("mlp_out", l)}
             for l in self._layers
         }
+        self._slot = {layer: slot for slot, layer in enumerate(self._layers)}
         self._first = model.hook_name("resid_pre", 0)
         self._final = model.hook_name("resid_post", last)
         n_rows = len(self._layers) * len(COMPONENTS)
@@ -97,50 +100,92 @@ class UpdatesProbe(Probe):
 
         return chunked_loss(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
 
-    def update(self, activations: dict[str, Any], batch) -> None:
-        targets = batch.next_tokens[batch.has_next]
-        if targets.numel() == 0:
+    # -- streaming: one layer at a time -----------------------------------
+    def begin_batch(self, batch) -> None:
+        """Reset per-batch state and find h_L - h_0 for total_cos.
+
+        total_cos needs the whole trajectory h_L - h_0 before the last layer has run. A first, light
+        forward (two hooks, nothing else kept) gives it, so that the main pass can hand over each
+        layer and forget it: holding every layer's updates until the end grows with depth.
+        """
+        has_next = batch.has_next
+        self._targets = batch.next_tokens[has_next]
+        self._positions = batch.positions[has_next]
+        self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # the layer before, for next_cos
+        self._pending_block = None  # block actual_change waiting for the next layer's lens loss
+        if self._targets.numel() == 0:
             return
-        positions = batch.positions[batch.has_next]
-        total = activations[self._final] - activations[self._first]
-        n = targets.shape[0]
-        previous: dict[str, torch.Tensor] | None = None
-        for slot, layer in enumerate(self._layers):
-            hooks = self._hooks[layer]
-            h = activations[hooks["pre"]]
-            deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
-                      "block": activations[hooks["post"]] - h}
-            loss, grad = self._loss_and_grad(h, targets, layer)
-            self.lens.add(torch.full((n,), slot, device=loss.device), loss)
-            self.lens_by_position.add(slot * self._seq_len + positions, loss)
-            h_norm = torch.linalg.vector_norm(h, dim=-1)
-            for c, component in enumerate(COMPONENTS):
-                row = slot * len(COMPONENTS) + c
-                groups = torch.full((n,), row, device=loss.device)
-                delta = deltas[component]
-                delta_norm = torch.linalg.vector_norm(delta, dim=-1)
-                values = step_statistics(delta, grad)
-                values["update_norm"] = delta_norm
-                values["rel_update"] = delta_norm / h_norm
-                values["total_cos"] = _cos(delta, total)
-                # first-order check: the linear prediction g·Δ against the loss change it predicts
-                values["predicted_change"] = (grad * delta).sum(-1)
+        ends: dict[str, torch.Tensor] = {}
+
+        def keep(name):
+            return lambda activation, hook=None: ends.__setitem__(name, activation[has_next].float())
+
+        self._model.forward(batch.tokens, batch.mask.long(), [(n, keep(n)) for n in (self._first, self._final)])
+        self._total = ends[self._final] - ends[self._first]
+
+    def update_layer(self, layer: int, activations: dict[str, Any], batch) -> None:
+        if self._targets.numel() == 0:
+            return
+        if layer in self._slot:
+            self._consume_layer(layer, activations)
+        if self._final in activations:  # the last block's output: the model's own loss
+            final_loss = self._lens_loss(activations[self._final], self._targets, self._n_layers)
+            self._settle_block_change(final_loss)
+            output = len(self._layers)
+            self.lens.add(self._group(output), final_loss)
+            self.lens_by_position.add(output * self._seq_len + self._positions, final_loss)
+
+    def update(self, activations: dict[str, Any], batch) -> None:
+        """Every hook point sits in a layer, so update_layer has seen them all."""
+
+    def _group(self, row: int) -> torch.Tensor:
+        return torch.full((self._targets.shape[0],), row, device=self._targets.device)
+
+    def _settle_block_change(self, next_loss: torch.Tensor) -> None:
+        """loss(h_l + Δ_block) is loss(h_{l+1}): with a layer-independent readout it is the next lens loss."""
+        if self._pending_block is not None:
+            row, loss = self._pending_block
+            self.moments["actual_change"].add(self._group(row), next_loss - loss)
+            self._pending_block = None
+
+    def _consume_layer(self, layer: int, activations: dict[str, Any]) -> None:
+        targets, positions = self._targets, self._positions
+        slot = self._slot[layer]
+        hooks = self._hooks[layer]
+        h = activations[hooks["pre"]]
+        deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
+                  "block": activations[hooks["post"]] - h}
+        loss, grad = self._loss_and_grad(h, targets, layer)
+        self._settle_block_change(loss)
+        self.lens.add(self._group(slot), loss)
+        self.lens_by_position.add(slot * self._seq_len + positions, loss)
+        h_norm = torch.linalg.vector_norm(h, dim=-1)
+        reuse_next_loss = self._readout_is_layer_independent and (layer + 1 in self._slot or layer == self._n_layers - 1)
+        for c, component in enumerate(COMPONENTS):
+            row = slot * len(COMPONENTS) + c
+            delta = deltas[component]
+            delta_norm = torch.linalg.vector_norm(delta, dim=-1)
+            values = step_statistics(delta, grad)
+            values["update_norm"] = delta_norm
+            values["rel_update"] = delta_norm / h_norm
+            values["total_cos"] = _cos(delta, self._total)
+            # first-order check: the linear prediction g·Δ against the loss change it predicts
+            values["predicted_change"] = (grad * delta).sum(-1)
+            if component == "block" and reuse_next_loss:
+                self._pending_block = (row, loss)
+            else:
                 values["actual_change"] = self._lens_loss(h + delta, targets, layer) - loss
-                for metric, v in values.items():
-                    self.moments[metric].add(groups, v)
-                cos = values["descent_cos"]
-                bins = ((cos.nan_to_num(0.0).clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
-                self.histogram[row].index_add_(0, bins[torch.isfinite(cos)], torch.ones_like(cos[torch.isfinite(cos)], dtype=torch.float64))
-                if component == "block":
-                    self.cos_by_position.add(slot * self._seq_len + positions, cos)
-                if previous is not None and self._layers[slot - 1] == layer - 1:
-                    prev_row = (slot - 1) * len(COMPONENTS) + c
-                    self.moments["next_cos"].add(torch.full((n,), prev_row, device=loss.device), _cos(previous[component], delta))
-            previous = deltas
-        output = len(self._layers)
-        final_loss = self._lens_loss(activations[self._final], targets, self._n_layers)
-        self.lens.add(torch.full((n,), output, device=final_loss.device), final_loss)
-        self.lens_by_position.add(output * self._seq_len + positions, final_loss)
+            for metric, v in values.items():
+                self.moments[metric].add(self._group(row), v)
+            cos = values["descent_cos"]
+            finite = torch.isfinite(cos)
+            bins = ((cos[finite].clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
+            self.histogram[row].index_add_(0, bins, torch.ones_like(cos[finite], dtype=torch.float64))
+            if component == "block":
+                self.cos_by_position.add(slot * self._seq_len + positions, cos)
+            if self._previous is not None and self._previous[0] == layer - 1:
+                self.moments["next_cos"].add(self._group(row - len(COMPONENTS)), _cos(self._previous[1][component], delta))
+        self._previous = (layer, deltas)
 
     # -- merging and state -----------------------------------------------
     def _all_moments(self) -> dict[str, GroupedMoments]:
