@@ -14,21 +14,18 @@ Times are the median of --repeats runs after one warm-up. Run from the repositor
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_probe import timed as median_time  # noqa: E402
+
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return median_time(fn, repeats)[0]
 
 
 def main() -> None:

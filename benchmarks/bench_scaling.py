@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_probe import PeakRSS  # noqa: E402
+from bench_probe import timed as median_time  # noqa: E402
 
 SHAPES = {  # name: (family config kwargs for Llama-style or GPT-2 models)
     "gpt2-small": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=2048)),
@@ -52,13 +52,7 @@ def build(kind: str, config: dict, folder: Path) -> Path:
 
 
 def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return median_time(fn, repeats)[0]
 
 
 class PeakMemory:
@@ -116,42 +110,45 @@ def measure_speed(args, work: Path, report: dict, sync) -> dict:
                 hf(ids, attention_mask=torch.ones_like(ids))
             sync()
 
+        def hf_body():  # the same forward without the logits of every position, which normprobe skips too
+            with torch.inference_mode():
+                hf.base_model(ids, attention_mask=torch.ones_like(ids))
+            sync()
+
         def norms_probe():
             # exactly the windows the baseline runs: the texts are longer than a window, so cut by tokens
             normprobe.run(model, texts=texts, probes=["norms"], seq_len=seq_len, batch_size=n_windows,
                           max_tokens=n_windows * seq_len, progress=False)
             sync()
 
-        hf_s, norms_s = timed(hf_forward, args.repeats), timed(norms_probe, args.repeats)
-        speed[seq_len] = {"hf_default_forward_s": hf_s, "norms_probe_s": norms_s, "ratio": norms_s / hf_s,
-                          "tokens": n_windows * seq_len}
-        print(f"T={seq_len}: HF default forward {hf_s:.2f} s, norms probe {norms_s:.2f} s, ratio {norms_s / hf_s:.3f}",
-              flush=True)
+        hf_s, body_s, norms_s = (timed(fn, args.repeats) for fn in (hf_forward, hf_body, norms_probe))
+        speed[seq_len] = {"hf_default_forward_s": hf_s, "hf_body_s": body_s, "norms_probe_s": norms_s,
+                          "ratio": norms_s / hf_s, "ratio_to_body": norms_s / body_s, "tokens": n_windows * seq_len}
+        print(f"T={seq_len}: HF default forward {hf_s:.2f} s (body without logits {body_s:.2f} s), norms probe "
+              f"{norms_s:.2f} s, ratio {norms_s / hf_s:.3f} ({norms_s / body_s:.3f} to the body)", flush=True)
     report["norms_vs_hf_default"] = speed
 
     # 2. updates probe against its floor, on shorter windows (the readouts dominate)
-    seq_len, n_windows = 128, 8
+    seq_len, n_windows = 128, 4
     texts = random_texts(model, n_windows, seq_len)
-    windows = normprobe.run(model, texts=texts, probes=["norms"], seq_len=seq_len, progress=False)  # warm-up
-    del windows
     from normprobe.batching import iter_batches, iter_windows
 
-    batches = list(iter_batches(list(iter_windows(texts, model.encode, seq_len, model.bos_token_id)), n_windows,
-                                model.pad_token_id, args.device))
+    windows = list(iter_windows(texts, model.encode, seq_len, model.bos_token_id, max_tokens=n_windows * seq_len))
+    batches = list(iter_batches(windows, n_windows, model.pad_token_id, args.device))
     readout = model.readout
 
     def floor():
         with torch.inference_mode():
             for b in batches:
-                out = hf.model(b.tokens, attention_mask=b.mask.long(), output_hidden_states=True) if kind == "llama" \
-                    else hf.transformer(b.tokens, attention_mask=b.mask.long(), output_hidden_states=True)
+                out = hf.base_model(b.tokens, attention_mask=b.mask.long(), output_hidden_states=True)
                 targets = b.next_tokens[b.has_next]
                 for h in out.hidden_states[:-1]:
                     readout.loss_and_grad(h[b.has_next].float(), targets)
         sync()
 
     def updates():
-        normprobe.run(model, texts=texts, probes=["updates"], seq_len=seq_len, batch_size=n_windows, progress=False)
+        normprobe.run(model, texts=texts, probes=["updates"], seq_len=seq_len, batch_size=n_windows,
+                      max_tokens=n_windows * seq_len, progress=False)
         sync()
 
     floor_s, updates_s = timed(floor, args.repeats), timed(updates, args.repeats)

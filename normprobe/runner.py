@@ -138,130 +138,138 @@ class Runner:
 
     def execute(self, progress: bool = True, folder=None, resume: tuple[dict, dict] | None = None,
                 checkpoint_every: int | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
-        """Run to the end and return a RunResult; under torchrun, ranks other than 0 return None."""
+        """Run to the end and return a RunResult; under torchrun, ranks other than 0 return None.
+
+        Batch -> hooked forward (probes consume each layer as it completes) -> account -> checkpoint
+        when due; the folder object owns run.json's status, the signals and the lock.
+        """
         import torch
 
-        from .adapter import ModelAdapter, ModelSource, load_model
-        from .batching import iter_batches, iter_windows
-        from .console import progress_bar, say
-        from .distributed import local_device, make_sync
-        from .interrupt import RunInterrupted, StopRequests
+        from .batching import iter_batches
+        from .console import progress_bar
+        from .distributed import make_sync
+        from .interrupt import StopRequests
 
         started = time.time()
-        opts = self.options
         sync = make_sync()
         talk = progress and sync.rank == 0
-        model = self.model
-        if not isinstance(model, ModelAdapter):
-            name = model.name if isinstance(model, ModelSource) else str(model)
-            if talk:
-                from .adapter import pick_device, resolve_source
-                from .console import model_line
-
-                source = model if isinstance(model, ModelSource) else resolve_source(name)
-                say(model_line(source, opts.dtype, pick_device(local_device(opts.device))))
-            load_started = time.time()
-            if isinstance(model, ModelSource):
-                model = ModelAdapter.from_source(model, device=local_device(opts.device), dtype=opts.dtype,
-                                                 device_map=opts.device_map, n_devices=opts.n_devices)
-            else:
-                model = load_model(name, device=local_device(opts.device), dtype=opts.dtype,
-                                   device_map=opts.device_map, n_devices=opts.n_devices)
-            say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
-                f"on {model.device}", talk)
+        model = self._load(talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
-        batch_size = opts.batch_size or saved_meta.get("batch_size") or default_batch_size(model, seq_len, self.attention[0] == "eager")
-        bos = model.bos_token_id if opts.prepend_bos else None
+        batch_size = self.options.batch_size or saved_meta.get("batch_size") or \
+            default_batch_size(model, seq_len, self.attention[0] == "eager")
+        bos = model.bos_token_id if self.options.prepend_bos else None
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
         if sync.size > 1:
             meta["world_size"] = sync.size
         folder = folder if sync.rank == 0 else None
-
-        done = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0, "seconds": 0.0}
-        if checkpoint is not None:
-            from .store import CHECKPOINT_FILE, restore_probe
-
-            for probe in probes:
-                restore_probe(probe, checkpoint["probes"], folder.path / CHECKPOINT_FILE)
-            done.update({k: checkpoint["progress"][k] for k in done if k in checkpoint["progress"]})
-            resumed = saved_meta.get("resumed")
-            meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
+        done = self._restore(probes, checkpoint, saved_meta, meta, folder)
         if folder is not None:
             folder.start(meta)  # signal handlers first, then run.json says running
 
-        part = opts.shard if sync.size == 1 else (sync.rank, sync.size)
-        windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
-                                         opts.max_docs, opts.max_tokens, slice_of=part)
-        total = opts.max_tokens
-        if self.corpus.in_memory and sync.size == 1:  # in memory: tokenise up front so the bar has a total
-            windows = list(windows)
-            total = sum(len(w.tokens) for w in windows)
-
-        def save_checkpoint() -> None:
-            if folder is not None:
-                folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes}, "progress": dict(done)})
-
+        windows, total = self._windows(model, seq_len, bos, sync)
         hooked = HookedPass(model, probes)
         bar = progress_bar(total, talk)
         bar.update(done["tokens"])
+        batches = iter_batches(windows, batch_size, model.pad_token_id, model.device)
         last_save = time.time()
-        batches = iter(iter_batches(windows, batch_size, model.pad_token_id, model.device))
-        skip = done["batches"]  # counted before the checkpoint this run resumed from
         try:
             with (nullcontext(folder.stops) if folder is not None else StopRequests()) as stops, \
                     torch.inference_mode():
-                while True:
-                    batch = next(batches, None)
-                    if batch is not None and skip:
-                        skip -= 1
-                        continue
-                    error = None
-                    if batch is not None:
-                        try:
-                            self._step(hooked, probes, batch)
-                        except (ProbeFailed, NormprobeError) as exc:
-                            error = exc
-                    step_tokens, active = sync.step(batch.n_tokens if batch is not None else 0, batch is not None, error)
-                    if not active:
-                        break
-                    bar.update(step_tokens)
-                    if batch is None:
-                        continue
-                    done["batches"] += 1
-                    done["tokens"] += batch.n_tokens
-                    done["windows"] += batch.tokens.shape[0]
-                    done["docs"] = max(done["docs"], max(batch.doc_indices) + 1)
-                    due = (checkpoint_every and done["batches"] % checkpoint_every == 0) or \
-                        (not checkpoint_every and time.time() - last_save >= checkpoint_seconds)
+                for batch in self._lockstep(batches, done["batches"], sync, hooked, probes, bar):
+                    _count(done, batch)
+                    due = (done["batches"] % checkpoint_every == 0) if checkpoint_every else \
+                        time.time() - last_save >= checkpoint_seconds
                     if stops.requested or due:
                         done["seconds"] += time.time() - started
-                        started = time.time()
-                        save_checkpoint()
-                        last_save = time.time()
-                    if stops.requested:
-                        reason = f"stopped by {stops.requested} after {done['tokens']} tokens; resume with --resume"
+                        started = last_save = time.time()
                         if folder is not None:
-                            folder.mark(meta, "interrupted", reason)
-                        raise RunInterrupted(f"stopped by {stops.requested} after {done['tokens']:,} tokens"
-                                             + ("; checkpoint saved" if folder is not None else ""),
-                                             folder.path if folder is not None else None)
-        except ProbeFailed as failure:
-            reason = f"probe {failure.probe!r} raised {type(failure.error).__name__}: {failure.error}"
-            if folder is not None:
-                folder.mark(meta, "failed", reason + "; statistics up to the last checkpoint are in checkpoint.pt")
-            raise NormprobeError(reason) from failure.error
-        except NormprobeError as exc:
-            if folder is not None and not isinstance(exc, RunInterrupted):
-                folder.mark(meta, "failed", str(exc))
-            raise
-        except KeyboardInterrupt:
-            if folder is not None:
-                folder.mark(meta, "interrupted", "aborted by a second signal; the last checkpoint is kept")
-            raise
+                            folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes},
+                                                    "progress": dict(done)})
+                    if stops.requested:
+                        raise _interrupted(stops.requested, done, folder, meta)
+        except (ProbeFailed, NormprobeError, KeyboardInterrupt) as exc:
+            raise _marked(exc, folder, meta) from (exc.error if isinstance(exc, ProbeFailed) else None)
         finally:
             bar.close()
         return self._finish(model, probes, seq_len, meta, sync, done, time.time() - started)
+
+    def _load(self, talk: bool):
+        """The model adapter, loading it (and saying so) when the runner was given a name or a source."""
+        from .adapter import ModelAdapter, ModelSource, load_model, pick_device, resolve_source
+        from .console import model_line, say
+        from .distributed import local_device
+
+        opts, model = self.options, self.model
+        if isinstance(model, ModelAdapter):
+            return model
+        name = model.name if isinstance(model, ModelSource) else str(model)
+        device = local_device(opts.device)
+        if talk:
+            source = model if isinstance(model, ModelSource) else resolve_source(name)
+            say(model_line(source, opts.dtype, pick_device(device)))
+        load_started = time.time()
+        if isinstance(model, ModelSource):
+            model = ModelAdapter.from_source(model, device=device, dtype=opts.dtype, device_map=opts.device_map,
+                                             n_devices=opts.n_devices)
+        else:
+            model = load_model(name, device=device, dtype=opts.dtype, device_map=opts.device_map,
+                               n_devices=opts.n_devices)
+        say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
+            f"on {model.device}", talk)
+        return model
+
+    @staticmethod
+    def _restore(probes: list, checkpoint: dict | None, saved_meta: dict, meta: dict, folder) -> dict[str, Any]:
+        """Progress so far: zero, or the checkpoint's, with the probes' statistics loaded from it."""
+        done = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0, "seconds": 0.0}
+        if checkpoint is None:
+            return done
+        from .store import CHECKPOINT_FILE, restore_probe
+
+        for probe in probes:
+            restore_probe(probe, checkpoint["probes"], folder.path / CHECKPOINT_FILE)
+        done.update({k: checkpoint["progress"][k] for k in done if k in checkpoint["progress"]})
+        resumed = saved_meta.get("resumed")
+        meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
+        return done
+
+    def _windows(self, model, seq_len: int, bos: int | None, sync) -> tuple[Iterable, int | None]:
+        """This rank's windows, and the token total for the progress bar where it is known up front."""
+        from .batching import iter_windows
+
+        opts = self.options
+        part = opts.shard if sync.size == 1 else (sync.rank, sync.size)
+        windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
+                                         opts.max_docs, opts.max_tokens, slice_of=part)
+        if self.corpus.in_memory and sync.size == 1:  # in memory: tokenise up front so the bar has a total
+            windows = list(windows)
+            return windows, sum(len(w.tokens) for w in windows)
+        return windows, opts.max_tokens
+
+    def _lockstep(self, batches: Iterable, skip: int, sync, hooked: "HookedPass", probes: list, bar):
+        """Yield each batch once every probe has taken it; ranks step together, so one rank's error stops all.
+
+        The first `skip` batches were counted before the checkpoint a resumed run started from.
+        """
+        batches = iter(batches)
+        while True:
+            batch = next(batches, None)
+            if batch is not None and skip:
+                skip -= 1
+                continue
+            error = None
+            if batch is not None:
+                try:
+                    self._step(hooked, probes, batch)
+                except (ProbeFailed, NormprobeError) as exc:
+                    error = exc
+            step_tokens, active = sync.step(batch.n_tokens if batch is not None else 0, batch is not None, error)
+            if not active:
+                return
+            bar.update(step_tokens)
+            if batch is not None:
+                yield batch
 
     @staticmethod
     def _step(hooked: "HookedPass", probes: list, batch) -> None:
@@ -323,6 +331,40 @@ def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
     if not any(p.kind is p.VAR_KEYWORD for p in params):
         options = {k: v for k, v in options.items() if k in {p.name for p in params}}
     return cls(layers=layers, **options)
+
+
+def _count(done: dict[str, Any], batch) -> None:
+    done["batches"] += 1
+    done["tokens"] += batch.n_tokens
+    done["windows"] += batch.tokens.shape[0]
+    done["docs"] = max(done["docs"], max(batch.doc_indices) + 1)
+
+
+def _interrupted(signal_name: str, done: dict[str, Any], folder, meta: dict[str, Any]):
+    """The run stopped on a signal, its checkpoint saved: run.json says so, and how to continue."""
+    from .interrupt import RunInterrupted
+
+    if folder is not None:
+        folder.mark(meta, "interrupted", f"stopped by {signal_name} after {done['tokens']} tokens; resume with --resume")
+    return RunInterrupted(f"stopped by {signal_name} after {done['tokens']:,} tokens"
+                          + ("; checkpoint saved" if folder is not None else ""),
+                          folder.path if folder is not None else None)
+
+
+def _marked(exc: BaseException, folder, meta: dict[str, Any]) -> BaseException:
+    """Mark run.json for how the run ended and return what to raise: a probe's bug becomes one line naming it."""
+    from .interrupt import RunInterrupted
+
+    if isinstance(exc, ProbeFailed):
+        reason = f"probe {exc.probe!r} raised {type(exc.error).__name__}: {exc.error}"
+        if folder is not None:
+            folder.mark(meta, "failed", reason + "; statistics up to the last checkpoint are in checkpoint.pt")
+        return NormprobeError(reason)
+    if folder is not None and isinstance(exc, KeyboardInterrupt):
+        folder.mark(meta, "interrupted", "aborted by a second signal; the last checkpoint is kept")
+    elif folder is not None and not isinstance(exc, RunInterrupted):
+        folder.mark(meta, "failed", str(exc))
+    return exc
 
 
 def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None,
