@@ -21,7 +21,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -176,6 +175,9 @@ def child(spec: str, device: str, dtype: str) -> None:
                    Path(tempfile.mkdtemp(prefix="normprobe-child-")))
     model = normprobe.load_model(str(folder), device=device, dtype=dtype)
     texts = random_texts(model, tokens // 512, 512)
+    # a tiny run first: it pages in the memory-mapped weights and builds the readout's float32 copies,
+    # which a measure of the run's own memory must leave out
+    normprobe.run(model, texts=texts[:1], probes=["updates"], seq_len=16, max_tokens=16, progress=False)
     gc.collect()
     with PeakMemory(device) as mem:
         normprobe.run(model, texts=texts, probes=["updates"], seq_len=512, batch_size=tokens // 512,
@@ -197,10 +199,6 @@ def main() -> None:
     if args.child:
         return child(args.child, args.device, args.dtype)
     shape = args.shape or ("quick" if args.quick else "gpt2-small")
-    dtype = getattr(torch, args.dtype)
-    import normprobe
-    from transformers import AutoModelForCausalLM
-
     work = Path(tempfile.mkdtemp(prefix="normprobe-scaling-"))
     report: dict = {"shape": shape, "device": args.device, "dtype": args.dtype}
 

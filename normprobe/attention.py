@@ -50,6 +50,20 @@ def _restore(module: Any) -> None:
     module.__dict__.pop("forward", None)
 
 
+def _drop_pattern(module: Any, args: Any, output: Any) -> None:
+    # TransformerLens keeps each layer's last pattern [batch, heads, T, T]; eager memory would grow with depth
+    module.__dict__.pop("_pattern", None)
+
+
+def _drop_patterns_after_each_layer(modules: list, drop: bool) -> None:
+    for module in modules:
+        handle = module.__dict__.pop("_normprobe_drop_pattern", None)
+        if handle is not None:
+            handle.remove()
+        if drop:
+            module.__dict__["_normprobe_drop_pattern"] = module.register_forward_hook(_drop_pattern)
+
+
 def _set_hf_attention(hf_model: Any, kind: str) -> str:
     """Ask Hugging Face for `kind`; returns what the model really runs (it may refuse sdpa)."""
     try:
@@ -63,6 +77,7 @@ def use_attention(bridge: Any, kind: str) -> str:
     """Switch the bridge to `kind` (eager or sdpa) and return what now runs."""
     modules = _attention_bridges(bridge)
     norms = _norm_bridges(bridge)
+    _drop_patterns_after_each_layer(modules, drop=kind == EAGER)
     if kind == EAGER:
         for module in modules + norms:
             _restore(module)

@@ -22,6 +22,8 @@ def test_norms_run_on_sdpa_unless_patterns_are_read(family, family_adapter):
     assert (fast.meta["attention"], fast.meta["attention_reason"]) == ("sdpa", "Hugging Face's default")
     patterns = _run(adapter, ["norms", ENTROPY])
     assert (patterns.meta["attention"], patterns.meta["attention_reason"]) == ("eager", "a probe reads attention patterns or norm internals")
+    # TransformerLens keeps each layer's last pattern; dropped after each layer, eager memory stays flat in depth
+    assert not [m for m in adapter.bridge.modules() if "_pattern" in vars(m)]
     again = _run(adapter, ["norms"])  # the same loaded model switches back
     assert again.meta["attention"] == "sdpa"
     for result in (patterns, again):  # eager and sdpa agree to float32 rounding
