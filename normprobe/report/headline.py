@@ -70,6 +70,10 @@ def _norms_line(f: dict[str, Any]) -> str:
     return "norms: " + "; ".join(parts)
 
 
+def _layers(layers: list) -> str:
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
+
+
 def _updates_line(result: Any, f: dict[str, Any]) -> str:
     lens = f.get("lens_loss") or {}
     losses = [v for _, v in sorted((int(k), v) for k, v in lens.items())]
@@ -80,10 +84,10 @@ def _updates_line(result: Any, f: dict[str, Any]) -> str:
         parts.append(f"lens loss {_g(_number(losses[0]))} → {_g(_number(losses[-1]))} nats ({trend})")
         unread = f.get("readout_not_meaningful_layers")
         if unread:
-            parts.append(f"readout not meaningful (above log V) at layers {', '.join(map(str, unread))}")
+            parts.append(f"readout not meaningful (above log V) at {_layers(unread)}")
     descending = (f.get("descent_positive_layers") or {}).get("block")
     if descending is not None:
-        parts.append(f"block updates descend the loss at layers {', '.join(map(str, descending)) or 'none'}")
+        parts.append(f"block updates descend the loss at {_layers(descending) if descending else 'no layer'}")
     return "updates: " + ("; ".join(parts) or "no token had a next token")
 
 
