@@ -62,3 +62,17 @@ def mean_norm_by_layer_position(hf, tokenizer, docs, prepend_bos=True):
                 sums[(layer, position)] += float(vector.norm())
                 counts[(layer, position)] += 1
     return {k: sums[k] / counts[k] for k in sums}
+
+
+def drive_by_hand(probe, adapter, windows, per_batch: int = 1):
+    """Feed windows to a set-up probe without the runner: collate, one forward with its hooks, update."""
+    from normprobe.batching import collate
+
+    for start in range(0, len(windows), per_batch):
+        batch = collate(windows[start:start + per_batch], adapter.pad_token_id, "cpu")
+        store = {}
+        hooks = [(h, lambda act, hook, h=h: store.__setitem__(h, probe.reduce(h, act, batch))) for h in probe.hook_points()]
+        with torch.inference_mode():
+            adapter.forward(batch.tokens, batch.mask.long(), hooks)
+            probe.update(store, batch)
+    return probe

@@ -11,7 +11,7 @@ from normprobe.adapter import DEMO_DIR
 from normprobe.probes.linesearch import LineSearchProbe, line_search_findings, refine_minimum
 
 from .conftest import DOCS
-from .reference import token_ids
+from .reference import drive_by_hand, token_ids
 
 ALPHAS = [0.0, 0.5, 1.0, 1.5, 3.0]
 
@@ -62,21 +62,14 @@ def test_matches_plain_loop_over_hf_modules(demo_adapter, hf_model):
 
 
 def test_merge_of_halves_equals_whole(demo_adapter):
-    from normprobe.batching import collate, iter_windows
+    from normprobe.batching import iter_windows
 
     windows = list(iter_windows(DOCS[:4], demo_adapter.encode, 64, demo_adapter.bos_token_id))
 
     def probe_over(ws):
         probe = LineSearchProbe(alphas=ALPHAS)
         probe.setup(demo_adapter, 64)
-        for w in ws:
-            batch = collate([w], demo_adapter.pad_token_id, "cpu")
-            store = {}
-            hooks = [(h, lambda act, hook, h=h: store.__setitem__(h, probe.reduce(h, act, batch))) for h in probe.hook_points()]
-            with torch.inference_mode():
-                demo_adapter.forward(batch.tokens, batch.mask.long(), hooks)
-            probe.update(store, batch)
-        return probe
+        return drive_by_hand(probe, demo_adapter, ws)
 
     whole = probe_over(windows)
     first, second = probe_over(windows[:2]), probe_over(windows[2:])

@@ -13,7 +13,7 @@ from normprobe.errors import NormprobeError
 from normprobe.probes.massive import MassiveProbe, massive_findings
 
 from .conftest import DOCS
-from .reference import final_norm_module, token_ids
+from .reference import drive_by_hand, final_norm_module, token_ids
 
 
 @torch.no_grad()
@@ -156,18 +156,9 @@ def test_findings_recomputed_by_hand(family_adapter):
 
 
 def _probe_over(adapter, windows, seq_len=64, **options):
-    from normprobe.batching import collate
-
     probe = MassiveProbe(**options)
     probe.setup(adapter, seq_len)
-    for start in range(0, len(windows), 2):
-        batch = collate(windows[start:start + 2], adapter.pad_token_id, "cpu")
-        store = {}
-        hooks = [(h, lambda act, hook, h=h: store.__setitem__(h, probe.reduce(h, act, batch))) for h in probe.hook_points()]
-        with torch.inference_mode():
-            adapter.forward(batch.tokens, batch.mask.long(), hooks)
-        probe.update(store, batch)
-    return probe
+    return drive_by_hand(probe, adapter, windows, per_batch=2)
 
 
 def _assert_tables_equal(a, b):

@@ -9,7 +9,7 @@ import normprobe
 from normprobe.probes.norms import NormsProbe
 
 from .conftest import DOCS, FAMILY_NAMES
-from .reference import mean_norm_by_layer_position
+from .reference import drive_by_hand, mean_norm_by_layer_position
 
 
 def _run(adapter, docs=DOCS, probes=("norms",), **kw):
@@ -76,21 +76,14 @@ def test_streaming_batches_equal_one_pass(demo_adapter):
 def test_merge_of_halves_equals_whole(demo_adapter):
     import torch
 
-    from normprobe.batching import collate, iter_windows
+    from normprobe.batching import iter_windows
 
     windows = list(iter_windows(DOCS, demo_adapter.encode, 64, demo_adapter.bos_token_id))
 
     def probe_over(ws):
         probe = NormsProbe()
         probe.setup(demo_adapter, 64)
-        for w in ws:
-            batch = collate([w], demo_adapter.pad_token_id, "cpu")
-            store = {}
-            hooks = [(h, lambda act, hook, h=h: store.__setitem__(h, probe.reduce(h, act, batch))) for h in probe.hook_points()]
-            with torch.inference_mode():
-                demo_adapter.forward(batch.tokens, batch.mask.long(), hooks)
-            probe.update(store, batch)
-        return probe
+        return drive_by_hand(probe, demo_adapter, ws)
 
     whole = probe_over(windows)
     first, second = probe_over(windows[:3]), probe_over(windows[3:])

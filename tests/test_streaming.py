@@ -7,6 +7,7 @@ import normprobe
 from normprobe.hooked import HookedPass
 
 from .conftest import DOCS
+from .reference import assert_float32_close, drive_by_hand
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,20 @@ class Explodes(normprobe.Probe):
 def test_a_streaming_probe_that_raises_is_named(demo_adapter):
     with pytest.raises(normprobe.NormprobeError, match="probe 'explodes' raised RuntimeError: layer one is on fire"):
         normprobe.run(demo_adapter, texts=DOCS, probes=[Explodes], progress=False)
+
+
+def test_updates_driven_by_hand_equals_the_streaming_run(demo_adapter):
+    """A caller that collects a whole batch and calls update (no begin_batch) gets what the runner gets."""
+    from normprobe.batching import iter_windows
+    from normprobe.probes.updates import UpdatesProbe
+
+    windows = list(iter_windows(DOCS, demo_adapter.encode, 64, demo_adapter.bos_token_id))
+    probe = UpdatesProbe()
+    probe.setup(demo_adapter, 64)
+    by_hand = drive_by_hand(probe, demo_adapter, windows, per_batch=2).result()["updates"]
+    streamed = normprobe.run(demo_adapter, texts=DOCS, probes=["updates"], seq_len=64, batch_size=2,
+                             progress=False)["updates"]
+    assert list(by_hand["count"]) == list(streamed["count"]) and by_hand["count"].sum() > 0
+    for column in by_hand.columns:
+        if by_hand[column].dtype.kind == "f":
+            assert_float32_close(by_hand[column], streamed[column], rel=1e-5, what=column)

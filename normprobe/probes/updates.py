@@ -109,19 +109,22 @@ class UpdatesProbe(Probe):
         layer and forget it: holding every layer's updates until the end grows with depth.
         """
         has_next = batch.has_next
-        self._targets = batch.next_tokens[has_next]
-        self._positions = batch.positions[has_next]
-        self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # the layer before, for next_cos
-        self._pending_block = None  # block actual_change waiting for the next layer's lens loss
-        if self._targets.numel() == 0:
-            return
         ends: dict[str, torch.Tensor] = {}
 
         def keep(name):
-            return lambda activation, hook=None: ends.__setitem__(name, activation[has_next].float())
+            return lambda activation, hook=None: ends.__setitem__(name, self.reduce(name, activation, batch))
 
-        self._model.forward(batch.tokens, batch.mask.long(), [(n, keep(n)) for n in (self._first, self._final)])
-        self._total = ends[self._final] - ends[self._first]
+        if bool(has_next.any()):
+            self._model.forward(batch.tokens, batch.mask.long(), [(n, keep(n)) for n in (self._first, self._final)])
+        self._start_batch(batch, ends)
+
+    def _start_batch(self, batch, ends: dict[str, torch.Tensor]) -> None:
+        self._targets = batch.next_tokens[batch.has_next]
+        self._positions = batch.positions[batch.has_next]
+        self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # the layer before, for next_cos
+        self._pending_block = None  # block actual_change waiting for the next layer's lens loss
+        if self._targets.numel():
+            self._total = ends[self._final] - ends[self._first]
 
     def update_layer(self, layer: int, activations: dict[str, Any], batch) -> None:
         if self._targets.numel() == 0:
@@ -136,7 +139,14 @@ class UpdatesProbe(Probe):
             self.lens_by_position.add(output * self._seq_len + self._positions, final_loss)
 
     def update(self, activations: dict[str, Any], batch) -> None:
-        """Every hook point sits in a layer, so update_layer has seen them all."""
+        """A streaming run hands nothing here. A caller that collects a whole batch's activations at once
+        (without begin_batch) gets them handled layer by layer, as the runner would."""
+        if not activations:
+            return
+        self._start_batch(batch, activations)
+        for layer in sorted({self._model.layer_of_hook(name) for name in activations}):
+            self.update_layer(layer, {n: a for n, a in activations.items() if self._model.layer_of_hook(n) == layer},
+                              batch)
 
     def _group(self, row: int) -> torch.Tensor:
         return torch.full((self._targets.shape[0],), row, device=self._targets.device)
