@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 import normprobe
-from normprobe.cli import main
 from normprobe.errors import NormprobeError
 from normprobe.runner import make_runner
 from tests.conftest import DOCS
+from tests.test_cli import invoke
 
 datasets = pytest.importorskip("datasets")
 TEXTS = DOCS + ["   ", "The last document is plain prose about layers and norms."]  # one blank: skipped by both
@@ -34,14 +34,6 @@ def saved(tmp_path_factory):
     datasets.Dataset.from_dict({"text": ["held out text"]}).to_parquet(files / "test-00000.parquet")
     train.to_json(root / "a.jsonl")
     return root
-
-
-def invoke(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
 
 
 def test_saved_dataset_equals_the_same_texts(saved, tmp_path, capsys):
