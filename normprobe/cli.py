@@ -4,6 +4,7 @@ Heavy imports (torch, TransformerLens, plotly) happen inside commands so `--help
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -310,6 +311,7 @@ def resume_command(argv: list[str], folder: Path) -> str:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one-line errors, exit 1 for bad input, 2 for bad usage, 130 on Ctrl-C."""
+    from .distributed import is_distributed
     from .interrupt import RunInterrupted
 
     try:
@@ -330,7 +332,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         typer.echo("normprobe: interrupted", err=True)
         sys.exit(130)
     else:
-        sys.exit(code if isinstance(code, int) else 0)
+        code = code if isinstance(code, int) else 0
+        if is_distributed():
+            # Under torchrun, gloo's threads outlive the interpreter and a rank can abort in C++ teardown
+            # ("terminate called without an active exception") after its work is done: skip the teardown.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
 
 
 if __name__ == "__main__":
