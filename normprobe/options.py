@@ -33,6 +33,10 @@ class RunOptions:
     massive_ratio: float = DEFAULT_MASSIVE_RATIO
     readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
     alphas: list[float] | None = None  # the linesearch probe's step sizes
+    baselines: list[str] | None = None  # null baselines: random-init, shuffled, no-bos (normprobe.baselines)
+    baseline_seeds: int = 3  # random-init models, one per seed
+    # Set by the runner for each random-init seed's pass, so that a seed is a unit of the bootstrap.
+    bootstrap_unit: str | None = None
 
     def probe_options(self) -> dict:
         return {name: getattr(self, name) for name in PROBE_OPTIONS}
@@ -61,6 +65,9 @@ class RunOptions:
         from .readouts import parse_readout
 
         parse_readout(self.readout)
+        from .baselines import check_baselines
+
+        self.baselines = check_baselines(self.baselines, self.baseline_seeds, self.prepend_bos)
         from .distributed import is_distributed
 
         self.dtype = parse_dtype(self.dtype)

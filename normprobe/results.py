@@ -86,6 +86,9 @@ class RunResult(FigureViews):
     findings: dict[str, dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
     probe_states: dict[str, Any] | None = None  # kept for shard runs, so `normprobe merge` can combine them
+    # Null baselines (normprobe.baselines): kind -> its tables, in the run's own schemas, saved in baselines/<kind>/
+    baselines: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+    baseline_states: dict[str, Any] | None = None  # kind -> merged probe states, for shard runs
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
@@ -135,6 +138,19 @@ class RunResult(FigureViews):
             buffer = io.BytesIO()
             torch.save(self.probe_states, buffer)
             write_atomic(out / STATE_FILE, buffer.getvalue())
+        for kind, tables in self.baselines.items():
+            where = baseline_folder(out, kind)
+            where.mkdir(parents=True, exist_ok=True)
+            for name, frame in tables.items():
+                write_atomic(where / f"{name}.parquet", _parquet_bytes(frame))
+            if self.baseline_states is not None and kind in self.baseline_states:
+                import io
+
+                import torch
+
+                buffer = io.BytesIO()
+                torch.save(self.baseline_states[kind], buffer)
+                write_atomic(where / STATE_FILE, buffer.getvalue())
         if report:
             self.to_html(out / REPORT_FILE, plotlyjs=plotlyjs)
         # run.json last: a folder whose run.json says complete has every file.
@@ -142,6 +158,10 @@ class RunResult(FigureViews):
 
     def run_json(self) -> str:
         body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings}
+        if self.baselines or "baselines" in self.meta:
+            records = dict(self.meta.get("baselines") or {})
+            body["baselines"] = {kind: {**records.get(kind, {}), "tables": sorted(self.baselines.get(kind, {}))}
+                                 for kind in dict.fromkeys([*records, *self.baselines])}
         return json.dumps(_json_safe(body), indent=2, sort_keys=False) + "\n"
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
@@ -161,7 +181,16 @@ class RunResult(FigureViews):
         check_run_json(body, folder)
         tables = read_tables(folder, body.pop("tables", []))
         findings = body.pop("findings", {})
-        return cls(tables=tables, findings=findings, meta=body)
+        baselines = {kind: read_tables(baseline_folder(folder, kind), record.pop("tables", []))
+                     for kind, record in (body.get("baselines") or {}).items()}
+        return cls(tables=tables, findings=findings, meta=body, baselines=baselines)
+
+
+def baseline_folder(folder: str | Path, kind: str) -> Path:
+    """Where a baseline's tables live: baselines/<kind>/ inside the run folder."""
+    from .baselines import BASELINE_FOLDER
+
+    return Path(folder) / BASELINE_FOLDER / kind
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:

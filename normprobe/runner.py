@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from .corpus import InputSpec
 from .attention import reads_patterns
+from .baseline_passes import BaselinePasses, LiveRun as _LiveRun, baselines_from_checkpoint
 from .console import warn
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
@@ -36,7 +37,7 @@ def _versions() -> dict[str, str]:
 CHECKPOINT_SECONDS = 300.0  # default: a checkpoint at most every five minutes
 
 
-class Runner:
+class Runner(BaselinePasses):
     """Owns one run: validates, attaches every probe's hooks once and streams batches through them.
 
     With a `RunFolder` it also keeps run.json's status current, checkpoints the probes' statistics,
@@ -78,7 +79,8 @@ class Runner:
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
                 "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
-                "massive_ratio": opts.massive_ratio, **readout_request(opts)}
+                "massive_ratio": opts.massive_ratio, **readout_request(opts),
+                "baselines": list(opts.baselines or []), "baseline_seeds": opts.baseline_seeds}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -145,8 +147,6 @@ class Runner:
         """
         import torch
 
-        from .batching import iter_batches
-        from .console import progress_bar
         from .distributed import make_sync
         from .interrupt import StopRequests
 
@@ -159,40 +159,67 @@ class Runner:
         batch_size = self.options.batch_size or saved_meta.get("batch_size") or \
             default_batch_size(model, seq_len, self.attention[0] == "eager")
         bos = model.bos_token_id if self.options.prepend_bos else None
+        self.check_baselines_fit(model, bos)
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
         if sync.size > 1:
             meta["world_size"] = sync.size
         folder = folder if sync.rank == 0 else None
         done = self._restore(probes, checkpoint, saved_meta, meta, folder)
+        self._live = _LiveRun(sync, folder, meta, done, probes, batch_size, checkpoint_every, checkpoint_seconds, talk,
+                              started, baselines_from_checkpoint(checkpoint))
+        self.record_baselines(meta)
         if folder is not None:
             folder.start(meta)  # signal handlers first, then run.json says running
 
-        windows, total = self._windows(model, seq_len, bos, sync)
-        hooked = HookedPass(model, probes)
-        bar = progress_bar(total, talk)
-        bar.update(done["tokens"])
-        batches = iter_batches(windows, batch_size, model.pad_token_id, model.device)
-        last_save = time.time()
         try:
             with (nullcontext(folder.stops) if folder is not None else StopRequests()) as stops, \
                     torch.inference_mode():
-                for batch in self._lockstep(batches, done["batches"], sync, hooked, probes, bar):
-                    _count(done, batch)
-                    due = (done["batches"] % checkpoint_every == 0) if checkpoint_every else \
-                        time.time() - last_save >= checkpoint_seconds
-                    if stops.requested or due:
-                        done["seconds"] += time.time() - started
-                        started = last_save = time.time()
-                        if folder is not None:
-                            folder.save_checkpoint({"probes": {p.name: p.state_dict() for p in probes},
-                                                    "progress": dict(done)})
-                    if stops.requested:
-                        raise _interrupted(stops.requested, done, folder, meta)
+                self._live.stops = stops
+                windows, total = self._windows(model, seq_len, bos, sync)
+                self._stream(model, probes, windows, total, done)
+                # baselines that read the model's own weights, while it is loaded
+                shared = self.run_shared_baselines(model, seq_len, bos)
+                result = self._finish(model, probes, seq_len, meta, sync, done, 0.0)
+                self._live.main = {p.name: p.state_dict() for p in probes}  # checkpoints no longer hold the probes
+                del probes
+                # random-init models replace the model: load, run, free, then the next
+                handoff, model = [model], None
+                self.run_random_init_baselines(handoff, seq_len, bos, shared)
+                self.attach_baselines(result, shared)
         except (ProbeFailed, NormprobeError, KeyboardInterrupt) as exc:
             raise _marked(exc, folder, meta) from (exc.error if isinstance(exc, ProbeFailed) else None)
+        if result is not None:
+            result.meta["seconds"] = round(self._live.done["seconds"] + time.time() - self._live.started, 3)
+        return result
+
+    def _stream(self, model, probes: list, windows: Iterable, total: int | None, done: dict[str, Any]) -> None:
+        """One pass of windows through the model into `probes`, counting into `done`; checkpoints when due.
+
+        The model's pass and every baseline pass run here: a baseline is this loop with another model
+        or another view of the windows.
+        """
+        from .batching import iter_batches
+        from .console import progress_bar
+
+        live = self._live
+        hooked = HookedPass(model, probes)
+        bar = progress_bar(total, live.talk)
+        bar.update(done["tokens"])
+        batches = iter_batches(windows, live.batch_size, model.pad_token_id, model.device)
+        try:
+            for batch in self._lockstep(batches, done["batches"], live.sync, hooked, probes, bar):
+                _count(done, batch)
+                due = (done["batches"] % live.checkpoint_every == 0) if live.checkpoint_every else \
+                    time.time() - live.last_save >= live.checkpoint_seconds
+                if live.stops.requested or due:
+                    live.done["seconds"] += time.time() - live.started
+                    live.started = live.last_save = time.time()
+                    if live.folder is not None:
+                        live.folder.save_checkpoint(live.checkpoint_state())
+                if live.stops.requested:
+                    raise _interrupted(live.stops.requested, live.done, live.folder, live.meta)
         finally:
             bar.close()
-        return self._finish(model, probes, seq_len, meta, sync, done, time.time() - started)
 
     def _load(self, talk: bool):
         """The model adapter, loading it (and saying so) when the runner was given a name or a source."""
@@ -388,14 +415,16 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
                 checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
-                readout: str = "logit", alphas: list[float] | None = None) -> Runner:
+                readout: str = "logit", alphas: list[float] | None = None,
+                baselines: Sequence[str] | None = None, baseline_seeds: int = 3) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, massive_ratio, readout, alphas)
+                         device_map, n_devices, massive_ratio, readout, alphas,
+                         baselines=list(baselines) if baselines is not None else None, baseline_seeds=baseline_seeds)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -424,6 +453,8 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
     built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
     seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
-    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid).
+    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid),
+    baselines (a list of "random-init", "shuffled", "no-bos": null baselines through the same probes, windows and
+    batches, in `RunResult.baselines`; see docs/baselines.md) and baseline_seeds (random-init models, default 3).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -56,9 +56,32 @@ def check_run_json(body: Any, folder: Path) -> None:
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise bad(f"{key!r} is {value!r}, not a count")
+    _check_baselines(body.get("baselines"), bad)
     seconds = body.get("seconds")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
         raise bad(f"'seconds' is {seconds!r}, not a number")
+
+
+def _check_baselines(baselines: Any, bad) -> None:
+    """A baseline's record names a known kind (its folder) and its tables, checked like the run's own."""
+    if baselines is None:
+        return
+    from .baselines import BASELINE_KINDS
+
+    if not isinstance(baselines, dict):
+        raise bad(f"'baselines' is {_kind(baselines)}, not an object")
+    for kind, record in baselines.items():
+        if kind not in BASELINE_KINDS:
+            raise bad(f"baseline {kind!r} is not one of {', '.join(BASELINE_KINDS)}")
+        if not isinstance(record, dict):
+            raise bad(f"baselines[{kind!r}] is {_kind(record)}, not an object")
+        tables = record.get("tables", [])
+        if not isinstance(tables, list) or not all(isinstance(t, str) and TABLE_NAME.match(t) for t in tables):
+            raise bad(f"baselines[{kind!r}]['tables'] must be a list of table names")
+        for key in ("n_tokens", "n_windows", "n_batches"):
+            value = record.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise bad(f"baselines[{kind!r}][{key!r}] is {value!r}, not a count")
 
 
 def read_tables(folder: Path, names: list[str]) -> dict[str, Any]:

@@ -1,0 +1,207 @@
+"""The runner's baseline passes: the same loop (Runner._stream), the same probes, another model or corpus view.
+
+Order and memory: the model's own pass, then the passes that read the model's own weights (shuffled,
+no-bos), then the model is freed and each random-init seed's model is built, run and freed in turn, so
+at most one model is resident (unless the caller handed in a loaded model and still holds it).
+Checkpoints hold every pass's statistics and progress under `baselines`, keyed by pass
+(`shuffled`, `random-init/seed=1`, ...): a resumed run skips finished passes and continues the current one.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .baselines import BaselinePass, baseline_record, plan_passes, random_init_adapter, view_windows
+from .errors import NormprobeError
+
+ZERO_PROGRESS = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0}
+
+
+@dataclass
+class LiveRun:
+    """What the loop needs while a run is under way, across all its passes."""
+
+    sync: Any
+    folder: Any
+    meta: dict[str, Any]
+    done: dict[str, Any]  # the model's own pass (its seconds count the whole run's time)
+    main: Any  # the model's probes while they live, then their state
+    batch_size: int
+    checkpoint_every: int | None
+    checkpoint_seconds: float
+    talk: bool
+    started: float
+    passes: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass key -> probes|state, progress, complete
+    stops: Any = None
+    last_save: float = field(default_factory=time.time)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"probes": _states(self.main), "progress": dict(self.done),
+                "baselines": {key: {"probes": _states(entry["probes"]), "progress": dict(entry["progress"]),
+                                    "complete": entry["complete"]} for key, entry in self.passes.items()}}
+
+
+def _states(probes: Any) -> dict[str, Any]:
+    if isinstance(probes, list):
+        return {p.name: p.state_dict() for p in probes}
+    return probes if probes is not None else {}
+
+
+def baselines_from_checkpoint(checkpoint: dict | None) -> dict[str, dict[str, Any]]:
+    """The passes a checkpoint records, checked for the shape the runner writes."""
+    found = (checkpoint or {}).get("baselines") or {}
+    if not isinstance(found, dict):
+        raise NormprobeError("the checkpoint's baselines are damaged; start the run again")
+    passes = {}
+    for key, entry in found.items():
+        progress = entry.get("progress") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("probes"), dict) and isinstance(progress, dict)
+                and all(isinstance(progress.get(k), int) for k in ZERO_PROGRESS)):
+            raise NormprobeError(f"the checkpoint's baseline {key!r} is damaged; start the run again")
+        passes[str(key)] = {"probes": entry["probes"], "progress": {k: progress[k] for k in ZERO_PROGRESS},
+                            "complete": bool(entry.get("complete"))}
+    return passes
+
+
+def _outside_inference():
+    import torch
+
+    return torch.inference_mode(False)
+
+
+class BaselinePasses:
+    """Mixed into Runner: everything about baseline passes except the loop itself."""
+
+    def check_baselines_fit(self, model, bos: int | None) -> None:
+        if "no-bos" in (self.options.baselines or []) and bos is None:
+            raise NormprobeError(f"--baseline no-bos needs a BOS token to remove; {model.source.name}'s tokenizer has none")
+
+    def record_baselines(self, meta: dict[str, Any]) -> None:
+        kinds = self.options.baselines or []
+        if kinds:
+            meta["baselines"] = {k: baseline_record(k, self.options.baseline_seeds) for k in kinds}
+
+    @contextmanager
+    def _pass_options(self, bpass: BaselinePass):
+        """The run's options with this pass's bootstrap unit (a random-init seed), restored afterwards."""
+        saved = self.options
+        self.options = replace(saved, bootstrap_unit=bpass.bootstrap_unit)
+        try:
+            yield
+        finally:
+            self.options = saved
+
+    def _passes(self) -> list[BaselinePass]:
+        return plan_passes(list(self.options.baselines or []), self.options.baseline_seeds)
+
+    def _run_pass(self, bpass: BaselinePass, model, seq_len: int, bos: int | None) -> list | None:
+        """One baseline pass through the loop; returns its probes (merged over ranks on rank 0), or None when
+        a checkpoint already holds it complete."""
+        from .console import say
+        from .runner import merge_state
+        from .store import restore_probe
+
+        live = self._live
+        entry = live.passes.setdefault(bpass.key, {"probes": {}, "progress": dict(ZERO_PROGRESS), "complete": False})
+        if entry["complete"]:
+            return None
+        with _outside_inference():  # a readout built here must take gradients later
+            probes, _ = self.prepare(model)
+        if entry["probes"]:
+            for probe in probes:
+                restore_probe(probe, entry["probes"], f"the checkpoint's baseline {bpass.key!r}")
+        entry["probes"] = probes
+        say(f"baseline {bpass.key}", live.talk)
+        windows, total = self._windows(model, seq_len, bos, live.sync)
+        with self._pass_options(bpass):
+            self._stream(model, probes, view_windows(bpass.kind, windows, bos), total, entry["progress"])
+        sync = live.sync
+        if sync.size > 1:
+            states = sync.gather({p.name: p.state_dict() for p in probes})
+            entry["progress"] = sync.totals(entry["progress"])
+            if sync.rank == 0:
+                for other in states[1:]:
+                    merge_state(model, probes, other, seq_len, self.options.layers)
+        entry.update(probes={p.name: p.state_dict() for p in probes}, complete=True)
+        return probes
+
+    def run_shared_baselines(self, model, seq_len: int, bos: int | None) -> dict[str, Any]:
+        """The passes that read the loaded model (shuffled, no-bos): kind -> its result, or its state."""
+        outcome = {}
+        for bpass in self._passes():
+            if bpass.kind != "random-init":
+                probes = self._run_pass(bpass, model, seq_len, bos)
+                outcome[bpass.kind] = self._baseline_result(model, probes, [self._live.passes[bpass.key]], seq_len)
+        return outcome
+
+    def run_random_init_baselines(self, handoff: list, seq_len: int, bos: int | None, outcome: dict[str, Any]) -> None:
+        """Each seed's re-initialised model in turn, one resident at a time; the seeds merge into one result.
+
+        `handoff` holds the only reference to the loaded model, which is freed before the first seed's
+        model is built (unless the caller handed in a loaded model and still holds it).
+        """
+        seeds = [p for p in self._passes() if p.kind == "random-init"]
+        model = handoff.pop()
+        if not seeds:
+            return
+        config, tokenizer = model.hf_config, model.tokenizer
+        name, device, dtype = model.source.name, str(model.device), model.dtype
+        del model
+        gc.collect()
+        current = probes = None
+        for bpass in seeds:
+            if self._live.passes.get(bpass.key, {}).get("complete"):
+                continue
+            current = probes = None
+            gc.collect()  # the previous seed's model goes before the next is built
+            with _outside_inference():
+                current = random_init_adapter(config, tokenizer, bpass.seed, name, device, dtype)
+            probes = self._run_pass(bpass, current, seq_len, bos)
+        if current is None:  # every seed was complete in the checkpoint: a model only to set up the probes
+            with _outside_inference():
+                current = random_init_adapter(config, tokenizer, seeds[0].seed, name, device, dtype)
+        probes = None
+        outcome["random-init"] = self._baseline_result(current, None, [self._live.passes[p.key] for p in seeds],
+                                                       seq_len)
+
+    def _baseline_result(self, model, probes: list | None, entries: list[dict], seq_len: int) -> dict[str, Any] | None:
+        """Tables, findings, counts and (for shards) the merged state of a baseline, from its passes' states.
+
+        Several passes (random-init seeds) merge with probe.merge, as shards do. Ranks other than 0 get None.
+        """
+        from .runner import Runner, make_probe, merge_state
+
+        if self._live.sync.rank != 0:
+            return None
+        if probes is None or len(entries) > 1:
+            probes = [make_probe(cls, self.options.layers, self.options.probe_options()) for cls in self.probe_classes]
+            with _outside_inference():
+                for probe in probes:
+                    probe.setup(model, seq_len)
+                for entry in entries:
+                    merge_state(model, probes, entry["probes"], seq_len, self.options.layers, where="a baseline pass")
+        done = {k: sum(e["progress"][k] for e in entries) for k in ("batches", "tokens", "windows")}
+        done.update(docs=max(e["progress"]["docs"] for e in entries), seconds=0.0)
+        if done["tokens"] == 0:
+            raise NormprobeError("no tokens to probe in a baseline pass: its windows were empty")
+        result = Runner._result(probes, {}, done, 0.0)
+        return {"tables": result.tables, "findings": result.findings,
+                "counts": {"n_tokens": done["tokens"], "n_windows": done["windows"], "n_batches": done["batches"]},
+                "state": {p.name: p.state_dict() for p in probes} if self.options.shard is not None else None}
+
+    def attach_baselines(self, result, outcome: dict[str, Any]) -> None:
+        """Put each baseline's tables on the result and its record in run.json (rank 0 only)."""
+        if result is None or not outcome:
+            return
+        records = {}
+        for kind in self.options.baselines or []:
+            done = outcome[kind]
+            result.baselines[kind] = done["tables"]
+            records[kind] = {**baseline_record(kind, self.options.baseline_seeds), **done["counts"],
+                             "findings": done["findings"]}
+            if done["state"] is not None:
+                result.baseline_states = {**(result.baseline_states or {}), kind: done["state"]}
+        result.meta["baselines"] = records
