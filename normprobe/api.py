@@ -167,6 +167,10 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     base["request"] = {**first, "shard": None}
     base["merged_from"] = [str(f) for f in folders]
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
+    from .baseline_passes import merge_shard_baselines
+
+    merge_shard_baselines(folders, metas, model, resolve_probes(first["probe_specs"]), options, first.get("layers"),
+                          seq_len, result)
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)
 
 

@@ -205,3 +205,40 @@ class BaselinePasses:
             if done["state"] is not None:
                 result.baseline_states = {**(result.baseline_states or {}), kind: done["state"]}
         result.meta["baselines"] = records
+
+
+def merge_shard_baselines(folders: list, metas: list[dict], model, probe_classes: list, options: dict[str, Any],
+                          layers: list[int] | None, seq_len: int, result) -> None:
+    """`normprobe merge`: each baseline's shard states summed like the model's, into `result` (before it is saved)."""
+    from pathlib import Path
+
+    from .results import STATE_FILE, baseline_folder
+    from .runner import Runner, make_probe, merge_state
+    from .store import load_state_file
+
+    request = metas[0].get("request", {})
+    kinds = list(request.get("baselines") or [])
+    seeds = request.get("baseline_seeds", 3)
+    states = {}
+    for kind in kinds:  # every state is read and checked before any is merged
+        paths = [baseline_folder(Path(f), kind) / STATE_FILE for f in folders]
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise NormprobeError(f"{missing} is missing: the shard ran --baseline {kind} but kept no statistics for it")
+        states[kind] = [(p, load_state_file(p, "baseline shard state")) for p in paths]
+    records = {}
+    for kind in kinds:
+        probes = [make_probe(cls, layers, options) for cls in probe_classes]
+        for probe in probes:
+            probe.setup(model, seq_len)
+        for path, state in states[kind]:
+            merge_state(model, probes, state, seq_len, layers, where=str(path))
+        shard_records = [(m.get("baselines") or {}).get(kind, {}) for m in metas]
+        done = {k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records) for k in ("tokens", "windows", "batches")}
+        done.update(docs=0, seconds=0.0)
+        merged = Runner._result(probes, {}, done, 0.0)
+        result.baselines[kind] = merged.tables
+        records[kind] = {**baseline_record(kind, seeds), "n_tokens": done["tokens"], "n_windows": done["windows"],
+                         "n_batches": done["batches"], "findings": merged.findings}
+    if kinds:
+        result.meta["baselines"] = records
