@@ -154,7 +154,10 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
                "readout": first.get("readout", "logit"), "alphas": first.get("alphas")}
-    probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
+    from .lens_diagnostics import LensDiagnosticsProbe, is_tuned, record_diagnostics
+
+    classes = resolve_probes(first["probe_specs"]) + ([LensDiagnosticsProbe] if is_tuned(options["readout"]) else [])
+    probes = [make_probe(cls, first.get("layers"), options) for cls in classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)
@@ -169,8 +172,9 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
     from .baseline_passes import merge_shard_baselines
 
-    merge_shard_baselines(folders, metas, model, resolve_probes(first["probe_specs"]), options, first.get("layers"),
-                          seq_len, result)
+    merge_shard_baselines(folders, metas, model, classes, options, first.get("layers"), seq_len, result)
+    if is_tuned(options["readout"]):
+        record_diagnostics(result, options["readout"], first.get("corpus_sha256"))
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)
 
 

@@ -186,7 +186,7 @@ class LensTrainer:
             bar.close()
         save_lens(self.out, self.translators, self.model)
         (self.out / TRAINING_FILE).write_text(json.dumps({
-            **self.identity(), "recipe": "tuned-lens: zero-init residual translators, KL to the final distribution, "
+            **self.identity(), "corpus_sha256": self.corpus.digest(), "recipe": "tuned-lens: zero-init residual translators, KL to the final distribution, "
                                          "SGD Nesterov, linear warm-up and decay",
             "final_kl_by_layer": self.layer_losses, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }, indent=2) + "\n")

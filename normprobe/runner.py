@@ -50,6 +50,10 @@ class Runner(BaselinePasses):
         self.options = options
         self.probe_specs = [s if isinstance(s, str) else f"{s.__module__}:{s.__qualname__}" for s in probe_specs]
         self.probe_classes = resolve_probes(list(probe_specs))
+        from .lens_diagnostics import LensDiagnosticsProbe, is_tuned
+
+        if is_tuned(options.readout):  # a tuned lens is judged on the probe corpus as well as used
+            self.probe_classes.append(LensDiagnosticsProbe)
 
     def validate(self) -> None:
         self.options.validate()
@@ -150,9 +154,12 @@ class Runner(BaselinePasses):
         from .distributed import make_sync
         from .interrupt import StopRequests
 
+        from .lens_diagnostics import check_in_sample, record_diagnostics
+
         started = time.time()
         sync = make_sync()
         talk = progress and sync.rank == 0
+        check_in_sample(self.options.readout, self.request()["corpus_sha256"], sync.rank == 0)
         model = self._load(talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
@@ -189,6 +196,7 @@ class Runner(BaselinePasses):
         except (ProbeFailed, NormprobeError, KeyboardInterrupt) as exc:
             raise _marked(exc, folder, meta) from (exc.error if isinstance(exc, ProbeFailed) else None)
         if result is not None:
+            record_diagnostics(result, self.options.readout, self.request()["corpus_sha256"])
             result.meta["seconds"] = round(self._live.done["seconds"] + time.time() - self._live.started, 3)
         return result
 
