@@ -245,3 +245,42 @@ def test_bad_baseline_requests_fail_before_loading():
         normprobe.run("demo", texts=["a b"], baselines=["random-init"], baseline_seeds=0)
     with pytest.raises(NormprobeError, match="no-bos .* --no-prepend-bos"):
         normprobe.run("demo", texts=["a b"], baselines=["no-bos"], prepend_bos=False)
+
+
+def test_report_draws_each_baseline_dashed_with_its_band(family_adapter):
+    from normprobe.report import figures_by_title, sections_for
+    from normprobe.report.common import pooled_by
+
+    result = normprobe.run(family_adapter("gpt2"), texts=DOCS[:3], probes=["norms", "updates", "linesearch"],
+                           baselines=["shuffled"], progress=False)
+    shuffled = result.baselines["shuffled"]
+
+    def dashed(fig, name):
+        found = [t for t in fig.data if t.name == name]
+        assert len(found) == 1 and found[0].line.dash == "dash", name
+        return found[0]
+
+    figures = figures_by_title(sections_for(result))
+    by_title = {title.split(" (")[0].split(",")[0]: fig for title, fig in figures.items()}
+    pooled = pooled_by(shuffled["norms"], ["site", "layer"])
+    want = pooled[pooled.site == "resid_pre"].sort_values("layer")["mean"]
+    line = dashed(by_title["Mean norm per layer"], "resid_pre (shuffled)")
+    np.testing.assert_allclose(line.y, want, rtol=1e-6)
+    lens = shuffled["updates"].drop_duplicates("layer").sort_values("layer")["lens_loss_mean"]
+    np.testing.assert_allclose(dashed(by_title["Logit-lens loss of the next token"], "lens loss (shuffled)").y, lens,
+                               rtol=1e-6)
+    block = shuffled["updates"][shuffled["updates"].component == "block"]["descent_cos_mean"]
+    np.testing.assert_allclose(dashed(by_title["Descent alignment cos(Δ"], "block (shuffled)").y, block, rtol=1e-6)
+    stars = result.meta["baselines"]["shuffled"]["findings"]["linesearch"]["alpha_star"]["block"]
+    np.testing.assert_allclose(dashed(by_title["Best step α* per layer"], "block (shuffled)").y, list(stars.values()),
+                               rtol=1e-6)
+    # a baseline table with its own interval columns gets a band; without them, none
+    assert not any(t.fill == "toself" and t.legendgroup == "baseline lens loss (shuffled)"
+                   for t in by_title["Logit-lens loss of the next token"].data)
+    shuffled["updates"] = shuffled["updates"].assign(lens_loss_ci_low=lambda f: f.lens_loss_mean - 0.5,
+                                                     lens_loss_ci_high=lambda f: f.lens_loss_mean + 0.5)
+    figures = figures_by_title(sections_for(result))
+    fig = next(f for t, f in figures.items() if t.startswith("Logit-lens loss"))
+    band = [t for t in fig.data if t.fill == "toself" and t.legendgroup == "baseline lens loss (shuffled)"]
+    assert len(band) == 1
+    np.testing.assert_allclose(band[0].y[:len(lens)], lens - 0.5, rtol=1e-6)

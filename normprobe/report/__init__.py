@@ -46,10 +46,15 @@ def sections_for(result: Any) -> list[Section]:
     names = result.meta.get("probes", [])
     specs = dict(zip(names, result.meta.get("request", {}).get("probe_specs", names)))
     sections = []
+    baselines = getattr(result, "baselines", None) or {}
     for probe_name in names:
         tables = {n: result.tables[n] for n in owners.get(probe_name, []) if n in result.tables}
+        meta = result.meta
+        if baselines:  # each baseline's copy of this probe's tables, for its dashed lines
+            meta = {**meta, "baseline_tables": {kind: {n: t[n] for n in owners.get(probe_name, []) if n in t}
+                                                for kind, t in baselines.items()}}
         render = renderer_for(probe_name, specs.get(probe_name))
-        sections.append(render(tables, result.findings.get(probe_name, {}), result.meta))
+        sections.append(render(tables, result.findings.get(probe_name, {}), meta))
     return sections
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .baselines import add_baseline, baseline_findings
 from .common import Block, Section, empty_figure, f32, figure, integer_axis, spread_layers
 from .norms import _fmt
 from .updates import COMPONENT_COLOURS, readout_label
@@ -60,7 +61,7 @@ def loss_curves(table: pd.DataFrame, component: str) -> go.Figure:
     return fig
 
 
-def alpha_star_figure(findings: dict[str, Any]) -> go.Figure:
+def alpha_star_figure(findings: dict[str, Any], baselines: dict[str, dict[str, Any]] | None = None) -> go.Figure:
     title = "Best step α* per layer (dotted: α = 1, the step the model takes)"
     stars = findings.get("alpha_star") or {}
     if not any(stars.values()):
@@ -73,6 +74,11 @@ def alpha_star_figure(findings: dict[str, Any]) -> go.Figure:
         fig.add_trace(go.Scatter(x=layers, y=f32(list(values.values())), mode="lines+markers", name=component,
                                  line=dict(color=COMPONENT_COLOURS.get(component)),
                                  hovertemplate=f"{component}<br>layer %{{x}}<br>α* %{{y:.3f}}<extra></extra>"))
+    for kind, found in (baselines or {}).items():
+        for component, values in (found.get("alpha_star") or {}).items():
+            if values:
+                add_baseline(fig, kind, np.array([int(k) for k in values]), list(values.values()),
+                             f"{component} ({kind})", visible=component == "block")
     fig.add_hline(y=1.0, line=dict(color="#888", width=1, dash="dot"))
     integer_axis(fig, "x", sorted(set(all_layers)))
     return fig
@@ -83,4 +89,4 @@ def render_line_search(tables: dict[str, pd.DataFrame], findings: dict[str, Any]
     return Section(
         title="Line search along each update", anchor="linesearch",
         findings=[("Readout", readout_label(meta))] + line_search_findings_rows(findings), notes=list(NOTES),
-        blocks=[Block(figure=alpha_star_figure(findings))] + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")])
+        blocks=[Block(figure=alpha_star_figure(findings, baseline_findings(meta, "linesearch")))] + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")])

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .baselines import BASELINE_NOTE, add_baseline, baseline_frames, interval
 from .common import (Block, Section, empty_figure, esc, f32, figure, grid_within_budget, integer_axis, log_toggle,
                      pooled_by, spans_orders, spread_layers)
 
@@ -75,7 +76,7 @@ def heatmap(norms: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def norm_per_layer(norms: pd.DataFrame) -> go.Figure:
+def norm_per_layer(norms: pd.DataFrame, baselines: dict[str, pd.DataFrame] | None = None) -> go.Figure:
     title = "Mean norm per layer, by site (band: ± one standard deviation over tokens)"
     if norms.empty:
         return empty_figure(title, "the run measured no tokens")
@@ -91,6 +92,14 @@ def norm_per_layer(norms: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Scatter(x=rows["layer"], y=rows["mean"], name=site, mode="lines+markers", legendgroup=site,
                                  line=dict(color=colour), customdata=np.stack([rows["std"], rows["count"]], axis=1),
                                  hovertemplate=f"{site}<br>layer %{{x}}<br>mean %{{y:.4g}}<br>std %{{customdata[0]:.3g}}<br>tokens %{{customdata[1]}}<extra></extra>"))
+    for kind, frame in (baselines or {}).items():
+        if frame.empty:
+            continue
+        by_layer = pooled_by(frame, ["site", "layer"])
+        for site in [s for s in SITE_ORDER if s in set(by_layer["site"])]:
+            rows = by_layer[by_layer["site"] == site]
+            add_baseline(fig, kind, rows["layer"], rows["mean"], f"{site} ({kind})", interval(rows, "mean"),
+                         visible=site in ("resid_pre", "resid_post"))
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
     integer_axis(fig, "x", pooled["layer"].unique())
     if spans_orders(pooled["mean"]):
@@ -159,7 +168,8 @@ def render_norms(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta
         title="Token norms", anchor="norms", findings=norms_findings_rows(findings), notes=list(NORMS_NOTES),
         blocks=[
             Block(figure=heatmap(norms), caption=f"Count-weighted mean over all windows; {esc(bos)}."),
-            Block(figure=norm_per_layer(norms)),
+            Block(figure=norm_per_layer(norms, baseline_frames(meta, "norms")),
+                  caption=BASELINE_NOTE if meta.get("baseline_tables") else ""),
             Block(figure=norm_by_position(norms), caption="Click legend entries to show more layers."),
             Block(figure=norm_by_frequency(tokens), caption="Hover a point for its token. Use the menu to pick a layer."),
         ])

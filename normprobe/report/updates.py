@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .baselines import BASELINE_NOTE, add_baseline, baseline_frames, interval
 from .common import Block, Section, empty_figure, figure, grid_within_budget, integer_axis, log_toggle, spans_orders
 from .norms import _fmt
 
@@ -62,7 +63,7 @@ def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def lens_loss_curve(updates: pd.DataFrame) -> go.Figure:
+def lens_loss_curve(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] | None = None) -> go.Figure:
     title = "Logit-lens loss of the next token, read out from h_l (the last point is the model's output)"
     lens = updates.drop_duplicates("layer").sort_values("layer")
     if lens.empty:
@@ -71,12 +72,17 @@ def lens_loss_curve(updates: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Scatter(x=lens["layer"], y=lens["lens_loss_mean"], mode="lines+markers", name="lens loss",
                              customdata=lens["count"],
                              hovertemplate="layer %{x}<br>loss %{y:.4f}<br>tokens %{customdata}<extra></extra>"))
+    for kind, frame in (baselines or {}).items():
+        rows = frame.drop_duplicates("layer").sort_values("layer")
+        if not rows.empty:
+            add_baseline(fig, kind, rows["layer"], rows["lens_loss_mean"], f"lens loss ({kind})",
+                         interval(rows, "lens_loss_mean"))
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
     integer_axis(fig, "x", lens["layer"])
     return fig
 
 
-def descent_alignment(updates: pd.DataFrame) -> go.Figure:
+def descent_alignment(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] | None = None) -> go.Figure:
     title = "Descent alignment cos(Δ, -dCE/dh) per layer (coloured band: 95% CI of the mean)"
     steps = updates[updates["component"] != "output"]
     if steps.empty:
@@ -99,6 +105,10 @@ def descent_alignment(updates: pd.DataFrame) -> go.Figure:
                                  line=dict(color=colour), legendgroup=component,
                                  customdata=np.stack([half, rows["count"]], axis=1),
                                  hovertemplate=f"{component}<br>layer %{{x}}<br>mean cos %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>tokens %{{customdata[1]}}<extra></extra>"))
+    for kind, frame in (baselines or {}).items():
+        for component, rows in frame[frame["component"] != "output"].groupby("component", sort=False):
+            add_baseline(fig, kind, rows["layer"], rows["descent_cos_mean"], f"{component} ({kind})",
+                         interval(rows, "descent_cos_mean"), visible=component == "block")
     fig.add_hline(y=0, line=dict(color="#888", width=1))
     integer_axis(fig, "x", layers)
     return fig
@@ -169,8 +179,9 @@ def render_updates(tables: dict[str, pd.DataFrame], findings: dict[str, Any], me
         title="Inner-loop updates", anchor="updates", findings=[("Readout", readout_label(meta))] + updates_findings_rows(findings),
         notes=list(UPDATES_NOTES),
         blocks=[
-            Block(figure=lens_loss_curve(updates)),
-            Block(figure=descent_alignment(updates),
+            Block(figure=lens_loss_curve(updates, baseline_frames(meta, "updates")),
+                  caption=BASELINE_NOTE if meta.get("baseline_tables") else ""),
+            Block(figure=descent_alignment(updates, baseline_frames(meta, "updates")),
                   caption="Grey: where 95% of single tokens' cosines with a random direction fall (±1.96/√d_model). "
                           "A mean over N tokens of random cosines would fall within ±1.96/√(d_model·N), far narrower: "
                           "judge a layer's mean by its confidence band, a single token by the grey band."),
