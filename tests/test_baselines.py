@@ -284,3 +284,15 @@ def test_report_draws_each_baseline_dashed_with_its_band(family_adapter):
     band = [t for t in fig.data if t.fill == "toself" and t.legendgroup == "baseline lens loss (shuffled)"]
     assert len(band) == 1
     np.testing.assert_allclose(band[0].y[:len(lens)], lens - 0.5, rtol=1e-6)
+
+
+def test_cli_refuses_a_bad_baseline_in_one_line(tmp_path, capsys):
+    from .test_cli import invoke
+
+    code, _, err = invoke(["run", "demo", "--baseline", "random-init", "--baseline", "bogus", "--out",
+                           str(tmp_path / "out")], capsys)
+    assert code == 1 and err.strip() == "normprobe: error: unknown --baseline 'bogus'; choose from random-init, shuffled, no-bos"
+    assert not (tmp_path / "out").exists()
+    code, _, err = invoke(["run", "demo", "--baseline", "random-init", "--baseline-seeds", "0", "--out",
+                           str(tmp_path / "out")], capsys)
+    assert code == 1 and "--baseline-seeds must be at least 1" in err
