@@ -151,6 +151,9 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
             raise NormprobeError(f"{Path(folder) / 'run.json'} is damaged: it lacks {missing[0] if missing else 'the request'}")
     # Read (as data only) and check every state before the model loads.
     states = [(Path(f) / STATE_FILE, load_state_file(Path(f) / STATE_FILE, "shard state")) for f in folders]
+    from .baseline_passes import merge_shard_baselines, read_shard_baselines
+
+    baseline_states = read_shard_baselines(folders, metas)
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
                "readout": first.get("readout", "logit"), "alphas": first.get("alphas")}
@@ -170,9 +173,7 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     base["request"] = {**first, "shard": None}
     base["merged_from"] = [str(f) for f in folders]
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
-    from .baseline_passes import merge_shard_baselines
-
-    merge_shard_baselines(folders, metas, model, classes, options, first.get("layers"), seq_len, result)
+    merge_shard_baselines(baseline_states, metas, model, classes, options, first.get("layers"), seq_len, result)
     if is_tuned(options["readout"]):
         record_diagnostics(result, options["readout"], first.get("corpus_sha256"))
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)

@@ -207,31 +207,35 @@ class BaselinePasses:
         result.meta["baselines"] = records
 
 
-def merge_shard_baselines(folders: list, metas: list[dict], model, probe_classes: list, options: dict[str, Any],
-                          layers: list[int] | None, seq_len: int, result) -> None:
-    """`normprobe merge`: each baseline's shard states summed like the model's, into `result` (before it is saved)."""
+def read_shard_baselines(folders: list, metas: list[dict]) -> dict[str, list]:
+    """`normprobe merge`, before the model loads: each baseline's shard states, read as data and checked."""
     from pathlib import Path
 
     from .results import STATE_FILE, baseline_folder
-    from .runner import Runner, make_probe, merge_state
     from .store import load_state_file
 
-    request = metas[0].get("request", {})
-    kinds = list(request.get("baselines") or [])
-    seeds = request.get("baseline_seeds", 3)
     states = {}
-    for kind in kinds:  # every state is read and checked before any is merged
+    for kind in list(metas[0].get("request", {}).get("baselines") or []):
         paths = [baseline_folder(Path(f), kind) / STATE_FILE for f in folders]
         missing = next((p for p in paths if not p.is_file()), None)
         if missing is not None:
             raise NormprobeError(f"{missing} is missing: the shard ran --baseline {kind} but kept no statistics for it")
         states[kind] = [(p, load_state_file(p, "baseline shard state")) for p in paths]
+    return states
+
+
+def merge_shard_baselines(states: dict[str, list], metas: list[dict], model, probe_classes: list,
+                          options: dict[str, Any], layers: list[int] | None, seq_len: int, result) -> None:
+    """`normprobe merge`: each baseline's shard states summed like the model's, into `result` (before it is saved)."""
+    from .runner import Runner, make_probe, merge_state
+
+    seeds = metas[0].get("request", {}).get("baseline_seeds", 3)
     records = {}
-    for kind in kinds:
+    for kind, shard_states in states.items():
         probes = [make_probe(cls, layers, options) for cls in probe_classes]
         for probe in probes:
             probe.setup(model, seq_len)
-        for path, state in states[kind]:
+        for path, state in shard_states:
             merge_state(model, probes, state, seq_len, layers, where=str(path))
         shard_records = [(m.get("baselines") or {}).get(kind, {}) for m in metas]
         done = {k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records) for k in ("tokens", "windows", "batches")}
@@ -240,5 +244,5 @@ def merge_shard_baselines(folders: list, metas: list[dict], model, probe_classes
         result.baselines[kind] = merged.tables
         records[kind] = {**baseline_record(kind, seeds), "n_tokens": done["tokens"], "n_windows": done["windows"],
                          "n_batches": done["batches"], "findings": merged.findings}
-    if kinds:
+    if states:
         result.meta["baselines"] = records

@@ -232,6 +232,10 @@ def test_shards_then_merge_equal_single_run(whole, family_dir, tmp_path):
               for i in range(2)]
     merged = merge_shards(shards, tmp_path / "merged", plotlyjs="cdn")
     _assert_same_baselines(merged, whole[0])
+    (shards[1] / "baselines" / "shuffled" / "state.pt").unlink()
+    with pytest.raises(NormprobeError, match="shuffled/state.pt is missing"):
+        merge_shards(shards, tmp_path / "again", plotlyjs="cdn")
+    assert not (tmp_path / "again").exists()
 
 
 def _probe_file(whole):
