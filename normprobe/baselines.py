@@ -95,20 +95,23 @@ def shuffle_tokens(tokens: list[int]) -> list[int]:
 
 
 def view_windows(kind: str, windows: Iterable["Window"], bos: int | None) -> Iterator["Window"]:
-    """The windows a baseline pass reads: the model's own for random-init, shuffled or without BOS otherwise."""
-    from .batching import Window
+    """The windows a baseline pass reads: the model's own for random-init, shuffled or without BOS otherwise.
+
+    Only the tokens change: a window keeps its document (index, and whatever else identifies it).
+    """
+    from dataclasses import replace
 
     if kind == "random-init":
         yield from windows
     elif kind == "shuffled":
         for window in windows:
-            yield Window(window.doc_index, shuffle_tokens(window.tokens))
+            yield replace(window, tokens=shuffle_tokens(window.tokens))
     elif kind == "no-bos":
         if bos is None:
             raise NormprobeError("--baseline no-bos needs a BOS token to remove, and this run prepends none "
                                  "(the tokenizer has no BOS)")
         for window in windows:
-            yield Window(window.doc_index, window.tokens[1:] if window.tokens[:1] == [bos] else list(window.tokens))
+            yield replace(window, tokens=window.tokens[1:] if window.tokens[:1] == [bos] else list(window.tokens))
     else:
         raise NormprobeError(f"unknown baseline {kind!r}")
 
