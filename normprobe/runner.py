@@ -207,7 +207,7 @@ class Runner(BaselinePasses):
         or another view of the windows.
         """
         from .batching import iter_batches
-        from .console import progress_bar
+        from .console import progress_bar, progress_complete
 
         live = self._live
         hooked = HookedPass(model, probes)
@@ -226,13 +226,14 @@ class Runner(BaselinePasses):
                         live.folder.save_checkpoint(live.checkpoint_state())
                 if live.stops.requested:
                     raise _interrupted(live.stops.requested, live.done, live.folder, live.meta)
+            progress_complete(bar)
         finally:
             bar.close()
 
     def _load(self, talk: bool):
         """The model adapter, loading it (and saying so) when the runner was given a name or a source."""
         from .adapter import ModelAdapter, ModelSource, load_model, pick_device, resolve_source
-        from .console import model_line, say
+        from .console import loaded_line, model_line, say
         from .distributed import local_device
 
         opts, model = self.options, self.model
@@ -250,8 +251,7 @@ class Runner(BaselinePasses):
         else:
             model = load_model(name, device=device, dtype=opts.dtype, device_map=opts.device_map,
                                n_devices=opts.n_devices)
-        say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
-            f"on {model.device}", talk)
+        say(loaded_line(name, time.time() - load_started, model), talk)
         return model
 
     @staticmethod
@@ -325,6 +325,9 @@ class Runner(BaselinePasses):
                 merge_state(model, probes, other, seq_len, self.options.layers)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
+        if self.options.shard is not None:  # done["docs"] is the global document frontier; this shard holds every N-th
+            index, count = self.options.shard
+            done = {**done, "docs": len(range(index, done["docs"], count))}
         result = self._result(probes, meta, done, seconds)
         if self.options.shard is not None:
             result.probe_states = {p.name: p.state_dict() for p in probes}
