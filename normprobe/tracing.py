@@ -11,7 +11,9 @@ lazily exported function `normprobe.trace` with the module.)
 """
 from __future__ import annotations
 
+import functools
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -31,6 +33,7 @@ KIND = "trace"  # run.json's `kind`, which tells `normprobe report` to re-render
 COLUMNS = ("doc", "layer", "position", "token_id", "token", "target_id", "target_logprob", "target_rank", "entropy",
            "top_ids", "top_logprobs", "top_tokens", "norm", "update_norm", "descent_cos", "delta_loss")
 READOUT_CHUNK = 1 << 24  # logits (positions x vocabulary) held at once: 64 MB in float32
+GROUP_BYTES = 1 << 29  # hidden states of the documents read out together: 512 MB in float32
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
@@ -127,13 +130,11 @@ def trace_documents(model, docs: list[str], *, readout, top_k: int, max_tokens: 
     if top_k > adapter.d_vocab:
         raise NormprobeError(f"--top-k {top_k} is more than {adapter.source.name}'s vocabulary of {adapter.d_vocab}")
     attention = adapter.select_attention(False)  # what a run without pattern probes uses, so the two agree
-    frames, token_ids = [], []
+    token_ids = [_token_ids(adapter, doc, text, max_tokens, prepend_bos) for doc, text in enumerate(docs)]
     with torch.inference_mode():
-        for doc, text in enumerate(docs):
-            ids = _token_ids(adapter, doc, text, max_tokens, prepend_bos)
-            token_ids.append(ids)
-            frames.append(_trace_one(adapter, reader, doc, ids, top_k))
-    table = pd.concat(frames, ignore_index=True)[list(COLUMNS)]
+        frames = [_trace_group(adapter, reader, group, token_ids, top_k) for group in _groups(adapter, token_ids)]
+    table = pd.concat(frames, ignore_index=True).sort_values(["doc", "layer", "position"], kind="stable")
+    table = table[list(COLUMNS)].reset_index(drop=True)
     meta = {"kind": KIND, "status": "complete", "model": adapter.source.name,
             "resolved_model": adapter.source.location, "model_source": adapter.source.kind,
             "revision": adapter.source.revision,
@@ -143,10 +144,11 @@ def trace_documents(model, docs: list[str], *, readout, top_k: int, max_tokens: 
             "max_tokens": max_tokens, "prepend_bos": prepend_bos, "corpus": source, "n_docs": len(docs),
             "n_tokens": sum(len(i) for i in token_ids), "texts": list(docs), "token_ids": token_ids,
             "seconds": round(time.time() - started, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": _versions()}
+            "versions": dict(_versions())}
     return Trace(table=table, meta=meta)
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
     from .runner import _versions as versions
 
@@ -208,7 +210,22 @@ def _readout_rows(reader, h: "torch.Tensor", layer: int, targets: "torch.Tensor"
     return {k: torch.cat(v).cpu() for k, v in parts.items()}
 
 
-def _trace_one(adapter, reader, doc: int, ids: list[int], top_k: int) -> "pd.DataFrame":
+def _groups(adapter, token_ids: list[list[int]]):
+    """Documents in order, grouped so that a group's hidden states stay under GROUP_BYTES (a document alone may not)."""
+    per_token = (adapter.n_layers + 1) * adapter.d_model * 4
+    group, size = [], 0
+    for doc, ids in enumerate(token_ids):
+        if group and (size + len(ids)) * per_token > GROUP_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(doc)
+        size += len(ids)
+    if group:
+        yield group
+
+
+def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], top_k: int) -> "pd.DataFrame":
+    """Each document's own forward pass (no padding), then every readout over the group's positions at once."""
     import numpy as np
     import pandas as pd
     import torch
@@ -216,16 +233,16 @@ def _trace_one(adapter, reader, doc: int, ids: list[int], top_k: int) -> "pd.Dat
     from .probes.updates import step_statistics
     from .readouts import chunked_loss, chunked_loss_and_grad
 
-    L, T, V = adapter.n_layers, len(ids), adapter.d_vocab
-    hs = _residuals(adapter, ids)
-    tokens = torch.tensor(ids, dtype=torch.long, device=hs.device)
-    targets = torch.cat([tokens[1:], tokens.new_full((1,), -1)])
+    L, V = adapter.n_layers, adapter.d_vocab
+    ids = [i for d in docs for i in token_ids[d]]
+    hs = torch.cat([_residuals(adapter, token_ids[d]) for d in docs], dim=1)  # [L + 1, positions, d]
+    targets = torch.tensor([t for d in docs for t in token_ids[d][1:] + [-1]], dtype=torch.long, device=hs.device)
+    has = targets >= 0  # positions with a next token
     rows_per_chunk = max(1, READOUT_CHUNK // V)
-    n = T - 1  # positions with a next token
     # The block's loss change reads h_{l+1} through layer l's readout, as the updates probe does; the
     # logit readout is the same at every layer, so there it is the next layer's loss.
     same_every_layer = reader.kind == "logit"
-    nan = torch.full((T,), float("nan"))
+    nan = torch.full((len(ids),), float("nan"))
     per_layer, losses = [], {}
     for layer in range(L + 1):
         h = hs[layer]
@@ -235,39 +252,54 @@ def _trace_one(adapter, reader, doc: int, ids: list[int], top_k: int) -> "pd.Dat
         if layer < L:
             delta = hs[layer + 1] - h
             values["update_norm"] = torch.linalg.vector_norm(delta, dim=-1).cpu()
-            if n:
-                loss, grad = chunked_loss_and_grad(reader, h[:n], tokens[1:], layer, READOUT_CHUNK, V)
+            if bool(has.any()):
+                loss, grad = chunked_loss_and_grad(reader, h[has], targets[has], layer, READOUT_CHUNK, V)
                 losses[layer] = loss
-                values["descent_cos"][:n] = step_statistics(delta[:n], grad)["descent_cos"].cpu()
+                values["descent_cos"][has.cpu()] = step_statistics(delta[has], grad)["descent_cos"].cpu()
                 if not same_every_layer:
-                    values["delta_loss"][:n] = (chunked_loss(reader, hs[layer + 1][:n], tokens[1:], layer,
-                                                             READOUT_CHUNK, V) - loss).cpu()
+                    values["delta_loss"][has.cpu()] = (chunked_loss(reader, hs[layer + 1][has], targets[has], layer,
+                                                                    READOUT_CHUNK, V) - loss).cpu()
         per_layer.append(values)
-    if same_every_layer and n:
-        losses[L] = chunked_loss(reader, hs[L][:n], tokens[1:], L, READOUT_CHUNK, V)
+    if same_every_layer and bool(has.any()):
+        losses[L] = chunked_loss(reader, hs[L][has], targets[has], L, READOUT_CHUNK, V)
         for layer in range(L):
-            per_layer[layer]["delta_loss"][:n] = (losses[layer + 1] - losses[layer]).cpu()
+            per_layer[layer]["delta_loss"][has.cpu()] = (losses[layer + 1] - losses[layer]).cpu()
 
-    wanted = sorted(set(ids) | {int(i) for v in per_layer for i in v["top_ids"].unique().tolist()})
-    strings = {i: visible(s) for i, s in zip(wanted, adapter.token_strings(wanted))}
-    target_ids = pd.array(ids[1:] + [None], dtype="Int64")
+    strings = _token_strings(adapter, set(ids) | {int(i) for v in per_layer for i in v["top_ids"].unique().tolist()})
+    n = len(ids)
+    doc_column = np.repeat(np.asarray(docs, dtype=np.int64), [len(token_ids[d]) for d in docs])
+    positions = np.concatenate([np.arange(len(token_ids[d]), dtype=np.int64) for d in docs])
+    target_values = targets.cpu().numpy()
+    target_ids = pd.array(np.where(target_values >= 0, target_values, 0), dtype="Int64")
+    target_ids[target_values < 0] = pd.NA
+    tokens = [strings[i] for i in ids]
     frames = []
     for layer, values in enumerate(per_layer):
         top_ids = values["top_ids"].numpy().astype(np.int64)
-        rank = values["target_rank"].numpy()
+        rank = pd.array(values["target_rank"].numpy().astype(np.int64), dtype="Int64")
+        rank[target_values < 0] = pd.NA
         frames.append(pd.DataFrame({
-            "doc": np.full(T, doc, dtype=np.int64), "layer": np.full(T, layer, dtype=np.int64),
-            "position": np.arange(T, dtype=np.int64), "token_id": np.asarray(ids, dtype=np.int64),
-            "token": [strings[i] for i in ids], "target_id": target_ids,
-            "target_logprob": values["target_logprob"].double().numpy(),
-            "target_rank": pd.array([int(r) if r >= 0 else None for r in rank], dtype="Int64"),
+            "doc": doc_column, "layer": np.full(n, layer, dtype=np.int64), "position": positions,
+            "token_id": np.asarray(ids, dtype=np.int64), "token": tokens, "target_id": target_ids,
+            "target_logprob": values["target_logprob"].double().numpy(), "target_rank": rank,
             "entropy": values["entropy"].double().numpy(),
             "top_ids": list(top_ids), "top_logprobs": list(values["top_logprobs"].double().numpy()),
-            "top_tokens": [[strings[int(i)] for i in row] for row in top_ids],
+            "top_tokens": [[strings[i] for i in row] for row in top_ids.tolist()],
             "norm": values["norm"].double().numpy(), "update_norm": values["update_norm"].double().numpy(),
             "descent_cos": values["descent_cos"].double().numpy(), "delta_loss": values["delta_loss"].double().numpy(),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+_STRINGS: "weakref.WeakKeyDictionary[Any, dict[int, str]]" = weakref.WeakKeyDictionary()
+
+
+def _token_strings(adapter, ids: set[int]) -> dict[int, str]:
+    """Decoded, whitespace-visible text of token ids, remembered per loaded model across traces."""
+    known = _STRINGS.setdefault(adapter, {})
+    new = sorted(i for i in ids if i not in known)
+    known.update({i: visible(s) for i, s in zip(new, adapter.token_strings(new))})
+    return known
 
 
 # -- the result -----------------------------------------------------------------------------

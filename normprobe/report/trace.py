@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -85,54 +86,60 @@ def _hover(frame: pd.DataFrame, n_layers: int, n_positions: int) -> list[list[st
 
 
 def trace_figure(frame: pd.DataFrame, metric: str, meta: dict[str, Any]) -> go.Figure:
-    """One document's heatmap with its metric buttons and the per-layer summary strip."""
-    from plotly.subplots import make_subplots
+    """One document's heatmap with its metric buttons and, on the same layer axis, the summary strip.
 
+    Built as one dict (three x axes side by side) rather than through make_subplots: Plotly's object
+    updates cost a page of many documents seconds.
+    """
     n_layers = int(meta.get("n_layers", frame["layer"].max()))
     n_positions = int(frame["position"].max()) + 1
     grids = {m: _grid(frame, m, n_layers, n_positions) for m in METRICS}
     layers = list(range(n_layers + 1))
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, column_widths=[0.72, 0.14, 0.14], horizontal_spacing=0.02,
-                        subplot_titles=("", esc("mean ‖h‖"), esc("mean descent cos")))
     top1 = [["" for _ in range(n_positions)] for _ in layers]
-    for row in frame.itertuples(index=False):
-        top1[row.layer][row.position] = plotly_text(row.top_tokens[0], CELL_CHARS) if len(row.top_tokens) else ""
+    for layer, position, tops in zip(frame["layer"], frame["position"], frame["top_tokens"]):
+        top1[layer][position] = plotly_text(tops[0], CELL_CHARS) if len(tops) else ""
     show_text = (n_layers + 1) * n_positions <= CELL_TEXT_MAX
     style = _style(metric, grids[metric])
-    fig.add_trace(go.Heatmap(
-        x=list(range(n_positions)), y=layers, z=style["z"][0], hovertext=_hover(frame, n_layers, n_positions),
-        text=top1 if show_text else None, texttemplate="%{text}" if show_text else None, textfont=dict(size=9),
-        colorscale=style["colorscale"][0], reversescale=style["reversescale"][0], zmin=style["zmin"][0],
-        zmax=style["zmax"][0], hovertemplate=style["hovertemplate"][0], xgap=1, ygap=1,
-        colorbar=dict(title=dict(text=style["colorbar.title.text"][0]), x=1.0, len=0.9)), row=1, col=1)
-    summary = frame.groupby("layer").agg(norm=("norm", "mean"), cos=("descent_cos", "mean"),
-                                         n=("position", "size")).reindex(layers)
-    fig.add_trace(go.Bar(x=summary["norm"], y=layers, orientation="h", marker_color="#7f7f7f", showlegend=False,
-                         customdata=summary["n"],
-                         hovertemplate="layer %{y}: mean norm %{x:.4g} over %{customdata} positions<extra></extra>"),
-                  row=1, col=2)
-    cos = summary["cos"].iloc[:n_layers]
-    fig.add_trace(go.Bar(x=cos, y=layers[:n_layers], orientation="h", showlegend=False,
-                         marker_color=["#2166ac" if v > 0 else "#b2182b" for v in cos.fillna(0)],
-                         customdata=summary["n"].iloc[:n_layers] - 1,
-                         hovertemplate="layer %{y}: mean descent cos %{x:.3f} over %{customdata} positions"
-                                       "<extra></extra>"), row=1, col=3)
+    heatmap = dict(
+        type="heatmap", x=list(range(n_positions)), y=layers, z=style["z"][0],
+        hovertext=_hover(frame, n_layers, n_positions), textfont=dict(size=9), colorscale=style["colorscale"][0],
+        reversescale=style["reversescale"][0], zmin=style["zmin"][0], zmax=style["zmax"][0], zauto=False,
+        hovertemplate=style["hovertemplate"][0], xgap=1, ygap=1,
+        colorbar=dict(title=dict(text=style["colorbar.title.text"][0]), x=1.0, len=0.9))
+    if show_text:
+        heatmap.update(text=top1, texttemplate="%{text}")
+    counts = np.bincount(frame["layer"].to_numpy(), minlength=n_layers + 1)
+    mean_norm = np.nan_to_num(np.nanmean(grids["norm"], axis=1))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a one-token text has no cos at all
+        mean_cos = np.nanmean(grids["descent_cos"][:n_layers], axis=1)
+    cos_list = [None if not math.isfinite(v) else float(v) for v in mean_cos]
+    norm_bar = dict(type="bar", x=mean_norm.tolist(), y=layers, orientation="h", marker=dict(color="#7f7f7f"),
+                    showlegend=False, xaxis="x2", yaxis="y", customdata=counts.tolist(),
+                    hovertemplate="layer %{y}: mean norm %{x:.4g} over %{customdata} positions<extra></extra>")
+    cos_bar = dict(type="bar", x=cos_list, y=layers[:n_layers], orientation="h", showlegend=False, xaxis="x3",
+                   yaxis="y", marker=dict(color=["#2166ac" if (v or 0) > 0 else "#b2182b" for v in cos_list]),
+                   customdata=(counts[:n_layers] - 1).tolist(),
+                   hovertemplate="layer %{y}: mean descent cos %{x:.3f} over %{customdata} positions<extra></extra>")
     buttons = [dict(label=esc(METRICS[m][0]), method="restyle", args=[_style(m, grids[m]), [0]]) for m in METRICS]
     ticks = list(range(n_positions)) if n_positions <= TICKS_MAX else \
         list(range(0, n_positions, math.ceil(n_positions / TICKS_MAX)))
     tokens = dict(zip(frame["position"], frame["token"]))
     title = f"{meta.get('model', 'model')}, {meta.get('readout', {}).get('label', 'logit lens')}: every layer, every position"
-    fig.update_layout(
+    strip_title = dict(xref="paper", yref="paper", y=1.0, yanchor="bottom", showarrow=False, font=dict(size=13))
+    layout = dict(
         template=TEMPLATE, title=dict(text=esc(title), x=0.01), height=min(900, max(380, 150 + 30 * (n_layers + 1))),
         margin=dict(l=70, r=30, t=100, b=110), bargap=0.15,
+        xaxis=dict(domain=[0, 0.72], tickvals=ticks, ticktext=[plotly_text(tokens.get(p, ""), TICK_CHARS) for p in ticks],
+                   tickangle=-60, title=dict(text=esc("input token (position)")), showgrid=False),
+        xaxis2=dict(domain=[0.74, 0.86], zeroline=True), xaxis3=dict(domain=[0.88, 1.0], zeroline=True),
+        yaxis=dict(tickvals=layers, ticktext=[str(l) for l in layers[:-1]] + ["out"], title=dict(text=esc("layer")),
+                   showgrid=False),
+        annotations=[dict(text=esc("mean ‖h‖"), x=0.80, **strip_title),
+                     dict(text=esc("mean descent cos"), x=0.94, **strip_title)],
         updatemenus=[dict(type="buttons", direction="right", x=0.0, y=1.02, xanchor="left", yanchor="bottom",
                           showactive=True, active=list(METRICS).index(metric), buttons=buttons, pad=dict(t=0, b=0))])
-    fig.update_xaxes(tickvals=ticks, ticktext=[plotly_text(tokens.get(p, ""), TICK_CHARS) for p in ticks], tickangle=-60,
-                     title_text=esc("input token (position)"), showgrid=False, row=1, col=1)
-    fig.update_yaxes(tickvals=layers, ticktext=[str(l) for l in layers[:-1]] + ["out"], title_text=esc("layer"),
-                     showgrid=False, row=1, col=1)
-    fig.update_xaxes(zeroline=True, row=1, col=3)
-    return fig
+    return go.Figure(dict(data=[heatmap, norm_bar, cos_bar], layout=layout), skip_invalid=False)
 
 
 def _caption(meta: dict[str, Any]) -> str:
