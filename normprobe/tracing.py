@@ -12,6 +12,7 @@ lazily exported function `normprobe.trace` with the module.)
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -354,16 +355,28 @@ class Trace:
 
         out = Path(out)
         check_output_dir(out, overwrite)
+        created = not out.exists()
+        written: list[Path] = []
         try:
             out.mkdir(parents=True, exist_ok=True)
             with FolderLock.acquire(out):
                 check_output_dir(out, overwrite)  # again, now that no other writer can start
+                (out / RUN_FILE).unlink(missing_ok=True)  # a replaced folder is no trace until the new run.json
+                written.append(out / TABLE_FILE)
                 write_atomic(out / TABLE_FILE, _parquet_bytes(self.table))
+                written.append(out / PAGE_FILE)
                 self.to_html(out / PAGE_FILE, plotlyjs=plotlyjs)
                 body = {**self.meta, "tables": ["trace"]}
                 write_atomic(out / RUN_FILE, (json.dumps(_json_safe(body), indent=2) + "\n").encode("utf-8"))
-        except OSError as exc:
-            raise NormprobeError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
+        except BaseException as exc:
+            # a folder without its run.json is not a trace: take back what this call wrote
+            for path in written:
+                path.unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise NormprobeError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
+            raise
         return out
 
     @classmethod

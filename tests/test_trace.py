@@ -206,11 +206,24 @@ def test_several_texts_are_traced_apart_and_round_trip(tmp_path, demo_adapter):
     assert (out / "trace.html").read_text() == page
     with pytest.raises(normprobe.NormprobeError, match="exists and is not empty"):
         both.save(out)
+    both = loaded  # figures and the notebook view from the saved table
     fig = both.figure("descent_cos", doc=1)
     assert fig.data[0].colorbar.title.text == "descent cos"
+    want = both.table.query("doc == 1 and layer == 1").sort_values("position")["descent_cos"]
+    np.testing.assert_array_equal(np.array(fig.data[0].z, dtype=float)[1], want.to_numpy())
     assert "normprobe trace" in both._repr_html_()
     with pytest.raises(normprobe.NormprobeError, match="unknown metric"):
         both.figure("loss")
+
+
+def test_a_failed_save_leaves_nothing(tmp_path, demo_adapter, monkeypatch):
+    import normprobe.report.trace as page
+
+    result = normprobe.trace(demo_adapter, DOCS[2], top_k=2)
+    monkeypatch.setattr(page, "render_trace_page", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        result.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 # -- the CLI ----------------------------------------------------------------------------------
