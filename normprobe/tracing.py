@@ -123,8 +123,8 @@ def trace_documents(model, docs: list[str], *, readout, top_k: int, max_tokens: 
 
     check_options(top_k, max_tokens)
     spec = parse_readout(readout)
-    started = time.time()
     adapter = _model_for(model, spec, device, dtype)
+    started = time.time()  # the trace itself, not the model's load
     reader = make_readout(adapter, spec)  # a lens for another model fails here, in one line
     if not callable(getattr(reader, "logits", None)):
         raise NormprobeError(f"readout {spec.kind!r} gives no logits, so it cannot be traced")
@@ -452,7 +452,11 @@ def trace_to_folder(model: str, out: str | Path, *, texts: Sequence[str] | None 
     check_output_dir(out, overwrite)
     dtype = parse_dtype(dtype)
     source = resolve_source(model)
-    check_lens_fits_config(spec, validate_source(source), model)
+    config = validate_source(source)
+    check_lens_fits_config(spec, config, model)
+    vocab = (config or {}).get("vocab_size")
+    if isinstance(vocab, int) and top_k > vocab:
+        raise NormprobeError(f"--top-k {top_k} is more than {model}'s vocabulary of {vocab}")
     say(model_line(source, dtype, pick_device(device)), progress)
     result = trace_documents(model, docs, readout=spec, top_k=top_k, max_tokens=max_tokens, prepend_bos=prepend_bos,
                              device=device, dtype=dtype, source=str(input) if input is not None else "texts")

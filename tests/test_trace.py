@@ -246,6 +246,7 @@ def test_cli_writes_the_folder(tmp_path, capsys):
     (["--text", "  "], "text 1 is empty or only whitespace"),
     (["--text", "a", "--top-k", "0"], "--top-k must be a whole number of at least 1"),
     (["--text", "a", "--max-tokens", "0"], "--max-tokens must be"),
+    (["--text", "a", "--top-k", "5000"], "--top-k 5000 is more than demo's vocabulary of 2048"),
     (["--input", "nowhere.txt"], "input file not found"),
     (["--text", "a", "--input", "x.txt"], "not both"),
     ([], "give the text to trace"),
