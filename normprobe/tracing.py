@@ -15,9 +15,10 @@ import functools
 import shutil
 import time
 import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import NormprobeError
 
@@ -51,7 +52,7 @@ def check_options(top_k: Any, max_tokens: Any) -> None:
         raise NormprobeError(f"--max-tokens must be a whole number of at least 1 (got {max_tokens!r})")
 
 
-def documents_to_trace(texts: "str | Sequence[str] | None" = None, input: "str | Path | None" = None, *,
+def documents_to_trace(texts: str | Sequence[str] | None = None, input: str | Path | None = None, *,
                        text_field: str = "text", encoding: str = "utf-8", errors: str = "strict",
                        max_docs: int | None = None) -> list[str]:
     """The documents a trace reads: every text given, or the first `max_docs` (default 1) of a file."""
@@ -70,7 +71,7 @@ def documents_to_trace(texts: "str | Sequence[str] | None" = None, input: "str |
             if len(docs) >= (max_docs or 1):
                 break
         return docs
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    texts = [texts] if isinstance(texts, str) else list(texts or [])
     if not texts:
         raise NormprobeError("give at least one text to trace")
     for number, text in enumerate(texts, start=1):
@@ -82,7 +83,7 @@ def documents_to_trace(texts: "str | Sequence[str] | None" = None, input: "str |
     return texts[:max_docs] if max_docs is not None else texts
 
 
-def _model_for(model: "str | ModelAdapter", readout, device: str, dtype: str) -> "ModelAdapter":
+def _model_for(model: str | ModelAdapter, readout, device: str, dtype: str) -> ModelAdapter:
     """A loaded adapter as is; a name is checked (with the lens against its config) and loaded."""
     from .adapter import ModelAdapter, load_model, parse_dtype, resolve_source, validate_source
     from .readouts import check_lens_fits_config
@@ -97,9 +98,9 @@ def _model_for(model: "str | ModelAdapter", readout, device: str, dtype: str) ->
 
 
 # -- the trace ---------------------------------------------------------------------------
-def trace(model: "str | ModelAdapter", text: "str | Sequence[str]", readout: str = "logit", top_k: int = 5, *,
+def trace(model: str | ModelAdapter, text: str | Sequence[str], readout: str = "logit", top_k: int = 5, *,
           max_tokens: int | None = None, prepend_bos: bool = True, device: str = "auto",
-          dtype: str = "float32") -> "Trace":
+          dtype: str = "float32") -> Trace:
     """Trace texts through every layer of a model and return a `Trace` (`.table`, `.figure()`, `.save()`).
 
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a `ModelAdapter` from
@@ -115,7 +116,7 @@ def trace(model: "str | ModelAdapter", text: "str | Sequence[str]", readout: str
 
 
 def trace_documents(model, docs: list[str], *, readout, top_k: int, max_tokens: int | None, prepend_bos: bool,
-                    device: str = "auto", dtype: str = "float32", source: str = "texts") -> "Trace":
+                    device: str = "auto", dtype: str = "float32", source: str = "texts") -> Trace:
     import pandas as pd
     import torch
 
@@ -172,7 +173,7 @@ def _token_ids(adapter, doc: int, text: str, max_tokens: int | None, prepend_bos
     return ids
 
 
-def _residuals(adapter, ids: list[int]) -> "torch.Tensor":
+def _residuals(adapter, ids: list[int]) -> torch.Tensor:
     """h_0..h_L [L + 1, T, d] in float32 from one hooked forward: resid_pre of each block, then the last output."""
     import torch
 
@@ -192,7 +193,7 @@ def _residuals(adapter, ids: list[int]) -> "torch.Tensor":
     return torch.stack([kept[n] for n in names])
 
 
-def _readout_rows(reader, h: "torch.Tensor", layer: int, targets: "torch.Tensor", top_k: int, rows_per_chunk: int):
+def _readout_rows(reader, h: torch.Tensor, layer: int, targets: torch.Tensor, top_k: int, rows_per_chunk: int):
     """Per position: the target's log-prob and rank, the entropy, and the top-k ids and log-probs."""
     import torch
 
@@ -211,10 +212,11 @@ def _readout_rows(reader, h: "torch.Tensor", layer: int, targets: "torch.Tensor"
     return {k: torch.cat(v).cpu() for k, v in parts.items()}
 
 
-def _groups(adapter, token_ids: list[list[int]]):
+def _groups(adapter, token_ids: list[list[int]]) -> Iterator[list[int]]:
     """Documents in order, grouped so that a group's hidden states stay under GROUP_BYTES (a document alone may not)."""
     per_token = (adapter.n_layers + 1) * adapter.d_model * 4
-    group, size = [], 0
+    group: list[int] = []
+    size = 0
     for doc, ids in enumerate(token_ids):
         if group and (size + len(ids)) * per_token > GROUP_BYTES:
             yield group
@@ -225,7 +227,7 @@ def _groups(adapter, token_ids: list[list[int]]):
         yield group
 
 
-def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], top_k: int) -> "pd.DataFrame":
+def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], top_k: int) -> pd.DataFrame:
     """Each document's own forward pass (no padding), then every readout over the group's positions at once."""
     import numpy as np
     import pandas as pd
@@ -292,7 +294,7 @@ def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], t
     return pd.concat(frames, ignore_index=True)
 
 
-_STRINGS: "weakref.WeakKeyDictionary[Any, dict[int, str]]" = weakref.WeakKeyDictionary()
+_STRINGS: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
 def _token_strings(adapter, ids: set[int]) -> dict[int, str]:
@@ -313,7 +315,7 @@ class Trace:
     layer x position heatmap, `save(dir)` writes trace.parquet, trace.html and run.json.
     """
 
-    table: "pd.DataFrame"
+    table: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -380,7 +382,7 @@ class Trace:
         return out
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Trace":
+    def load(cls, folder: str | Path) -> Trace:
         """A saved trace folder; one line if it is not one."""
         import pandas as pd
 

@@ -74,14 +74,16 @@ def _style(metric: str, grid: np.ndarray) -> dict[str, Any]:
 
 def _hover(frame: pd.DataFrame, n_layers: int, n_positions: int) -> list[list[str]]:
     hover = [[""] * n_positions for _ in range(n_layers + 1)]
-    tokens = dict(zip(frame["position"], frame["token"]))
-    for row in frame.itertuples(index=False):
-        target = tokens.get(row.position + 1)
-        layer = "output" if row.layer == n_layers else f"layer {row.layer}"
-        top = "<br>".join(f"{plotly_text(t)}  {math.exp(lp):.3f}" for t, lp in zip(row.top_tokens, row.top_logprobs))
-        head = f"{layer} · position {row.position}<br>input {plotly_text(row.token)}"
+    tokens: dict[int, str] = dict(zip(frame["position"].tolist(), frame["token"].tolist()))
+    rows = zip(frame["layer"].tolist(), frame["position"].tolist(), frame["token"].tolist(),
+               frame["top_tokens"].tolist(), frame["top_logprobs"].tolist())
+    for layer, position, token, top_tokens, top_logprobs in rows:
+        target = tokens.get(position + 1)
+        name = "output" if layer == n_layers else f"layer {layer}"
+        top = "<br>".join(f"{plotly_text(t)}  {math.exp(lp):.3f}" for t, lp in zip(top_tokens, top_logprobs))
+        head = f"{name} · position {position}<br>input {plotly_text(token)}"
         head += f" → target {plotly_text(target)}" if target is not None else " (last position: no target)"
-        hover[row.layer][row.position] = f"{head}<br>top {len(row.top_tokens)}:<br>{top}"
+        hover[layer][position] = f"{head}<br>top {len(top_tokens)}:<br>{top}"
     return hover
 
 
