@@ -12,7 +12,8 @@ import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from .baselines import BaselinePass, baseline_record, plan_passes, random_init_adapter, view_windows
 from .errors import NormprobeError
@@ -75,6 +76,18 @@ def _outside_inference():
 class BaselinePasses:
     """Mixed into Runner: everything about baseline passes except the loop itself."""
 
+    if TYPE_CHECKING:  # what Runner provides
+        from .options import RunOptions
+
+        options: RunOptions
+        model: Any
+        probe_classes: list[type]
+        _live: LiveRun
+
+        def prepare(self, model: Any) -> tuple[list, int]: ...
+        def _windows(self, model: Any, seq_len: int, bos: int | None, sync: Any) -> tuple[Any, int | None]: ...
+        def _stream(self, model: Any, probes: list, windows: Any, total: int | None, done: dict[str, Any]) -> None: ...
+
     def check_baselines_fit(self, model, bos: int | None) -> None:
         if "no-bos" in (self.options.baselines or []) and bos is None:
             raise NormprobeError(f"--baseline no-bos needs a BOS token to remove; {model.source.name}'s tokenizer has none")
@@ -112,7 +125,7 @@ class BaselinePasses:
             probes, _ = self.prepare(model)
         if entry["probes"]:
             for probe in probes:
-                restore_probe(probe, entry["probes"], f"the checkpoint's baseline {bpass.key!r}")
+                restore_probe(probe, entry["probes"], Path(f"the checkpoint's baseline {bpass.key}"))
         entry["probes"] = probes
         say(f"baseline {bpass.key}", live.talk)
         windows, total = self._windows(model, seq_len, bos, live.sync)
@@ -151,19 +164,18 @@ class BaselinePasses:
         name, device, dtype = model.source.name, str(model.device), model.dtype
         del model
         gc.collect()
-        current = probes = None
+        current = None
         for bpass in seeds:
             if self._live.passes.get(bpass.key, {}).get("complete"):
                 continue
-            current = probes = None
-            gc.collect()  # the previous seed's model goes before the next is built
+            current = None
+            gc.collect()  # the previous seed's model (and its probes) go before the next is built
             with _outside_inference():
-                current = random_init_adapter(config, tokenizer, bpass.seed, name, device, dtype)
-            probes = self._run_pass(bpass, current, seq_len, bos)
+                current = random_init_adapter(config, tokenizer, cast(int, bpass.seed), name, device, dtype)
+            self._run_pass(bpass, current, seq_len, bos)  # its probes are dropped: the pass keeps their state
         if current is None:  # every seed was complete in the checkpoint: a model only to set up the probes
             with _outside_inference():
-                current = random_init_adapter(config, tokenizer, seeds[0].seed, name, device, dtype)
-        probes = None
+                current = random_init_adapter(config, tokenizer, cast(int, seeds[0].seed), name, device, dtype)
         outcome["random-init"] = self._baseline_result(current, None, [self._live.passes[p.key] for p in seeds],
                                                        seq_len)
 
@@ -183,7 +195,7 @@ class BaselinePasses:
                     probe.setup(model, seq_len)
                 for entry in entries:
                     merge_state(model, probes, entry["probes"], seq_len, self.options.layers, where="a baseline pass")
-        done = {k: sum(e["progress"][k] for e in entries) for k in ("batches", "tokens", "windows")}
+        done: dict[str, Any] = {k: sum(e["progress"][k] for e in entries) for k in ("batches", "tokens", "windows")}
         done.update(docs=max(e["progress"]["docs"] for e in entries), seconds=0.0)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe in a baseline pass: its windows were empty")
@@ -209,8 +221,6 @@ class BaselinePasses:
 
 def read_shard_baselines(folders: list, metas: list[dict]) -> dict[str, list]:
     """`normprobe merge`, before the model loads: each baseline's shard states, read as data and checked."""
-    from pathlib import Path
-
     from .results import STATE_FILE, baseline_folder
     from .store import load_state_file
 
@@ -238,7 +248,8 @@ def merge_shard_baselines(states: dict[str, list], metas: list[dict], model, pro
         for path, state in shard_states:
             merge_state(model, probes, state, seq_len, layers, where=str(path))
         shard_records = [(m.get("baselines") or {}).get(kind, {}) for m in metas]
-        done = {k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records) for k in ("tokens", "windows", "batches")}
+        done: dict[str, Any] = {k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records)
+                                for k in ("tokens", "windows", "batches")}
         done.update(docs=0, seconds=0.0)
         merged = Runner._result(probes, {}, done, 0.0)
         result.baselines[kind] = merged.tables

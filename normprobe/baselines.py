@@ -12,8 +12,9 @@ A baseline is one more pass of the runner's loop (see Runner.execute): nothing i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import NormprobeError
 
@@ -94,7 +95,7 @@ def shuffle_tokens(tokens: list[int]) -> list[int]:
     return [tokens[0]] + [tokens[i] for i in order.tolist()]
 
 
-def view_windows(kind: str, windows: Iterable["Window"], bos: int | None) -> Iterator["Window"]:
+def view_windows(kind: str, windows: Iterable[Window], bos: int | None) -> Iterator[Window]:
     """The windows a baseline pass reads: the model's own for random-init, shuffled or without BOS otherwise.
 
     Only the tokens change: a window keeps its document (index, and whatever else identifies it).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ def lens_training_digest(readout: str) -> str | None:
     from .readouts import parse_readout
 
     spec = parse_readout(readout)
-    if spec.kind != "tuned":
+    if spec.kind != "tuned" or spec.path is None:
         return None
     try:
         found = json.loads((Path(spec.path) / TRAINING_FILE).read_text()).get("corpus_sha256")
@@ -70,7 +70,7 @@ class LensDiagnosticsProbe(Probe):
     def begin_batch(self, batch) -> None:
         """The model's output h_L first (a light forward with one hook): each layer's KL needs it as it streams."""
         self._targets = batch.next_tokens[batch.has_next]
-        self._output = None
+        self._output: torch.Tensor | None = None
         if self._targets.numel():
             kept: dict[str, torch.Tensor] = {}
             self._model.forward(batch.tokens, batch.mask.long(),
@@ -91,10 +91,12 @@ class LensDiagnosticsProbe(Probe):
                     self._add(self._n_layers if name == self._final else self._hooks[name], h)
 
     def _add(self, row: int, h: torch.Tensor) -> None:
-        base = self._readout.base
+        base, model_output = self._readout.base, self._output
+        if model_output is None:  # the batch had no token with a next token
+            return
         step = max(1, self.vocab_chunk // self._vocab)
         for s in range(0, h.shape[0], step):
-            output = torch.log_softmax(base.logits(self._output[s:s + step]), dim=-1)
+            output = torch.log_softmax(base.logits(model_output[s:s + step]), dim=-1)
             lens = torch.log_softmax(base.logits(self._readout.translate(h[s:s + step], row)), dim=-1)
             kl = (output.exp() * (output - lens)).sum(-1)
             ce = -lens.gather(-1, self._targets[s:s + step, None]).squeeze(-1)
@@ -102,9 +104,10 @@ class LensDiagnosticsProbe(Probe):
             self.kl.add(groups, kl)
             self.ce.add(groups, ce)
 
-    def merge(self, other: "LensDiagnosticsProbe") -> None:
-        self.ce.merge(other.ce)
-        self.kl.merge(other.kl)
+    def merge(self, other: Probe) -> None:
+        theirs = cast(LensDiagnosticsProbe, other)
+        self.ce.merge(theirs.ce)
+        self.kl.merge(theirs.kl)
 
     def state_dict(self) -> dict[str, Any]:
         return {"ce": self.ce.state_dict(), "kl": self.kl.state_dict()}
@@ -135,7 +138,7 @@ def check_in_sample(readout: str, corpus_sha256: str | None, talk: bool = True) 
 
     trained_on = lens_training_digest(readout)
     in_sample = trained_on is not None and trained_on == corpus_sha256
-    if in_sample and talk:
+    if trained_on is not None and in_sample and talk:
         warn(f"the tuned lens {readout[len('tuned:'):]} was trained on this probe corpus (sha256 {trained_on[:12]}…): "
              "its losses here are in-sample; probe another part of the corpus")
     return in_sample

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from .corpus import InputSpec
 from .attention import reads_patterns
-from .baseline_passes import BaselinePasses, LiveRun as _LiveRun, baselines_from_checkpoint
+from .baseline_passes import BaselinePasses, LiveRun, baselines_from_checkpoint
 from .console import warn
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
@@ -153,7 +153,6 @@ class Runner(BaselinePasses):
 
         from .distributed import make_sync
         from .interrupt import StopRequests
-
         from .lens_diagnostics import check_in_sample, record_diagnostics
 
         started = time.time()
@@ -172,7 +171,7 @@ class Runner(BaselinePasses):
             meta["world_size"] = sync.size
         folder = folder if sync.rank == 0 else None
         done = self._restore(probes, checkpoint, saved_meta, meta, folder)
-        self._live = _LiveRun(sync, folder, meta, done, probes, batch_size, checkpoint_every, checkpoint_seconds, talk,
+        self._live = LiveRun(sync, folder, meta, done, probes, batch_size, checkpoint_every, checkpoint_seconds, talk,
                               started, baselines_from_checkpoint(checkpoint))
         self.record_baselines(meta)
         if folder is not None:

@@ -87,7 +87,7 @@ def whole(flaky, family_dir, tmp_path_factory):
 def test_shuffled_windows_keep_position0_and_permute_seeded_by_document(family_adapter):
     adapter = family_adapter("gpt2")
     for bos in (adapter.bos_token_id, None):
-        def shuffled(docs):
+        def shuffled(docs, bos=bos):
             windows = list(iter_windows(docs, adapter.encode, 16, bos))
             return {(docs[w.doc_index], tuple(w.tokens)): s.tokens
                     for w, s in zip(windows, view_windows("shuffled", windows, bos))}

@@ -89,4 +89,5 @@ def render_line_search(tables: dict[str, pd.DataFrame], findings: dict[str, Any]
     return Section(
         title="Line search along each update", anchor="linesearch",
         findings=[("Readout", readout_label(meta))] + line_search_findings_rows(findings), notes=list(NOTES),
-        blocks=[Block(figure=alpha_star_figure(findings, baseline_findings(meta, "linesearch")))] + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")])
+        blocks=[Block(figure=alpha_star_figure(findings, baseline_findings(meta, "linesearch")))]
+        + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")])
