@@ -292,7 +292,9 @@ class Runner:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
         result = self._result(probes, meta, done, seconds)
         if self.options.shard is not None:
-            result.probe_states = {p.name: p.state_dict() for p in probes}
+            from .store import shard_state
+
+            result.probe_states = shard_state(result.meta, {p.name: p.state_dict() for p in probes})
         return result
 
     @staticmethod
@@ -313,7 +315,8 @@ class Runner:
         meta = {**meta, "status": "complete", "probe_tables": owners, "n_docs": done["docs"],
                 "n_windows": done["windows"], "n_tokens": done["tokens"], "n_batches": done["batches"],
                 "seconds": round(done["seconds"] + seconds, 3)}
-        return RunResult(tables=tables, findings=findings, meta=meta)
+        # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
+        return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
 
 
 def readout_request(opts: RunOptions) -> dict[str, Any]:
