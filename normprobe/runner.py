@@ -396,7 +396,7 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
-    data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
+    data = DatasetSpec(str(dataset), dataset_config, split, text_field, encoding, errors) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
                          device_map, n_devices, massive_ratio, readout, alphas)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
