@@ -260,8 +260,8 @@ def request_digest(request: Any) -> str:
 def shard_identity(meta: dict[str, Any]) -> dict[str, Any]:
     """What ties a shard's state.pt to its run.json: the request's digest, the shard, and its counts."""
     request = meta.get("request", {})
-    return {"request_sha256": request_digest(request), "shard": list(request.get("shard") or []),
-            **{key: meta.get(key) for key in SHARD_COUNTS}}
+    return {"shard": list(request.get("shard") or []), **{key: meta.get(key) for key in SHARD_COUNTS},
+            "request_sha256": request_digest(request)}
 
 
 def shard_state(meta: dict[str, Any], probe_states: dict[str, Any]) -> dict[str, Any]:
@@ -281,10 +281,13 @@ def load_shard_state(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
                              "a shard run by an older normprobe must be run again)")
     expected, saved = shard_identity(meta), state["identity"]
     for key, value in expected.items():
-        if saved.get(key) != value:
-            what = "request" if key == "request_sha256" else key
-            raise NormprobeError(f"{path} belongs to another run: its {what} ({saved.get(key)!r}) is not that of "
-                                 f"the run.json beside it ({value!r})")
+        if saved.get(key) == value:
+            continue
+        if key == "request_sha256":
+            raise NormprobeError(f"{path} belongs to another run: its request (model, corpus, options) is not "
+                                 "the one in the run.json beside it")
+        raise NormprobeError(f"{path} belongs to another run: its {key} ({saved.get(key)!r}) is not that of "
+                             f"the run.json beside it ({value!r})")
     return state["probes"]
 
 
