@@ -84,6 +84,10 @@ def _import_datasets() -> Any:
         import datasets
     except ImportError:
         raise NormprobeError("--dataset needs the datasets package: pip install datasets") from None
+    import logging
+
+    # its builders log a file they cannot read before raising; normprobe says it in its own one line
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     return datasets
 
 
