@@ -220,6 +220,20 @@ def test_lens_files_that_are_not_a_lens_are_one_line(demo_adapter, tmp_path, cap
     assert not (tmp_path / "x").exists()
 
 
+def test_merge_reads_a_saved_lens_path_only_if_it_is_the_lens_the_run_used(demo_adapter, tmp_path):
+    from normprobe.errors import NormprobeError
+    from normprobe.readouts import parse_readout
+    from normprobe.store import check_lens_digest
+
+    lens = make_lens(tmp_path / "lens", demo_adapter)
+    request = {"readout": f"tuned:{lens}", "readout_params_sha256": parse_readout(f"tuned:{lens}").describe()["params_sha256"]}
+    check_lens_digest(request)  # the same params.pt: read, as data
+    make_lens(tmp_path / "other", demo_adapter, _poisoned(1.0))
+    shutil.copy(tmp_path / "other" / "params.pt", lens / "params.pt")
+    with pytest.raises(NormprobeError, match="has changed since"):
+        check_lens_digest(request)
+
+
 def test_rows_that_are_all_non_finite_are_kept_with_their_count(demo_adapter):
     """A (layer, component[, α]) whose every value was NaN keeps its row: count 0, n_nonfinite as added."""
     from normprobe.probes.linesearch import COMPONENTS, LineSearchProbe
@@ -275,6 +289,14 @@ def test_lens_resume_refuses_another_corpus_and_damaged_checkpoints(demo_adapter
     code, err = cli(["lens", "train", "demo", "--out", str(from_file), "--resume", "--input", str(corpus_file),
                      *LENS_ARGS], capsys)
     assert code == 1 and "cannot resume: the corpus differs" in one_line(err)
+    wrong_size = tmp_path / "wrong-size"
+    checkpoint_for(wrong_size, demo_adapter, Corpus(texts=["one text"]))
+    state = torch.load(wrong_size / "lens_checkpoint.pt", weights_only=True)
+    state["translators"]["0.weight"] = torch.zeros(3, 3)
+    torch.save(state, wrong_size / "lens_checkpoint.pt")
+    code, err = cli(["lens", "train", "demo", "--out", str(wrong_size), "--resume", "--text", "one text", *LENS_ARGS],
+                    capsys)
+    assert code == 1 and "0.weight has shape (3, 3), not (128, 128)" in one_line(err), err
     marker = tmp_path / "PWNED"
     for name, content, phrase in [("list", [1, 2], "is not a normprobe lens checkpoint"),
                                   ("pickle", {"identity": Planted(marker)}, "loaded as data only")]:
