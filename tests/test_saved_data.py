@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -102,12 +100,16 @@ def test_a_custom_probes_renderer_only_when_the_user_names_it(entropy_runs, tmp_
     assert code == 0, err
     assert ENTROPY_FIGURE in page.read_text()
     named = RunResult.load(whole, probe_modules=[ENTROPY]).figures()
-    assert [t for t in named if t.startswith(ENTROPY_FIGURE)] == list(named) and len(named) == 1
-    # the figure draws the saved table: its values are the table's mean entropy per (layer, head)
+    assert len(named) == 1 and next(iter(named)).startswith(ENTROPY_FIGURE)
+    # it draws the saved table: the mean entropy ratio per (layer, head) over positions >= 1, by a plain loop
     table = RunResult.load(whole)["attention_entropy"]
+    heatmap = next(iter(named.values())).data[0]
+    for layer in range(4):
+        for head in range(len(heatmap.x)):
+            rows = table[(table["layer"] == layer) & (table["head"] == head) & (table["position"] > 0)]
+            assert heatmap.z[layer][head] == pytest.approx(sum(rows["entropy_ratio"]) / len(rows), rel=1e-9)
     code, err = cli(["report", str(whole), "--out", str(tmp_path / "x.html"), "--probe-module", "no_such_mod:P"], capsys)
     assert code == 1 and "cannot import probe 'no_such_mod:P'" in one_line(err)
-    assert len(table) > 0
     # an entry point installed in the environment is code the user installed: its renderer is used
     monkeypatch.syspath_prepend(str(REPO / "probes"))
     installed = [EntryPoint("attention_entropy", "attention_entropy:AttentionEntropyProbe", registry.ENTRY_POINT_GROUP)]
@@ -343,7 +345,6 @@ def test_lens_train_on_a_full_disk_is_one_line_and_keeps_its_last_checkpoint(tmp
 # -- signals --------------------------------------------------------------------------
 SIGNALLED = '''
 import os
-import signal
 from normprobe.probes.norms import NormsProbe
 
 class SignalledProbe(NormsProbe):
