@@ -345,6 +345,7 @@ def test_lens_train_on_a_full_disk_is_one_line_and_keeps_its_last_checkpoint(tmp
 # -- signals --------------------------------------------------------------------------
 SIGNALLED = '''
 import os
+import signal
 from normprobe.probes.norms import NormsProbe
 
 class SignalledProbe(NormsProbe):
