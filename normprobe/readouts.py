@@ -74,6 +74,12 @@ def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
                              f"{getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:200]}") from None
     if not is_dir:
         raise NormprobeError(f"tuned lens folder not found: {path}")
+    from .lock import live_holder
+
+    holder = live_holder(path)
+    if holder is not None:  # `lens train` holds the folder's lock while it writes the lens
+        raise NormprobeError(f"tuned lens folder {path} is being written by another normprobe process "
+                             f"(pid {holder if holder > 0 else 'unknown'}); use it when the training has finished")
     missing = [f for f in (CONFIG_FILE, PARAMS_FILE) if not (path / f).is_file()]
     if missing:
         raise NormprobeError(f"tuned lens folder {path} has no {' or '.join(missing)} (expected the tuned-lens format)")

@@ -310,20 +310,24 @@ def test_lens_resume_refuses_another_corpus_and_damaged_checkpoints(demo_adapter
     assert not marker.exists()
 
 
-def test_lens_train_takes_the_folder_lock(tmp_path, capsys):
-    out = tmp_path / "lens"
-    out.mkdir()
+def test_lens_train_takes_the_folder_lock(demo_adapter, tmp_path, capsys):
+    out = make_lens(tmp_path / "lens", demo_adapter)  # a lens folder that a live `lens train` is writing
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from normprobe.lock import FolderLock; "
                                f"FolderLock.acquire({str(out)!r}); print('held', flush=True); sys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert holder.stdout.readline().strip() == "held"
-        code, err = cli(["lens", "train", "demo", "--out", str(out), *LENS_ARGS], capsys)
+        before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".normprobe.lock"}
+        code, err = cli(["lens", "train", "demo", "--out", str(out), "--overwrite", *LENS_ARGS], capsys)
         assert code == 1 and f"being written by another normprobe process (pid {holder.pid})" in one_line(err)
+        code, err = cli(["run", "demo", "--probe", "updates", "--readout", f"tuned:{out}", "--text", "a",
+                         "--out", str(tmp_path / "run")], capsys)
+        assert code == 1 and f"is being written by another normprobe process (pid {holder.pid})" in one_line(err)
     finally:
         holder.communicate("")
-    assert [p.name for p in out.iterdir() if p.name != ".normprobe.lock"] == []  # the holder's lock file only
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".normprobe.lock"} == before
+    assert not (tmp_path / "run").exists()
 
 
 def test_lens_train_on_a_full_disk_is_one_line_and_keeps_its_last_checkpoint(tmp_path, capsys):
