@@ -178,7 +178,8 @@ def test_utf16_files_are_read_with_their_encoding(tmp_path, capsys, monkeypatch)
     for suffix, content in files.items():
         path = tmp_path / f"corpus{suffix}"
         path.write_bytes(content.encode("utf-16"))  # with a BOM; every ASCII character has a NUL byte
-        assert list(iter_documents(InputSpec(path, encoding="utf-16"))) == TEXTS, suffix
+        runner = make_runner("demo", input=str(path), encoding="utf-16")  # the checks `run` makes before loading
+        assert list(runner.corpus.documents()) == TEXTS, suffix
         code, err = cli(["run", "demo", "--input", str(path), "--out", str(tmp_path / "x")], capsys, monkeypatch)
         assert code == 1 and "looks binary" in one_line(err), err  # read as UTF-8 it is not text
 
