@@ -51,7 +51,6 @@ class OpenedDataset:
         from .corpus import arrow_texts
 
         spec = self.spec
-        where = f"{spec.description}"
         rows = self.rows.select_columns([spec.text_field]).with_format("arrow")
         batches = iter(rows.iter(batch_size=BATCH))
         start = 0
@@ -61,12 +60,10 @@ class OpenedDataset:
             except NormprobeError:
                 raise
             except Exception as exc:  # noqa: BLE001 - datasets and pyarrow raise many types for bad bytes
-                raise NormprobeError(f"cannot read {where}: {_first_line(exc)}"
-                                     + ("; pass --encoding ENCODING or --errors replace"
-                                        if isinstance(exc, UnicodeDecodeError) else "")) from None
+                raise _unreadable(spec, exc) from None
             if batch is None:
                 return
-            for text in arrow_texts(batch.column(spec.text_field), spec.errors, where, start):
+            for text in arrow_texts(batch.column(spec.text_field), spec.errors, spec.description, start):
                 if text is not None and text.strip():
                     yield text
             start += batch.num_rows
@@ -117,10 +114,13 @@ def open_dataset(spec: DatasetSpec) -> OpenedDataset:
     except NormprobeError:
         raise
     except Exception as exc:  # noqa: BLE001 - a streamed format reads its first row here
-        raise NormprobeError(f"cannot read {spec.description}: {_first_line(exc)}"
-                             + ("; pass --encoding ENCODING or --errors replace"
-                                if isinstance(exc, UnicodeDecodeError) else "")) from None
+        raise _unreadable(spec, exc) from None
     return OpenedDataset(spec, kind, rows, fingerprint)
+
+
+def _unreadable(spec: DatasetSpec, exc: BaseException) -> NormprobeError:
+    advice = "; pass --encoding ENCODING or --errors replace" if isinstance(exc, UnicodeDecodeError) else ""
+    return NormprobeError(f"cannot read {spec.description}: {_first_line(exc)}{advice}")
 
 
 def _pick_split(spec: DatasetSpec, splits: Any) -> Any:
