@@ -215,14 +215,16 @@ class BaselinePasses:
             records[kind] = {**baseline_record(kind, self.options.baseline_seeds), **done["counts"],
                              "findings": done["findings"]}
             if done["state"] is not None:
-                result.baseline_states = {**(result.baseline_states or {}), kind: done["state"]}
+                from .store import shard_state
+
+                result.baseline_states = {**(result.baseline_states or {}), kind: shard_state(result.meta, done["state"])}
         result.meta["baselines"] = records
 
 
 def read_shard_baselines(folders: list, metas: list[dict]) -> dict[str, list]:
     """`normprobe merge`, before the model loads: each baseline's shard states, read as data and checked."""
     from .results import STATE_FILE, baseline_folder
-    from .store import load_state_file
+    from .store import load_shard_state
 
     states = {}
     for kind in list(metas[0].get("request", {}).get("baselines") or []):
@@ -230,7 +232,8 @@ def read_shard_baselines(folders: list, metas: list[dict]) -> dict[str, list]:
         missing = next((p for p in paths if not p.is_file()), None)
         if missing is not None:
             raise NormprobeError(f"{missing} is missing: the shard ran --baseline {kind} but kept no statistics for it")
-        states[kind] = [(p, load_state_file(p, "baseline shard state")) for p in paths]
+        # each carries its run's identity, like the model's state.pt: one copied from another run is refused
+        states[kind] = [(p, load_shard_state(p, meta)) for p, meta in zip(paths, metas)]
     return states
 
 

@@ -89,6 +89,9 @@ class RunResult(FigureViews):
     # Null baselines (normprobe.baselines): kind -> its tables, in the run's own schemas, saved in baselines/<kind>/
     baselines: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
     baseline_states: dict[str, Any] | None = None  # kind -> merged probe states, for shard runs
+    # Probe code the user named (FILE.py[:Class], module:Class or classes) whose own figures() draw their
+    # sections; a saved folder never names code that is imported (see docs/security.md).
+    probe_modules: list | None = field(default=None, compare=False)
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
@@ -172,8 +175,13 @@ class RunResult(FigureViews):
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "RunResult":
-        """A saved run; refuses (one line) a run.json of the wrong shape and a named table that is missing or unreadable."""
+    def load(cls, folder: str | Path, probe_modules: list | None = None) -> "RunResult":
+        """A saved run; refuses (one line) a run.json of the wrong shape and a named table that is missing or unreadable.
+
+        Loading and drawing never import code the folder names. A custom probe's sections come from its
+        tables, and from its own `figures(tables)` only when you name its code in `probe_modules`
+        (FILE.py[:Class], module:Class, or the class) or install it as an entry point.
+        """
         from .verify import check_run_json, read_tables
 
         folder = Path(folder)
@@ -183,7 +191,11 @@ class RunResult(FigureViews):
         findings = body.pop("findings", {})
         baselines = {kind: read_tables(baseline_folder(folder, kind), record.pop("tables", []))
                      for kind, record in (body.get("baselines") or {}).items()}
-        return cls(tables=tables, findings=findings, meta=body, baselines=baselines)
+        if probe_modules:  # resolved now, so a bad --probe-module is one line before anything is drawn
+            from .registry import classes_by_name
+
+            probe_modules = list(classes_by_name(probe_modules).values())
+        return cls(tables=tables, findings=findings, meta=body, probe_modules=probe_modules, baselines=baselines)
 
 
 def baseline_folder(folder: str | Path, kind: str) -> Path:

@@ -230,11 +230,16 @@ def test_shards_then_merge_equal_single_run(whole, family_dir, tmp_path):
 
     shards = [run_to_folder(str(family_dir("gpt2")), tmp_path / f"shard{i}", shard=(i, 2), **_options(_probe_file(whole)))
               for i in range(2)]
-    merged = merge_shards(shards, tmp_path / "merged", plotlyjs="cdn")
+    code = [_probe_file(whole)]
+    merged = merge_shards(shards, tmp_path / "merged", plotlyjs="cdn", probe_modules=code)
     _assert_same_baselines(merged, whole[0])
-    (shards[1] / "baselines" / "shuffled" / "state.pt").unlink()
+    state = shards[1] / "baselines" / "shuffled" / "state.pt"
+    state.write_bytes((shards[0] / "baselines" / "shuffled" / "state.pt").read_bytes())
+    with pytest.raises(NormprobeError, match="shuffled/state.pt belongs to another run"):
+        merge_shards(shards, tmp_path / "again", plotlyjs="cdn", probe_modules=code)
+    state.unlink()
     with pytest.raises(NormprobeError, match="shuffled/state.pt is missing"):
-        merge_shards(shards, tmp_path / "again", plotlyjs="cdn")
+        merge_shards(shards, tmp_path / "again", plotlyjs="cdn", probe_modules=code)
     assert not (tmp_path / "again").exists()
 
 
