@@ -48,6 +48,20 @@ def parse_dtype(dtype: str) -> str:
     return DTYPES[key]
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(device_map: str | None, device: str = "auto") -> str | None:
+    """Check --device-map before anything loads: one of accelerate's strategies, and not with --device."""
+    if device_map is None:
+        return None
+    if device_map not in DEVICE_MAPS:
+        raise NormprobeError(f"--device-map must be one of {', '.join(DEVICE_MAPS)} (got {device_map!r})")
+    if device not in ("auto", None):
+        raise NormprobeError(f"--device-map {device_map} places the model itself; leave out --device {device}")
+    return device_map
+
+
 def resolve_source(name: str, revision: str | None = None, checkpoint_index: int | None = None,
                    checkpoint_value: int | None = None) -> ModelSource:
     """Turn a user's model name into a source and check what can be checked without loading."""
@@ -177,15 +191,21 @@ def pick_device(device: str = "auto") -> str:
 
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32", *, revision: str | None = None,
                checkpoint_index: int | None = None, checkpoint_value: int | None = None,
-               device_map: str | None = None, n_devices: int | None = None) -> "ModelAdapter":
+               device_map: str | None = None, n_devices: int | None = None,
+               max_memory_per_device: dict | None = None, offload_folder: str | None = None) -> "ModelAdapter":
     """Load a causal LM through TransformerBridge on its raw weights and wrap it in an adapter.
 
     `name_or_path` is `demo`, a local Hugging Face folder, a Hub id or a TransformerLens-style short name
-    (`gpt2-small`, `pythia-70m`, ...).
+    (`gpt2-small`, `pythia-70m`, ...). The weights load straight onto `device` in `dtype`. With
+    `device_map` ("auto", ...) accelerate spreads them over the devices there are, within
+    `max_memory_per_device` ({0: "20GiB", "cpu": "60GiB"}, Hugging Face's `max_memory`) where given,
+    offloading the rest to `offload_folder`; `adapter.placement()` says where each part went.
     """
+    parse_device_map(device_map, device)
     source = resolve_source(name_or_path, revision, checkpoint_index, checkpoint_value)
     validate_source(source)
-    return ModelAdapter.from_source(source, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices)
+    return ModelAdapter.from_source(source, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices,
+                                    max_memory_per_device=max_memory_per_device, offload_folder=offload_folder)
 
 
 def _boot_error(source: ModelSource, exc: BaseException) -> NormprobeError:
@@ -234,21 +254,29 @@ class ModelAdapter:
         self._readout: Readout | None = None
         self._fast_attention_gap: float | None = None  # checked once per loaded model
         self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
+        self.device_map: str | None = None  # what the user asked accelerate for, if anything
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
-                    device_map: str | None = None, n_devices: int | None = None) -> "ModelAdapter":
+                    device_map: str | None = None, n_devices: int | None = None,
+                    max_memory_per_device: dict | None = None, offload_folder: str | None = None) -> "ModelAdapter":
         import torch
         from transformer_lens.model_bridge import TransformerBridge
 
         dtype = parse_dtype(dtype)
         kwargs: dict[str, Any] = dict(dtype=getattr(torch, dtype))
+        resolved_device = None
         if device_map or n_devices:
-            kwargs.update(device_map=device_map, n_devices=n_devices)
-            resolved_device = "cuda"
+            kwargs.update(device_map=device_map, n_devices=n_devices, max_memory=max_memory_per_device,
+                          offload_folder=offload_folder)
         else:
             resolved_device = pick_device(device)
-            kwargs["device"] = resolved_device
+            if resolved_device == "cpu":
+                kwargs["device"] = resolved_device
+            else:
+                # Through accelerate each tensor goes straight to the device; with `device` the bridge
+                # would load the whole model on the CPU first and then move it.
+                kwargs["device_map"] = {"": resolved_device}
         for key in ("revision", "checkpoint_index", "checkpoint_value"):
             if getattr(source, key) is not None:
                 kwargs[key] = getattr(source, key)
@@ -262,7 +290,9 @@ class ModelAdapter:
         except Exception as exc:  # noqa: BLE001 - every loader failure becomes one line
             raise _boot_error(source, exc) from exc
         bridge.eval()
-        return cls(bridge, source, resolved_device, dtype, tokenizer=_own_tokenizer(source))
+        adapter = cls(bridge, source, resolved_device or str(bridge.cfg.device), dtype, tokenizer=_own_tokenizer(source))
+        adapter.device_map = device_map if device_map or n_devices else None
+        return adapter
 
     @classmethod
     def from_hf_model(cls, hf_model: Any, tokenizer: Any, name: str = "in-memory model",
@@ -408,6 +438,26 @@ class ModelAdapter:
                 total -= sum(p.numel() for name in ("q", "k", "v") if name in module._modules
                              for p in module._modules[name].parameters())
         return total
+
+    def placement(self) -> dict[str, Any]:
+        """Where the weights are: bytes per device (offloaded ones as "disk") and accelerate's module map."""
+        by_device: dict[str, int] = {}
+        offloaded = {name for name, where in (getattr(self.hf_model, "hf_device_map", None) or {}).items()
+                     if str(where) == "disk"}
+        seen: set[int] = set()
+        for name, param in self.hf_model.named_parameters():
+            if param.device.type == "meta":
+                where = "disk" if offloaded else "meta"
+            else:
+                key = param.untyped_storage().data_ptr()
+                if key in seen:
+                    continue
+                seen.add(key)
+                where = str(param.device)
+            by_device[where] = by_device.get(where, 0) + param.numel() * param.element_size()
+        hf_map = getattr(self.hf_model, "hf_device_map", None) or {"": str(self.device)}
+        return {"device_map": self.device_map, "weight_bytes_by_device": by_device,
+                "modules": {k: str(v) for k, v in hf_map.items()} if self.device_map else None}
 
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:
