@@ -283,8 +283,11 @@ class ModelAdapter:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # normprobe draws its own bar; keep stderr to one line on errors
+        from .fused_qkv import deferred_split
+
         try:
-            bridge = TransformerBridge.boot_transformers(source.location, **kwargs)
+            with deferred_split():  # split q/k/v copies are built only if a probe reads patterns
+                bridge = TransformerBridge.boot_transformers(source.location, **kwargs)
         except NormprobeError:
             raise
         except Exception as exc:  # noqa: BLE001 - every loader failure becomes one line
@@ -300,9 +303,12 @@ class ModelAdapter:
         """Wrap a Hugging Face causal LM already in memory (the bridge takes it over; keep a copy to compare)."""
         from transformer_lens.model_bridge import TransformerBridge
 
+        from .fused_qkv import deferred_split
+
         check_architecture(hf_model.config.model_type, name)
-        bridge = TransformerBridge.boot_transformers(tokenizer.name_or_path, hf_model=hf_model, device=device,
-                                                     tokenizer=tokenizer)
+        with deferred_split():
+            bridge = TransformerBridge.boot_transformers(tokenizer.name_or_path, hf_model=hf_model, device=device,
+                                                         tokenizer=tokenizer)
         bridge.eval()
         source = ModelSource(name, "memory", name)
         return cls(bridge, source, device, parse_dtype(str(next(hf_model.parameters()).dtype)), tokenizer=tokenizer)

@@ -100,7 +100,10 @@ def use_attention(bridge: Any, kind: str) -> str:
 
 
 def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> float:
-    """Relative max difference of one hook's activation between the fast and the eager pass."""
+    """Relative max difference of one hook's activation between Hugging Face's sdpa and eager attention.
+
+    Both run Hugging Face's own modules, so the check needs none of the bridge's split q/k/v copies.
+    """
     import torch
 
     seen: dict[str, torch.Tensor] = {}
@@ -109,7 +112,9 @@ def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> fl
         seen["x"] = activation.detach().float().clone()
 
     def once(kind: str) -> torch.Tensor:
-        use_attention(bridge, kind)
+        use_attention(bridge, FAST)
+        if kind == EAGER:
+            _set_hf_attention(bridge.original_model, EAGER)
         with torch.inference_mode(), bridge.hooks(fwd_hooks=[(check_hook, grab)]):
             bridge(tokens, attention_mask=torch.ones_like(tokens), return_type=None)
         return seen.pop("x")

@@ -8,10 +8,13 @@ slice and they are copies: about a sixth of the model's weights. They are only r
 bridge's own attention, which runs when a probe reads patterns (eager). With attention delegated
 to Hugging Face's module (`attention.use_attention`), the copies are freed, and rebuilt from the
 fused weights by the bridge's own split function when eager attention is asked for again.
+`deferred_split()` keeps the bridge from building them at boot, so a run that never reads patterns
+never holds them, not even while loading.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 SPLIT = ("q", "k", "v")
 FREED = "_normprobe_split_freed"
@@ -83,6 +86,40 @@ def restore_split_copies(bridge: Any) -> None:
         aligned = align_offloaded_subtree(module.original_component) if align_offloaded_subtree else nullcontext()
         with aligned:
             rebuilt = module.split_qkv_matrix(module.original_component)
-        for linear, new in zip(_linears(module), rebuilt):
-            for name, param in new.named_parameters(recurse=False):
-                setattr(linear, name, param)
+        for name, linear in zip(SPLIT, rebuilt):
+            module._modules[name].set_original_component(linear)
+
+def _placeholder() -> Any:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "initializing zero-element tensors is a no-op": it is meant to be empty
+        return torch.nn.Linear(0, 0, bias=False)
+
+
+@contextmanager
+def deferred_split() -> Iterator[None]:
+    """While booting a bridge: give each fused attention empty q/k/v, marked to be built when first needed."""
+    import torch
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+
+    booting = JointQKVAttentionBridge.set_original_component
+
+    def set_without_split(self: Any, original_component: Any) -> None:
+        split = self.__dict__.get("split_qkv_matrix")
+        if split is None:
+            return booting(self, original_component)
+        self.__dict__["split_qkv_matrix"] = lambda component: tuple(_placeholder() for _ in SPLIT)
+        try:
+            booting(self, original_component)
+        finally:
+            self.__dict__["split_qkv_matrix"] = split
+        self.__dict__[FREED] = True
+
+    JointQKVAttentionBridge.set_original_component = set_without_split
+    try:
+        yield
+    finally:
+        JointQKVAttentionBridge.set_original_component = booting

@@ -30,10 +30,12 @@ def _weight_bytes(module) -> int:
     return sum(storages.values())
 
 
-def test_split_qkv_copies_are_freed_while_hugging_face_runs_attention(family_adapter, family_dir, hf_model):
-    adapter = family_adapter("gpt_neox")  # fused query_key_value with heads interleaved: the split are copies
+def test_split_qkv_copies_exist_only_while_the_bridge_runs_attention(family_dir, hf_model):
+    # GPT-NeoX fuses query_key_value with heads interleaved: TransformerLens's split q/k/v are copies
+    adapter = normprobe.load_model(str(family_dir("gpt_neox")), device="cpu")
     reference = {kind: hf_model(family_dir("gpt_neox"), kind) for kind in ("eager", "sdpa")}
     own = _weight_bytes(reference["eager"])
+    assert split_copy_bytes(adapter.bridge) == 0 and _weight_bytes(adapter.bridge) == own  # not built at boot
     try:
         eager = _residuals(adapter, True)
         copies = split_copy_bytes(adapter.bridge)
