@@ -13,6 +13,7 @@ Shapes (random weights, saved under --workdir, deleted afterwards unless --keep)
   gpt2-medium  GPT2Config(n_embd=1024, n_layer=24, n_head=16), float32, 1.4 GB
   llama-1b     Llama-3.2-1B: 128k vocabulary, tied, bfloat16, 2.5 GB
   gemma2       Gemma-2-shaped (256k vocabulary, attention and final-logit soft-capping), 8 layers, bfloat16
+  pythia-410m  GPT-NeoX (fused, head-interleaved q/k/v), float32, 1.6 GB: not in the default set
 
     .venv/bin/python benchmarks/bench_memory.py --quick              # gpt2-medium, 32 tokens: a few minutes
     .venv/bin/python benchmarks/bench_memory.py --shapes gpt2-medium,llama-1b --tokens 128
@@ -36,7 +37,7 @@ VOCAB_WORD = "w{}"
 
 def shape_config(shape: str):
     """(config, dtype) of each benchmark shape."""
-    from transformers import Gemma2Config, GPT2Config, LlamaConfig
+    from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     if shape == "gpt2-medium":
         return GPT2Config(n_embd=1024, n_layer=24, n_head=16, bos_token_id=0, eos_token_id=0), "float32"
@@ -48,7 +49,10 @@ def shape_config(shape: str):
         return Gemma2Config(vocab_size=256000, hidden_size=1152, intermediate_size=4608, num_hidden_layers=8,
                             num_attention_heads=4, num_key_value_heads=1, head_dim=256, final_logit_softcapping=30.0,
                             attn_logit_softcapping=50.0, bos_token_id=0, eos_token_id=1, pad_token_id=1), "bfloat16"
-    raise SystemExit(f"unknown shape {shape!r}; shapes are gpt2-medium, llama-1b, gemma2")
+    if shape == "pythia-410m":  # fused query_key_value whose split q/k/v TransformerLens copies
+        return GPTNeoXConfig(vocab_size=50304, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                             num_attention_heads=16, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0), "float32"
+    raise SystemExit(f"unknown shape {shape!r}; shapes are gpt2-medium, llama-1b, gemma2, pythia-410m")
 
 
 def build(shape: str, folder: Path) -> str:

@@ -451,16 +451,16 @@ class ModelAdapter:
         offloaded = {name for name, where in (getattr(self.hf_model, "hf_device_map", None) or {}).items()
                      if str(where) == "disk"}
         seen: set[int] = set()
-        for name, param in self.hf_model.named_parameters():
-            if param.device.type == "meta":
-                where = "disk" if offloaded else "meta"
-            else:
-                key = param.untyped_storage().data_ptr()
-                if key in seen:
+        for param in self.hf_model.parameters():
+            if param.device.type == "meta":  # offloaded by accelerate: held on disk (or in its CPU state dict)
+                where, size = ("disk" if offloaded else "meta"), param.numel() * param.element_size()
+            else:  # a storage once, however many views of it (tied weights, a fused qkv and its split views)
+                storage = param.untyped_storage()
+                if storage.data_ptr() in seen or not storage.nbytes():
                     continue
-                seen.add(key)
-                where = str(param.device)
-            by_device[where] = by_device.get(where, 0) + param.numel() * param.element_size()
+                seen.add(storage.data_ptr())
+                where, size = str(param.device), storage.nbytes()
+            by_device[where] = by_device.get(where, 0) + size
         hf_map = getattr(self.hf_model, "hf_device_map", None) or {"": str(self.device)}
         return {"device_map": self.device_map, "weight_bytes_by_device": by_device,
                 "modules": {k: str(v) for k, v in hf_map.items()} if self.device_map else None}

@@ -131,7 +131,14 @@ def test_run_json_records_placement_and_the_batch_size_with_its_reason(tmp_path,
     assert meta["batch_size_reason"].startswith("5 window(s) of 64 tokens") and "--max-memory" in meta["batch_size_reason"]
     assert meta["n_batches"] == -(-meta["n_windows"] // 5)
     assert meta["placement"]["device_map"] == "auto" and meta["placement"]["modules"]
-    assert set(meta["placement"]["weight_bytes_by_device"]) == {"cpu"} and meta["options"]["max_memory"] == str(cap)
+    from safetensors import safe_open
+
+    from normprobe.adapter import DEMO_DIR
+
+    with safe_open(str(DEMO_DIR / "model.safetensors"), "pt") as weights:  # the checkpoint, counted once
+        checkpoint = sum(weights.get_tensor(k).numel() * 4 for k in weights.keys())
+    assert meta["placement"]["weight_bytes_by_device"] == {"cpu": checkpoint}
+    assert meta["options"]["max_memory"] == str(cap)
 
 
 @pytest.mark.parametrize("extra, message", [
