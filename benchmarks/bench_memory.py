@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/normprobe-bench-memory")
     parser.add_argument("--keep", action="store_true", help="keep the saved models for the next run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
+    parser.add_argument("--markdown", default=None, help="also write the tables to this file (docs/generated/bench_memory.md)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -189,6 +190,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print("\n".join(lines))
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
 
 
 def _has_cuda() -> bool:

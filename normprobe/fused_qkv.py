@@ -13,6 +13,7 @@ never holds them, not even while loading.
 """
 from __future__ import annotations
 
+import types
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -74,20 +75,35 @@ def free_split_copies(bridge: Any) -> int:
 
 def restore_split_copies(bridge: Any) -> None:
     """Rebuild freed q/k/v from the fused weights with the bridge's own split function."""
-    from contextlib import nullcontext
-
     try:
         from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import align_offloaded_subtree
     except ImportError:  # pragma: no cover - older TransformerLens without offload support
         align_offloaded_subtree = None
     for module in _joint_bridges(bridge):
-        if not module.__dict__.pop(FREED, False):
-            continue
+        _build(module, align_offloaded_subtree)
+
+
+def _build(module: Any, align_offloaded_subtree: Any = None) -> None:
+    from contextlib import nullcontext
+
+    if getattr(module.__dict__.get("forward"), "__func__", None) is _build_then_forward:
+        del module.__dict__["forward"]
+    if module.__dict__.pop(FREED, False):
         aligned = align_offloaded_subtree(module.original_component) if align_offloaded_subtree else nullcontext()
         with aligned:
             rebuilt = module.split_qkv_matrix(module.original_component)
         for name, linear in zip(SPLIT, rebuilt):
             module._modules[name].set_original_component(linear)
+
+
+def _build_then_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """The bridge's own attention run before anything chose a kernel (a forward straight after loading)."""
+    try:
+        from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import align_offloaded_subtree
+    except ImportError:  # pragma: no cover
+        align_offloaded_subtree = None
+    _build(self, align_offloaded_subtree)
+    return self.forward(*args, **kwargs)
 
 def _placeholder() -> Any:
     import warnings
@@ -117,6 +133,7 @@ def deferred_split() -> Iterator[None]:
         finally:
             self.__dict__["split_qkv_matrix"] = split
         self.__dict__[FREED] = True
+        self.__dict__["forward"] = types.MethodType(_build_then_forward, self)
 
     JointQKVAttentionBridge.set_original_component = set_without_split
     try:

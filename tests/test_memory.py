@@ -14,8 +14,10 @@ from .reference import assert_float32_close
 IDS = torch.tensor([[0, 5, 9, 33, 7, 120, 3, 64, 200, 11]])
 
 
-def _residuals(adapter, reads_patterns: bool) -> list[torch.Tensor]:
-    adapter.select_attention(reads_patterns)
+def _residuals(adapter, reads_patterns: bool | None) -> list[torch.Tensor]:
+    """resid_pre of every layer; None runs whatever attention the bridge has (straight after loading)."""
+    if reads_patterns is not None:
+        adapter.select_attention(reads_patterns)
     seen = {}
     hooks = [(adapter.hook_name("resid_pre", l), lambda act, hook, l=l: seen.__setitem__(l, act.detach().clone()))
              for l in range(adapter.n_layers)]
@@ -37,7 +39,7 @@ def test_split_qkv_copies_exist_only_while_the_bridge_runs_attention(family_dir,
     own = _weight_bytes(reference["eager"])
     assert split_copy_bytes(adapter.bridge) == 0 and _weight_bytes(adapter.bridge) == own  # not built at boot
     try:
-        eager = _residuals(adapter, True)
+        eager = _residuals(adapter, None)  # the bridge's own attention, straight after loading: built now
         copies = split_copy_bytes(adapter.bridge)
         assert 0.1 * own < copies < 0.3 * own and _weight_bytes(adapter.bridge) == own + copies
         fast = _residuals(adapter, False)
