@@ -14,8 +14,9 @@ never holds them, not even while loading.
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 SPLIT = ("q", "k", "v")
 FREED = "_normprobe_split_freed"
@@ -118,7 +119,6 @@ def _placeholder() -> Any:
 @contextmanager
 def deferred_split() -> Iterator[None]:
     """While booting a bridge: give each fused attention empty q/k/v, marked to be built when first needed."""
-    import torch
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
 
     booting = JointQKVAttentionBridge.set_original_component

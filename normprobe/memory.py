@@ -29,7 +29,7 @@ UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
-def parse_size(text: "str | int", option: str = "--max-memory") -> int:
+def parse_size(text: str | int, option: str = "--max-memory") -> int:
     """'8GB' (10^9), '8GiB' or '8G' (2^30), '512MB', or a number of bytes, as bytes."""
     if isinstance(text, bool):
         raise NormprobeError(f"{option} must be a size like 8GB or 512MiB (got {text!r})")

@@ -164,8 +164,9 @@ def test_bad_memory_options_fail_in_one_line_before_loading(extra, message, tmp_
 def test_an_accelerator_gets_its_weights_directly(monkeypatch):
     """On a GPU the bridge is asked for device_map {"": device}: accelerate puts each tensor there as it is
     read, where `device=` would load the whole model on the CPU and then move it."""
-    import normprobe.adapter as adapter
     from transformer_lens.model_bridge import TransformerBridge
+
+    import normprobe.adapter as adapter
 
     asked = {}
 
