@@ -12,7 +12,7 @@ from .hfcorpus import DatasetSpec
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas")  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunOptions:
     massive_ratio: float = DEFAULT_MASSIVE_RATIO
     readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
     alphas: list[float] | None = None  # the linesearch probe's step sizes
+    ablate: bool = False  # under the model readout, updates reruns the network without each update
 
     def probe_options(self) -> dict:
         return {name: getattr(self, name) for name in PROBE_OPTIONS}
@@ -60,7 +61,9 @@ class RunOptions:
         from .adapter import parse_dtype
         from .readouts import parse_readout
 
-        parse_readout(self.readout)
+        if parse_readout(self.readout).kind != "model" and self.ablate:
+            raise NormprobeError("--ablate reruns the network without each update, which only --readout model does "
+                                 "(the logit and tuned readouts read actual_change through their lens)")
         from .distributed import is_distributed
 
         self.dtype = parse_dtype(self.dtype)
