@@ -181,7 +181,7 @@ def _plain_loop(hf, tokenizer, docs):
 
 
 def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
-    docs = DOCS[:4]
+    docs = DOCS[:3]
     result = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2,
                            readout="model", ablate=True)
     assert result.meta["readout"]["kind"] == "model"
@@ -204,7 +204,7 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
 
 
 def test_line_search_matches_hf_hooks(demo_adapter, hf_model):
-    docs, alphas = DOCS[:3], [0.0, 0.5, 1.0, 2.0]
+    docs, alphas = DOCS[:2], [0.0, 1.0, 2.0]
     table = normprobe.run(demo_adapter, texts=docs, probes=["linesearch"], progress=False, batch_size=2,
                           readout="model", alphas=alphas)["line_search"]
     hf = copy.deepcopy(hf_model(DEMO_DIR)).double()
@@ -223,3 +223,72 @@ def test_line_search_matches_hf_hooks(demo_adapter, hf_model):
         values = torch.cat(want[(row.layer, row.component, row.alpha)])
         assert row.count == len(values)
         assert row.lens_loss_mean == pytest.approx(float(values.mean()), rel=REL)
+
+
+# -- runs: shards, merge and resume give the single run's tables ------------------------------------
+RUN = dict(probes=["updates", "linesearch"], readout="model", ablate=True, alphas=[0.0, 1.0], layers=[1, 3],
+           batch_size=1, texts=DOCS[:4])
+
+
+def _same_tables(got, want):
+    assert got.keys() == want.keys()
+    for name in want:
+        a, b = want[name], got[name]
+        assert list(a.columns) == list(b.columns) and len(a) == len(b), name
+        for column in a.columns:
+            if a[column].dtype.kind in "iuOT":
+                assert (a[column].to_numpy() == b[column].to_numpy()).all(), (name, column)
+            else:
+                assert_float32_close(b[column], a[column], what=f"{name}:{column}")
+
+
+def test_shards_merge_and_resume_equal_a_single_run(demo_adapter, tmp_path, monkeypatch):
+    from normprobe.runner import Runner, make_probe, make_runner, merge_state
+    from normprobe.store import RunFolder
+
+    single = normprobe.run(demo_adapter, progress=False, **RUN)
+    assert single.meta["readout"]["kind"] == "model" and single.meta["request"]["ablate"] is True
+    shards = [normprobe.run(demo_adapter, progress=False, shard=(i, 2), **RUN) for i in range(2)]
+    probes = [make_probe(cls, RUN["layers"], {"readout": "model", "ablate": True, "alphas": RUN["alphas"]})
+              for cls in make_runner(demo_adapter, **RUN).probe_classes]
+    for probe in probes:
+        probe.setup(demo_adapter, single.meta["seq_len"])
+    for shard in shards:
+        merge_state(demo_adapter, probes, shard.probe_states, single.meta["seq_len"], RUN["layers"])
+    merged = Runner._result(probes, {}, {"docs": 4, "windows": 4, "tokens": 0, "batches": 4, "seconds": 0}, 0.0)
+    _same_tables(merged.tables, single.tables)
+
+    step, calls = Runner._step, []
+
+    def stop_at_third(hooked, probes, batch):  # Ctrl-C in the third batch, two checkpoints in
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        step(hooked, probes, batch)
+
+    out = tmp_path / "run"
+    runner = make_runner(demo_adapter, **RUN)
+    with monkeypatch.context() as patch, RunFolder.open(out, False) as folder:
+        patch.setattr(Runner, "_step", staticmethod(stop_at_third))
+        with pytest.raises(KeyboardInterrupt):
+            runner.execute(progress=False, folder=folder, checkpoint_every=1)
+    with pytest.raises(normprobe.NormprobeError, match="ablate"):  # another measurement cannot continue it
+        RunFolder.for_resume(out, make_runner(demo_adapter, **{**RUN, "ablate": False}).request())
+    runner = make_runner(demo_adapter, **RUN)
+    folder, meta, checkpoint = RunFolder.for_resume(out, runner.request())
+    with folder:
+        resumed = runner.execute(progress=False, folder=folder, resume=(meta, checkpoint), checkpoint_every=1)
+    assert resumed.meta["resumed"] == 1
+    _same_tables(resumed.tables, single.tables)
+
+
+def test_ablate_needs_the_model_readout(capsys, tmp_path):
+    from normprobe.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "demo", "--probe", "updates", "--ablate", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "--ablate" in err and "--readout model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(normprobe.NormprobeError, match="--readout must be model, logit or tuned:DIR"):
+        normprobe.run("demo", probes=["updates"], readout="modle")
