@@ -196,6 +196,9 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
         assert got["actual_change_mean"] == pytest.approx(float(r["actual_change"].mean()), abs=REL * float(loss.mean()))
         assert got["lens_loss_mean"] == pytest.approx(float(loss.mean()), rel=REL)  # the model's loss at every depth
     assert table.loc[(demo_adapter.n_layers, "output")]["lens_loss_mean"] == pytest.approx(float(loss.mean()), rel=REL)
+    from normprobe.report.headline import summary_lines
+
+    assert f"updates: model loss {float(loss.mean()):.4g} nats, read at every layer" in summary_lines(result)[0]
     without = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2, readout="model")
     steps = without["updates"][without["updates"].component != "output"]
     assert steps["actual_change_mean"].isna().all() and steps["predicted_change_mean"].notna().all()
