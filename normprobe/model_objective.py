@@ -104,11 +104,7 @@ def gradient_steps(model: "ModelAdapter", batch: "Batch", layers: list[int],
                  (("pre", "resid_pre"), ("post", "resid_post"), ("attn", "attn_out"), ("mlp", "mlp_out"))}
              for l in range(n_layers)}
     acts: dict[str, torch.Tensor] = {}
-    keep_names = {names[0]["pre"]}
-    for l in wanted:
-        for m in (l, l + 1):
-            if m < n_layers:
-                keep_names.update(names[m].values())
+    keep_names = {names[0]["pre"], *(name for l in wanted for name in names[l].values())}
     if keep_streams:
         keep_names.update(names[l]["pre"] for l in range(n_layers))
 

@@ -204,6 +204,11 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
     assert steps["actual_change_mean"].isna().all() and steps["predicted_change_mean"].notna().all()
     np.testing.assert_allclose(steps["descent_cos_mean"], table.reset_index().query("component != 'output'")["descent_cos_mean"],
                                rtol=1e-6)
+    # what does not depend on the readout equals the logit readout's, next_cos included
+    lens = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2)["updates"]
+    lens = lens[lens.component != "output"]
+    for column in ("count", "update_norm_mean", "rel_update_mean", "next_cos_mean", "total_cos_mean"):
+        assert_float32_close(steps[column], lens[column], what=column)
 
 
 def test_line_search_matches_hf_hooks(demo_adapter, hf_model):
