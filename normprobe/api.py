@@ -162,10 +162,11 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     for state_path, state in states:
         merge_state(model, probes, state, seq_len, first.get("layers"), where=str(state_path))
     done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
-            "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
+            "batches": sum(m["n_batches"] for m in metas), "docs": sum(m["n_docs"] for m in metas),
             "seconds": 0.0}
     base = {k: v for k, v in metas[0].items() if k not in ("findings", "tables", "status_reason")}
     base["request"] = {**first, "shard": None}
+    base["options"] = {**base.get("options", {}), "shard": None}
     base["merged_from"] = [str(f) for f in folders]
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)

@@ -246,8 +246,12 @@ def models() -> None:
         if family.examples:
             typer.echo(f"  {family.name:<26} {', '.join(family.examples)}")
     typer.echo("Refused model types:")
+    import shutil
+    import textwrap
+
+    width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)  # wrapped whole, never clipped by a terminal
     for model_type, reason in sorted(REFUSED.items()):
-        typer.echo(f"  {model_type:<20} {reason}")
+        typer.echo(textwrap.fill(reason, width, initial_indent=f"  {model_type:<20} ", subsequent_indent=" " * 23))
     typer.echo("Short names:")
     for short, hub in SHORT_NAMES.items():
         typer.echo(f"  {short:<24} {hub}")
