@@ -6,8 +6,8 @@ the same windows for every measure:
     then the updates probe's work per batch under `--readout model` without and with `--ablate`
     (its begin_batch, as the runner calls it), as ratios to the plain forward. Targets (issue 26):
     <= 3.5x without --ablate, <= (3 n_layers / 2 + 4)x with it.
-  - memory: peak resident-set growth (each pass in a fresh process) of one window of --memory-seq-len tokens through Hugging Face's
-    forward + loss.backward() with the weights frozen (the gradient taken at the embedding output,
+  - memory: peak resident-set growth (each pass in a fresh process) of one window of --memory-seq-len
+    tokens through Hugging Face's forward + loss.backward() with the weights frozen (the gradient taken at the embedding output,
     since frozen weights leave nothing else to differentiate), against the model readout's pass.
 Times are the median of --repeats runs after one warm-up. Run from the repository root:
 
@@ -110,10 +110,11 @@ MEMORY_PASSES = {"Hugging Face forward, inference": "hf_forward",
 
 def memory_of(which: str, folder: Path, length: int, device: str) -> int:
     """Peak RSS growth of one pass over one window, after a warm-up on 8 tokens (lazily built state)."""
+    from transformers import GPT2LMHeadModel
+
     import normprobe
     from normprobe.batching import Window, collate
     from normprobe.probes.updates import UpdatesProbe
-    from transformers import GPT2LMHeadModel
 
     model = normprobe.load_model(str(folder), device=device)
     model.select_attention(False)

@@ -10,7 +10,7 @@ import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .errors import NormprobeError
 from .families import REFUSED, SHORT_NAMES, family_for
@@ -425,7 +425,7 @@ class ModelAdapter:
                     p.requires_grad_(True)
 
     def rerun_from(self, layer: int, stream: "torch.Tensor", tokens: "torch.Tensor", attention_mask: "torch.Tensor",
-                   hooks: list[tuple[str, Callable]] = ()) -> "torch.Tensor":
+                   hooks: "Sequence[tuple[str, Callable]]" = ()) -> "torch.Tensor":
         """The last block's output when blocks `layer`..n_layers-1 run on `stream` as resid_pre of `layer`.
 
         Blocks before `layer` are skipped (they pass their input through, and the stream replaces it at

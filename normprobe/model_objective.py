@@ -25,8 +25,9 @@ forward per layer, component and step size.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .options import READOUT_CHUNK
 
@@ -46,7 +47,7 @@ class ModelObjective:
 
     kind = "model"
 
-    def __init__(self, model: "ModelAdapter"):
+    def __init__(self, model: ModelAdapter):
         self.model = model
 
 
@@ -54,12 +55,12 @@ class ModelObjective:
 class ObjectivePass:
     """What a batch's pass leaves behind: the model's per-token loss, and each layer's stream if asked."""
 
-    loss: "torch.Tensor"  # [N] float32, at the positions with a target (batch.has_next), in row order
-    streams: "dict[int, torch.Tensor]"  # layer -> resid_pre of that layer [B, T, d]; n_layers -> the last block's output
+    loss: torch.Tensor  # [N] float32, at the positions with a target (batch.has_next), in row order
+    streams: dict[int, torch.Tensor]  # layer -> resid_pre of that layer [B, T, d]; n_layers -> the last block's output
 
 
-def token_losses(model: "ModelAdapter", h: "torch.Tensor", targets: "torch.Tensor",
-                 vocab_chunk: int = READOUT_CHUNK) -> "torch.Tensor":
+def token_losses(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor,
+                 vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
     """Per-token cross-entropy of the model's own logits read from the last block's output h [N, d]."""
     import torch
 
@@ -67,7 +68,7 @@ def token_losses(model: "ModelAdapter", h: "torch.Tensor", targets: "torch.Tenso
     return torch.cat([model.readout.loss(h[s:s + step], targets[s:s + step]) for s in range(0, len(targets), step)])
 
 
-def _losses_and_grads(model: "ModelAdapter", h: "torch.Tensor", targets: "torch.Tensor", vocab_chunk: int):
+def _losses_and_grads(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int):
     import torch
 
     step = max(1, vocab_chunk // model.d_vocab)
@@ -75,7 +76,7 @@ def _losses_and_grads(model: "ModelAdapter", h: "torch.Tensor", targets: "torch.
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _cos(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise cosine; NaN where either vector is zero (counted apart, never averaged)."""
     import torch
 
@@ -83,8 +84,8 @@ def _cos(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
     return torch.where(denom > 0, (a * b).sum(-1) / denom, torch.full_like(denom, float("nan")))
 
 
-def gradient_steps(model: "ModelAdapter", batch: "Batch", layers: list[int],
-                   on_layer: "Callable[[int, dict[str, dict[str, torch.Tensor]]], None]",
+def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
+                   on_layer: Callable[[int, dict[str, dict[str, torch.Tensor]]], None],
                    vocab_chunk: int = READOUT_CHUNK, keep_streams: bool = False) -> ObjectivePass:
     """One forward and one backward: per-token step values of every layer in `layers`, handed to
     `on_layer(layer, {component: {metric: [N] values}})` as soon as that layer's gradients arrive
@@ -175,7 +176,7 @@ def gradient_steps(model: "ModelAdapter", batch: "Batch", layers: list[int],
     return ObjectivePass(result["loss"], streams)
 
 
-def forward_streams(model: "ModelAdapter", batch: "Batch", layers: list[int],
+def forward_streams(model: ModelAdapter, batch: Batch, layers: list[int],
                     vocab_chunk: int = READOUT_CHUNK) -> ObjectivePass:
     """A plain forward keeping resid_pre of `layers` and of the layers after them, and the model's per-token loss."""
     import torch
@@ -183,9 +184,14 @@ def forward_streams(model: "ModelAdapter", batch: "Batch", layers: list[int],
     n_layers = model.n_layers
     needed = sorted({m for l in layers for m in (l, l + 1) if m < n_layers})
     streams: dict[int, torch.Tensor] = {}
-    hooks = [(model.hook_name("resid_pre", l), lambda a, hook=None, l=l: streams.__setitem__(l, a)) for l in needed]
-    hooks.append((model.hook_name("resid_post", n_layers - 1),
-                  lambda a, hook=None: streams.__setitem__(n_layers, a)))
+
+    def keep(layer: int):
+        def hook(activation, hook=None):
+            streams[layer] = activation
+        return hook
+
+    hooks = [(model.hook_name("resid_pre", l), keep(l)) for l in needed]
+    hooks.append((model.hook_name("resid_post", n_layers - 1), keep(n_layers)))
     with torch.inference_mode():
         model.forward(batch.tokens, batch.mask.long(), hooks)
         loss = token_losses(model, streams[n_layers][batch.has_next].float(), batch.next_tokens[batch.has_next],
@@ -193,8 +199,8 @@ def forward_streams(model: "ModelAdapter", batch: "Batch", layers: list[int],
     return ObjectivePass(loss, streams)
 
 
-def rerun_loss(model: "ModelAdapter", batch: "Batch", streams: "dict[int, torch.Tensor]", layer: int, component: str,
-               alpha: float = 0.0, vocab_chunk: int = READOUT_CHUNK) -> "torch.Tensor":
+def rerun_loss(model: ModelAdapter, batch: Batch, streams: dict[int, torch.Tensor], layer: int, component: str,
+               alpha: float = 0.0, vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
     """The model's per-token loss with layer `layer`'s `component` update scaled by `alpha` (0: removed).
 
     block: the block's output becomes h + α Δ (its input at α = 0) and blocks layer+1.. rerun;
@@ -216,8 +222,8 @@ def rerun_loss(model: "ModelAdapter", batch: "Batch", streams: "dict[int, torch.
         return token_losses(model, out[batch.has_next].float(), batch.next_tokens[batch.has_next], vocab_chunk)
 
 
-def per_token_steps(model: "ModelAdapter", batch: "Batch", layers: list[int] | None = None, ablate: bool = False,
-                    vocab_chunk: int = READOUT_CHUNK) -> tuple["torch.Tensor", dict[tuple[int, str], dict[str, "torch.Tensor"]]]:
+def per_token_steps(model: ModelAdapter, batch: Batch, layers: list[int] | None = None, ablate: bool = False,
+                    vocab_chunk: int = READOUT_CHUNK) -> tuple[torch.Tensor, dict[tuple[int, str], dict[str, torch.Tensor]]]:
     """(the model's per-token loss, {(layer, component): {metric: per-token values}}) for one batch.
 
     What the updates probe reduces under `--readout model`, kept token by token (for tests, traces and
@@ -239,8 +245,8 @@ def per_token_steps(model: "ModelAdapter", batch: "Batch", layers: list[int] | N
     return done.loss, found
 
 
-def line_search_losses(model: "ModelAdapter", batch: "Batch", layers: list[int], alphas: list[float],
-                       vocab_chunk: int = READOUT_CHUNK) -> Iterator[tuple[int, str, float, "torch.Tensor"]]:
+def line_search_losses(model: ModelAdapter, batch: Batch, layers: list[int], alphas: list[float],
+                       vocab_chunk: int = READOUT_CHUNK) -> Iterator[tuple[int, str, float, torch.Tensor]]:
     """(layer, component, α, the model's per-token loss with that update scaled by α), layer by layer.
 
     α = 1 is the model as it runs (one forward); every other α reruns the network from the layer.
@@ -255,7 +261,7 @@ def line_search_losses(model: "ModelAdapter", batch: "Batch", layers: list[int],
                                                  rerun_loss(model, batch, done.streams, layer, component, alpha, vocab_chunk))
 
 
-def add_to_updates(probe, batch: "Batch") -> None:
+def add_to_updates(probe, batch: Batch) -> None:
     """The updates probe's statistics from one batch under the model readout (its `begin_batch`).
 
     The model's loss fills the lens rows of every layer: read through the rest of the network, h_l

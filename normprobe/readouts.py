@@ -173,7 +173,8 @@ def make_readout(model, spec: "str | ReadoutSpec | None" = "logit"):
 
             cached[spec] = ModelObjective(model)
         else:
-            cached[spec] = LogitReadout(model) if spec.kind == "logit" else TunedReadout(model, load_translators(spec.path, model))
+            cached[spec] = LogitReadout(model) if spec.kind == "logit" else \
+                TunedReadout(model, load_translators(spec.path, model))
     return cached[spec]
 
 
