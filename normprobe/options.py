@@ -139,6 +139,8 @@ class Corpus:
 
 READOUT_CHUNK = 1 << 24  # logits (tokens x vocabulary) a readout holds at once: 64 MB in float32
 KEPT_VECTORS = 48  # float32 d_model-vectors per token: the forward's working set and what a streaming probe keeps
+# float32 d_model-vectors per token and layer that the model readout's backward keeps (measured: 37 on GPT-2 small)
+BACKWARD_VECTORS = 40
 
 
 def available_memory(device: str) -> int:
@@ -157,14 +159,18 @@ def available_memory(device: str) -> int:
     return 8 << 30
 
 
-def default_batch_size(model, seq_len: int, eager_attention: bool = False) -> int:
+def default_batch_size(model, seq_len: int, eager_attention: bool = False, backward: bool = False) -> int:
     """Windows per batch that fit half the free memory: on the CPU at most DEFAULT_TOKEN_BUDGET tokens.
 
     Per token: the forward's activations and what the probes keep (flat in depth: probes stream
     layers), eager attention's scores and pattern rows (heads x window), and a fixed readout chunk
     whatever the vocabulary. The model's logits are never materialised for more than one position.
+    With `backward` (the model readout) every layer's activations are kept for one backward pass,
+    eager attention's rows included, so depth enters.
     """
-    per_token = 4 * model.d_model * KEPT_VECTORS + (2 * 4 * model.n_heads * seq_len if eager_attention else 0)
+    layers_kept = model.n_layers if backward else 1
+    per_token = 4 * model.d_model * (KEPT_VECTORS + (BACKWARD_VECTORS * layers_kept if backward else 0)) + \
+        (2 * 4 * model.n_heads * seq_len * layers_kept if eager_attention else 0)
     room = available_memory(str(model.device)) // 2 - 3 * 4 * READOUT_CHUNK
     tokens = max(seq_len, room // per_token)
     if not str(model.device).startswith("cuda"):

@@ -106,6 +106,12 @@ class Runner:
         self.attention = model.select_attention(reads_patterns(hooks))
         return probes, seq_len
 
+    def _takes_model_gradient(self, probes: list) -> bool:
+        """Whether updates runs the model readout's backward pass, which keeps every layer's activations."""
+        from .readouts import parse_readout
+
+        return parse_readout(self.options.readout).kind == "model" and any(p.name == "updates" for p in probes)
+
     def _base_meta(self, model, probes, seq_len: int, batch_size: int, bos: int | None) -> dict[str, Any]:
         return {
             "status": "running",
@@ -157,7 +163,7 @@ class Runner:
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
         batch_size = self.options.batch_size or saved_meta.get("batch_size") or \
-            default_batch_size(model, seq_len, self.attention[0] == "eager")
+            default_batch_size(model, seq_len, self.attention[0] == "eager", backward=self._takes_model_gradient(probes))
         bos = model.bos_token_id if self.options.prepend_bos else None
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
         if sync.size > 1:

@@ -26,3 +26,14 @@ def test_batch_fits_half_the_free_memory(device, monkeypatch):
     small = SimpleNamespace(**{**vars(model), "device": device})
     monkeypatch.setattr(options, "available_memory", lambda d: 1 * gib)  # never below one window
     assert options.default_batch_size(small, 1024) == 1
+
+
+def test_the_model_readouts_backward_keeps_every_layer(monkeypatch):
+    gib = 1 << 30
+    monkeypatch.setattr(options, "available_memory", lambda d: 40 * gib)
+    model = SimpleNamespace(d_model=4096, n_heads=32, device="cuda:0", n_layers=32, d_vocab=128_256)
+    room = 20 * gib - 3 * 4 * options.READOUT_CHUNK
+    per_token = 4 * 4096 * (options.KEPT_VECTORS + options.BACKWARD_VECTORS * 32)
+    assert options.default_batch_size(model, 1024, backward=True) == max(1, room // per_token // 1024)
+    shallow = SimpleNamespace(**{**vars(model), "n_layers": 2})
+    assert options.default_batch_size(shallow, 256, backward=True) > options.default_batch_size(model, 256, backward=True)
