@@ -54,8 +54,12 @@ def export_images(folder: str | Path, fmt: str) -> list[Path]:
     from .report import sections_for
     from .report.export import export_figures
 
+    from .tracing import is_trace_folder
+
     if fmt == "html":
         return []
+    if is_trace_folder(folder):
+        raise NormprobeError(f"{folder} is a trace: its page is HTML only (--format png and svg are for run reports)")
     return export_figures(sections_for(RunResult.load(folder)), Path(folder), fmt)
 
 
@@ -68,9 +72,13 @@ def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = 
     """
     from .lock import FolderLock, describe_running, live_holder
 
+    from .tracing import is_trace_folder, rerender_trace
+
     folder = Path(folder)
     if not folder.is_dir():
         raise NormprobeError(f"run folder not found: {folder}")
+    if is_trace_folder(folder):
+        return rerender_trace(folder, None if out is None else Path(out), plotlyjs, overwrite)
     result = RunResult.load(folder)
     status = result.meta.get("status", "complete")
     if status == "running":
