@@ -300,3 +300,7 @@ def test_ablate_needs_the_model_readout(capsys, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(normprobe.NormprobeError, match="--readout must be model, logit or tuned:DIR"):
         normprobe.run("demo", probes=["updates"], readout="modle")
+    from normprobe.tracing import trace
+
+    with pytest.raises(normprobe.NormprobeError, match="trace reads every layer through a lens"):
+        trace("nowhere/not-a-model", "hello", readout="model")  # refused before the model is looked for
