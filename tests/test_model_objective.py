@@ -262,7 +262,7 @@ def test_shards_merge_and_resume_equal_a_single_run(demo_adapter, tmp_path, monk
     for probe in probes:
         probe.setup(demo_adapter, single.meta["seq_len"])
     for shard in shards:
-        merge_state(demo_adapter, probes, shard.probe_states, single.meta["seq_len"], RUN["layers"])
+        merge_state(demo_adapter, probes, shard.probe_states["probes"], single.meta["seq_len"], RUN["layers"])
     merged = Runner._result(probes, {}, {"docs": 4, "windows": 4, "tokens": 0, "batches": 4, "seconds": 0}, 0.0)
     _same_tables(merged.tables, single.tables)
 
