@@ -380,9 +380,9 @@ class ModelAdapter:
                 self._lean_forward = {}  # an older model class without these arguments
                 self.bridge(tokens, attention_mask=attention_mask, return_type=None)
 
-    def gradient_pass(self, tokens: "torch.Tensor", attention_mask: "torch.Tensor", hooks: list[tuple[str, Callable]],
+    def gradient_pass(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: list[tuple[str, Callable]],
                       grad_hooks: list[tuple[str, Callable]],
-                      output_grad: "Callable[[torch.Tensor], torch.Tensor]") -> None:
+                      output_grad: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """One forward that tracks gradients along the residual stream, then one backward from the last block.
 
         The weights take no gradient: autograd starts at block 0's input, made a leaf here, so the
@@ -424,8 +424,8 @@ class ModelAdapter:
                 for p in frozen:
                     p.requires_grad_(True)
 
-    def rerun_from(self, layer: int, stream: "torch.Tensor", tokens: "torch.Tensor", attention_mask: "torch.Tensor",
-                   hooks: "Sequence[tuple[str, Callable]]" = ()) -> "torch.Tensor":
+    def rerun_from(self, layer: int, stream: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
+                   hooks: Sequence[tuple[str, Callable]] = ()) -> torch.Tensor:
         """The last block's output when blocks `layer`..n_layers-1 run on `stream` as resid_pre of `layer`.
 
         Blocks before `layer` are skipped (they pass their input through, and the stream replaces it at

@@ -115,8 +115,12 @@ def run(
     checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
     device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
-    readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens), tuned:DIR (a tuned-lens folder, see `normprobe lens train`) or model (no lens: the model's own loss, its gradient from one backward pass).")] = "logit",
-    ablate: Annotated[bool, typer.Option(help="With --readout model: updates reruns the network without each layer's updates for actual_change (about 1.5 x n_layers forwards per batch).")] = False,
+    readout: Annotated[str, typer.Option(help=(
+        "How updates and linesearch read h: logit (the logit lens), tuned:DIR (a tuned-lens folder, see "
+        "`normprobe lens train`) or model (no lens: the model's own loss, its gradient from one backward pass)."))] = "logit",
+    ablate: Annotated[bool, typer.Option(help=(
+        "With --readout model: updates reruns the network without each layer's updates for actual_change "
+        "(about 1.5 x n_layers forwards per batch)."))] = False,
     alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
     massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
