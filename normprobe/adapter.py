@@ -441,7 +441,7 @@ class ModelAdapter:
         kept: dict[str, Any] = {}
 
         def inject(activation, hook=None):
-            return stream.to(activation.dtype)
+            return stream.to(activation.device, activation.dtype)
 
         def keep_last(activation, hook=None):
             kept["h"] = activation
