@@ -10,7 +10,7 @@ import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .errors import NormprobeError
 from .families import REFUSED, SHORT_NAMES, family_for
@@ -416,6 +416,87 @@ class ModelAdapter:
                 self._lean_forward = {}  # an older model class without these arguments
                 self.bridge(tokens, attention_mask=attention_mask, return_type=None)
 
+    def gradient_pass(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: list[tuple[str, Callable]],
+                      grad_hooks: list[tuple[str, Callable]],
+                      output_grad: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """One forward that tracks gradients along the residual stream, then one backward from the last block.
+
+        The weights take no gradient: autograd starts at block 0's input, made a leaf here, so the
+        pass keeps what a forward keeps for one backward and nothing for the weights. `hooks` see
+        the tensors that carry gradients (keep references; do not modify them). `output_grad(h)`
+        gets the last block's output, detached, and returns dL/dh for it; then, during the one
+        backward, each `grad_hooks` function gets dL/d(activation) at its hook.
+        """
+        import torch
+
+        start, last = self.hook_name("resid_pre", 0), self.hook_name("resid_post", self.n_layers - 1)
+        kept: dict[str, torch.Tensor] = {}
+
+        def make_leaf(activation, hook=None):  # the embedding's output: where the gradient stops
+            return activation.detach().requires_grad_(True)
+
+        def keep_last(activation, hook=None):
+            kept["h"] = activation
+
+        def on_grad(fn):
+            def hook(activation, hook=None):
+                def receive(grad):
+                    fn(grad.detach())  # returns None: the gradient flows on unchanged
+                activation.register_hook(receive)
+            return hook
+
+        frozen = [p for p in self.bridge.parameters() if p.requires_grad]
+        with torch.inference_mode(False), torch.enable_grad():
+            try:
+                for p in frozen:
+                    p.requires_grad_(False)
+                # tensors made under inference mode cannot be saved for the backward (the embedding saves its ids)
+                self.forward(tokens.clone(), attention_mask.clone(),
+                             [(start, make_leaf), *hooks, *[(n, on_grad(fn)) for n, fn in grad_hooks], (last, keep_last)])
+                h = kept.pop("h")
+                grad = output_grad(h.detach())
+                torch.autograd.backward(h, grad.to(h.dtype))
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+
+    def rerun_from(self, layer: int, stream: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
+                   hooks: Sequence[tuple[str, Callable]] = ()) -> torch.Tensor:
+        """The last block's output when blocks `layer`..n_layers-1 run on `stream` as resid_pre of `layer`.
+
+        Blocks before `layer` are skipped (they pass their input through, and the stream replaces it at
+        `layer`), so a rerun costs the blocks it runs; embeddings, masks and positions are computed as
+        in a full forward, so every block sees the positions and attention masks it would. `hooks`
+        attach as in `forward` (one may replace a component's output). `layer == n_layers` returns
+        the stream itself.
+        """
+        if layer == self.n_layers:
+            return stream
+        if not 0 <= layer < self.n_layers:
+            raise NormprobeError(f"cannot rerun from layer {layer}: {self.source.location} has layers 0..{self.n_layers - 1}")
+        kept: dict[str, Any] = {}
+
+        def inject(activation, hook=None):
+            return stream.to(activation.device, activation.dtype)
+
+        def keep_last(activation, hook=None):
+            kept["h"] = activation
+
+        skipped = list(self.bridge.blocks)[:layer]
+        for block in skipped:  # on the instance itself: the bridge forwards attribute writes to the HF module
+            block.__dict__["forward"] = _pass_through
+        try:
+            self.forward(tokens, attention_mask, [(self.hook_name("resid_pre", layer), inject), *hooks,
+                                                  (self.hook_name("resid_post", self.n_layers - 1), keep_last)])
+        finally:
+            for block in skipped:
+                block.__dict__.pop("forward", None)
+        h = kept.get("h")
+        if h is None or h.shape != stream.shape:
+            raise NormprobeError(f"rerunning {self.source.location} from layer {layer} gave an output of shape "
+                                 f"{None if h is None else tuple(h.shape)}, not {tuple(stream.shape)}")
+        return h
+
     def select_attention(self, reads_patterns: bool) -> tuple[str, str]:
         """Run eager attention when a probe reads patterns, else sdpa where it agrees with eager on this model.
 
@@ -494,3 +575,8 @@ class ModelAdapter:
             "sites": list(self.sites),
             "bos_token_id": self.bos_token_id,
         }
+
+
+def _pass_through(*args: Any, **kwargs: Any) -> Any:
+    """A skipped block: it returns its input (the block where a rerun starts replaces it anyway)."""
+    return args[0] if args else kwargs["hidden_states"]

@@ -8,10 +8,11 @@ from typing import Any, Iterator, Sequence
 from .corpus import InputSpec, as_text, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
+from .memory import READOUT_CHUNK as READOUT_CHUNK  # model_objective reads the chunk from here
 
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas")  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RunOptions:
     massive_ratio: float = DEFAULT_MASSIVE_RATIO
     readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
     alphas: list[float] | None = None  # the linesearch probe's step sizes
+    ablate: bool = False  # under the model readout, updates reruns the network without each update
     max_memory: str | int | None = None  # cap on normprobe's own working set, e.g. "8GB" (memory.py)
 
     @property
@@ -67,11 +69,13 @@ class RunOptions:
         from .memory import parse_size
         from .readouts import parse_readout
 
+        if parse_readout(self.readout).kind != "model" and self.ablate:
+            raise NormprobeError("--ablate reruns the network without each update, which only --readout model does "
+                                 "(the logit and tuned readouts read actual_change through their lens)")
         if self.max_memory is not None:
             parse_size(self.max_memory)
         parse_device_map(self.device_map, self.device)
 
-        parse_readout(self.readout)
         from .distributed import is_distributed
 
         self.dtype = parse_dtype(self.dtype)

@@ -77,3 +77,15 @@ def test_bad_sizes_are_one_line(text):
 
     with pytest.raises(NormprobeError, match="--max-memory must be"):
         memory.parse_size(text)
+
+
+def test_the_model_readouts_backward_keeps_every_layer(monkeypatch):
+    monkeypatch.setattr(memory, "device_memory", lambda d: (70 * GIB, 80 * GIB))
+    model = _model("cuda:0")
+    per_token = 4 * 4096 * (memory.KEPT_VECTORS + memory.BACKWARD_VECTORS * 32)
+    deep = memory.choose_batch_size(model, 1024, backward=True)
+    assert deep.window_bytes == per_token * 1024
+    assert deep.batch_size == max(1, _windows_in(40 * GIB, per_token * 1024))
+    shallow = _model("cuda:0", n_layers=2)
+    assert memory.choose_batch_size(shallow, 256, backward=True).batch_size > \
+        memory.choose_batch_size(model, 256, backward=True).batch_size
