@@ -50,8 +50,9 @@ def _batches(model, corpus: Corpus, settings: LensSettings, skip: int) -> Iterat
 
     bos = model.bos_token_id
     seen = 0
+    buffer: list = []  # kept across cycles: a corpus of fewer windows than a batch fills it over several
     while True:
-        buffer, any_window = [], False
+        any_window = False
         for window in iter_windows(corpus.documents(), model.encode, settings.seq_len, bos):
             any_window = True
             buffer.append(window)

@@ -89,3 +89,15 @@ def test_cli_trains_then_runs_linesearch_with_the_lens(tmp_path, capsys):
     code, out, err = invoke(["run", "demo", "--probe", "updates", "--readout", f"tuned:{tmp_path / 'none'}",
                              "--out", str(tmp_path / "x")], capsys)
     assert code == 1 and "tuned lens folder not found" in err and not (tmp_path / "x").exists()
+
+
+def test_a_corpus_smaller_than_a_batch_fills_it_over_cycles(demo_adapter):
+    """Two short documents and batches of four windows: each batch cycles through the corpus, never hangs."""
+    corpus = Corpus(texts=["def add(a, b):", "return a + b"])
+    settings = LensSettings(steps=3, batch_size=4, seq_len=16)
+    batches = _batches(demo_adapter, corpus, settings, skip=0)
+    first, second = next(batches), next(batches)
+    one = demo_adapter.encode("def add(a, b):")
+    assert first.tokens.shape[0] == 4 and second.tokens.shape[0] == 4
+    # windows come in corpus order, cycling: document 0, 1, 0, 1, ...
+    assert first.tokens[0, 1 : 1 + len(one)].tolist() == one and first.tokens[2, 1 : 1 + len(one)].tolist() == one
