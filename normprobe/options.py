@@ -12,7 +12,7 @@ from .hfcorpus import DatasetSpec
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas")  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "replicates")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -33,6 +33,10 @@ class RunOptions:
     massive_ratio: float = DEFAULT_MASSIVE_RATIO
     readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
     alphas: list[float] | None = None  # the linesearch probe's step sizes
+    replicates: int = 200  # B, the document bootstrap's replicates (normprobe.bootstrap)
+    # a string naming one more bootstrap unit (e.g. "random-init seed 2"): its Poisson(1) weights,
+    # seeded by the string, multiply every document's (see normprobe.bootstrap)
+    bootstrap_unit: str | None = None
 
     def probe_options(self) -> dict:
         return {name: getattr(self, name) for name in PROBE_OPTIONS}
@@ -42,6 +46,8 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if not isinstance(self.replicates, int) or self.replicates < 2:
+            raise NormprobeError(f"--replicates must be an integer of at least 2 (got {self.replicates})")
         if self.seq_len is not None and self.seq_len < 2:
             raise NormprobeError(f"--seq-len must be at least 2 (got {self.seq_len})")
         if self.layers is not None:

@@ -78,7 +78,8 @@ class Runner:
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
                 "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
-                "massive_ratio": opts.massive_ratio, **readout_request(opts)}
+                "massive_ratio": opts.massive_ratio, "replicates": opts.replicates,
+                "bootstrap_unit": opts.bootstrap_unit, **readout_request(opts)}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -252,6 +253,9 @@ class Runner:
 
         The first `skip` batches were counted before the checkpoint a resumed run started from.
         """
+        from .bootstrap import ReplicateWeights
+
+        weights = ReplicateWeights(self.options.replicates, self.options.bootstrap_unit)
         batches = iter(batches)
         while True:
             batch = next(batches, None)
@@ -260,6 +264,7 @@ class Runner:
                 continue
             error = None
             if batch is not None:
+                batch.replicate_weights = weights.for_windows(batch.doc_seeds, batch.tokens.device)
                 try:
                     self._step(hooked, probes, batch)
                 except (ProbeFailed, NormprobeError) as exc:
@@ -388,14 +393,16 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
                 checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
-                readout: str = "logit", alphas: list[float] | None = None) -> Runner:
+                readout: str = "logit", alphas: list[float] | None = None, replicates: int = 200,
+                bootstrap_unit: str | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, massive_ratio, readout, alphas)
+                         device_map, n_devices, massive_ratio, readout, alphas, replicates=replicates,
+                         bootstrap_unit=bootstrap_unit)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -424,6 +431,7 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
     built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
     seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
-    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid).
+    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid),
+    replicates (B of the document bootstrap, default 200), bootstrap_unit (see normprobe.bootstrap).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)
