@@ -5,6 +5,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,13 @@ class RunResult(FigureViews):
     meta: dict[str, Any] = field(default_factory=dict)
     probe_states: dict[str, Any] | None = None  # kept for shard runs, so `normprobe merge` can combine them
 
+    @cached_property
+    def claims(self) -> pd.DataFrame:
+        """Every claim with its interval, baselines and verdict (normprobe.claims), computed from the tables."""
+        from .claims import claims
+
+        return claims(self.tables, getattr(self, "baselines", None) or {})
+
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
 
@@ -141,7 +149,10 @@ class RunResult(FigureViews):
         write_atomic(out / RUN_FILE, self.run_json().encode("utf-8"))
 
     def run_json(self) -> str:
-        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings}
+        from .claims import claims_records
+
+        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings,
+                "claims": claims_records(self.claims)}
         return json.dumps(_json_safe(body), indent=2, sort_keys=False) + "\n"
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
@@ -161,6 +172,7 @@ class RunResult(FigureViews):
         check_run_json(body, folder)
         tables = read_tables(folder, body.pop("tables", []))
         findings = body.pop("findings", {})
+        body.pop("claims", None)  # recomputed from the tables (RunResult.claims)
         return cls(tables=tables, findings=findings, meta=body)
 
 

@@ -117,6 +117,7 @@ class LineSearchProbe(Probe):
             "count": self.losses.count.cpu().numpy().astype(np.int64),
             "lens_loss_mean": self.losses.mean().cpu().numpy(),
             "n_nonfinite": self.losses.nonfinite.cpu().numpy().astype(np.int64),
+            **_document_intervals(self.replicates),
         })
         frame = frame[frame["count"] > 0].reset_index(drop=True)
         n_b, n_groups = self._n_replicates, self.losses.n_groups
@@ -132,6 +133,14 @@ class LineSearchProbe(Probe):
     @classmethod
     def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         return line_search_findings(tables["line_search"])
+
+
+def _document_intervals(replicates: ReplicateSums) -> dict[str, np.ndarray]:
+    """lens_loss_ci_low/_ci_high per row: the 95% percentile interval of the document bootstrap's replicates."""
+    from ..bootstrap import percentile_interval
+
+    bounds = np.array([percentile_interval(r) for r in replicates.means().cpu().numpy()]).reshape(-1, 2)
+    return {"lens_loss_ci_low": bounds[:, 0], "lens_loss_ci_high": bounds[:, 1]}
 
 
 def refine_minimum(alphas: np.ndarray, losses: np.ndarray) -> tuple[float, bool]:

@@ -261,6 +261,7 @@ class UpdatesProbe(Probe):
             "predicted_change_mean": self.moments["predicted_change"].mean().cpu().numpy(),
             "actual_change_mean": self.moments["actual_change"].mean().cpu().numpy(),
             "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
+            **_document_intervals(self.replicated, ("descent_cos", "actual_change")),
         })
         output = {c: np.nan for c in frame.columns}
         output.update(layer=self._n_layers, component="output", count=int(self.lens.count[-1]),
@@ -320,6 +321,17 @@ class UpdatesProbe(Probe):
         return updates_findings(tables["updates"])
 
 
+def _document_intervals(replicated: dict[str, ReplicateSums], metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """{metric}_ci_low/_ci_high per row: the 95% percentile interval of the document bootstrap's replicates."""
+    from ..bootstrap import percentile_interval
+
+    out = {}
+    for metric in metrics:
+        bounds = np.array([percentile_interval(r) for r in replicated[metric].means().cpu().numpy()]).reshape(-1, 2)
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bounds[:, 0], bounds[:, 1]
+    return out
+
+
 def _mean_or_nan(moments: GroupedMoments) -> np.ndarray:
     mean = moments.mean().cpu().numpy()
     return np.where(moments.count.cpu().numpy() > 0, mean, np.nan)
@@ -339,8 +351,9 @@ def updates_findings(updates: pd.DataFrame) -> dict[str, Any]:
     drops = -np.diff(losses)
     chance = float(updates["chance_cos_std"].iloc[0]) if len(updates) else float("nan")
     return {
-        "descent_positive_layers": positive,
-        "descent_ci": {
+        # token-level intervals (tokens taken as independent); the claims table's are over documents
+        "descent_positive_layers_token_level": positive,
+        "descent_ci_token_level": {
             c: {int(r.layer): [float(r.ci_low), float(r.ci_high)] for r in rows.itertuples()}
             for c, rows in steps.groupby("component", sort=False)
         },
