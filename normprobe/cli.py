@@ -115,6 +115,8 @@ def run(
     readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens) or tuned:DIR (a tuned-lens folder, see `normprobe lens train`).")] = "logit",
     alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
     massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
+    token_counts: Annotated[Optional[Path], typer.Option(help="File of token id -> count (JSON object, or 'id count' lines) replacing the probe corpus's counts in the frequency claim.")] = None,
+    replicates: Annotated[int, typer.Option(help="Replicates B of the Poisson bootstrap over documents behind every interval.")] = 200,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
@@ -134,7 +136,8 @@ def run(
                   text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
                   batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
                   device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
-                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas))
+                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas),
+                  token_counts=token_counts, replicates=replicates)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")

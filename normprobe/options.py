@@ -12,7 +12,7 @@ from .hfcorpus import DatasetSpec
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "replicates")  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "replicates", "token_counts")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -37,6 +37,7 @@ class RunOptions:
     # a string naming one more bootstrap unit (e.g. "random-init seed 2"): its Poisson(1) weights,
     # seeded by the string, multiply every document's (see normprobe.bootstrap)
     bootstrap_unit: str | None = None
+    token_counts: str | None = None  # a file of token id -> count for the frequency claim (normprobe.token_counts)
 
     def probe_options(self) -> dict:
         return {name: getattr(self, name) for name in PROBE_OPTIONS}
@@ -48,6 +49,10 @@ class RunOptions:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
         if not isinstance(self.replicates, int) or self.replicates < 2:
             raise NormprobeError(f"--replicates must be an integer of at least 2 (got {self.replicates})")
+        if self.token_counts is not None:
+            from .token_counts import read_token_counts
+
+            read_token_counts(self.token_counts)
         if self.seq_len is not None and self.seq_len < 2:
             raise NormprobeError(f"--seq-len must be at least 2 (got {self.seq_len})")
         if self.layers is not None:

@@ -104,12 +104,12 @@ class RunResult(FigureViews):
                 f"tokens={m.get('n_tokens')}, probes={m.get('probes', list(self.findings))}, tables={sorted(self.tables)})")
 
     def _repr_html_(self) -> str:
-        from .notebook import esc, run_line, table_html
+        from .notebook import claims_view, esc, run_line, table_html
         from .report import finding_rows
 
         reason = self.meta.get("status_reason")
         note = f"<br><small>{esc(reason)}</small>" if reason and self.meta.get("status") != "complete" else ""
-        return (f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}"
+        return (f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}{claims_view(self.claims)}"
                 f"{table_html(('probe', 'finding', 'value'), finding_rows(self))}"
                 "<small>.figures() gives the report's figures, .show() draws them, .tables holds the data.</small></div>")
 

@@ -79,7 +79,8 @@ class Runner:
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
                 "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
                 "massive_ratio": opts.massive_ratio, "replicates": opts.replicates,
-                "bootstrap_unit": opts.bootstrap_unit, **readout_request(opts)}
+                "bootstrap_unit": opts.bootstrap_unit, "token_counts": _token_counts_digest(opts.token_counts),
+                "token_counts_file": opts.token_counts, **readout_request(opts)}
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -330,6 +331,15 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
             "alphas": opts.alphas}
 
 
+def _token_counts_digest(path: str | None) -> str | None:
+    """sha256 of a --token-counts file: resume and merge compare its content, not its name."""
+    if path is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
     """An instance of a probe class, given those of the run's probe options its constructor accepts."""
     params = inspect.signature(cls).parameters.values()
@@ -394,7 +404,7 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 n_devices: int | None = None, revision: str | None = None,
                 checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
                 readout: str = "logit", alphas: list[float] | None = None, replicates: int = 200,
-                bootstrap_unit: str | None = None) -> Runner:
+                bootstrap_unit: str | None = None, token_counts: str | Path | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
@@ -402,7 +412,8 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
     data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
                          device_map, n_devices, massive_ratio, readout, alphas, replicates=replicates,
-                         bootstrap_unit=bootstrap_unit)
+                         bootstrap_unit=bootstrap_unit,
+                         token_counts=str(token_counts) if token_counts is not None else None)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -432,6 +443,7 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
     seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
     massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid),
-    replicates (B of the document bootstrap, default 200), bootstrap_unit (see normprobe.bootstrap).
+    replicates (B of the document bootstrap, default 200), bootstrap_unit (see normprobe.bootstrap),
+    token_counts (a file of token id -> count for the frequency claim, see normprobe.token_counts).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -203,9 +203,16 @@ def test_console_announces_loading_warns_once_and_logs_progress_once(tmp_path, c
     assert err.splitlines()[0] == (f"normprobe: loading demo (GPT-2, {n_params / 1e6:.2f}M parameters): "
                                    f"float32 on {pick_device('auto')} ...")
     summary = err.splitlines()[err.splitlines().index(next(l for l in err.splitlines() if l.startswith("probing: "))) + 1:]
-    growth = meta["findings"]["norms"]["growth"]["geometric"]
-    assert summary == [f"normprobe: norms: norm grows ×{growth:.4g} per layer (h_0..h_L, geometric mean); position 0 "
-                       f"reaches {meta['findings']['norms']['position0_ratio_max']:.3g}× the median of later positions"]
+    # the summary is built from run.json's claims: the headline, one line for the norms probe, the caveat
+    from normprobe.claims import NO_BASELINE_NOTE
+
+    claims = meta["claims"]
+    headline = next(c for c in claims if c["claim"] == "norm_growth" and c["layer"] is None)
+    assert summary[0].startswith(f"normprobe: norms headline: norm_growth at h_1..h_L per block (geometric) "
+                                 f"{headline['verdict']}") and f"{headline['value']:.3g} [" in summary[0]
+    held = sum(c["verdict"] == "holds" for c in claims if c["claim"] == "norm_growth")
+    assert summary[1].startswith(f"normprobe: norms: norm_growth holds at {held} of ")
+    assert summary[2:] == [f"normprobe: {NO_BASELINE_NOTE}"]
 
 
 def test_log_progress_prints_the_last_line_once():

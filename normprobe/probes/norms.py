@@ -34,6 +34,13 @@ class NormsProbe(Probe):
         # document-bootstrap replicates of the mean norm of h_0..h_L, position 0 and later positions apart
         self._replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
         self.replicates = ReplicateSums(len(self._token_slots) * len(POSITION_GROUPS), self._replicates, device)
+        path = self.options.get("token_counts")
+        if path is not None:
+            from ..token_counts import read_token_counts
+
+            self._external_counts = read_token_counts(path)
+        else:
+            self._external_counts = None
 
     def hook_points(self) -> list[str]:
         return sorted({h for *_, h in self._slots} | {h for *_, h in self._token_slots})
@@ -107,7 +114,12 @@ class NormsProbe(Probe):
             "mean": t.mean().cpu().numpy()[keep],
             "std": t.std().cpu().numpy()[keep],
         })
-        return {"norms": frame, "norms_by_token": tokens, "norms_replicates": self._replicate_table()}
+        out = {"norms": frame, "norms_by_token": tokens, "norms_replicates": self._replicate_table()}
+        if self._external_counts is not None:  # --token-counts: the counts of the types this run saw
+            seen = [int(i) for i in unique_ids if int(i) in self._external_counts]
+            out["token_counts"] = pd.DataFrame({"token_id": np.array(seen, dtype=np.int64),
+                                                "count": np.array([self._external_counts[i] for i in seen], dtype=float)})
+        return out
 
     def _replicate_table(self) -> pd.DataFrame:
         """Per (site, layer) of h_0..h_L, position group and replicate: the summed weight and the weighted mean norm."""
