@@ -18,7 +18,7 @@ from .conftest import DOCS
 from .reference import assert_float32_close, hf_residuals, token_ids
 
 B = 16
-SEQ_LEN = 8  # short windows: most documents are cut into several, which must stay one bootstrap unit
+SEQ_LEN = 16  # short windows: the longer documents are cut into several, which must stay one bootstrap unit
 PROBES = ["norms", "updates", "linesearch", "massive"]
 
 
@@ -64,10 +64,11 @@ def runs(demo_adapter):
 
     # one window per batch: a shard then runs each window exactly as the single run does (float32 forwards
     # depend on the batch they share), so only the float64 sums differ in order
-    options = dict(texts=DOCS, probes=PROBES, seq_len=SEQ_LEN, batch_size=1, replicates=B, progress=False)
+    options = dict(texts=DOCS, probes=PROBES, seq_len=SEQ_LEN, batch_size=1, replicates=B, alphas=[0, 0.5, 1, 2],
+                   progress=False)
     whole = normprobe.run(demo_adapter, **options)
     parts = [normprobe.run(demo_adapter, shard=(i, 2), **options) for i in range(2)]
-    probes = [make_probe(cls, None, {"replicates": B}) for cls in resolve_probes(PROBES)]
+    probes = [make_probe(cls, None, {"replicates": B, "alphas": [0, 0.5, 1, 2]}) for cls in resolve_probes(PROBES)]
     for probe in probes:
         probe.setup(demo_adapter, SEQ_LEN)
     for part in parts:
