@@ -292,7 +292,8 @@ def _descent(tables, context) -> dict[tuple, Estimate]:
     out = {}
     for row in updates[updates["component"] != "output"].itertuples():
         key = (int(row.layer), str(row.component))
-        check = Estimate(float(row.actual_change_mean), actual_r.get(key))
+        # runs saved before the first-order check have no actual change: descent is then undetermined
+        check = Estimate(float(getattr(row, "actual_change_mean", float("nan"))), actual_r.get(key))
         unread = NOT_MEANINGFUL if meaningful is not None and int(row.layer) not in meaningful else ""
         out[key] = Estimate(float(row.descent_cos_mean), cos_r.get(key), check=check, undetermined=unread)
     return out
