@@ -43,11 +43,15 @@ def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
     assert err == "" and stdout == f"wrote {out}/ (report: {out / 'report.html'})\n"  # --no-progress: quiet
     names = {p.name for p in out.iterdir()}
     assert names == {"run.json", "report.html", "norms.parquet", "norms_by_token.parquet", "updates.parquet",
-                     "updates_by_position.parquet", "updates_hist.parquet"}
+                     "updates_by_position.parquet", "updates_hist.parquet", "norms_replicates.parquet",
+                     "updates_replicates.parquet", "lens_loss_replicates.parquet"}
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["n_docs"] == 12 and meta["model"] == "demo"
     assert meta["n_layers"] == 4 and meta["family"] == "GPT-2" and set(meta["findings"]) == {"norms", "updates"}
+    assert {c["claim"] for c in meta["claims"]} == {"norm_growth", "position0_ratio", "frequency", "descent",
+                                                    "lens_loss_drop"}
     first = (out / "report.html").read_text()
+    assert '<h2 id="claims">Claims</h2>' in first
     assert first.count("Plotly.newPlot") == 9
     code, _, err = invoke(["report", str(out)], capsys)
     assert code == 0, err
