@@ -5,7 +5,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +87,20 @@ class RunResult(FigureViews):
     meta: dict[str, Any] = field(default_factory=dict)
     probe_states: dict[str, Any] | None = None  # kept for shard runs, so `normprobe merge` can combine them
 
-    @cached_property
+    @property
     def claims(self) -> pd.DataFrame:
-        """Every claim with its interval, baselines and verdict (normprobe.claims), computed from the tables."""
+        """Every claim with its interval, baselines and verdict (normprobe.claims), computed from the tables
+        (and the baselines' tables) whenever those change."""
         from .claims import claims
 
-        return claims(self.tables, getattr(self, "baselines", None) or {})
+        given = getattr(self, "baselines", None)
+        baselines = given or {}
+        key = (id(self.tables), tuple(self.tables), id(given), tuple(baselines), tuple(tuple(t) for t in baselines.values()))
+        cached = self.__dict__.get("_claims_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, claims(self.tables, baselines))
+            self.__dict__["_claims_cache"] = cached
+        return cached[1]
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
