@@ -22,6 +22,8 @@ _LAZY = {
     "compare": ("normprobe.api", "compare"),
     "Comparison": ("normprobe.comparison", "Comparison"),
     "merge_shards": ("normprobe.api", "merge_shards"),
+    "trace": ("normprobe.tracing", "trace"),
+    "Trace": ("normprobe.tracing", "Trace"),
 }
 
 __all__ = ["NormprobeError", "Probe", "__version__", *_LAZY]
@@ -37,8 +39,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    # tab completion and dir() find the lazily loaded names too
-    return sorted(set(globals()) | set(_LAZY))
+    # tab completion and dir() show the public names, the lazily loaded ones too, and nothing else
+    return sorted(__all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,3 +52,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .results import RunResult
     from .runner import run
     from .stats import GroupedMoments
+    from .tracing import Trace, trace

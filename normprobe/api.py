@@ -54,8 +54,12 @@ def export_images(folder: str | Path, fmt: str) -> list[Path]:
     from .report import sections_for
     from .report.export import export_figures
 
+    from .tracing import is_trace_folder
+
     if fmt == "html":
         return []
+    if is_trace_folder(folder):
+        raise NormprobeError(f"{folder} is a trace: its page is HTML only (--format png and svg are for run reports)")
     return export_figures(sections_for(RunResult.load(folder)), Path(folder), fmt)
 
 
@@ -68,9 +72,13 @@ def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = 
     """
     from .lock import FolderLock, describe_running, live_holder
 
+    from .tracing import is_trace_folder, rerender_trace
+
     folder = Path(folder)
     if not folder.is_dir():
         raise NormprobeError(f"run folder not found: {folder}")
+    if is_trace_folder(folder):
+        return rerender_trace(folder, None if out is None else Path(out), plotlyjs, overwrite)
     result = RunResult.load(folder)
     status = result.meta.get("status", "complete")
     if status == "running":
@@ -163,10 +171,11 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     for state_path, state in states:
         merge_state(model, probes, state, seq_len, first.get("layers"), where=str(state_path))
     done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
-            "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
+            "batches": sum(m["n_batches"] for m in metas), "docs": sum(m["n_docs"] for m in metas),
             "seconds": 0.0}
     base = {k: v for k, v in metas[0].items() if k not in ("findings", "tables", "status_reason")}
     base["request"] = {**first, "shard": None}
+    base["options"] = {**base.get("options", {}), "shard": None}
     base["merged_from"] = [str(f) for f in folders]
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)

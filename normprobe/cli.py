@@ -248,12 +248,46 @@ def models() -> None:
         if family.examples:
             typer.echo(f"  {family.name:<26} {', '.join(family.examples)}")
     typer.echo("Refused model types:")
+    import shutil
+    import textwrap
+
+    width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)  # wrapped whole, never clipped by a terminal
     for model_type, reason in sorted(REFUSED.items()):
-        typer.echo(f"  {model_type:<20} {reason}")
+        typer.echo(textwrap.fill(reason, width, initial_indent=f"  {model_type:<20} ", subsequent_indent=" " * 23))
     typer.echo("Short names:")
     for short, hub in SHORT_NAMES.items():
         typer.echo(f"  {short:<24} {hub}")
     typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported model type.")
+
+
+@app.command()
+def trace(
+    model: Annotated[str, typer.Argument(help="Model: demo, a Hub name or short name (gpt2-small, pythia-70m), or a local folder.")],
+    text: TextOpt = None,
+    input: InputOpt = None,
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
+    encoding: Annotated[str, typer.Option(help="Text encoding of --input.")] = "utf-8",
+    errors: Annotated[str, typer.Option(help="On undecodable bytes: strict (stop) or replace.")] = "strict",
+    max_docs: Annotated[Optional[int], typer.Option(help="Trace this many documents (default: every --text, the first document of --input).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Trace at most this many tokens of each document, BOS included (default: the model's context).")] = None,
+    readout: Annotated[str, typer.Option(help="How each layer is read: logit (the logit lens) or tuned:DIR (a tuned-lens folder).")] = "logit",
+    top_k: Annotated[int, typer.Option(help="Top tokens kept per layer and position.")] = 5,
+    prepend_bos: Annotated[bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start each document with BOS when the tokenizer has one.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    out: OutOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+    plotlyjs: PlotlyOpt = "inline",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Status lines on stderr.")] = True,
+) -> None:
+    """Trace texts through every layer: the lens table with norms, update norms, descent cos and loss changes."""
+    from .tracing import trace_to_folder
+
+    folder = trace_to_folder(model, out or _default_out(f"{Path(model).name}-trace"), texts=text, input=input,
+                             text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
+                             max_tokens=max_tokens, readout=readout, top_k=top_k, prepend_bos=prepend_bos,
+                             device=device, dtype=dtype, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress)
+    typer.echo(f"wrote {folder}/ (trace: {folder / 'trace.html'})")
 
 
 lens_app = typer.Typer(no_args_is_help=True, help="Tuned lenses: train one for a model (read it with run --readout tuned:DIR).")

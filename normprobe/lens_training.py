@@ -158,14 +158,13 @@ class LensTrainer:
         return losses
 
     def run(self, progress: bool = True, checkpoint_every: int = 50) -> Path:
-        from tqdm.auto import tqdm
-
+        from .console import progress_bar
         from .interrupt import RunInterrupted, StopRequests
         from .readouts import save_lens
 
         settings = self.settings
-        bar = tqdm(total=settings.steps, initial=self.step, unit="step", disable=not progress, file=sys.stderr,
-                   dynamic_ncols=True, desc="training lens")
+        bar = progress_bar(settings.steps, progress, unit="step", desc="training lens")
+        bar.update(self.step)
         batches = _batches(self.model, self.corpus, settings, skip=self.step)
         try:
             with StopRequests() as stops:
@@ -222,8 +221,15 @@ def train_lens(model: Any, out: str | Path, *, texts: Sequence[str] | None = Non
     else:
         check_output_dir(out, overwrite)
     if not isinstance(model, ModelAdapter):
-        validate_source(resolve_source(str(model)))
+        from .adapter import pick_device
+        from .console import loaded_line, model_line, say
+
+        source = resolve_source(str(model))
+        validate_source(source)
+        say(model_line(source, "float32", pick_device(device)), progress)
+        started = time.time()
         model = load_model(str(model), device=device)
+        say(loaded_line(source.name, time.time() - started, model), progress)
     settings.seq_len = min(settings.seq_len, model.n_ctx)
     trainer = LensTrainer(model, corpus, settings, out)
     if resume:

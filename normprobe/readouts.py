@@ -9,6 +9,10 @@
 
 Probes obtain a readout only through `make_readout(model, spec)`, which caches one per model and
 spec. Every loss and gradient is float32 and exact (autograd through the translator).
+
+A readout is any object with `kind`, `logits(h, layer)`, `loss(h, targets, layer)` and
+`loss_and_grad(h, targets, layer)`; the probes use the last two and `normprobe trace` all three,
+so a new kind plugs in by being parsed here and built by `make_readout`.
 """
 from __future__ import annotations
 
@@ -119,6 +123,9 @@ class LogitReadout:
     def __init__(self, model):
         self.base = model.readout
 
+    def logits(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
+        return self.base.logits(h)
+
     def loss(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int) -> "torch.Tensor":
         return self.base.loss(h, targets)
 
@@ -140,6 +147,9 @@ class TunedReadout:
             return h.float()
         x = h.float()
         return x + self.translators[layer](x)
+
+    def logits(self, h, layer: int):
+        return self.base.logits(self.translate(h, layer))
 
     def loss(self, h, targets, layer: int):
         return self.base.loss(self.translate(h, layer), targets)

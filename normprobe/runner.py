@@ -148,7 +148,7 @@ class Runner:
         import torch
 
         from .batching import iter_batches
-        from .console import progress_bar
+        from .console import progress_bar, progress_complete
         from .distributed import make_sync
         from .interrupt import StopRequests
 
@@ -190,6 +190,7 @@ class Runner:
                                                     "progress": dict(done)})
                     if stops.requested:
                         raise _interrupted(stops.requested, done, folder, meta)
+            progress_complete(bar)
         except (ProbeFailed, NormprobeError, KeyboardInterrupt) as exc:
             raise _marked(exc, folder, meta) from (exc.error if isinstance(exc, ProbeFailed) else None)
         finally:
@@ -199,7 +200,7 @@ class Runner:
     def _load(self, talk: bool):
         """The model adapter, loading it (and saying so) when the runner was given a name or a source."""
         from .adapter import ModelAdapter, ModelSource, load_model, pick_device, resolve_source
-        from .console import model_line, say
+        from .console import loaded_line, model_line, say
         from .distributed import local_device
 
         opts, model = self.options, self.model
@@ -217,8 +218,7 @@ class Runner:
         else:
             model = load_model(name, device=device, dtype=opts.dtype, device_map=opts.device_map,
                                n_devices=opts.n_devices)
-        say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
-            f"on {model.device}", talk)
+        say(loaded_line(name, time.time() - load_started, model), talk)
         return model
 
     @staticmethod
@@ -296,6 +296,9 @@ class Runner:
                 merge_state(model, probes, other, seq_len, self.options.layers)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
+        if self.options.shard is not None:  # done["docs"] is the global document frontier; this shard holds every N-th
+            index, count = self.options.shard
+            done = {**done, "docs": len(range(index, done["docs"], count))}
         result = self._result(probes, meta, done, seconds)
         if self.options.shard is not None:
             result.probe_states = {p.name: p.state_dict() for p in probes}

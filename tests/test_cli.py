@@ -230,6 +230,26 @@ def test_log_progress_prints_the_last_line_once():
     assert lines[1].startswith("probing: 100 tokens of 100 (100%)")
 
 
+def test_progress_total_becomes_what_the_corpus_held(tmp_path, capsys):
+    """--max-tokens past the corpus: the last line counts what there was, not the limit asked for."""
+    code, _, err = invoke(["run", "demo", "--text", "a short text", "--max-tokens", "100000",
+                           "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    n_tokens = json.loads((tmp_path / "run" / "run.json").read_text())["n_tokens"]
+    line = next(l for l in err.splitlines() if l.startswith("probing: "))
+    assert line.startswith(f"probing: {n_tokens:,} tokens of {n_tokens:,} (100%)"), line
+
+
+def test_log_progress_names_its_unit_and_postfix():
+    stream = io.StringIO()
+    bar = LogProgress(10, stream, every=3600.0, unit="step", desc="training lens")
+    bar.update(10)
+    bar.set_postfix(kl="0.123")
+    bar.close()
+    assert stream.getvalue().startswith("training lens: 10 steps of 10 (100%), ")
+    assert stream.getvalue().rstrip().endswith("step/s, kl 0.123") and "\r" not in stream.getvalue()
+
+
 def test_resume_command_swaps_out_for_resume():
     argv = ["run", "demo", "--probe", "norms", "--out", "runs/a b", "--overwrite", "--max-docs", "3"]
     assert resume_command(argv, Path("ignored")) == "normprobe run demo --probe norms --max-docs 3 --resume 'runs/a b'"
