@@ -94,7 +94,9 @@ def claims_summary_lines(frame: pd.DataFrame, probes: list[str]) -> list[str]:
                     (", ..." if len(held) > 3 else "") + ")"
             text += f", {failed} do not hold, {open_} undetermined"
             parts.append(text)
-        lines.append(f"{probe}: " + "; ".join(parts) + f" [95% intervals over documents; tested against {against}]")
+        unit = "over documents" + (" (frequency: over token types)" if rows["interval"].str.startswith("token types").any()
+                                   else "")
+        lines.append(f"{probe}: " + "; ".join(parts) + f" [95% intervals {unit}; tested against {against}]")
     headline = frame[(frame["claim"] == "norm_growth") & frame["layer"].isna()]
     if len(headline):
         lines.insert(0, "norms headline: " + claim_sentence(headline.iloc[0].to_dict()))
