@@ -49,7 +49,7 @@ def findings_summary(folder: str | Path) -> list[str]:
     return summary_lines(RunResult.load(folder))
 
 
-def export_images(folder: str | Path, fmt: str) -> list[Path]:
+def export_images(folder: str | Path, fmt: str, probe_modules: list | None = None) -> list[Path]:
     """Write each figure of a saved run's report as PNG or SVG into FOLDER/figures/."""
     from .report import sections_for
     from .report.export import export_figures
@@ -60,12 +60,15 @@ def export_images(folder: str | Path, fmt: str) -> list[Path]:
         return []
     if is_trace_folder(folder):
         raise NormprobeError(f"{folder} is a trace: its page is HTML only (--format png and svg are for run reports)")
-    return export_figures(sections_for(RunResult.load(folder)), Path(folder), fmt)
+    return export_figures(sections_for(RunResult.load(folder, probe_modules)), Path(folder), fmt)
 
 
 def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = "inline",
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, probe_modules: list | None = None) -> Path:
     """Re-render a report from saved tables; a run that is not complete is rendered as partial.
+
+    Nothing the folder names is imported: a custom probe is drawn from its tables, or by its own
+    `figures()` when its code is given in `probe_modules` (--probe-module) or installed as an entry point.
 
     A run still being written is refused; one whose process died while `running` is rendered as partial.
     An `out` file that exists needs `overwrite`.
@@ -79,7 +82,7 @@ def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = 
         raise NormprobeError(f"run folder not found: {folder}")
     if is_trace_folder(folder):
         return rerender_trace(folder, None if out is None else Path(out), plotlyjs, overwrite)
-    result = RunResult.load(folder)
+    result = RunResult.load(folder, probe_modules)
     status = result.meta.get("status", "complete")
     if status == "running":
         if live_holder(folder) is not None:
@@ -115,8 +118,12 @@ def _render_checked(result: RunResult, path: Path, folder: Path, plotlyjs: str) 
 
 
 def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = False, plotlyjs: str = "inline",
-                 device: str = "auto") -> Path:
-    """Combine the folders of `run --shard i/N` runs into one run, equal to a single run over all documents."""
+                 device: str = "auto", probe_modules: list | None = None) -> Path:
+    """Combine the folders of `run --shard i/N` runs into one run, equal to a single run over all documents.
+
+    The probes' code is never taken from the shards' run.json: built-in and installed probes are found
+    by name, and a custom probe's code must be given in `probe_modules` (--probe-module).
+    """
     from .results import check_output_dir
     from .store import RunFolder
 
@@ -125,15 +132,16 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     out = Path(out)
     check_output_dir(out, overwrite)
     with RunFolder.open(out, overwrite):  # locked for the merge's whole life
-        return _merge_into(folders, out, overwrite, plotlyjs, device)
+        return _merge_into(folders, out, overwrite, plotlyjs, device, probe_modules)
 
 
-def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str) -> Path:
+def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str,
+                probe_modules: list | None = None) -> Path:
     from .adapter import load_model
-    from .registry import resolve_probes
+    from .registry import classes_by_name, saved_probe_class
     from .results import STATE_FILE
     from .runner import Runner, make_probe, merge_state
-    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder, load_state_file
+    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder, check_lens_digest, load_shard_state
     from .verify import check_run_json
 
     metas = [RunFolder(Path(f)).read_meta() for f in folders]
@@ -157,14 +165,23 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
         if missing or not (isinstance(request.get("model"), str) and isinstance(request.get("dtype"), str)
                            and isinstance(request.get("probe_specs"), list)):
             raise NormprobeError(f"{Path(folder) / 'run.json'} is damaged: it lacks {missing[0] if missing else 'the request'}")
-    # Read (as data only) and check every state before the model loads.
-    states = [(Path(f) / STATE_FILE, load_state_file(Path(f) / STATE_FILE, "shard state")) for f in folders]
+    for folder, meta in zip(folders[1:], metas[1:]):
+        if meta.get("probes") != metas[0].get("probes"):
+            raise NormprobeError(f"cannot merge {folder}: its probes {meta.get('probes')} differ from "
+                                 f"{folders[0]}'s {metas[0].get('probes')}")
+    # The probes' code: built-in, installed or named by the user; never a spec that run.json names.
+    given = classes_by_name(probe_modules)
+    probe_classes = [saved_probe_class(name, given, required=True, where=str(folders[0]))
+                     for name in metas[0]["probes"]]
+    # Read (as data only) and check every state against its folder's run.json before the model loads.
+    states = [(Path(f) / STATE_FILE, load_shard_state(Path(f) / STATE_FILE, meta)) for f, meta in zip(folders, metas)]
+    check_lens_digest(first)
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
                "readout": first.get("readout", "logit"), "alphas": first.get("alphas"),
                "replicates": first.get("replicates", FINGERPRINT_DEFAULTS["replicates"]),
                "token_counts": first.get("token_counts_file")}
-    probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
+    probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)

@@ -23,6 +23,9 @@ TextOpt = Annotated[Optional[List[str]], typer.Option("--text", help="A document
 InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Corpus file: .txt (a document per line), .jsonl, .csv or .parquet.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default reports/<model>-<timestamp>/).")]
 PlotlyOpt = Annotated[str, typer.Option("--plotlyjs", help="inline (works offline) or cdn (small file).")]
+ProbeModuleOpt = Annotated[Optional[List[str]], typer.Option(
+    "--probe-module", help="Code of a custom probe (FILE.py[:Class] or module:Class) whose own figures draw its section; "
+                           "a saved folder never names code that is run. Repeat for several.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="html, or also write each figure as png or svg into DIR/figures/ (needs kaleido).")]
 
 
@@ -161,7 +164,7 @@ def run(
         models[0], resume or out or _default_out(models[0]), probes=probe, resume=resume is not None,
         overwrite=overwrite, shard=parse_shard(shard), device_map=device_map, n_devices=n_devices, **common)
     if folder is not None:
-        export_images(folder, format)
+        export_images(folder, format, probe_modules=probe)
         if progress:
             from .api import findings_summary
             from .console import say
@@ -194,11 +197,12 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the merged run.")],
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
     plotlyjs: PlotlyOpt = "inline",
+    probe_module: ProbeModuleOpt = None,
 ) -> None:
     """Merge shard runs into one run, equal to a single run over all documents."""
     from .api import merge_shards
 
-    folder = merge_shards(folders, out, overwrite=overwrite, plotlyjs=plotlyjs)
+    folder = merge_shards(folders, out, overwrite=overwrite, plotlyjs=plotlyjs, probe_modules=probe_module)
     typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
 
 
@@ -209,6 +213,7 @@ def report(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
+    probe_module: ProbeModuleOpt = None,
 ) -> None:
     """Re-render report.html from a saved run, without the model."""
     from .api import export_images, rerender
@@ -216,8 +221,8 @@ def report(
     _check_format(format)
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    path = rerender(folder, out, plotlyjs=plotlyjs, overwrite=overwrite)
-    for image in export_images(folder, format):
+    path = rerender(folder, out, plotlyjs=plotlyjs, overwrite=overwrite, probe_modules=probe_module)
+    for image in export_images(folder, format, probe_modules=probe_module):
         typer.echo(f"wrote {image}")
     typer.echo(f"wrote {path}")
 

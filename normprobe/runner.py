@@ -301,7 +301,9 @@ class Runner:
             done = {**done, "docs": len(range(index, done["docs"], count))}
         result = self._result(probes, meta, done, seconds)
         if self.options.shard is not None:
-            result.probe_states = {p.name: p.state_dict() for p in probes}
+            from .store import shard_state
+
+            result.probe_states = shard_state(result.meta, {p.name: p.state_dict() for p in probes})
         return result
 
     @staticmethod
@@ -322,7 +324,8 @@ class Runner:
         meta = {**meta, "status": "complete", "probe_tables": owners, "n_docs": done["docs"],
                 "n_windows": done["windows"], "n_tokens": done["tokens"], "n_batches": done["batches"],
                 "seconds": round(done["seconds"] + seconds, 3)}
-        return RunResult(tables=tables, findings=findings, meta=meta)
+        # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
+        return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
 
 
 def readout_request(opts: RunOptions) -> dict[str, Any]:
@@ -412,7 +415,7 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
-    data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
+    data = DatasetSpec(str(dataset), dataset_config, split, text_field, encoding, errors) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
                          device_map, n_devices, massive_ratio, readout, alphas, replicates=replicates,
                          bootstrap_unit=bootstrap_unit,

@@ -65,12 +65,18 @@ def test_probes_and_models_list(capsys):
     assert code == 0 and "gpt2-small" in out and "GPT-NeoX" in out and "Gemma" in out
     from normprobe.families import REFUSED, model_type_rows
 
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    lines: dict[str, str] = {}
+    for line in out.splitlines():  # a refusal reason wraps onto lines indented past the model type
+        if line.startswith(" " * 23) and lines:
+            lines[last] += " " + line.strip()
+        elif line.startswith("  ") and line.split():
+            last = line.split()[0]
+            lines[last] = line
     for row in model_type_rows():  # every supported type with the facts the model-type tests check
         line = lines[row["model_type"]]
         assert all(value in line for value in row.values()), line
     for model_type, reason in REFUSED.items():
-        assert reason in lines[model_type]
+        assert reason in lines[model_type]  # whole, never cut
 
 
 def _bad_folders(tmp_path):

@@ -119,7 +119,8 @@ class LineSearchProbe(Probe):
             "n_nonfinite": self.losses.nonfinite.cpu().numpy().astype(np.int64),
             **_document_intervals(self.replicates),
         })
-        frame = frame[frame["count"] > 0].reset_index(drop=True)
+        # a row whose every value was non-finite stays, with count 0 and its n_nonfinite: never dropped silently
+        frame = frame[(frame["count"] > 0) | (frame["n_nonfinite"] > 0)].reset_index(drop=True)
         n_b, n_groups = self._n_replicates, self.losses.n_groups
         replicates = pd.DataFrame({
             "layer": np.repeat(self._layers, n_c * n_a * n_b).astype(np.int64),
