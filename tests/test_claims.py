@@ -72,7 +72,7 @@ def runs(demo_adapter):
     for probe in probes:
         probe.setup(demo_adapter, SEQ_LEN)
     for part in parts:
-        merge_state(demo_adapter, probes, part.probe_states, SEQ_LEN, None)
+        merge_state(demo_adapter, probes, part.probe_states["probes"], SEQ_LEN, None)
     merged = Runner._result(probes, dict(whole.meta), {"docs": 0, "windows": 0, "tokens": 0, "batches": 0,
                                                        "seconds": 0.0}, 0.0)
     return whole, merged
