@@ -14,7 +14,8 @@ several random initialisations makes each seed a bootstrap unit as well as each 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class ReplicateWeights:
             self._cache[seed] = found
         return found
 
-    def for_windows(self, seeds: Sequence[int], device: "str | torch.device" = "cpu") -> "torch.Tensor":
+    def for_windows(self, seeds: Sequence[int], device: str | torch.device = "cpu") -> torch.Tensor:
         """[n_windows, B] float64 weights for windows whose documents have these seeds."""
         import torch
 

@@ -18,13 +18,14 @@ claim's interval is over token types (Fisher's z), as its column says. docs/clai
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .bootstrap import CI_LEVEL, percentile_interval
+from .bootstrap import percentile_interval
 
 HOLDS, FAILS, UNDETERMINED = "holds", "does not hold", "undetermined"
 GREATER, LESS, TWO_SIDED = "greater", "less", "two-sided"
@@ -57,7 +58,7 @@ class Estimate:
     value: float
     replicates: np.ndarray | None = None  # [B] bootstrap replicates, paired across model and baselines
     interval: tuple[float, float] | None = None  # when there are no replicates (e.g. over token types)
-    check: "Estimate | None" = None  # descent's first-order check (the actual loss change)
+    check: Estimate | None = None  # descent's first-order check (the actual loss change)
     note: str = ""
     undetermined: str = ""  # why no verdict is possible, whatever the interval
 

@@ -15,7 +15,7 @@ VERDICT_STYLE = {"holds": "background:#d4edda", "does not hold": "background:#f8
 def claims_head(frame: pd.DataFrame) -> list[str]:
     slugs = baselines_of(frame)
     return (["probe", "claim", "where", "model value [CI]", "null"]
-            + [h for s in slugs for h in (f"{s.replace('_', '-')} [CI]", f"difference [CI]")]
+            + [h for s in slugs for h in (f"{s.replace('_', '-')} [CI]", "difference [CI]")]
             + ["min effect", "verdict", "note"])
 
 
@@ -31,7 +31,8 @@ def claims_rows(frame: pd.DataFrame) -> list[list[str]]:
                       f"{_num(row[slug + '_difference_ci_high'])}]"]
         note = row.get("note") or ""
         if row["claim"] == "descent" and row.get("check_value") == row.get("check_value"):
-            check = f"actual loss change {value_text({'value': row['check_value'], 'ci_low': row['check_ci_low'], 'ci_high': row['check_ci_high']})}"
+            checked = {"value": row["check_value"], "ci_low": row["check_ci_low"], "ci_high": row["check_ci_high"]}
+            check = f"actual loss change {value_text(checked)}"
             note = f"{check}; {note}" if note else check
         cells += [_num(row["min_effect"]), row["verdict"], note]
         rows.append([str(c) for c in cells])
