@@ -309,6 +309,11 @@ def _lens_loss_drop(tables, context) -> dict[tuple, Estimate]:
         return {(None, "to output"): Estimate(float("nan"), undetermined="the readout is meaningful at no layer")}
     lens = updates.drop_duplicates("layer").sort_values("layer")
     loss = dict(zip(lens["layer"].astype(int), lens["lens_loss_mean"].astype(float)))
+    values = np.array(list(loss.values()))
+    if len(values) > 1 and np.allclose(values, values[-1], rtol=1e-6, atol=0):
+        # the model readout reads every layer through the rest of the network: each loss is the model's own
+        return {(None, "to output"): Estimate(0.0, undetermined="every layer's loss is the model's own (model readout): "
+                                                                 "no lens loss to fall")}
     reps = _replicate_matrix(tables.get("lens_loss_replicates"), ["layer"], "lens_loss")
     layers = [l for l in sorted(loss) if l >= first]
     out = {}
