@@ -77,6 +77,10 @@ def summary_lines(result: Any, limit: int = SUMMARY_LINES) -> list[str]:
     frame = result.claims
     with_claims = set(frame["probe"]) if len(frame) else set()
     lines = claims_summary_lines(frame, probes)
+    loss = model_loss(result)
+    if "updates" in probes and loss is not None and ((result.meta.get("readout") or {}).get("kind") == "model"):
+        # no lens: every layer is read through the rest of the network, so every layer's loss is the model's
+        lines.insert(0, f"updates: model loss {_g(loss)} nats, read at every layer through the rest of the network")
     for name in probes:
         if name not in with_claims:
             lines.append(_generic_line(name, result.findings.get(name, {})))
