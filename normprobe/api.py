@@ -186,7 +186,9 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
                "readout": first.get("readout", "logit"), "alphas": first.get("alphas"),
-               "ablate": first.get("ablate", FINGERPRINT_DEFAULTS["ablate"])}
+               "ablate": first.get("ablate", FINGERPRINT_DEFAULTS["ablate"]),
+               "replicates": first.get("replicates", FINGERPRINT_DEFAULTS["replicates"]),
+               "token_counts": first.get("token_counts_file")}
     probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:

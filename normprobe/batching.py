@@ -1,8 +1,8 @@
 """From documents to padded batches: tokenise, add BOS, split into windows, sort by length."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 class Window:
     doc_index: int
     tokens: list[int]
+    doc_seed: int = 0  # the bootstrap seed of its document (normprobe.bootstrap.text_seed of the text)
 
 
 @dataclass
@@ -24,6 +25,9 @@ class Batch:
     next_tokens: "torch.Tensor"  # [B, T] int64 (meaningless where not has_next)
     positions: "torch.Tensor"  # [B, T] int64
     doc_indices: list[int]
+    doc_seeds: list[int] = field(default_factory=list)
+    # [n_windows, B] float64 bootstrap weights of each window's document; the runner sets them
+    replicate_weights: Any = None
 
     @property
     def n_tokens(self) -> int:
@@ -34,7 +38,7 @@ PIECE_CHARS = 1 << 16  # a longer document is tokenised piece by piece, only as 
 
 
 def windows_of(doc_index: int, ids: "list[int] | Iterable[list[int]]", seq_len: int,
-               bos: int | None) -> Iterator[Window]:
+               bos: int | None, doc_seed: int = 0) -> Iterator[Window]:
     """Split one document's token ids (a list, or a stream of lists) into windows of at most seq_len,
     each starting with BOS if given."""
     body = seq_len - (1 if bos is not None else 0)
@@ -46,9 +50,9 @@ def windows_of(doc_index: int, ids: "list[int] | Iterable[list[int]]", seq_len: 
         pending.extend(piece)
         while len(pending) >= body:
             chunk, pending = pending[:body], pending[body:]
-            yield Window(doc_index, ([bos] if bos is not None else []) + chunk)
+            yield Window(doc_index, ([bos] if bos is not None else []) + chunk, doc_seed)
     if pending:
-        yield Window(doc_index, ([bos] if bos is not None else []) + pending)
+        yield Window(doc_index, ([bos] if bos is not None else []) + pending, doc_seed)
 
 
 def text_pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
@@ -87,19 +91,22 @@ def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_le
     With slice_of=(i, n), only documents whose index is i modulo n are tokenised (shards, ranks).
     Long documents are tokenised lazily, so max_tokens bounds the work as well as the result.
     """
+    from .bootstrap import text_seed
+
     n_tokens = 0
     for doc_index, doc in enumerate(docs):
         if max_docs is not None and doc_index >= max_docs:
             return
         if slice_of is not None and doc_index % slice_of[1] != slice_of[0]:
             continue
-        for window in windows_of(doc_index, token_pieces(doc_index, doc, encode), seq_len, bos):
+        seed = text_seed(doc) if isinstance(doc, str) else 0
+        for window in windows_of(doc_index, token_pieces(doc_index, doc, encode), seq_len, bos, seed):
             if max_tokens is not None:
                 room = max_tokens - n_tokens
                 if room <= 0:
                     return
                 if len(window.tokens) > room:
-                    window = Window(window.doc_index, window.tokens[:room])
+                    window = Window(window.doc_index, window.tokens[:room], window.doc_seed)
             n_tokens += len(window.tokens)
             yield window
             if max_tokens is not None and n_tokens >= max_tokens:
@@ -142,5 +149,5 @@ def collate(windows: list[Window], pad_id: int, device: str) -> Batch:
     return Batch(
         tokens=tokens.to(device), mask=mask.to(device), has_next=has_next.to(device),
         next_tokens=next_tokens.to(device), positions=positions.to(device),
-        doc_indices=[w.doc_index for w in windows],
+        doc_indices=[w.doc_index for w in windows], doc_seeds=[w.doc_seed for w in windows],
     )

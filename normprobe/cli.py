@@ -127,6 +127,8 @@ def run(
     baseline: Annotated[Optional[List[str]], typer.Option(
         "--baseline", help="A null baseline through the same probes and windows: random-init, shuffled or no-bos; repeat for several.")] = None,
     baseline_seeds: Annotated[int, typer.Option(help="Random-init models (seeds 0..N-1) for --baseline random-init.")] = 3,
+    token_counts: Annotated[Optional[Path], typer.Option(help="File of token id -> count (JSON object, or 'id count' lines) replacing the probe corpus's counts in the frequency claim.")] = None,
+    replicates: Annotated[int, typer.Option(help="Replicates B of the Poisson bootstrap over documents behind every interval.")] = 200,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
@@ -147,7 +149,8 @@ def run(
                   batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
                   device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
                   massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas), ablate=ablate,
-                  max_memory=max_memory, baselines=baseline, baseline_seeds=baseline_seeds)
+                  max_memory=max_memory, baselines=baseline, baseline_seeds=baseline_seeds, token_counts=token_counts,
+                  replicates=replicates)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")

@@ -275,9 +275,14 @@ def add_to_updates(probe, batch: Batch) -> None:
     if positions.numel() == 0:
         return
     width = probe._seq_len
+    from .stats import token_windows
 
-    def add(moments, groups, values):
+    windows = token_windows(batch.has_next)  # each kept token's window, for its document's bootstrap weights
+
+    def add(moments, groups, values, replicated: str | None = None):
         moments.add(groups, values)
+        if replicated is not None and replicated in probe.replicated:
+            probe.replicated[replicated].add(groups, values, windows, batch.replicate_weights)
 
     def group(row: int) -> torch.Tensor:
         return torch.full((positions.shape[0],), row, device=positions.device)
@@ -287,7 +292,7 @@ def add_to_updates(probe, batch: Batch) -> None:
         for c, component in enumerate(COMPONENTS):
             row = slot * len(COMPONENTS) + c
             for metric, v in values[component].items():
-                add(probe.moments[metric], group(row), v)
+                add(probe.moments[metric], group(row), v, metric)
             cos = values[component]["descent_cos"]
             finite = cos[torch.isfinite(cos)]
             bins = ((finite.clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
@@ -297,10 +302,10 @@ def add_to_updates(probe, batch: Batch) -> None:
 
     done = gradient_steps(probe._model, batch, probe._layers, on_layer, probe.vocab_chunk, keep_streams=probe.ablate)
     for slot in range(len(probe._layers) + 1):
-        add(probe.lens, group(slot), done.loss)
+        add(probe.lens, group(slot), done.loss, "lens")
         add(probe.lens_by_position, slot * width + positions, done.loss)
     if probe.ablate:
         for slot, layer in enumerate(probe._layers):
             for c, component in enumerate(COMPONENTS):
                 without = rerun_loss(probe._model, batch, done.streams, layer, component, 0.0, probe.vocab_chunk)
-                add(probe.moments["actual_change"], group(slot * len(COMPONENTS) + c), done.loss - without)
+                add(probe.moments["actual_change"], group(slot * len(COMPONENTS) + c), done.loss - without, "actual_change")

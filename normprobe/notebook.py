@@ -34,6 +34,22 @@ def run_line(meta: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def claims_view(frame: Any) -> str:
+    """The claims as a plain table (model value [CI], baselines, differences, verdict), with the caveats."""
+    if frame is None or not len(frame):
+        return ""
+    from .claims import NO_BASELINE_NOTE, baselines_of
+    from .report.claims import claims_head, claims_rows, interval_note
+
+    caveat = "" if baselines_of(frame) else f"<br><small>{esc(NO_BASELINE_NOTE)}</small>"
+    head, rows = claims_head(frame), claims_rows(frame)
+    keep = [i for i, h in enumerate(head) if h not in ("probe", "null", "min effect", "note")]  # compact: the report has all
+    cells = "".join("<tr>" + "".join(f"<td>{esc(row[i])}</td>" for i in keep) + "</tr>" for row in rows)
+    header = "".join(f"<th>{esc(head[i])}</th>" for i in keep)
+    return (f"<p><b>claims</b>{caveat}<br><small>{esc(interval_note(frame))}</small></p>"
+            f'<table style="{STYLE}" border="1" cellpadding="2"><tr>{header}</tr>{cells}</table>')
+
+
 class FigureViews:
     """figures(), show() and the notebook's view, for anything that lists its report sections."""
 

@@ -12,7 +12,7 @@ from .memory import READOUT_CHUNK as READOUT_CHUNK  # model_objective reads the 
 
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate")  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate", "replicates", "token_counts")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -37,8 +37,11 @@ class RunOptions:
     max_memory: str | int | None = None  # cap on normprobe's own working set, e.g. "8GB" (memory.py)
     baselines: list[str] | None = None  # null baselines: random-init, shuffled, no-bos (normprobe.baselines)
     baseline_seeds: int = 3  # random-init models, one per seed
-    # Set by the runner for each random-init seed's pass, so that a seed is a unit of the bootstrap.
+    replicates: int = 200  # B, the document bootstrap's replicates (normprobe.bootstrap)
+    # Set by the runner for each random-init seed's pass ("random-init seed 2"): its Poisson(1) weights,
+    # seeded by the string, multiply every document's, so that a seed is a unit of the bootstrap (normprobe.bootstrap)
     bootstrap_unit: str | None = None
+    token_counts: str | None = None  # a file of token id -> count for the frequency claim (normprobe.token_counts)
 
     @property
     def max_memory_bytes(self) -> int | None:
@@ -54,6 +57,12 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if not isinstance(self.replicates, int) or self.replicates < 2:
+            raise NormprobeError(f"--replicates must be an integer of at least 2 (got {self.replicates})")
+        if self.token_counts is not None:
+            from .token_counts import read_token_counts
+
+            read_token_counts(self.token_counts)
         if self.seq_len is not None and self.seq_len < 2:
             raise NormprobeError(f"--seq-len must be at least 2 (got {self.seq_len})")
         if self.layers is not None:

@@ -93,6 +93,21 @@ class RunResult(FigureViews):
     # sections; a saved folder never names code that is imported (see docs/security.md).
     probe_modules: list | None = field(default=None, compare=False)
 
+    @property
+    def claims(self) -> pd.DataFrame:
+        """Every claim with its interval, baselines and verdict (normprobe.claims), computed from the tables
+        (and the baselines' tables) whenever those change."""
+        from .claims import claims
+
+        given = getattr(self, "baselines", None)
+        baselines = given or {}
+        key = (id(self.tables), tuple(self.tables), id(given), tuple(baselines), tuple(tuple(t) for t in baselines.values()))
+        cached = self.__dict__.get("_claims_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, claims(self.tables, baselines))
+            self.__dict__["_claims_cache"] = cached
+        return cached[1]
+
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
 
@@ -102,12 +117,12 @@ class RunResult(FigureViews):
                 f"tokens={m.get('n_tokens')}, probes={m.get('probes', list(self.findings))}, tables={sorted(self.tables)})")
 
     def _repr_html_(self) -> str:
-        from .notebook import esc, run_line, table_html
+        from .notebook import claims_view, esc, run_line, table_html
         from .report import finding_rows
 
         reason = self.meta.get("status_reason")
         note = f"<br><small>{esc(reason)}</small>" if reason and self.meta.get("status") != "complete" else ""
-        return (f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}"
+        return (f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}{claims_view(self.claims)}"
                 f"{table_html(('probe', 'finding', 'value'), finding_rows(self))}"
                 "<small>.figures() gives the report's figures, .show() draws them, .tables holds the data.</small></div>")
 
@@ -160,7 +175,10 @@ class RunResult(FigureViews):
         write_atomic(out / RUN_FILE, self.run_json().encode("utf-8"))
 
     def run_json(self) -> str:
-        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings}
+        from .claims import claims_records
+
+        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings,
+                "claims": claims_records(self.claims)}
         if self.baselines or "baselines" in self.meta:
             records = dict(self.meta.get("baselines") or {})
             body["baselines"] = {kind: {**records.get(kind, {}), "tables": sorted(self.baselines.get(kind, {}))}
@@ -189,6 +207,7 @@ class RunResult(FigureViews):
         check_run_json(body, folder)
         tables = read_tables(folder, body.pop("tables", []))
         findings = body.pop("findings", {})
+        body.pop("claims", None)  # recomputed from the tables (RunResult.claims)
         baselines = {kind: read_tables(baseline_folder(folder, kind), record.pop("tables", []))
                      for kind, record in (body.get("baselines") or {}).items()}
         if probe_modules:  # resolved now, so a bad --probe-module is one line before anything is drawn

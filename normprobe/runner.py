@@ -84,7 +84,9 @@ class Runner(BaselinePasses):
                 "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
                 "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
                 "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
-                "massive_ratio": opts.massive_ratio, **readout_request(opts),
+                "massive_ratio": opts.massive_ratio, "replicates": opts.replicates,
+                "bootstrap_unit": opts.bootstrap_unit, "token_counts": _token_counts_digest(opts.token_counts),
+                "token_counts_file": opts.token_counts, **readout_request(opts),
                 "baselines": list(opts.baselines or []), "baseline_seeds": opts.baseline_seeds}
 
     def prepare(self, model) -> tuple[list, int]:
@@ -297,6 +299,9 @@ class Runner(BaselinePasses):
 
         The first `skip` batches were counted before the checkpoint a resumed run started from.
         """
+        from .bootstrap import ReplicateWeights
+
+        weights = ReplicateWeights(self.options.replicates, self.options.bootstrap_unit)
         batches = iter(batches)
         while True:
             batch = next(batches, None)
@@ -305,6 +310,7 @@ class Runner(BaselinePasses):
                 continue
             error = None
             if batch is not None:
+                batch.replicate_weights = weights.for_windows(batch.doc_seeds, batch.tokens.device)
                 try:
                     self._step(hooked, probes, batch)
                 except (ProbeFailed, NormprobeError) as exc:
@@ -376,6 +382,15 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
             "alphas": opts.alphas, "ablate": opts.ablate}
 
 
+def _token_counts_digest(path: str | None) -> str | None:
+    """sha256 of a --token-counts file: resume and merge compare its content, not its name."""
+    if path is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
     """An instance of a probe class, given those of the run's probe options its constructor accepts."""
     params = inspect.signature(cls).parameters.values()
@@ -441,7 +456,8 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
                 readout: str = "logit", alphas: list[float] | None = None, ablate: bool = False,
                 max_memory: str | int | None = None, baselines: Sequence[str] | None = None,
-                baseline_seeds: int = 3) -> Runner:
+                baseline_seeds: int = 3, replicates: int = 200, bootstrap_unit: str | None = None,
+                token_counts: str | Path | None = None) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
@@ -449,7 +465,9 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
     data = DatasetSpec(str(dataset), dataset_config, split, text_field, encoding, errors) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
                          device_map, n_devices, massive_ratio, readout, alphas, ablate, max_memory,
-                         baselines=list(baselines) if baselines is not None else None, baseline_seeds=baseline_seeds)
+                         baselines=list(baselines) if baselines is not None else None, baseline_seeds=baseline_seeds,
+                         replicates=replicates, bootstrap_unit=bootstrap_unit,
+                         token_counts=str(token_counts) if token_counts is not None else None)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -483,6 +501,8 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     max_memory ("8GB": a cap on normprobe's own working set, which sets the automatic batch size),
     device_map ("auto": spread the model over the devices there are; see docs/memory.md),
     baselines (a list of "random-init", "shuffled", "no-bos": null baselines through the same probes, windows and
-    batches, in `RunResult.baselines`; see docs/baselines.md) and baseline_seeds (random-init models, default 3).
+    batches, in `RunResult.baselines`; see docs/baselines.md) and baseline_seeds (random-init models, default 3),
+    replicates (B of the document bootstrap, default 200), bootstrap_unit (see normprobe.bootstrap),
+    token_counts (a file of token id -> count for the frequency claim, see normprobe.token_counts).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -95,3 +95,72 @@ class GroupedMoments:
             if current is None or current.shape != value.shape:
                 raise ValueError(f"state for {key!r} does not fit these moments")
             setattr(self, key, value.to(current.device, torch.float64).clone())
+
+
+class ReplicateSums:
+    """Bootstrap replicates of a mean per group: B weighted sums of the values and of the weights.
+
+    Each value belongs to a window of the batch, and every window carries a row of B replicate weights
+    (its document's, see normprobe.bootstrap). Replicate b's mean of group g is
+    sum_i w[window_i, b] x_i / sum_i w[window_i, b]. Values are first summed per (window, group),
+    then multiplied by the weight matrix, so the work is tokens + windows x groups x B, not tokens x B.
+    Merging is a sum. Values that are not finite never enter (as in GroupedMoments).
+    """
+
+    def __init__(self, n_groups: int, replicates: int, device: str | torch.device = "cpu"):
+        self.n_groups, self.replicates = n_groups, replicates
+        f64 = dict(dtype=torch.float64, device=device)
+        self.weight = torch.zeros((n_groups, replicates), **f64)
+        self.total = torch.zeros((n_groups, replicates), **f64)
+
+    def add(self, groups: torch.Tensor, values: torch.Tensor, windows: torch.Tensor,
+            window_weights: torch.Tensor | None) -> None:
+        """Add values [N] to groups [N]; windows [N] indexes the rows of window_weights [n_windows, B].
+
+        Without weights (a probe driven by hand, outside the runner) nothing is added.
+        """
+        if window_weights is None:
+            return
+        device = self.total.device
+        groups, windows = groups.to(device).reshape(-1), windows.to(device).reshape(-1)
+        values = values.to(device, torch.float64).reshape(-1)
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            groups, values, windows = groups[finite], values[finite], windows[finite]
+        if groups.numel() == 0:
+            return
+        weights = window_weights.to(device, torch.float64)
+        touched, slot = torch.unique(groups, return_inverse=True)
+        n_windows = weights.shape[0]
+        cell = windows * len(touched) + slot
+        sums = torch.zeros(n_windows * len(touched), dtype=torch.float64, device=device).index_add_(0, cell, values)
+        counts = torch.zeros_like(sums).index_add_(0, cell, torch.ones_like(values))
+        self.total[touched] += sums.view(n_windows, -1).T @ weights
+        self.weight[touched] += counts.view(n_windows, -1).T @ weights
+
+    def merge(self, other: "ReplicateSums") -> None:
+        if other.weight.shape != self.weight.shape:
+            raise ValueError(f"cannot merge replicates of shape {tuple(other.weight.shape)} into {tuple(self.weight.shape)}")
+        self.weight += other.weight.to(self.weight.device)
+        self.total += other.total.to(self.total.device)
+
+    def means(self) -> torch.Tensor:
+        """[n_groups, B] replicate means; NaN where a replicate gave the group no weight."""
+        return torch.where(self.weight > 0, self.total / self.weight.clamp(min=1e-300),
+                           torch.full_like(self.total, float("nan")))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight.detach().cpu().clone(), "total": self.total.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("weight", "total"):
+            value = state[key]
+            if value.shape != getattr(self, key).shape:
+                raise ValueError(f"state for {key!r} does not fit these replicates")
+            setattr(self, key, value.to(self.total.device, torch.float64).clone())
+
+
+def token_windows(mask: torch.Tensor) -> torch.Tensor:
+    """For a [n_windows, T] boolean selection, the window (row) index of each selected token, in order."""
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    return rows[mask]

@@ -67,9 +67,12 @@ def mean_norm_by_layer_position(hf, tokenizer, docs, prepend_bos=True):
 def drive_by_hand(probe, adapter, windows, per_batch: int = 1):
     """Feed windows to a set-up probe without the runner: collate, one forward with its hooks, update."""
     from normprobe.batching import collate
+    from normprobe.bootstrap import ReplicateWeights
 
+    weights = ReplicateWeights(int(probe.options.get("replicates") or 200))
     for start in range(0, len(windows), per_batch):
         batch = collate(windows[start:start + per_batch], adapter.pad_token_id, "cpu")
+        batch.replicate_weights = weights.for_windows(batch.doc_seeds)  # the document bootstrap, as the runner does
         store = {}
         hooks = [(h, lambda act, hook, h=h: store.__setitem__(h, probe.reduce(h, act, batch))) for h in probe.hook_points()]
         with torch.inference_mode():

@@ -43,11 +43,15 @@ def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
     assert err == "" and stdout == f"wrote {out}/ (report: {out / 'report.html'})\n"  # --no-progress: quiet
     names = {p.name for p in out.iterdir()}
     assert names == {"run.json", "report.html", "norms.parquet", "norms_by_token.parquet", "updates.parquet",
-                     "updates_by_position.parquet", "updates_hist.parquet"}
+                     "updates_by_position.parquet", "updates_hist.parquet", "norms_replicates.parquet",
+                     "updates_replicates.parquet", "lens_loss_replicates.parquet"}
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["n_docs"] == 12 and meta["model"] == "demo"
     assert meta["n_layers"] == 4 and meta["family"] == "GPT-2" and set(meta["findings"]) == {"norms", "updates"}
+    assert {c["claim"] for c in meta["claims"]} == {"norm_growth", "position0_ratio", "frequency", "descent",
+                                                    "lens_loss_drop"}
     first = (out / "report.html").read_text()
+    assert '<h2 id="claims">Claims</h2>' in first
     assert first.count("Plotly.newPlot") == 9
     code, _, err = invoke(["report", str(out)], capsys)
     assert code == 0, err
@@ -209,9 +213,16 @@ def test_console_announces_loading_warns_once_and_logs_progress_once(tmp_path, c
     assert err.splitlines()[0] == (f"normprobe: loading demo (GPT-2, {n_params / 1e6:.2f}M parameters): "
                                    f"float32 on {pick_device('auto')} ...")
     summary = err.splitlines()[err.splitlines().index(next(l for l in err.splitlines() if l.startswith("probing: "))) + 1:]
-    growth = meta["findings"]["norms"]["growth"]["geometric"]
-    assert summary == [f"normprobe: norms: norm grows ×{growth:.4g} per layer (h_0..h_L, geometric mean); position 0 "
-                       f"reaches {meta['findings']['norms']['position0_ratio_max']:.3g}× the median of later positions"]
+    # the summary is built from run.json's claims: the headline, one line for the norms probe, the caveat
+    from normprobe.claims import NO_BASELINE_NOTE
+
+    claims = meta["claims"]
+    headline = next(c for c in claims if c["claim"] == "norm_growth" and c["layer"] is None)
+    assert summary[0].startswith(f"normprobe: norms headline: norm_growth at h_1..h_L per block (geometric) "
+                                 f"{headline['verdict']}") and f"{headline['value']:.3g} [" in summary[0]
+    held = sum(c["verdict"] == "holds" for c in claims if c["claim"] == "norm_growth")
+    assert summary[1].startswith(f"normprobe: norms: norm_growth holds at {held} of ")
+    assert summary[2:] == [f"normprobe: {NO_BASELINE_NOTE}"]
 
 
 def test_log_progress_prints_the_last_line_once():

@@ -208,7 +208,8 @@ def test_disk_full_is_one_line_marks_failed_and_leaves_no_temp_files(tmp_path, s
         meta = json.loads((out / "run.json").read_text())
         assert meta["status"] == "failed" and "No space left on device" in meta["status_reason"]
         left = sorted(p.name for p in out.iterdir())
-        assert left == (["run.json"] if where == "checkpoint" else ["norms.parquet", "norms_by_token.parquet", "run.json"])
+        assert left == (["run.json"] if where == "checkpoint" else
+                        ["norms.parquet", "norms_by_token.parquet", "norms_replicates.parquet", "run.json"])
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 

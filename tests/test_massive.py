@@ -242,7 +242,7 @@ def test_checkpoint_then_resume_equals_uninterrupted(demo_adapter, tmp_path):
     whole = run_to_folder(demo_adapter, tmp_path / "whole", **options)
     got, want = RunResult.load(tmp_path / "run"), RunResult.load(whole)
     assert got.meta["resumed"] == 1
-    for name in ("massive", "top_dims", "attention_sink", "massive_tokens"):
+    for name in ("massive", "top_dims", "attention_sink", "massive_tokens", "massive_replicates", "sink_replicates"):
         pd.testing.assert_frame_equal(got[name], want[name], check_exact=False, rtol=1e-12, atol=0)
     with pytest.raises(NormprobeError, match="massive_ratio differs"):
         from normprobe.store import check_same_run

@@ -60,7 +60,9 @@ def test_html_summary_shows_model_tokens_status_and_findings_without_plotly(runs
     tokens = int(a["norms"].query("site == 'resid_pre' and layer == 0")["count"].sum())
     assert f"model demo (GPT-2, 4 layers, float32) · {tokens:,} tokens in 3 documents · status complete" in page
     assert f"<td style=\"border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top\">{geometric_growth(a):.3g}</td>" in page
-    assert "Lens loss falls at every layer" in page and "<script" not in page and len(page) < 20_000
+    assert "Lens loss by layer" in page and "<script" not in page and len(page) < 30_000  # + the claims table
+    for row in a.claims.head(3).to_dict("records"):
+        assert f"{row['value']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" in page
 
 
 def test_figures_are_the_reports_figures_with_its_values(runs, tmp_path):

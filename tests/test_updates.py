@@ -177,7 +177,7 @@ def test_findings_from_table(demo_adapter):
     updates, f = result["updates"], result.findings["updates"]
     steps = updates[updates.component == "block"]
     low = steps["descent_cos_mean"] - 1.96 * steps["descent_cos_std"] / np.sqrt(steps["count"])
-    assert f["descent_positive_layers"]["block"] == [int(l) for l in steps.loc[low > 0, "layer"]]
+    assert f["descent_positive_layers_token_level"]["block"] == [int(l) for l in steps.loc[low > 0, "layer"]]
     losses = updates.drop_duplicates("layer").sort_values("layer")["lens_loss_mean"].to_numpy()
     assert f["lens_loss_falls_every_layer"] == bool((np.diff(losses) < 0).all())
     assert f["lens_loss_total_drop"] == pytest.approx(losses[0] - losses[-1])

@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from ..probe import Probe
-from ..stats import GroupedMoments
+from ..bootstrap import DEFAULT_REPLICATES
+from ..stats import GroupedMoments, ReplicateSums, token_windows
 
 COMPONENTS = ("attn", "mlp", "block")
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
@@ -47,6 +48,8 @@ class LineSearchProbe(Probe):
         }
         self.losses = GroupedMoments(len(self._layers) * len(COMPONENTS) * len(self.alphas), model.device,
                                      track_extremes=False)
+        self._n_replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
+        self.replicates = ReplicateSums(self.losses.n_groups, self._n_replicates, model.device)
 
     def hook_points(self) -> list[str]:
         if self._readout.kind == "model":
@@ -84,6 +87,7 @@ class LineSearchProbe(Probe):
         deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
                   "block": activations[hooks["post"]] - h}
         at_zero = None  # h itself: the same for every component, computed once
+        windows = token_windows(batch.has_next)
         for c, component in enumerate(COMPONENTS):
             for a, alpha in enumerate(self.alphas):
                 if alpha == 0.0:
@@ -93,7 +97,9 @@ class LineSearchProbe(Probe):
                 else:
                     loss = chunked_loss(self._readout, h + alpha * deltas[component], targets, layer,
                                         self.vocab_chunk, self._vocab)
-                self.losses.add(torch.full((n,), self._group(slot, c, a), device=loss.device), loss)
+                groups = torch.full((n,), self._group(slot, c, a), device=loss.device)
+                self.losses.add(groups, loss)
+                self.replicates.add(groups, loss, windows, batch.replicate_weights)
 
     def update(self, activations: dict[str, Any], batch) -> None:
         """Every hook point lies in a layer, so a streaming run hands nothing here; a caller that
@@ -104,14 +110,18 @@ class LineSearchProbe(Probe):
 
     def merge(self, other: "LineSearchProbe") -> None:
         self.losses.merge(other.losses)
+        self.replicates.merge(other.replicates)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"losses": self.losses.state_dict(), "alphas": list(self.alphas)}
+        return {"losses": self.losses.state_dict(), "alphas": list(self.alphas),
+                "replicates": self.replicates.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["alphas"]) != list(self.alphas):
             raise ValueError(f"saved line search used alphas {state['alphas']}, not {self.alphas}")
         self.losses.load_state_dict(state["losses"])
+        if "replicates" in state:
+            self.replicates.load_state_dict(state["replicates"])
 
     def result(self) -> dict[str, pd.DataFrame]:
         n_a, n_c = len(self.alphas), len(COMPONENTS)
@@ -122,14 +132,31 @@ class LineSearchProbe(Probe):
             "count": self.losses.count.cpu().numpy().astype(np.int64),
             "lens_loss_mean": self.losses.mean().cpu().numpy(),
             "n_nonfinite": self.losses.nonfinite.cpu().numpy().astype(np.int64),
+            **_document_intervals(self.replicates),
         })
         # a row whose every value was non-finite stays, with count 0 and its n_nonfinite: never dropped silently
         frame = frame[(frame["count"] > 0) | (frame["n_nonfinite"] > 0)].reset_index(drop=True)
-        return {"line_search": frame}
+        n_b, n_groups = self._n_replicates, self.losses.n_groups
+        replicates = pd.DataFrame({
+            "layer": np.repeat(self._layers, n_c * n_a * n_b).astype(np.int64),
+            "component": np.tile(np.repeat(COMPONENTS, n_a * n_b), len(self._layers)),
+            "alpha": np.tile(np.repeat(np.asarray(self.alphas, dtype=float), n_b), len(self._layers) * n_c),
+            "replicate": np.tile(np.arange(n_b), n_groups).astype(np.int64),
+            "lens_loss": self.replicates.means().cpu().numpy().reshape(-1),
+        })
+        return {"line_search": frame, "line_search_replicates": replicates}
 
     @classmethod
     def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         return line_search_findings(tables["line_search"])
+
+
+def _document_intervals(replicates: ReplicateSums) -> dict[str, np.ndarray]:
+    """lens_loss_ci_low/_ci_high per row: the 95% percentile interval of the document bootstrap's replicates."""
+    from ..bootstrap import percentile_interval
+
+    bounds = np.array([percentile_interval(r) for r in replicates.means().cpu().numpy()]).reshape(-1, 2)
+    return {"lens_loss_ci_low": bounds[:, 0], "lens_loss_ci_high": bounds[:, 1]}
 
 
 def refine_minimum(alphas: np.ndarray, losses: np.ndarray) -> tuple[float, bool]:

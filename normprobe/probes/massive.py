@@ -16,7 +16,8 @@ import torch
 
 from ..options import DEFAULT_MASSIVE_RATIO
 from ..probe import Probe
-from ..stats import GroupedMoments
+from ..bootstrap import DEFAULT_REPLICATES
+from ..stats import GroupedMoments, ReplicateSums, token_windows
 from .norms import spearman
 
 TOP_RANKS = 8
@@ -155,6 +156,11 @@ class MassiveProbe(Probe):
         self.squares = torch.zeros((len(self._pre), len(GROUPS), self._d), dtype=torch.float64, device=device)
         self.sink = GroupedMoments(len(layers) * self._heads, device, track_extremes=False)
         self.massive_tokens = SparseSums(2, device)  # (count, sum of max |h_i|) per (layer slot, token id)
+        # document-bootstrap replicates: position 0's max and median |h_i| per stream slot; per layer the
+        # sink mass (mean over heads) and what uniform attention would give the same queries
+        self._n_replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
+        self.position0_replicates = ReplicateSums(len(self._slots) * 2, self._n_replicates, device)
+        self.sink_replicates = ReplicateSums(len(layers) * 2, self._n_replicates, device)
 
     def hook_points(self) -> list[str]:
         return sorted({h for *_, h in self._slots} | {h for _, h in self._patterns})
@@ -195,6 +201,25 @@ class MassiveProbe(Probe):
             mass = activations[hook]  # [N, heads]
             heads = torch.arange(self._heads, device=mass.device) + i * self._heads
             self.sink.add(heads.expand_as(mass).reshape(-1), mass.reshape(-1))
+        self._add_replicates(per_token, activations, batch)
+
+    def _add_replicates(self, per_token: dict[str, torch.Tensor], activations: dict[str, Any], batch) -> None:
+        weights = batch.replicate_weights
+        if weights is None:
+            return
+        first = batch.positions[batch.mask] == 0
+        windows = token_windows(batch.mask)[first]
+        for i in range(len(self._slots)):
+            for k, key in enumerate(("max", "median")):
+                values = per_token[key][i][first]
+                self.position0_replicates.add(torch.full_like(windows, 2 * i + k), values, windows, weights)
+        real = batch.mask & (batch.positions > 0)
+        windows = token_windows(real)
+        uniform = 1.0 / (batch.positions[real].double() + 1)
+        for i, (_, hook) in enumerate(self._patterns):
+            mass = activations[hook].double().mean(-1)
+            self.sink_replicates.add(torch.full_like(windows, 2 * i), mass, windows, weights)
+            self.sink_replicates.add(torch.full_like(windows, 2 * i + 1), uniform, windows, weights)
 
     def _add_massive_tokens(self, per_token: dict[str, torch.Tensor], batch) -> None:
         later = batch.positions[batch.mask] > 0
@@ -215,11 +240,15 @@ class MassiveProbe(Probe):
         self.max_dims.merge(other.max_dims)
         self.massive_tokens.merge(other.massive_tokens)
         self.squares += other.squares.to(self.squares.device)
+        self.position0_replicates.merge(other.position0_replicates)
+        self.sink_replicates.merge(other.sink_replicates)
 
     def state_dict(self) -> dict[str, Any]:
         state = {name: getattr(self, name).state_dict()
                  for name in ("max_abs", "median_abs", "norm", "sink", "max_dims", "massive_tokens")}
         state["squares"] = self.squares.detach().cpu().clone()
+        state["position0_replicates"] = self.position0_replicates.state_dict()
+        state["sink_replicates"] = self.sink_replicates.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -228,11 +257,35 @@ class MassiveProbe(Probe):
         if state["squares"].shape != self.squares.shape:
             raise ValueError("state for 'squares' does not fit this probe")
         self.squares = state["squares"].to(self.squares.device, torch.float64).clone()
+        for name in ("position0_replicates", "sink_replicates"):
+            if name in state:
+                getattr(self, name).load_state_dict(state[name])
 
     # -- tables ----------------------------------------------------------------
     def result(self) -> dict[str, pd.DataFrame]:
         return {"massive": self._massive_table(), "top_dims": self._top_dims_table(),
-                "attention_sink": self._sink_table(), "massive_tokens": self._massive_tokens_table()}
+                "attention_sink": self._sink_table(), "massive_tokens": self._massive_tokens_table(),
+                **self._replicate_tables()}
+
+    def _replicate_tables(self) -> dict[str, pd.DataFrame]:
+        n_b = self._n_replicates
+        first = self.position0_replicates.means().cpu().numpy().reshape(len(self._slots), 2, n_b)
+        massive = pd.DataFrame({
+            "site": np.repeat([s for s, _, _ in self._slots], n_b),
+            "layer": np.repeat([l for _, l, _ in self._slots], n_b).astype(np.int64),
+            "replicate": np.tile(np.arange(n_b), len(self._slots)).astype(np.int64),
+            "max_abs_mean": first[:, 0].reshape(-1),
+            "median_abs_mean": first[:, 1].reshape(-1),
+            "massive_ratio": self.massive_ratio,
+        })
+        sink = self.sink_replicates.means().cpu().numpy().reshape(len(self._layers), 2, n_b)
+        sinks = pd.DataFrame({
+            "layer": np.repeat(self._layers, n_b).astype(np.int64),
+            "replicate": np.tile(np.arange(n_b), len(self._layers)).astype(np.int64),
+            "sink_mass": sink[:, 0].reshape(-1),
+            "uniform_mass": sink[:, 1].reshape(-1),
+        })
+        return {"massive_replicates": massive, "sink_replicates": sinks}
 
     def _massive_table(self) -> pd.DataFrame:
         n_slots, width = len(self._slots), self._seq_len

@@ -8,7 +8,10 @@ import pandas as pd
 import torch
 
 from ..probe import Probe
-from ..stats import GroupedMoments
+from ..bootstrap import DEFAULT_REPLICATES
+from ..stats import GroupedMoments, ReplicateSums, token_windows
+
+POSITION_GROUPS = ("position0", "rest")  # the replicate table's position groups: position 0, positions >= 1
 
 
 class NormsProbe(Probe):
@@ -28,6 +31,16 @@ class NormsProbe(Probe):
         device = model.device
         self.by_position = GroupedMoments(len(self._slots) * seq_len, device)
         self.by_token = GroupedMoments(len(self._token_slots) * self._vocab, device, track_extremes=False)
+        # document-bootstrap replicates of the mean norm of h_0..h_L, position 0 and later positions apart
+        self._replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
+        self.replicates = ReplicateSums(len(self._token_slots) * len(POSITION_GROUPS), self._replicates, device)
+        path = self.options.get("token_counts")
+        if path is not None:
+            from ..token_counts import read_token_counts
+
+            self._external_counts = read_token_counts(path)
+        else:
+            self._external_counts = None
 
     def hook_points(self) -> list[str]:
         return sorted({h for *_, h in self._slots} | {h for *_, h in self._token_slots})
@@ -41,6 +54,13 @@ class NormsProbe(Probe):
         norms = torch.stack([activations[h][mask] for *_, h in self._slots])  # [H, N]
         offsets = torch.arange(len(self._slots), device=norms.device)[:, None] * self._seq_len
         self.by_position.add((offsets + positions[None, :]).reshape(-1), norms.reshape(-1))
+        if batch.replicate_weights is not None:
+            stream = torch.stack([activations[h][mask] for *_, h in self._token_slots])  # [S, N]
+            later_group = (positions > 0).long()
+            slots = torch.arange(len(self._token_slots), device=stream.device)[:, None] * len(POSITION_GROUPS)
+            windows = token_windows(mask).expand(len(self._token_slots), -1)
+            self.replicates.add((slots + later_group[None, :]).reshape(-1), stream.reshape(-1), windows.reshape(-1),
+                                batch.replicate_weights)
         # Position 0 (BOS where there is one) is analysed on its own, not in the frequency table.
         later = mask & (batch.positions > 0)
         token_ids = batch.tokens[later]
@@ -51,13 +71,17 @@ class NormsProbe(Probe):
     def merge(self, other: "NormsProbe") -> None:
         self.by_position.merge(other.by_position)
         self.by_token.merge(other.by_token)
+        self.replicates.merge(other.replicates)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"by_position": self.by_position.state_dict(), "by_token": self.by_token.state_dict()}
+        return {"by_position": self.by_position.state_dict(), "by_token": self.by_token.state_dict(),
+                "replicates": self.replicates.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.by_position.load_state_dict(state["by_position"])
         self.by_token.load_state_dict(state["by_token"])
+        if "replicates" in state:
+            self.replicates.load_state_dict(state["replicates"])
 
     def result(self) -> dict[str, pd.DataFrame]:
         m = self.by_position
@@ -90,7 +114,25 @@ class NormsProbe(Probe):
             "mean": t.mean().cpu().numpy()[keep],
             "std": t.std().cpu().numpy()[keep],
         })
-        return {"norms": frame, "norms_by_token": tokens}
+        out = {"norms": frame, "norms_by_token": tokens, "norms_replicates": self._replicate_table()}
+        if self._external_counts is not None:  # --token-counts: the counts of the types this run saw
+            seen = [int(i) for i in unique_ids if int(i) in self._external_counts]
+            out["token_counts"] = pd.DataFrame({"token_id": np.array(seen, dtype=np.int64),
+                                                "count": np.array([self._external_counts[i] for i in seen], dtype=float)})
+        return out
+
+    def _replicate_table(self) -> pd.DataFrame:
+        """Per (site, layer) of h_0..h_L, position group and replicate: the summed weight and the weighted mean norm."""
+        n_b, n_g = self._replicates, len(POSITION_GROUPS)
+        n = len(self._token_slots) * n_g
+        return pd.DataFrame({
+            "site": np.repeat([s for s, _, _ in self._token_slots], n_g * n_b),
+            "layer": np.repeat([l for _, l, _ in self._token_slots], n_g * n_b).astype(np.int64),
+            "position_group": np.tile(np.repeat(POSITION_GROUPS, n_b), len(self._token_slots)),
+            "replicate": np.tile(np.arange(n_b), n).astype(np.int64),
+            "weight": self.replicates.weight.cpu().numpy().reshape(-1),
+            "mean": self.replicates.means().cpu().numpy().reshape(-1),
+        })
 
     @classmethod
     def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:

@@ -15,12 +15,14 @@ import pandas as pd
 import torch
 
 from ..probe import Probe
-from ..stats import GroupedMoments
+from ..bootstrap import DEFAULT_REPLICATES
+from ..stats import GroupedMoments, ReplicateSums, token_windows
 
 COMPONENTS = ("attn", "mlp", "block")
 METRICS = ("update_norm", "rel_update", "descent_cos", "step_eta", "step_r2", "next_cos", "total_cos",
            "predicted_change", "actual_change")
 HIST_BINS = 80
+REPLICATED = ("descent_cos", "predicted_change", "actual_change")  # metrics with document-bootstrap replicates
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,9 @@ class UpdatesProbe(Probe):
         self.lens_by_position = GroupedMoments((len(self._layers) + 1) * seq_len, device, track_extremes=False)
         self.cos_by_position = GroupedMoments(len(self._layers) * seq_len, device, track_extremes=False)
         self.histogram = torch.zeros(n_rows, HIST_BINS, dtype=torch.float64, device=device)
+        self._n_replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
+        self.replicated = {m: ReplicateSums(n_rows, self._n_replicates, device) for m in REPLICATED}
+        self.replicated["lens"] = ReplicateSums(len(self._layers) + 1, self._n_replicates, device)
 
     def hook_points(self) -> list[str]:
         if self._readout.kind == "model":
@@ -134,6 +139,8 @@ class UpdatesProbe(Probe):
         self._positions = batch.positions[batch.has_next]
         self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # the layer before, for next_cos
         self._pending_block = None  # block actual_change waiting for the next layer's lens loss
+        self._windows = token_windows(batch.has_next)  # each kept token's window, for its bootstrap weights
+        self._window_weights = batch.replicate_weights
         if self._targets.numel():
             self._total = ends[self._final] - ends[self._first]
 
@@ -147,6 +154,7 @@ class UpdatesProbe(Probe):
             self._settle_block_change(final_loss)
             output = len(self._layers)
             self.lens.add(self._group(output), final_loss)
+            self._replicate("lens", output, final_loss)
             self.lens_by_position.add(output * self._seq_len + self._positions, final_loss)
 
     def update(self, activations: dict[str, Any], batch) -> None:
@@ -159,6 +167,9 @@ class UpdatesProbe(Probe):
             self.update_layer(layer, {n: a for n, a in activations.items() if self._model.layer_of_hook(n) == layer},
                               batch)
 
+    def _replicate(self, name: str, row: int, values: torch.Tensor) -> None:
+        self.replicated[name].add(self._group(row), values, self._windows, self._window_weights)
+
     def _group(self, row: int) -> torch.Tensor:
         return torch.full((self._targets.shape[0],), row, device=self._targets.device)
 
@@ -167,6 +178,7 @@ class UpdatesProbe(Probe):
         if self._pending_block is not None:
             row, loss = self._pending_block
             self.moments["actual_change"].add(self._group(row), next_loss - loss)
+            self._replicate("actual_change", row, next_loss - loss)
             self._pending_block = None
 
     def _consume_layer(self, layer: int, activations: dict[str, Any]) -> None:
@@ -179,6 +191,7 @@ class UpdatesProbe(Probe):
         loss, grad = self._loss_and_grad(h, targets, layer)
         self._settle_block_change(loss)
         self.lens.add(self._group(slot), loss)
+        self._replicate("lens", slot, loss)
         self.lens_by_position.add(slot * self._seq_len + positions, loss)
         h_norm = torch.linalg.vector_norm(h, dim=-1)
         reuse_next_loss = self._readout_is_layer_independent and (layer + 1 in self._slot or layer == self._n_layers - 1)
@@ -198,6 +211,8 @@ class UpdatesProbe(Probe):
                 values["actual_change"] = self._lens_loss(h + delta, targets, layer) - loss
             for metric, v in values.items():
                 self.moments[metric].add(self._group(row), v)
+                if metric in self.replicated:
+                    self._replicate(metric, row, v)
             cos = values["descent_cos"]
             finite = torch.isfinite(cos)
             bins = ((cos[finite].clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
@@ -218,16 +233,22 @@ class UpdatesProbe(Probe):
         for key, moments in mine.items():
             moments.merge(theirs[key])
         self.histogram += other.histogram.to(self.histogram.device)
+        for key, sums in self.replicated.items():
+            sums.merge(other.replicated[key])
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: m.state_dict() for k, m in self._all_moments().items()}
         state["histogram"] = self.histogram.detach().cpu().clone()
+        state["replicated"] = {k: r.state_dict() for k, r in self.replicated.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, moments in self._all_moments().items():
             moments.load_state_dict(state[key])
         self.histogram = state["histogram"].to(self.histogram.device, torch.float64).clone()
+        for key, sums in self.replicated.items():
+            if key in state.get("replicated", {}):
+                sums.load_state_dict(state["replicated"][key])
 
     # -- tables ----------------------------------------------------------
     def result(self) -> dict[str, pd.DataFrame]:
@@ -251,6 +272,7 @@ class UpdatesProbe(Probe):
             "predicted_change_mean": self.moments["predicted_change"].mean().cpu().numpy(),
             "actual_change_mean": _mean_or_nan(self.moments["actual_change"]),  # null: the model readout without ablate
             "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
+            **_document_intervals(self.replicated, ("descent_cos", "actual_change")),
         })
         output = {c: np.nan for c in frame.columns}
         output.update(layer=self._n_layers, component="output", count=int(self.lens.count[-1]),
@@ -287,11 +309,40 @@ class UpdatesProbe(Probe):
             "bin_right": np.tile(edges[1:], rows),
             "count": hist.reshape(-1).astype(np.int64),
         })
-        return {"updates": frame, "updates_by_position": by_position, "updates_hist": histogram}
+        return {"updates": frame, "updates_by_position": by_position, "updates_hist": histogram,
+                **self._replicate_tables()}
+
+    def _replicate_tables(self) -> dict[str, pd.DataFrame]:
+        """Per (layer, component) and replicate, the weighted mean descent cosine and loss changes; per layer
+        (the output as layer n_layers) and replicate, the weighted mean lens loss."""
+        n_b, n_c = self._n_replicates, len(COMPONENTS)
+        steps = pd.DataFrame({
+            "layer": np.repeat(self._layers, n_c * n_b).astype(np.int64),
+            "component": np.tile(np.repeat(COMPONENTS, n_b), len(self._layers)),
+            "replicate": np.tile(np.arange(n_b), len(self._layers) * n_c).astype(np.int64),
+            **{m: self.replicated[m].means().cpu().numpy().reshape(-1) for m in REPLICATED},
+        })
+        lens = pd.DataFrame({
+            "layer": np.repeat(self._layers + [self._n_layers], n_b).astype(np.int64),
+            "replicate": np.tile(np.arange(n_b), len(self._layers) + 1).astype(np.int64),
+            "lens_loss": self.replicated["lens"].means().cpu().numpy().reshape(-1),
+        })
+        return {"updates_replicates": steps, "lens_loss_replicates": lens}
 
     @classmethod
     def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         return updates_findings(tables["updates"])
+
+
+def _document_intervals(replicated: dict[str, ReplicateSums], metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """{metric}_ci_low/_ci_high per row: the 95% percentile interval of the document bootstrap's replicates."""
+    from ..bootstrap import percentile_interval
+
+    out = {}
+    for metric in metrics:
+        bounds = np.array([percentile_interval(r) for r in replicated[metric].means().cpu().numpy()]).reshape(-1, 2)
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bounds[:, 0], bounds[:, 1]
+    return out
 
 
 def _mean_or_nan(moments: GroupedMoments) -> np.ndarray:
@@ -313,8 +364,9 @@ def updates_findings(updates: pd.DataFrame) -> dict[str, Any]:
     drops = -np.diff(losses)
     chance = float(updates["chance_cos_std"].iloc[0]) if len(updates) else float("nan")
     return {
-        "descent_positive_layers": positive,
-        "descent_ci": {
+        # token-level intervals (tokens taken as independent); the claims table's are over documents
+        "descent_positive_layers_token_level": positive,
+        "descent_ci_token_level": {
             c: {int(r.layer): [float(r.ci_low), float(r.ci_high)] for r in rows.itertuples()}
             for c, rows in steps.groupby("component", sort=False)
         },

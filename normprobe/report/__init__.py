@@ -108,7 +108,10 @@ def figures_by_title(sections: list[Section]) -> dict[str, Any]:
 
 
 def render_report(result: Any, plotlyjs: str = "inline", probe_modules: list | None = None) -> str:
-    return render_page(result.meta, sections_for(result, probe_modules), plotlyjs=plotlyjs)
+    from .claims import claims_html
+
+    return render_page(result.meta, sections_for(result, probe_modules), plotlyjs=plotlyjs,
+                       preface=claims_html(result.claims))
 
 
 __all__ = ["Block", "Section", "figures_by_title", "finding_rows", "register_renderer", "render_report", "renderer_for",

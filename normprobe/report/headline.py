@@ -1,6 +1,7 @@
 """A run's headline numbers and a few lines of summary, from its findings and tables only.
 
-The comparison page takes differences of these numbers, and the console prints the summary after a run.
+The comparison page takes differences of these numbers; the console prints the summary after a run,
+built from the run's claims (normprobe.claims) so that it says only what its tests support.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import math
 from typing import Any
 
-SUMMARY_LINES = 5
+SUMMARY_LINES = 7
 
 
 def _number(value: Any) -> float | None:
@@ -61,74 +62,28 @@ def _g(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
-def _norms_line(f: dict[str, Any]) -> str:
-    growth = _number((f.get("growth") or {}).get("geometric"))
-    ratio = _number(f.get("position0_ratio_max"))
-    parts = [f"norm grows ×{_g(growth)} per layer (h_0..h_L, geometric mean)"]
-    if ratio is not None:
-        parts.append(f"position 0 reaches {_g(ratio, 3)}× the median of later positions")
-    return "norms: " + "; ".join(parts)
-
-
-def _layers(layers: list) -> str:
-    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
-
-
-def _updates_line(result: Any, f: dict[str, Any]) -> str:
-    lens = f.get("lens_loss") or {}
-    losses = [v for _, v in sorted((int(k), v) for k, v in lens.items())]
-    parts = []
-    if losses and ((getattr(result, "meta", None) or {}).get("readout") or {}).get("kind") == "model":
-        # no lens: every layer is read through the rest of the network, so every layer's loss is the model's
-        parts.append(f"model loss {_g(_number(losses[-1]))} nats, read at every layer through the rest of the network")
-    elif losses:
-        trend = "falls at every layer" if f.get("lens_loss_falls_every_layer") else \
-            f"rises or stays after layers {', '.join(map(str, f.get('lens_loss_rising_after_layers') or []))}"
-        parts.append(f"lens loss {_g(_number(losses[0]))} → {_g(_number(losses[-1]))} nats ({trend})")
-        unread = f.get("readout_not_meaningful_layers")
-        if unread:
-            parts.append(f"readout not meaningful (above log V) at {_layers(unread)}")
-    descending = (f.get("descent_positive_layers") or {}).get("block")
-    if descending is not None:
-        parts.append(f"block updates descend the loss at {_layers(descending) if descending else 'no layer'}")
-    return "updates: " + ("; ".join(parts) or "no token had a next token")
-
-
-def _massive_line(f: dict[str, Any]) -> str:
-    threshold, first = _g(_number(f.get("massive_ratio")), 3), f.get("first_massive")
-    where = (f"position 0's max/median |h_i| first exceeds {threshold} at {first['site']} of layer {first['layer']} "
-             f"(ratio {_g(_number(first.get('ratio')), 3)})") if first else f"position 0's max/median |h_i| stays under {threshold}"
-    return f"massive: {where}; {f.get('n_massive_token_types', 0)} token types above it at positions ≥ 1"
-
-
 def _generic_line(name: str, f: dict[str, Any]) -> str:
     scalars = [f"{k} {_g(_number(v)) if _number(v) is not None else json.dumps(v, default=str)[:40]}"
                for k, v in f.items() if isinstance(v, (int, float, str, bool))][:3]
     return f"{name}: {', '.join(scalars) or 'no scalar findings'}"
 
 
-def _linesearch_line(f: dict[str, Any]) -> str:
-    stars = (f.get("alpha_star") or {}).get("block") or {}
-    near = (f.get("alpha_star_near_one") or {}).get("block") or []
-    text = ", ".join(f"L{k} {_g(v, 3)}" for k, v in stars.items()) or "n/a"
-    return f"linesearch: best step α* of the block update {text}; near 1 at layers {', '.join(map(str, near)) or 'none'}"
-
-
 def summary_lines(result: Any, limit: int = SUMMARY_LINES) -> list[str]:
-    """At most `limit` lines: one per probe, in the run's order, then a count of what was left out."""
-    lines = []
-    for name in result.meta.get("probes", list(result.findings)):
-        f = result.findings.get(name, {})
-        if name == "norms":
-            lines.append(_norms_line(f))
-        elif name == "updates":
-            lines.append(_updates_line(result, f))
-        elif name == "massive":
-            lines.append(_massive_line(f))
-        elif name == "linesearch":
-            lines.append(_linesearch_line(f))
-        else:
-            lines.append(_generic_line(name, f))
+    """The console's summary, from the run's claims frame (normprobe.claims): the norm-growth headline, one
+    line per probe with claims, one per other probe, the no-baseline caveat, then a count of what was left out."""
+    from .claims import claims_summary_lines
+
+    probes = result.meta.get("probes", list(result.findings))
+    frame = result.claims
+    with_claims = set(frame["probe"]) if len(frame) else set()
+    lines = claims_summary_lines(frame, probes)
+    loss = model_loss(result)
+    if "updates" in probes and loss is not None and ((result.meta.get("readout") or {}).get("kind") == "model"):
+        # no lens: every layer is read through the rest of the network, so every layer's loss is the model's
+        lines.insert(0, f"updates: model loss {_g(loss)} nats, read at every layer through the rest of the network")
+    for name in probes:
+        if name not in with_claims:
+            lines.append(_generic_line(name, result.findings.get(name, {})))
     if len(lines) > limit:
-        lines = lines[:limit - 1] + [f"... and {len(lines) - limit + 1} more probes; see the report"]
+        lines = lines[:limit - 1] + [f"... and {len(lines) - limit + 1} more lines; see the report's claims table"]
     return lines

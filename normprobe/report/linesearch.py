@@ -23,7 +23,8 @@ def line_search_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     for component, stars in (f.get("alpha_star") or {}).items():
         rows.append((f"Best step α* on the line h_l + αΔ ({component}), by layer", _by_layer(stars)))
         near = (f.get("alpha_star_near_one") or {}).get(component, [])
-        rows.append((f"Layers whose {component} α* is near 1 (|α* − 1| ≤ {_fmt(tolerance)})", ", ".join(map(str, near)) or "none"))
+        rows.append((f"Layers whose {component} α* point estimate lies within {_fmt(tolerance)} of 1 (its interval: "
+                     "the claims table)", ", ".join(map(str, near)) or "none"))
         edge = (f.get("alpha_star_at_grid_edge") or {}).get(component, [])
         if edge:
             rows.append((f"Layers whose {component} α* is at the end of the grid (the minimum may lie beyond it)",

@@ -34,7 +34,8 @@ def massive_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         ("Share of later tokens' squared norm in their top 2 dimensions", _by_layer(f.get("rest_top2_share"), 2)),
         ("Mean attention on key position 0 (queries at positions ≥ 1), by layer", _by_layer(f.get("sink_mass_by_layer"), 2)),
         ("The same under uniform attention (mean of 1/(t+1) over those queries)", _fmt(f.get("sink_mass_uniform"), 2)),
-        ("Correlation across layers of position 0's norm ratio with sink mass (Pearson, Spearman)",
+        (f"Correlation across layers of position 0's norm ratio with sink mass (Pearson, Spearman; descriptive only"
+         f"{' over fewer than 8 layers' if len(f.get('sink_mass_by_layer') or {}) < 8 else ''}, never a claim)",
          f"{_fmt(f.get('sink_vs_norm_ratio_pearson'), 2)}, {_fmt(f.get('sink_vs_norm_ratio_spearman'), 2)}"),
         (f"Token types with max/median above {_fmt(threshold)} at positions ≥ 1", str(f.get("n_massive_token_types", 0))),
     ]

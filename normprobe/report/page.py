@@ -67,7 +67,8 @@ def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "
         reason = meta.get("status_reason") or ""
         parts.append(f'<p class="partial"><b>Partial run</b>: status is {esc(status)}. {esc(reason)} '
                      "This page shows only what was saved.</p>")
-    toc = (['<a href="#findings">Findings</a>'] if any(s.findings for s in sections) else []) + [f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections]
+    toc = (['<a href="#claims">Claims</a>'] if 'id="claims"' in preface else []) + \
+        (['<a href="#findings">Findings</a>'] if any(s.findings for s in sections) else []) + [f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections]
     toc.append('<a href="#metadata">Run metadata</a>' if appendix is None else '<a href="#details">Metadata</a>')
     parts.append(f"<nav>{''.join(toc)}</nav>")
     parts.append(preface)

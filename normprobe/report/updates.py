@@ -20,17 +20,10 @@ def readout_label(meta: dict[str, Any]) -> str:
     return str(readout.get("label") or ("logit lens" if readout.get("kind") == "logit" else readout.get("kind")))
 
 
-def _with_effect(layer: int, means: dict, cis: dict) -> str:
-    """A layer with its effect size: mean cos and its 95% CI (keys are ints, or strings after a JSON round trip)."""
-    mean, ci = means.get(layer, means.get(str(layer))), cis.get(layer, cis.get(str(layer)))
-    if mean is None or ci is None:
-        return str(layer)
-    return f"{layer} (cos {_fmt(mean, 2)}, CI {_fmt(ci[0], 2)}..{_fmt(ci[1], 2)})"
-
-
 UPDATES_NOTES = [
-    "A layer descends when the mean cosine between its update and -dCE/dh is above 0 with a 95% confidence "
-    "interval that excludes 0; the cosine and its interval give the size of the effect, not just its sign.",
+    "A layer's update descends the loss only where its claim holds (the claims table): the mean cosine between "
+    "the update and -dCE/dh is above 0 and the actual loss change below 0, both with intervals over documents, "
+    "and each beats every baseline by the minimum effect.",
     "Where the lens loss exceeds log V, the loss of guessing every token alike, the readout does not read the "
     "layer's representation (a known failure of the logit lens at early layers), so its losses and gradients "
     "say little there; the drop from the first meaningful layer leaves those layers out.",
@@ -42,13 +35,14 @@ UPDATES_NOTES = [
 def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     chance = f.get("chance_cos_std")
     rows = []
-    means, cis = f.get("descent_cos_mean") or {}, f.get("descent_ci") or {}
-    for component, layers in (f.get("descent_positive_layers") or {}).items():
-        rows.append((f"Layers whose {component} update descends the loss (mean cos > 0, 95% CI excludes 0)",
-                     ", ".join(_with_effect(l, means.get(component, {}), cis.get(component, {})) for l in layers) or "none"))
+    means = f.get("descent_cos_mean") or {}
+    for component, by_layer in means.items():
+        rows.append((f"Mean descent cosine cos(Δ, -dCE/dh) of the {component} update, by layer (verdicts: the "
+                     "claims table, over documents and against baselines)",
+                     ", ".join(f"L{l}: {_fmt(v, 2)}" for l, v in by_layer.items()) or "n/a"))
     rows.append(("Chance level of a cosine in d_model dimensions (std of cos for a random direction)", _fmt(chance)))
-    rows.append(("Lens loss falls at every layer", "yes" if f.get("lens_loss_falls_every_layer") else
-                 f"no (rises or stays after layers {', '.join(map(str, f.get('lens_loss_rising_after_layers') or [])) or 'n/a'})"))
+    rows.append(("Lens loss by layer, nats (whether it falls: the claims table's lens_loss_drop)",
+                 ", ".join(f"L{l}: {_fmt(v)}" for l, v in (f.get("lens_loss") or {}).items()) or "n/a"))
     rows.append(("Lens loss, first layer to model output (total drop)", _fmt(f.get("lens_loss_total_drop"))))
     if "uniform_loss" in f:
         rows.append(("Layers where the readout is not meaningful (lens loss above log V = "
@@ -83,7 +77,7 @@ def lens_loss_curve(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] | 
 
 
 def descent_alignment(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] | None = None) -> go.Figure:
-    title = "Descent alignment cos(Δ, -dCE/dh) per layer (coloured band: 95% CI of the mean)"
+    title = "Descent alignment cos(Δ, -dCE/dh) per layer (coloured band: 95% CI of the mean over documents)"
     steps = updates[updates["component"] != "output"]
     if steps.empty:
         return empty_figure(title, "no update was measured")
@@ -95,10 +89,15 @@ def descent_alignment(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] 
                              fill="toself", fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), mode="lines",
                              name="one token, random direction (±1.96/√d)", hoverinfo="skip"))
     for component, rows in steps.groupby("component", sort=False):
-        half = 1.96 * rows["descent_cos_std"] / np.sqrt(rows["count"].clip(lower=1))
+        if "descent_cos_ci_low" in rows and rows["descent_cos_ci_low"].notna().any():  # over documents
+            low, high = rows["descent_cos_ci_low"], rows["descent_cos_ci_high"]
+        else:  # runs saved before the document bootstrap: over tokens
+            spread = 1.96 * rows["descent_cos_std"] / np.sqrt(rows["count"].clip(lower=1))
+            low, high = rows["descent_cos_mean"] - spread, rows["descent_cos_mean"] + spread
+        half = (high - low) / 2
         colour = COMPONENT_COLOURS.get(component)
         fig.add_trace(go.Scatter(x=np.concatenate([rows["layer"], rows["layer"][::-1]]),
-                                 y=np.concatenate([rows["descent_cos_mean"] + half, (rows["descent_cos_mean"] - half)[::-1]]),
+                                 y=np.concatenate([high, low[::-1]]),
                                  fill="toself", fillcolor=colour, opacity=0.2, line=dict(width=0), hoverinfo="skip",
                                  showlegend=False, legendgroup=component))
         fig.add_trace(go.Scatter(x=rows["layer"], y=rows["descent_cos_mean"], mode="lines+markers", name=component,
