@@ -305,3 +305,21 @@ def test_cli_refuses_a_bad_baseline_in_one_line(tmp_path, capsys):
     code, _, err = invoke(["run", "demo", "--baseline", "random-init", "--baseline-seeds", "0", "--out",
                            str(tmp_path / "out")], capsys)
     assert code == 1 and "--baseline-seeds must be at least 1" in err
+
+
+def test_random_init_model_against_random_init_baseline_claims_almost_nothing(tmp_path, tokenizers_by_kind):
+    """Acceptance (issue 21): on a model that learned nothing, at most 10% of norm_growth and descent claims hold."""
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import family_configs
+
+    factory, kind = family_configs()["gpt2"]
+    torch.manual_seed(1234)  # not one of the baseline's seeds
+    AutoModelForCausalLM.from_config(factory(kind)).save_pretrained(tmp_path / "untrained")
+    tokenizers_by_kind[kind].save_pretrained(tmp_path / "untrained")
+    result = normprobe.run(str(tmp_path / "untrained"), texts=DOCS, probes=["norms", "updates"], seq_len=32,
+                           baselines=["random-init"], progress=False)
+    claims = result.claims
+    tested = claims[claims["claim"].isin(["norm_growth", "descent"])]
+    assert len(tested) >= 10 and "random_init_difference" in tested
+    assert (tested["verdict"] == "holds").mean() <= 0.10, tested[["claim", "layer", "component", "verdict"]]
