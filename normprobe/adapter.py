@@ -334,13 +334,16 @@ class ModelAdapter:
 
     @property
     def readout(self) -> Readout:
-        """Final norm, pre-head modules, unembedding and logit post-processing, as float32 copies."""
+        """Final norm, pre-head modules (float32 copies), the model's own unembedding (read in chunks, never
+        copied) and logit post-processing; built on first use, so a run that never reads out builds none."""
         if self._readout is None:
             modules = [m for m in (self.final_norm(), *self._pre_head(), self._head()) if m is not None]
-            readout = Readout(modules, logit_op_from_config(self.hf_config, self.family.logit_fields))
-            readout.modules = [m.to(self.device) for m in readout.modules]
-            self._readout = readout
+            self._readout = Readout(modules, logit_op_from_config(self.hf_config, self.family.logit_fields))
         return self._readout
+
+    @property
+    def readout_built(self) -> bool:
+        return self._readout is not None
 
     # -- tokens -------------------------------------------------------------
     @property

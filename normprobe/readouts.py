@@ -112,18 +112,30 @@ def _file_sha256(path: Path) -> str:
 
 # -- readouts -------------------------------------------------------------------
 class LogitReadout:
-    """The logit lens at every layer: the model's final norm and unembedding."""
+    """The logit lens at every layer: the model's final norm and unembedding (built on first use)."""
 
     kind = "logit"
 
     def __init__(self, model):
-        self.base = model.readout
+        self._model = model
+
+    @property
+    def base(self):
+        return self._model.readout
 
     def loss(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int) -> "torch.Tensor":
         return self.base.loss(h, targets)
 
     def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int):
         return self.base.loss_and_grad(h, targets)
+
+    def line_losses(self, h, deltas, alphas, targets, layer: int) -> "torch.Tensor":
+        """Loss at h + αΔ for every Δ and α: [len(deltas), len(alphas), N] (see Readout.line_losses)."""
+        return self.base.line_losses(h, deltas, alphas, targets)
+
+    def loss_grad_and_steps(self, h, deltas, targets, layer: int):
+        """(loss at h, dloss/dh, [loss at h + Δ for each Δ]) from shared products."""
+        return self.base.loss_grad_and_steps(h, deltas, targets)
 
 
 class TunedReadout:
@@ -132,14 +144,27 @@ class TunedReadout:
     kind = "tuned"
 
     def __init__(self, model, translators: "torch.nn.ModuleList"):
-        self.base = model.readout
+        self._model = model
         self.translators = translators.float().to(model.device).eval().requires_grad_(False)
+
+    @property
+    def base(self):
+        return self._model.readout
 
     def translate(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
         if layer >= len(self.translators):
             return h.float()
         x = h.float()
         return x + self.translators[layer](x)
+
+    def translate_step(self, delta: "torch.Tensor", layer: int) -> "torch.Tensor":
+        """The translator's linear part applied to a step: T(h + αΔ) = T(h) + α(Δ + A_l Δ)."""
+        import torch
+
+        x = delta.float()
+        if layer >= len(self.translators):
+            return x
+        return x + torch.nn.functional.linear(x, self.translators[layer].weight)
 
     def loss(self, h, targets, layer: int):
         return self.base.loss(self.translate(h, layer), targets)
@@ -156,6 +181,24 @@ class TunedReadout:
             loss, grad_y = self.base.loss_and_grad(y.detach(), targets)
             (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
         return loss, grad.detach()
+
+    def line_losses(self, h, deltas, alphas, targets, layer: int):
+        """The translator is affine, so a line stays a line: translate h, and each Δ by the linear part."""
+        return self.base.line_losses(self.translate(h, layer), [self.translate_step(d, layer) for d in deltas],
+                                     alphas, targets)
+
+    def loss_grad_and_steps(self, h, deltas, targets, layer: int):
+        import torch
+
+        if layer >= len(self.translators):
+            return self.base.loss_grad_and_steps(h, deltas, targets)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = h.detach().float().clone().requires_grad_(True)
+            y = self.translate(x, layer)
+            loss, grad_y, steps = self.base.loss_grad_and_steps(
+                y.detach(), [self.translate_step(d, layer) for d in deltas], targets)
+            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
+        return loss, grad.detach(), steps
 
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict[ReadoutSpec, Any]]" = weakref.WeakKeyDictionary()
