@@ -86,7 +86,8 @@ class Readout:
         import torch
 
         *pre, head = modules
-        self.pre = [copy.deepcopy(m).float().eval().requires_grad_(False) for m in pre]
+        with torch.inference_mode(False):  # built on first use, maybe inside a run: autograd must read these copies
+            self.pre = [copy.deepcopy(m).float().eval().requires_grad_(False) for m in pre]
         self.head = head
         self.logit_op = logit_op
         self.weight_chunk = weight_chunk

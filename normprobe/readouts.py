@@ -296,3 +296,29 @@ def chunked_loss_and_grad(readout, h, targets, layer: int, vocab_chunk: int, n_v
     step = max(1, vocab_chunk // n_vocab)
     parts = [readout.loss_and_grad(h[s:s + step], targets[s:s + step], layer) for s in range(0, h.shape[0], step)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _line_step(readout, n_lines: int, vocab_chunk: int) -> int:
+    """Token rows per call so that the products (h and every Δ) and a temporary hold about vocab_chunk logits."""
+    base = readout.base
+    return max(1, vocab_chunk // ((n_lines + 2) * min(base.n_vocab, base.vocab_step)))
+
+
+def chunked_line_losses(readout, h, deltas, alphas, targets, layer: int, vocab_chunk: int):
+    """Readout.line_losses over token rows in blocks: [len(deltas), len(alphas), N]."""
+    import torch
+
+    step = _line_step(readout, len(deltas), vocab_chunk)
+    return torch.cat([readout.line_losses(h[s:s + step], [d[s:s + step] for d in deltas], alphas,
+                                          targets[s:s + step], layer) for s in range(0, h.shape[0], step)], dim=-1)
+
+
+def chunked_loss_grad_and_steps(readout, h, deltas, targets, layer: int, vocab_chunk: int, n_vocab: int):
+    """loss_grad_and_steps over token rows in blocks: the logits at h are held whole, as loss_and_grad holds them."""
+    import torch
+
+    step = max(1, vocab_chunk // n_vocab)
+    parts = [readout.loss_grad_and_steps(h[s:s + step], [d[s:s + step] for d in deltas], targets[s:s + step], layer)
+             for s in range(0, h.shape[0], step)]
+    return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+            [torch.cat([p[2][k] for p in parts]) for k in range(len(deltas))])

@@ -58,7 +58,7 @@ class LineSearchProbe(Probe):
 
     def update_layer(self, layer: int, activations: dict[str, Any], batch) -> None:
         """One layer's line searches, as soon as its hooks have fired (the runner then forgets them)."""
-        from ..readouts import chunked_loss
+        from ..readouts import chunked_line_losses
 
         targets = batch.next_tokens[batch.has_next]
         n = targets.shape[0]
@@ -68,17 +68,12 @@ class LineSearchProbe(Probe):
         h = activations[hooks["pre"]]
         deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
                   "block": activations[hooks["post"]] - h}
-        at_zero = None  # h itself: the same for every component, computed once
-        for c, component in enumerate(COMPONENTS):
-            for a, alpha in enumerate(self.alphas):
-                if alpha == 0.0:
-                    if at_zero is None:
-                        at_zero = chunked_loss(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
-                    loss = at_zero
-                else:
-                    loss = chunked_loss(self._readout, h + alpha * deltas[component], targets, layer,
-                                        self.vocab_chunk, self._vocab)
-                self.losses.add(torch.full((n,), self._group(slot, c, a), device=loss.device), loss)
+        # every (component, α) from one product of each vocabulary chunk with h and each Δ (Readout.line_losses)
+        losses = chunked_line_losses(self._readout, h, [deltas[c] for c in COMPONENTS], self.alphas, targets, layer,
+                                     self.vocab_chunk)
+        for c in range(len(COMPONENTS)):
+            for a in range(len(self.alphas)):
+                self.losses.add(torch.full((n,), self._group(slot, c, a), device=losses.device), losses[c, a])
 
     def update(self, activations: dict[str, Any], batch) -> None:
         """Every hook point lies in a layer, so a streaming run hands nothing here; a caller that

@@ -95,6 +95,11 @@ class UpdatesProbe(Probe):
 
         return chunked_loss_and_grad(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
 
+    def _loss_grad_and_steps(self, h, deltas, targets, layer: int):
+        from ..readouts import chunked_loss_grad_and_steps
+
+        return chunked_loss_grad_and_steps(self._readout, h, deltas, targets, layer, self.vocab_chunk, self._vocab)
+
     def _lens_loss(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
         from ..readouts import chunked_loss
 
@@ -165,12 +170,15 @@ class UpdatesProbe(Probe):
         h = activations[hooks["pre"]]
         deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
                   "block": activations[hooks["post"]] - h}
-        loss, grad = self._loss_and_grad(h, targets, layer)
+        reuse_next_loss = self._readout_is_layer_independent and (layer + 1 in self._slot or layer == self._n_layers - 1)
+        stepped = [c for c in COMPONENTS if not (c == "block" and reuse_next_loss)]
+        # the loss and gradient at h and the losses at h + Δ from the same products (Readout.loss_grad_and_steps)
+        loss, grad, step_losses = self._loss_grad_and_steps(h, [deltas[c] for c in stepped], targets, layer)
+        at_step = dict(zip(stepped, step_losses))
         self._settle_block_change(loss)
         self.lens.add(self._group(slot), loss)
         self.lens_by_position.add(slot * self._seq_len + positions, loss)
         h_norm = torch.linalg.vector_norm(h, dim=-1)
-        reuse_next_loss = self._readout_is_layer_independent and (layer + 1 in self._slot or layer == self._n_layers - 1)
         for c, component in enumerate(COMPONENTS):
             row = slot * len(COMPONENTS) + c
             delta = deltas[component]
@@ -184,7 +192,7 @@ class UpdatesProbe(Probe):
             if component == "block" and reuse_next_loss:
                 self._pending_block = (row, loss)
             else:
-                values["actual_change"] = self._lens_loss(h + delta, targets, layer) - loss
+                values["actual_change"] = at_step[component] - loss
             for metric, v in values.items():
                 self.moments[metric].add(self._group(row), v)
             cos = values["descent_cos"]
