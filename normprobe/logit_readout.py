@@ -72,6 +72,7 @@ def logit_op_from_config(config: Any, fields: "tuple[str, ...] | None" = None) -
 
 
 WEIGHT_CHUNK = 1 << 22  # unembedding entries (vocabulary rows x width) read and cast to float32 at once: 16 MB
+ELEMENTWISE_BLOCK = 1 << 16  # logits per block of the per-α element-wise work: 256 kB, so its passes stay in cache
 
 
 class Readout:
@@ -257,6 +258,7 @@ class Readout:
         lse = torch.full((k, len(alphas), n), float("-inf"), device=h.device)
         at_h = []
         flat = u.reshape((k + 1) * n, -1)
+        buffer = torch.empty(ELEMENTWISE_BLOCK, device=h.device)
         for _, rows, c in self._bias_logits_chunks():
             products = (flat @ rows.T).reshape(k + 1, n, -1)
             a_c = products[0]
@@ -269,13 +271,8 @@ class Readout:
                 for i, a in enumerate(alphas):
                     if a == 0.0 and j > 0:
                         continue  # h itself: the same point for every Δ, filled in below
-                    z = torch.add(a_c, products[j + 1], alpha=a) if a else a_c.clone()
-                    z.mul_(inv_sigma[j, i, :, None])
-                    if c is not None:
-                        z.add_(c)
-                    if op:
-                        op.apply_(z)
-                    lse[j, i] = torch.logaddexp(lse[j, i], torch.logsumexp(z, dim=-1))
+                    chunk_lse = self._chunk_lse(a_c, products[j + 1], a, inv_sigma[j, i], c, buffer)
+                    lse[j, i] = torch.logaddexp(lse[j, i], chunk_lse)
             del products
         for i, a in enumerate(alphas):
             if a == 0.0:
@@ -284,6 +281,31 @@ class Readout:
         if op:
             op.apply_(z_t)
         return (lse - z_t, at_h) if keep_at_h else lse - z_t
+
+    def _chunk_lse(self, a_c, b_c, alpha: float, inv_sigma, c, buffer):
+        """log-sum-exp over one vocabulary chunk of op((A + αB)·(1/σ) + C), row block by row block so that
+        the element-wise passes stay in cache: [N]."""
+        torch, op = self._torch, self.logit_op
+        n, width = a_c.shape
+        step = max(1, buffer.numel() // width)
+        out = torch.empty(n, device=a_c.device)
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            z = buffer[: (r1 - r0) * width].view(r1 - r0, width)
+            if alpha:
+                torch.add(a_c[r0:r1], b_c[r0:r1], alpha=alpha, out=z)
+            else:
+                z.copy_(a_c[r0:r1])
+            scale = inv_sigma[r0:r1, None]
+            if c is not None:
+                torch.addcmul(c, z, scale, out=z)
+            else:
+                z.mul_(scale)
+            if op:
+                op.apply_(z)
+            top = z.amax(-1, keepdim=True)
+            out[r0:r1] = z.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+        return out
 
     def loss_grad_and_steps(self, h: "torch.Tensor", deltas: "list[torch.Tensor]", targets: "torch.Tensor"):
         """(loss at h, dloss/dh, [loss at h + Δ for each Δ]) from one product of each chunk with h and every Δ.
