@@ -153,7 +153,8 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     states = [(Path(f) / STATE_FILE, load_state_file(Path(f) / STATE_FILE, "shard state")) for f in folders]
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
-               "readout": first.get("readout", "logit"), "alphas": first.get("alphas")}
+               "readout": first.get("readout", "logit"), "alphas": first.get("alphas"),
+               "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"])}
     probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
     seq_len = metas[0]["seq_len"]
     for probe in probes:

@@ -114,6 +114,7 @@ def run(
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
     readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens) or tuned:DIR (a tuned-lens folder, see `normprobe lens train`).")] = "logit",
     alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
+    readout_sample: Annotated[float, typer.Option(help="Share of tokens (chosen by a seeded hash of each token's document and place, the same in every order, shard or resume) whose updates and linesearch statistics are computed; norms and the forward see every token.")] = 1.0,
     massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
@@ -134,7 +135,8 @@ def run(
                   text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
                   batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
                   device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
-                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas))
+                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas),
+                  readout_sample=readout_sample)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")

@@ -109,9 +109,7 @@ class Readout:
     @property
     def line_algebra(self) -> str:
         """What run.json says about how losses along a line are computed."""
-        if self.form is not None:
-            return f"exact from products: logits(α) = (A + αB)/σ(α) + C ({self.form.name})"
-        return f"full readout at every α ({self.form_reason})"
+        return line_algebra_text(self.form, self.form_reason)
 
     # -- the unembedding in chunks ---------------------------------------------------
     def chunks(self):
@@ -420,3 +418,9 @@ def norm_device(module: Any) -> "torch.device":
 
 NORM_FORMS = {"LayerNorm": (True, False), "LayerNorm (1 + w)": (True, True), "LayerNorm without weight": (True, False),
               "RMSNorm": (False, False), "RMSNorm (1 + w)": (False, True), "RMSNorm without weight": (False, False)}
+
+
+def line_algebra_text(form: "NormForm | None", reason: str) -> str:
+    if form is not None:
+        return f"exact from products: logits(α) = (A + αB)/σ(α) + C ({form.name})"
+    return f"full readout at every α ({reason})"

@@ -12,7 +12,7 @@ from .hfcorpus import DatasetSpec
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas")  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "readout_sample")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunOptions:
     massive_ratio: float = DEFAULT_MASSIVE_RATIO
     readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
     alphas: list[float] | None = None  # the linesearch probe's step sizes
+    readout_sample: float = 1.0  # share of tokens whose readout statistics are computed (normprobe.sampling)
 
     def probe_options(self) -> dict:
         return {name: getattr(self, name) for name in PROBE_OPTIONS}
@@ -59,6 +60,9 @@ class RunOptions:
                                  f"(got {self.massive_ratio})")
         from .adapter import parse_dtype
         from .readouts import parse_readout
+        from .sampling import check_fraction
+
+        check_fraction(self.readout_sample)
 
         parse_readout(self.readout)
         from .distributed import is_distributed

@@ -322,7 +322,7 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
 
     described = parse_readout(opts.readout).describe()
     return {"readout": parse_readout(opts.readout).text, "readout_params_sha256": described.get("params_sha256"),
-            "alphas": opts.alphas}
+            "alphas": opts.alphas, "readout_sample": opts.readout_sample}
 
 
 def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
@@ -388,14 +388,14 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
                 checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
-                readout: str = "logit", alphas: list[float] | None = None) -> Runner:
+                readout: str = "logit", alphas: list[float] | None = None, readout_sample: float = 1.0) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, massive_ratio, readout, alphas)
+                         device_map, n_devices, massive_ratio, readout, alphas, readout_sample)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -424,6 +424,7 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
     built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
     seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
-    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid).
+    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid),
+    readout_sample (the share of tokens, chosen by document, whose updates and linesearch statistics are computed).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

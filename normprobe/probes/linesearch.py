@@ -26,8 +26,10 @@ class LineSearchProbe(Probe):
     description = "lens loss along h_l + αΔ for a grid of α per layer and component; the best step α* and whether it is near 1"
 
     def __init__(self, layers: list[int] | None = None, alphas: list[float] | None = None, readout: str = "logit",
-                 vocab_chunk: int = 1 << 24, **options: Any):
-        super().__init__(layers, readout=readout, alphas=alphas, **options)
+                 vocab_chunk: int = 1 << 24, readout_sample: float = 1.0, **options: Any):
+        super().__init__(layers, readout=readout, alphas=alphas, readout_sample=readout_sample, **options)
+        self.readout_sample = readout_sample  # share of tokens read (normprobe.sampling)
+        self._mask_of: tuple[Any, torch.Tensor] | None = None
         self.alphas = sorted(set(float(a) for a in (alphas if alphas is not None else DEFAULT_ALPHAS)))
         self.readout_spec = readout
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
@@ -50,8 +52,16 @@ class LineSearchProbe(Probe):
     def hook_points(self) -> list[str]:
         return sorted({name for hooks in self._hooks.values() for name in hooks.values()})
 
+    def _read(self, batch) -> torch.Tensor:
+        """Tokens with a next token, and among them the --readout-sample share: [B, T] bool, once per batch."""
+        from ..sampling import readout_mask
+
+        if self._mask_of is None or self._mask_of[0] is not batch:
+            self._mask_of = (batch, readout_mask(batch, self.readout_sample))
+        return self._mask_of[1]
+
     def reduce(self, hook_name, activation, batch):
-        return activation[batch.has_next].float()
+        return activation[self._read(batch)].float()
 
     def _group(self, slot: int, component: int, alpha: int) -> int:
         return (slot * len(COMPONENTS) + component) * len(self.alphas) + alpha
@@ -60,7 +70,7 @@ class LineSearchProbe(Probe):
         """One layer's line searches, as soon as its hooks have fired (the runner then forgets them)."""
         from ..readouts import chunked_line_losses
 
-        targets = batch.next_tokens[batch.has_next]
+        targets = batch.next_tokens[self._read(batch)]
         n = targets.shape[0]
         if n == 0:
             return

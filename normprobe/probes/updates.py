@@ -47,10 +47,12 @@ class UpdatesProbe(Probe):
     description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
 
     def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, readout: str = "logit",
-                 **options: Any):
-        super().__init__(layers, readout=readout, **options)
+                 readout_sample: float = 1.0, **options: Any):
+        super().__init__(layers, readout=readout, readout_sample=readout_sample, **options)
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
         self.readout_spec = readout
+        self.readout_sample = readout_sample  # share of tokens read (normprobe.sampling)
+        self._mask_of: tuple[Any, torch.Tensor] | None = None
 
     def setup(self, model, seq_len: int) -> None:
         self._layers = self.selected_layers(model.n_layers)
@@ -86,9 +88,17 @@ class UpdatesProbe(Probe):
             names.update(hooks.values())
         return sorted(names)
 
+    def _read(self, batch) -> torch.Tensor:
+        """Tokens with a next token, and among them the --readout-sample share: [B, T] bool, once per batch."""
+        from ..sampling import readout_mask
+
+        if self._mask_of is None or self._mask_of[0] is not batch:
+            self._mask_of = (batch, readout_mask(batch, self.readout_sample))
+        return self._mask_of[1]
+
     def reduce(self, hook_name, activation, batch):
-        # Only tokens with a next token matter; keep them as float32 rows [N, d].
-        return activation[batch.has_next].float()
+        # Only tokens with a next token (in the sample) matter; keep them as float32 rows [N, d].
+        return activation[self._read(batch)].float()
 
     def _loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         from ..readouts import chunked_loss_and_grad
@@ -113,7 +123,7 @@ class UpdatesProbe(Probe):
         forward (two hooks, nothing else kept) gives it, so that the main pass can hand over each
         layer and forget it: holding every layer's updates until the end grows with depth.
         """
-        has_next = batch.has_next
+        has_next = self._read(batch)
         ends: dict[str, torch.Tensor] = {}
 
         def keep(name):
@@ -124,8 +134,8 @@ class UpdatesProbe(Probe):
         self._start_batch(batch, ends)
 
     def _start_batch(self, batch, ends: dict[str, torch.Tensor]) -> None:
-        self._targets = batch.next_tokens[batch.has_next]
-        self._positions = batch.positions[batch.has_next]
+        self._targets = batch.next_tokens[self._read(batch)]
+        self._positions = batch.positions[self._read(batch)]
         self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # the layer before, for next_cos
         self._pending_block = None  # block actual_change waiting for the next layer's lens loss
         if self._targets.numel():
