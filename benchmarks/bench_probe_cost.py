@@ -14,6 +14,7 @@ run of this script, so a loaded machine shifts them less than the seconds. Run f
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_probe_cost.py                    # GPT-2 small shape
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_probe_cost.py --shape llama-128k --tokens 128
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_probe_cost.py --shape gemma2-softcap --tokens 128
+    PYTHONPATH=OTHER_CHECKOUT .venv/bin/python benchmarks/bench_probe_cost.py --shape demo   # that checkout's code
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ SHAPES = {
     "gemma2-softcap": ("Gemma2Config", dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216,
                                             num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
                                             head_dim=256, final_logit_softcapping=30.0, max_position_embeddings=1024)),
+    "demo": None,  # the built-in demo model (4 layers, width 128): compare with another checkout's code
     "quick": ("GPT2Config", dict(n_embd=128, n_layer=4, n_head=4, vocab_size=8192, n_positions=512)),
 }
 ALPHAS_33 = [i / 8 for i in range(25)] + [3.25, 3.5, 3.75, 4.0, 4.5, 5.0, 5.5, 6.0]
@@ -128,7 +130,8 @@ def main() -> None:
     text = " ".join(sample_documents())
     words = text.split()
     with tempfile.TemporaryDirectory() as folder:
-        model = normprobe.load_model(str(build_model(args.shape, Path(folder))), device="cpu")
+        where = "demo" if args.shape == "demo" else str(build_model(args.shape, Path(folder)))
+        model = normprobe.load_model(where, device="cpu")
         ids = model.encode(" ".join(words[: 4 * args.tokens]))[: args.tokens - 1]
         docs = [model.tokenizer.decode(ids)]
         short = model.tokenizer.decode(ids[:15])
