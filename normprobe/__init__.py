@@ -37,8 +37,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    # tab completion and dir() find the lazily loaded names too
-    return sorted(set(globals()) | set(_LAZY))
+    # tab completion and dir() show the public names, the lazily loaded ones too, and nothing else
+    return sorted(__all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Regenerate MODEL_FACTS in normprobe/families.py, and the README's table, from tiny models of every supported type.
+"""Regenerate MODEL_FACTS in normprobe/families.py, from tiny models of every supported type.
 
 Run: python scripts/model_facts.py   (no network; about a minute on 2 cores). tests/test_model_types.py
 checks the same facts on the same models, so a stale table fails the suite.
@@ -36,17 +36,7 @@ def main() -> None:
     marker = "MODEL_FACTS: dict[str, dict] = "
     text = text[: text.index(marker)] + block  # the table is the file's last statement
     path.write_text(text)
-
-    import importlib
-
-    import normprobe.families
-
-    readme = ROOT / "README.md"
-    start, end = "<!-- model-types:start -->\n", "<!-- model-types:end -->"
-    text = readme.read_text()
-    table = importlib.reload(normprobe.families).markdown_tables()
-    readme.write_text(text[: text.index(start) + len(start)] + table + text[text.index(end):])
-
+    print("the docs render the table from normprobe.families when the site is built")
 
 if __name__ == "__main__":
     main()

@@ -164,14 +164,21 @@ def test_every_causal_lm_of_both_libraries_is_supported_or_refused():
     assert set(MODEL_FACTS) == set(MODEL_TYPES)
 
 
-def test_readme_table_is_generated_from_the_family_data():
+def test_docs_model_table_is_rendered_from_the_family_data():
+    """The supported-models page gets its table from normprobe.families when the site is built."""
+    import importlib.util
     from pathlib import Path
 
-    from normprobe.families import markdown_tables
+    from normprobe.families import REFUSED, markdown_tables
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    table = readme.split("<!-- model-types:start -->\n")[1].split("<!-- model-types:end -->")[0]
-    assert table == markdown_tables(), "regenerate the README table from normprobe.families.markdown_tables()"
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("docs_hooks", root / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = (root / "docs" / "models.md").read_text()
+    rendered = hooks.on_page_markdown(page, None, None, None)
+    assert markdown_tables() in rendered and hooks.MODEL_TYPES_MARKER not in rendered
+    assert f"| {sorted(REFUSED)[0]} |" in rendered
 
 
 @pytest.mark.parametrize("family, norm_type", [("gemma", "RMSNorm (1 + w)"), ("gpt2", "LayerNorm")])

@@ -149,11 +149,10 @@ def test_probe_file_errors(tmp_path):
         resolve_probe(str(tmp_path / "missing.py"))
 
 
-def test_readme_probe_example_runs(demo_adapter, tmp_path):
-    """The README's "Write your own probe" example, run as written."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Write your own probe", 1)[1]
-    code = section.split("```python", 1)[1].split("```", 1)[0]
+def test_docs_probe_example_runs(demo_adapter, tmp_path):
+    """The docs' "Write your own probe" example, run as written."""
+    page = (REPO / "docs" / "custom-probes.md").read_text()
+    code = page.split("```python", 1)[1].split("```", 1)[0]
     path = tmp_path / "readme_probe.py"
     path.write_text(code)
     result = normprobe.run(demo_adapter, texts=DOCS, probes=[str(path)], progress=False)
