@@ -72,7 +72,7 @@ def logit_op_from_config(config: Any, fields: "tuple[str, ...] | None" = None) -
 
 
 WEIGHT_CHUNK = 1 << 22  # unembedding entries (vocabulary rows x width) read and cast to float32 at once: 16 MB
-ELEMENTWISE_BLOCK = 1 << 16  # logits per block of the per-α element-wise work: 256 kB, so its passes stay in cache
+ELEMENTWISE_BLOCK = 1 << 17  # logits per block of the per-α element-wise work: 512 kB, so its passes stay in cache
 
 
 class Readout:
@@ -265,44 +265,47 @@ class Readout:
                 if c is not None:
                     z.add_(c)
                 at_h.append(op.apply_(z) if op else z)
-            for j in range(k):
-                for i, a in enumerate(alphas):
-                    if a == 0.0 and j > 0:
-                        continue  # h itself: the same point for every Δ, filled in below
-                    chunk_lse = self._chunk_lse(a_c, products[j + 1], a, inv_sigma[j, i], c, buffer)
-                    lse[j, i] = torch.logaddexp(lse[j, i], chunk_lse)
+            torch.logaddexp(lse, self._chunk_lse(products, alphas, inv_sigma, c, buffer), out=lse)
             del products
-        for i, a in enumerate(alphas):
-            if a == 0.0:
-                lse[1:, i] = lse[0, i]
         z_t = (at_target[0][None, None] + alpha.float()[None, :, None] * at_target[1:, None]) * inv_sigma + c_t
         if op:
             op.apply_(z_t)
         return (lse - z_t, at_h) if keep_at_h else lse - z_t
 
-    def _chunk_lse(self, a_c, b_c, alpha: float, inv_sigma, c, buffer):
-        """log-sum-exp over one vocabulary chunk of op((A + αB)·(1/σ) + C), row block by row block so that
-        the element-wise passes stay in cache: [N]."""
+    def _chunk_lse(self, products, alphas, inv_sigma, c, buffer):
+        """log-sum-exp over one vocabulary chunk of op((A + αB_k)/σ_k(α) + C) for every Δ_k and α: [K, A, N].
+
+        Row block by row block, every (k, α) of a block before the next, so that the block of A and
+        B and the element-wise passes over it stay in cache. α = 0 is h itself: done for k = 0 only.
+        """
         torch, op = self._torch, self.logit_op
+        a_c = products[0]
         n, width = a_c.shape
+        k = products.shape[0] - 1
+        out = torch.empty(k, len(alphas), n, device=a_c.device)
         step = max(1, buffer.numel() // width)
-        out = torch.empty(n, device=a_c.device)
         for r0 in range(0, n, step):
             r1 = min(n, r0 + step)
             z = buffer[: (r1 - r0) * width].view(r1 - r0, width)
-            if alpha:
-                torch.add(a_c[r0:r1], b_c[r0:r1], alpha=alpha, out=z)
-            else:
-                z.copy_(a_c[r0:r1])
-            scale = inv_sigma[r0:r1, None]
-            if c is not None:
-                torch.addcmul(c, z, scale, out=z)
-            else:
-                z.mul_(scale)
-            if op:
-                op.apply_(z)
-            top = z.amax(-1, keepdim=True)
-            out[r0:r1] = z.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+            for j in range(k):
+                b_c = products[j + 1, r0:r1]
+                for i, alpha in enumerate(alphas):
+                    if alpha == 0.0 and j > 0:
+                        out[j, i, r0:r1] = out[0, i, r0:r1]
+                        continue
+                    if alpha:
+                        torch.add(a_c[r0:r1], b_c, alpha=alpha, out=z)
+                    else:
+                        z.copy_(a_c[r0:r1])
+                    scale = inv_sigma[j, i, r0:r1, None]
+                    if c is not None:
+                        torch.addcmul(c, z, scale, out=z)
+                    else:
+                        z.mul_(scale)
+                    if op:
+                        op.apply_(z)
+                    top = z.amax(-1, keepdim=True)
+                    out[j, i, r0:r1] = z.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
         return out
 
     def loss_grad_and_steps(self, h: "torch.Tensor", deltas: "list[torch.Tensor]", targets: "torch.Tensor"):
