@@ -256,7 +256,7 @@ class Readout:
         lse = torch.full((k, len(alphas), n), float("-inf"), device=h.device)
         at_h = []
         flat = u.reshape((k + 1) * n, -1)
-        buffer = torch.empty(ELEMENTWISE_BLOCK, device=h.device)
+        buffer = torch.empty(min(ELEMENTWISE_BLOCK, n * min(self.vocab_step, self.n_vocab)), device=h.device)
         for _, rows, c in self._bias_logits_chunks():
             products = (flat @ rows.T).reshape(k + 1, n, -1)
             a_c = products[0]
