@@ -256,8 +256,30 @@ def unembed_hash(model) -> str:
     """tuned-lens's hash of the unembedding matrix (sha256 of numpy's array_str at precision 1)."""
     import numpy as np
 
-    weight = model.hf_model.get_output_embeddings().weight.detach().cpu().float().numpy()
-    return hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
+    weight = model.hf_model.get_output_embeddings().weight.detach()
+    return hashlib.sha256(str.encode(np.array_str(_printable(weight), precision=1))).hexdigest()
+
+
+def _printable(weight: "torch.Tensor"):
+    """A float32 numpy array that array_str prints as it would print the whole weight, without a copy of it.
+
+    A float32 CPU weight is shared as is. Otherwise, past numpy's print threshold array_str reads only
+    the edge rows and columns, so a zeroed array (calloc: pages never touched stay unallocated) holding
+    the edge rows prints the same.
+    """
+    import numpy as np
+    import torch
+
+    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return weight.numpy()
+    options = np.get_printoptions()
+    edge = options["edgeitems"]
+    if weight.numel() <= options["threshold"] or weight.shape[0] <= 2 * edge:
+        return weight.cpu().float().numpy()
+    out = np.zeros(tuple(weight.shape), dtype=np.float32)
+    out[:edge] = weight[:edge].cpu().float().numpy()
+    out[-edge:] = weight[-edge:].cpu().float().numpy()
+    return out
 
 
 def save_lens(path: Path, translators: "torch.nn.ModuleList", model) -> Path:

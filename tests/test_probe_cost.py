@@ -231,3 +231,17 @@ def test_readout_sample_same_tables_single_resumed_and_merged(tmp_path, demo_ada
     with pytest.raises(SystemExit) as exc:
         main(["run", "demo", "--readout-sample", "0", "--out", str(tmp_path / "bad")])
     assert exc.value.code == 1 and "--readout-sample must be a fraction in (0, 1]" in capsys.readouterr().err
+
+
+def test_unembed_hash_without_a_float32_copy_matches_the_full_copy():
+    """tuned-lens's unembed_hash (array_str at precision 1) from edge rows only, for a bfloat16 weight."""
+    import hashlib
+
+    from normprobe.readouts import _printable
+
+    weight = torch.randn(5000, 40, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    full = np.array_str(weight.float().numpy(), precision=1)
+    assert np.array_str(_printable(weight), precision=1) == full
+    assert hashlib.sha256(full.encode()).hexdigest() == hashlib.sha256(np.array_str(_printable(weight), precision=1).encode()).hexdigest()
+    small = torch.randn(7, 5).to(torch.bfloat16)  # under the print threshold: printed whole
+    assert np.array_str(_printable(small), precision=1) == np.array_str(small.float().numpy(), precision=1)
