@@ -100,7 +100,8 @@ class Readout:
             self.form, self.form_reason = None, "modules between the final norm and the unembedding"
         else:
             self.form, self.form_reason = norm_form(pre[0] if pre else None, width)
-        self._bias_logits: "torch.Tensor | None | bool" = False  # C = W_U b + b_U, made on first use
+        # where the arithmetic runs: the final norm's device (a model spread over devices may keep its head apart)
+        self.device = next((p.device for m in self.pre for p in m.parameters()), weight.device)
 
     @property
     def modules(self) -> list[Any]:
@@ -115,19 +116,21 @@ class Readout:
     def chunks(self):
         """(start, float32 rows of W_U, float32 bias or None) over the vocabulary; float32 weights are views."""
         weight, bias = self.head.weight, getattr(self.head, "bias", None)
+        f32 = dict(device=self.device, dtype=self._torch.float32)
         for start in range(0, self.n_vocab, self.vocab_step):
-            rows = weight.detach()[start:start + self.vocab_step].float()
-            yield start, rows, None if bias is None else bias.detach()[start:start + self.vocab_step].float()
+            rows = weight.detach()[start:start + self.vocab_step].to(**f32)
+            yield start, rows, None if bias is None else bias.detach()[start:start + self.vocab_step].to(**f32)
 
     def _pre(self, h: "torch.Tensor") -> "torch.Tensor":
-        y = h.float()
+        y = h.to(self.device, self._torch.float32)
         for module in self.pre:
             y = module(y)
         return y
 
     def _target_rows(self, targets: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor | None]":
         weight, bias = self.head.weight.detach(), getattr(self.head, "bias", None)
-        return weight[targets].float(), None if bias is None else bias.detach()[targets].float()
+        index, f32 = targets.to(weight.device), dict(device=self.device, dtype=self._torch.float32)
+        return weight[index].to(**f32), None if bias is None else bias.detach()[index].to(**f32)
 
     def logits(self, h: "torch.Tensor") -> "torch.Tensor":
         torch = self._torch
@@ -143,6 +146,7 @@ class Readout:
         with torch.no_grad():
             y = self._pre(h)
             lse = torch.full((y.shape[0],), float("-inf"), device=y.device)
+            targets = targets.to(y.device)
             for _, rows, bias in self.chunks():
                 z = torch.nn.functional.linear(y, rows, bias)
                 if self.logit_op:
@@ -164,10 +168,11 @@ class Readout:
         """
         torch = self._torch
         with torch.inference_mode(False), torch.enable_grad():
-            x = h.detach().float().clone().requires_grad_(True)
+            x = h.detach().to(self.device, torch.float32).clone().requires_grad_(True)
             y = x
             for module in self.pre:
                 y = module(y)
+        targets = targets.to(self.device)
         with torch.inference_mode(False), torch.no_grad():
             y_ = y.detach()
             parts = []
@@ -227,8 +232,9 @@ class Readout:
         if self.form is None:
             return torch.stack([torch.stack([self.loss(h + a * d if a else h, targets) for a in alphas])
                                 for d in deltas])
+        f32 = dict(device=self.device, dtype=torch.float32)
         with torch.no_grad():
-            return self._line_from_products(h.float(), [d.float() for d in deltas], alphas, targets)
+            return self._line_from_products(h.to(**f32), [d.to(**f32) for d in deltas], alphas, targets.to(self.device))
 
     def _line_from_products(self, h, deltas, alphas, targets, keep_at_h: bool = False):
         """Losses [K, A, N] along the lines; with keep_at_h also the post-processed logits at h, chunk by chunk."""
@@ -317,13 +323,15 @@ class Readout:
         if self.form is None or not deltas:
             loss, grad = self.loss_and_grad(h, targets)
             return loss, grad, [self.loss(h + d, targets) for d in deltas]
+        f32 = dict(device=self.device, dtype=torch.float32)
         with torch.inference_mode(False), torch.enable_grad():
-            x = h.detach().float().clone().requires_grad_(True)
+            x = h.detach().to(**f32).clone().requires_grad_(True)
             y = x
             for module in self.pre:
                 y = module(y)
+        targets = targets.to(self.device)
         with torch.inference_mode(False), torch.no_grad():
-            steps, at_h = self._line_from_products(x.detach(), [d.float() for d in deltas], [1.0], targets,
+            steps, at_h = self._line_from_products(x.detach(), [d.to(**f32) for d in deltas], [1.0], targets,
                                                    keep_at_h=True)
             loss, grad_y = self._loss_and_grad_from_logits(at_h, targets, y.shape[1])
         if x is y:
