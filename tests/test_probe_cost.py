@@ -245,3 +245,28 @@ def test_unembed_hash_without_a_float32_copy_matches_the_full_copy():
     assert hashlib.sha256(full.encode()).hexdigest() == hashlib.sha256(np.array_str(_printable(weight), precision=1).encode()).hexdigest()
     small = torch.randn(7, 5).to(torch.bfloat16)  # under the print threshold: printed whole
     assert np.array_str(_printable(small), precision=1) == np.array_str(small.float().numpy(), precision=1)
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer(tmp_path_factory):
+    from .test_model_types import word_tokenizer_in
+
+    return word_tokenizer_in(tmp_path_factory.mktemp("words"))
+
+
+@pytest.mark.parametrize("model_type", ["cohere", "olmo", "nemotron", "granite", "gemma2"])
+def test_line_losses_on_real_families_equal_the_full_readout(model_type, word_tokenizer):
+    """Hugging Face's own final norms (Cohere's float32 LayerNorm, OLMo's with no eps attribute, Nemotron's
+    LayerNorm (1 + w)) and post-processing (× s, / s, soft-cap): the product path, not the fallback."""
+    from .test_model_types import tiny_pair
+
+    adapter, _ = tiny_pair(model_type, word_tokenizer)
+    assert adapter.facts()["line_readout"].startswith("exact from products"), adapter.facts()["line_readout"]
+    readout = adapter.readout
+    generator = torch.Generator().manual_seed(3)
+    h = 2 * torch.randn(12, adapter.d_model, generator=generator)
+    deltas = [torch.randn(12, adapter.d_model, generator=generator) for _ in range(2)]
+    targets = torch.randint(0, adapter.d_vocab, (12,), generator=generator)
+    fast = readout.line_losses(h, deltas, ALPHAS, targets)
+    full = torch.stack([torch.stack([readout.loss(h + a * d, targets) for a in ALPHAS]) for d in deltas])
+    torch.testing.assert_close(fast, full, rtol=2e-6, atol=2e-6)
