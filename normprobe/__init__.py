@@ -22,6 +22,8 @@ _LAZY = {
     "compare": ("normprobe.api", "compare"),
     "Comparison": ("normprobe.comparison", "Comparison"),
     "merge_shards": ("normprobe.api", "merge_shards"),
+    "trace": ("normprobe.tracing", "trace"),
+    "Trace": ("normprobe.tracing", "Trace"),
 }
 
 __all__ = ["NormprobeError", "Probe", "__version__", *_LAZY]
@@ -50,3 +52,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .results import RunResult
     from .runner import run
     from .stats import GroupedMoments
+    from .tracing import Trace, trace

@@ -154,8 +154,9 @@ def _hub_resolvable() -> bool:
 
 
 def _not_found_message(source: ModelSource, cache: str) -> str:
+    where = f" ({source.location})" if source.location != source.name else ""
     return (
-        f"model {source.name!r} ({source.location}) is not a local folder and is not in the Hugging Face cache "
+        f"model {source.name!r}{where} is not a local folder and is not in the Hugging Face cache "
         f"at {cache}, and the Hub cannot be reached; pass a local model folder, point HF_HOME at a cache that "
         "holds it, or run once with network (HF_HUB_OFFLINE=1 then keeps it offline)"
     )
@@ -234,6 +235,10 @@ class ModelAdapter:
         self._readout: Readout | None = None
         self._fast_attention_gap: float | None = None  # checked once per loaded model
         self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
+
+    def __repr__(self) -> str:
+        return (f"<ModelAdapter {self.source.name!r} ({self.family.name}): {self.n_layers} layers, d_model {self.d_model}, "
+                f"{self.dtype} on {self.device}>")
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",

@@ -49,29 +49,40 @@ def findings_summary(folder: str | Path) -> list[str]:
     return summary_lines(RunResult.load(folder))
 
 
-def export_images(folder: str | Path, fmt: str) -> list[Path]:
+def export_images(folder: str | Path, fmt: str, probe_modules: list | None = None) -> list[Path]:
     """Write each figure of a saved run's report as PNG or SVG into FOLDER/figures/."""
     from .report import sections_for
     from .report.export import export_figures
 
+    from .tracing import is_trace_folder
+
     if fmt == "html":
         return []
-    return export_figures(sections_for(RunResult.load(folder)), Path(folder), fmt)
+    if is_trace_folder(folder):
+        raise NormprobeError(f"{folder} is a trace: its page is HTML only (--format png and svg are for run reports)")
+    return export_figures(sections_for(RunResult.load(folder, probe_modules)), Path(folder), fmt)
 
 
 def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = "inline",
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, probe_modules: list | None = None) -> Path:
     """Re-render a report from saved tables; a run that is not complete is rendered as partial.
+
+    Nothing the folder names is imported: a custom probe is drawn from its tables, or by its own
+    `figures()` when its code is given in `probe_modules` (--probe-module) or installed as an entry point.
 
     A run still being written is refused; one whose process died while `running` is rendered as partial.
     An `out` file that exists needs `overwrite`.
     """
     from .lock import FolderLock, describe_running, live_holder
 
+    from .tracing import is_trace_folder, rerender_trace
+
     folder = Path(folder)
     if not folder.is_dir():
         raise NormprobeError(f"run folder not found: {folder}")
-    result = RunResult.load(folder)
+    if is_trace_folder(folder):
+        return rerender_trace(folder, None if out is None else Path(out), plotlyjs, overwrite)
+    result = RunResult.load(folder, probe_modules)
     status = result.meta.get("status", "complete")
     if status == "running":
         if live_holder(folder) is not None:
@@ -107,8 +118,12 @@ def _render_checked(result: RunResult, path: Path, folder: Path, plotlyjs: str) 
 
 
 def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = False, plotlyjs: str = "inline",
-                 device: str = "auto") -> Path:
-    """Combine the folders of `run --shard i/N` runs into one run, equal to a single run over all documents."""
+                 device: str = "auto", probe_modules: list | None = None) -> Path:
+    """Combine the folders of `run --shard i/N` runs into one run, equal to a single run over all documents.
+
+    The probes' code is never taken from the shards' run.json: built-in and installed probes are found
+    by name, and a custom probe's code must be given in `probe_modules` (--probe-module).
+    """
     from .results import check_output_dir
     from .store import RunFolder
 
@@ -117,15 +132,16 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
     out = Path(out)
     check_output_dir(out, overwrite)
     with RunFolder.open(out, overwrite):  # locked for the merge's whole life
-        return _merge_into(folders, out, overwrite, plotlyjs, device)
+        return _merge_into(folders, out, overwrite, plotlyjs, device, probe_modules)
 
 
-def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str) -> Path:
+def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str,
+                probe_modules: list | None = None) -> Path:
     from .adapter import load_model
-    from .registry import resolve_probes
+    from .registry import classes_by_name, saved_probe_class
     from .results import STATE_FILE
     from .runner import Runner, make_probe, merge_state
-    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder, load_state_file
+    from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder, check_lens_digest, load_shard_state
     from .verify import check_run_json
 
     metas = [RunFolder(Path(f)).read_meta() for f in folders]
@@ -149,23 +165,33 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
         if missing or not (isinstance(request.get("model"), str) and isinstance(request.get("dtype"), str)
                            and isinstance(request.get("probe_specs"), list)):
             raise NormprobeError(f"{Path(folder) / 'run.json'} is damaged: it lacks {missing[0] if missing else 'the request'}")
-    # Read (as data only) and check every state before the model loads.
-    states = [(Path(f) / STATE_FILE, load_state_file(Path(f) / STATE_FILE, "shard state")) for f in folders]
+    for folder, meta in zip(folders[1:], metas[1:]):
+        if meta.get("probes") != metas[0].get("probes"):
+            raise NormprobeError(f"cannot merge {folder}: its probes {meta.get('probes')} differ from "
+                                 f"{folders[0]}'s {metas[0].get('probes')}")
+    # The probes' code: built-in, installed or named by the user; never a spec that run.json names.
+    given = classes_by_name(probe_modules)
+    probe_classes = [saved_probe_class(name, given, required=True, where=str(folders[0]))
+                     for name in metas[0]["probes"]]
+    # Read (as data only) and check every state against its folder's run.json before the model loads.
+    states = [(Path(f) / STATE_FILE, load_shard_state(Path(f) / STATE_FILE, meta)) for f, meta in zip(folders, metas)]
+    check_lens_digest(first)
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
                "readout": first.get("readout", "logit"), "alphas": first.get("alphas"),
                "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"])}
-    probes = [make_probe(cls, first.get("layers"), options) for cls in resolve_probes(first["probe_specs"])]
+    probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)
     for state_path, state in states:
         merge_state(model, probes, state, seq_len, first.get("layers"), where=str(state_path))
     done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
-            "batches": sum(m["n_batches"] for m in metas), "docs": max(m["n_docs"] for m in metas),
+            "batches": sum(m["n_batches"] for m in metas), "docs": sum(m["n_docs"] for m in metas),
             "seconds": 0.0}
     base = {k: v for k, v in metas[0].items() if k not in ("findings", "tables", "status_reason")}
     base["request"] = {**first, "shard": None}
+    base["options"] = {**base.get("options", {}), "shard": None}
     base["merged_from"] = [str(f) for f in folders]
     result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)

@@ -23,6 +23,9 @@ TextOpt = Annotated[Optional[List[str]], typer.Option("--text", help="A document
 InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Corpus file: .txt (a document per line), .jsonl, .csv or .parquet.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default reports/<model>-<timestamp>/).")]
 PlotlyOpt = Annotated[str, typer.Option("--plotlyjs", help="inline (works offline) or cdn (small file).")]
+ProbeModuleOpt = Annotated[Optional[List[str]], typer.Option(
+    "--probe-module", help="Code of a custom probe (FILE.py[:Class] or module:Class) whose own figures draw its section; "
+                           "a saved folder never names code that is run. Repeat for several.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="html, or also write each figure as png or svg into DIR/figures/ (needs kaleido).")]
 
 
@@ -160,7 +163,7 @@ def run(
         models[0], resume or out or _default_out(models[0]), probes=probe, resume=resume is not None,
         overwrite=overwrite, shard=parse_shard(shard), device_map=device_map, n_devices=n_devices, **common)
     if folder is not None:
-        export_images(folder, format)
+        export_images(folder, format, probe_modules=probe)
         if progress:
             from .api import findings_summary
             from .console import say
@@ -193,11 +196,12 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the merged run.")],
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
     plotlyjs: PlotlyOpt = "inline",
+    probe_module: ProbeModuleOpt = None,
 ) -> None:
     """Merge shard runs into one run, equal to a single run over all documents."""
     from .api import merge_shards
 
-    folder = merge_shards(folders, out, overwrite=overwrite, plotlyjs=plotlyjs)
+    folder = merge_shards(folders, out, overwrite=overwrite, plotlyjs=plotlyjs, probe_modules=probe_module)
     typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
 
 
@@ -208,6 +212,7 @@ def report(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
+    probe_module: ProbeModuleOpt = None,
 ) -> None:
     """Re-render report.html from a saved run, without the model."""
     from .api import export_images, rerender
@@ -215,8 +220,8 @@ def report(
     _check_format(format)
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    path = rerender(folder, out, plotlyjs=plotlyjs, overwrite=overwrite)
-    for image in export_images(folder, format):
+    path = rerender(folder, out, plotlyjs=plotlyjs, overwrite=overwrite, probe_modules=probe_module)
+    for image in export_images(folder, format, probe_modules=probe_module):
         typer.echo(f"wrote {image}")
     typer.echo(f"wrote {path}")
 
@@ -247,12 +252,46 @@ def models() -> None:
         if family.examples:
             typer.echo(f"  {family.name:<26} {', '.join(family.examples)}")
     typer.echo("Refused model types:")
+    import shutil
+    import textwrap
+
+    width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)  # wrapped whole, never clipped by a terminal
     for model_type, reason in sorted(REFUSED.items()):
-        typer.echo(f"  {model_type:<20} {reason}")
+        typer.echo(textwrap.fill(reason, width, initial_indent=f"  {model_type:<20} ", subsequent_indent=" " * 23))
     typer.echo("Short names:")
     for short, hub in SHORT_NAMES.items():
         typer.echo(f"  {short:<24} {hub}")
     typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported model type.")
+
+
+@app.command()
+def trace(
+    model: Annotated[str, typer.Argument(help="Model: demo, a Hub name or short name (gpt2-small, pythia-70m), or a local folder.")],
+    text: TextOpt = None,
+    input: InputOpt = None,
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
+    encoding: Annotated[str, typer.Option(help="Text encoding of --input.")] = "utf-8",
+    errors: Annotated[str, typer.Option(help="On undecodable bytes: strict (stop) or replace.")] = "strict",
+    max_docs: Annotated[Optional[int], typer.Option(help="Trace this many documents (default: every --text, the first document of --input).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Trace at most this many tokens of each document, BOS included (default: the model's context).")] = None,
+    readout: Annotated[str, typer.Option(help="How each layer is read: logit (the logit lens) or tuned:DIR (a tuned-lens folder).")] = "logit",
+    top_k: Annotated[int, typer.Option(help="Top tokens kept per layer and position.")] = 5,
+    prepend_bos: Annotated[bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start each document with BOS when the tokenizer has one.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    out: OutOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+    plotlyjs: PlotlyOpt = "inline",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Status lines on stderr.")] = True,
+) -> None:
+    """Trace texts through every layer: the lens table with norms, update norms, descent cos and loss changes."""
+    from .tracing import trace_to_folder
+
+    folder = trace_to_folder(model, out or _default_out(f"{Path(model).name}-trace"), texts=text, input=input,
+                             text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
+                             max_tokens=max_tokens, readout=readout, top_k=top_k, prepend_bos=prepend_bos,
+                             device=device, dtype=dtype, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress)
+    typer.echo(f"wrote {folder}/ (trace: {folder / 'trace.html'})")
 
 
 lens_app = typer.Typer(no_args_is_help=True, help="Tuned lenses: train one for a model (read it with run --readout tuned:DIR).")

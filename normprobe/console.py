@@ -20,6 +20,11 @@ def warn(message: str) -> None:
     print(f"normprobe: warning: {message}", file=sys.stderr, flush=True)
 
 
+def loaded_line(name: str, seconds: float, model: Any) -> str:
+    """What was loaded, once it is: the layers, the width and where it sits."""
+    return f"loaded {name} in {seconds:.1f} s: {model.n_layers} layers, d_model {model.d_model}, on {model.device}"
+
+
 def model_line(source: Any, dtype: str, device: str) -> str:
     """What is about to load, read from config.json and the safetensors headers only (no weights)."""
     folder = _model_folder(source)
@@ -71,15 +76,43 @@ def safetensors_parameter_count(folder: Path) -> int | None:
     return total
 
 
-def progress_bar(total: int | None, enabled: bool, stream: Any = None) -> Any:
-    """A tqdm bar on a terminal; in a log file, one plain line every half minute and one at the end."""
-    stream = stream if stream is not None else sys.stderr
-    if enabled and not _is_terminal(stream):
-        return LogProgress(total, stream)
-    from tqdm.auto import tqdm
+def progress_bar(total: int | None, enabled: bool, stream: Any = None, unit: str = "tok", desc: str = "probing") -> Any:
+    """A tqdm bar on a terminal; in a log file, one plain line every half minute and one at the end.
 
-    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, file=stream,
-                dynamic_ncols=True, desc="probing")
+    Disabled, it imports nothing: tqdm's notebook detection warns about ipywidgets even then.
+    """
+    stream = stream if stream is not None else sys.stderr
+    if not enabled:
+        return SilentProgress(total)
+    if not _is_terminal(stream):
+        return LogProgress(total, stream, unit=unit, desc=desc)
+    from tqdm.std import tqdm
+
+    return tqdm(total=total, unit=unit, unit_scale=unit == "tok", file=stream, dynamic_ncols=True, desc=desc)
+
+
+def progress_complete(bar: Any) -> None:
+    """The work ran out before the total that was asked for (--max-tokens past the corpus): the total is what was done."""
+    if bar.total and bar.n < bar.total:
+        bar.total = bar.n
+        if hasattr(bar, "refresh"):
+            bar.refresh()
+
+
+class SilentProgress:
+    """The progress interface, saying nothing."""
+
+    def __init__(self, total: int | None):
+        self.total, self.n = total, 0
+
+    def update(self, n: int) -> None:
+        self.n += int(n)
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -90,8 +123,11 @@ def _is_terminal(stream: Any) -> bool:
 class LogProgress:
     """Progress for non-terminals: tqdm rewrites its line with \\r, which a log keeps, last line twice."""
 
-    def __init__(self, total: int | None, stream: Any, every: float = LOG_EVERY_SECONDS):
+    def __init__(self, total: int | None, stream: Any, every: float = LOG_EVERY_SECONDS, unit: str = "tok",
+                 desc: str = "probing"):
         self.total, self.stream, self.every = total, stream, every
+        self.noun = "tokens" if unit == "tok" else unit + "s"
+        self.unit, self.desc, self.postfix = unit, desc, ""
         self.n = 0
         self.started = self._last = time.monotonic()
         self._printed_at: int | None = None
@@ -101,6 +137,9 @@ class LogProgress:
         if time.monotonic() - self._last >= self.every:
             self._line()
 
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
     def close(self) -> None:
         if self._printed_at != self.n:
             self._line()
@@ -109,5 +148,7 @@ class LogProgress:
         seconds = time.monotonic() - self.started
         share = f" of {self.total:,} ({100 * self.n / self.total:.0f}%)" if self.total else ""
         rate = self.n / seconds if seconds > 0 else 0.0
-        print(f"probing: {self.n:,} tokens{share}, {seconds:.0f} s, {rate:,.0f} tok/s", file=self.stream, flush=True)
+        rate_text = f"{rate:,.0f}" if self.unit == "tok" else f"{rate:,.2f}"
+        print(f"{self.desc}: {self.n:,} {self.noun}{share}, {seconds:.0f} s, {rate_text} {self.unit}/s{self.postfix}",
+              file=self.stream, flush=True)
         self._printed_at, self._last = self.n, time.monotonic()

@@ -92,8 +92,8 @@ def validate_input(spec: InputSpec) -> None:
             head = fh.read(8192)
     except OSError as exc:
         raise NormprobeError(f"cannot read input file {path}: {exc.strerror}") from None
-    if path.suffix.lower() in (".txt", ".jsonl", ".csv") and b"\x00" in head:
-        raise NormprobeError(f"input file {path} looks binary (it holds NUL bytes), not text")
+    if path.suffix.lower() in (".txt", ".jsonl", ".csv") and "\x00" in _decoded_head(head, spec):
+        raise NormprobeError(f"input file {path} looks binary (it holds NUL characters), not {spec.encoding} text")
     # Reading ahead is cheap next to a model load and catches encoding and format errors early;
     # past VALIDATE_DOCS documents a bad line still stops the run with the same one-line message.
     if next(iter_documents(spec), None) is None:
@@ -101,6 +101,19 @@ def validate_input(spec: InputSpec) -> None:
     for count, _ in enumerate(iter_documents(spec)):
         if count >= VALIDATE_DOCS:
             break
+
+
+def _decoded_head(head: bytes, spec: InputSpec) -> str:
+    """The first bytes decoded first: UTF-16 text holds NUL bytes, not NUL characters."""
+    try:
+        decoder = codecs.getincrementaldecoder(spec.encoding)(errors="replace")
+    except LookupError:
+        raise NormprobeError(f"unknown encoding {spec.encoding!r}") from None
+    return decoder.decode(head)
+
+
+def _binary(path: Path, where: str) -> NormprobeError:
+    return NormprobeError(f"input file {path} looks binary ({where} holds a NUL character), not text")
 
 
 def iter_documents(spec: InputSpec) -> Iterator[str]:
@@ -135,8 +148,12 @@ def _lines(spec: InputSpec) -> Iterator[tuple[int, str]]:
             *complete, pending = pending.split("\n")
             for line in complete:
                 lineno += 1
+                if "\x00" in line:  # anywhere in the file, not only in the first 8 KB the early check reads
+                    raise _binary(spec.path, f"line {lineno}")
                 yield lineno, line.rstrip("\r")
         pending += decoder.decode(b"", final=True)
+    if "\x00" in pending:
+        raise _binary(spec.path, f"line {lineno + 1}")
     if pending:
         yield lineno + 1, pending.rstrip("\r")
 
@@ -191,9 +208,44 @@ def as_text(text: str, where: str, errors: str = "strict") -> str:
                              "fix it or pass --errors replace") from None
 
 
+CSV_BLOCK = 1 << 20  # pyarrow's default; a row longer than a block is read again with larger blocks
+
+
 def _iter_table(spec: InputSpec) -> Iterator[str]:
+    """The texts of a CSV or parquet column, decoded here so --errors applies to parquet strings too.
+
+    A CSV row longer than pyarrow's block (a multi-megabyte cell) is read again with blocks large enough,
+    skipping the rows already given: the documents are the same whatever the file's block layout.
+    """
     import pyarrow as pa
 
+    done, block = 0, CSV_BLOCK
+    size = spec.path.stat().st_size
+    while True:
+        try:
+            for index, text in enumerate(_table_texts(spec, block)):
+                if index < done:
+                    continue
+                done += 1
+                if text is not None and text.strip():
+                    yield text
+            return
+        except _RowTooLong as exc:
+            if block > 2 * size + CSV_BLOCK:
+                raise NormprobeError(f"cannot read {spec.path}: {exc}") from None
+            block *= 8
+        except pa.ArrowInvalid as exc:
+            raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
+
+
+class _RowTooLong(Exception):
+    """pyarrow's CSV reader met a row longer than its block."""
+
+
+def _table_texts(spec: InputSpec, block: int) -> Iterator[str | None]:
+    import pyarrow as pa
+
+    where = str(spec.path)
     try:
         if spec.path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
@@ -207,15 +259,16 @@ def _iter_table(spec: InputSpec) -> Iterator[str]:
             # decoded by Python, so --encoding and --errors mean what they mean for .txt; every cell is text
             stream = _Utf8Stream(spec)
             try:
-                reader = pcsv.open_csv(stream, convert_options=pcsv.ConvertOptions(
-                    column_types={spec.text_field: pa.string()}))
-            except pa.ArrowInvalid:
+                reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=block),
+                                       convert_options=pcsv.ConvertOptions(column_types={spec.text_field: pa.string()}))
+            except pa.ArrowInvalid as exc:
                 stream.check()
+                _raise_if_too_long(exc)
                 raise
             stream.check()
             columns = reader.schema.names
             batches = lambda: stream.checked(reader)  # noqa: E731
-    except (pa.ArrowInvalid, OSError) as exc:
+    except OSError as exc:
         raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
     if spec.text_field not in columns:
         raise NormprobeError(
@@ -224,18 +277,64 @@ def _iter_table(spec: InputSpec) -> Iterator[str]:
         )
     if spec.path.suffix.lower() == ".parquet":
         kind = source.schema_arrow.field(spec.text_field).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        if not is_text_type(kind):
             raise NormprobeError(f"{spec.path}: column {spec.text_field!r} holds {kind} values, not text; "
                                  "choose a text column with --text-field")
+    start = 0
     try:
         for batch in batches():
-            for value in batch.column(batch.schema.get_field_index(spec.text_field)).to_pylist():
-                if isinstance(value, str) and value.strip():
-                    yield value
+            column = batch.column(batch.schema.get_field_index(spec.text_field))
+            yield from arrow_texts(column, spec.errors, where, start)
+            start += batch.num_rows
     except pa.ArrowInvalid as exc:
         if spec.path.suffix.lower() == ".csv":
             stream.check()
-        raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
+            _raise_if_too_long(exc)
+        raise
+
+
+def _raise_if_too_long(exc: Exception) -> None:
+    if "straddl" in str(exc) or "block size" in str(exc):
+        raise _RowTooLong(str(exc).splitlines()[0]) from None
+
+
+def is_text_type(kind) -> bool:
+    """Text, or text stored as a dictionary (a pandas Categorical saved to parquet)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def arrow_texts(column, errors: str, where: str, start: int = 0) -> Iterator[str | None]:
+    """The values of an arrow text column as str (None for nulls), decoded from its UTF-8 bytes here.
+
+    Arrow does not check that string bytes are UTF-8: an invalid byte is one line naming the row, or
+    U+FFFD with errors='replace'. Dictionary-encoded text is read as text.
+    """
+    import pyarrow as pa
+
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        column = column.cast(pa.large_binary() if pa.types.is_large_string(kind) else pa.binary())
+    elif not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        yield from (v if isinstance(v, str) else None for v in column.to_pylist())
+        return
+    for offset, raw in enumerate(column.to_pylist()):
+        if raw is None:
+            yield None
+            continue
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if errors != "replace":
+                raise NormprobeError(f"{where}: row {start + offset + 1} holds bytes that are not valid UTF-8 "
+                                     f"(at byte {exc.start}); fix it or pass --errors replace") from None
+            yield raw.decode("utf-8", "replace")
 
 
 class _Utf8Stream(io.RawIOBase):
@@ -255,8 +354,11 @@ class _Utf8Stream(io.RawIOBase):
         self._ready = b""
         self._ended = False
         self._undecodable = False
+        self._binary = False
 
     def check(self) -> None:
+        if self._binary:
+            raise _binary(self._spec.path, "it")
         if self._undecodable:
             raise NormprobeError(f"{self._spec.path} is not valid {self._spec.encoding}; "
                                  "pass --encoding ENCODING or --errors replace")
@@ -275,9 +377,14 @@ class _Utf8Stream(io.RawIOBase):
             raw = self._file.read(1 << 16)
             self._ended = not raw
             try:
-                self._ready += self._decoder.decode(raw, final=self._ended).encode("utf-8")
+                text = self._decoder.decode(raw, final=self._ended)
             except UnicodeDecodeError:
                 self._undecodable = self._ended = True
+                continue
+            if "\x00" in text:
+                self._binary = self._ended = True
+                continue
+            self._ready += text.encode("utf-8")
         n = min(len(buffer), len(self._ready))
         buffer[:n] = self._ready[:n]
         self._ready = self._ready[n:]

@@ -28,6 +28,8 @@ class DatasetSpec:
     config: str | None = None
     split: str = "train"
     text_field: str = "text"
+    encoding: str = "utf-8"  # of CSV, JSON and text data files (arrow and parquet strings are UTF-8)
+    errors: str = "strict"  # undecodable bytes: strict (one line naming them) or replace (U+FFFD)
 
     @property
     def description(self) -> str:
@@ -45,16 +47,32 @@ class OpenedDataset:
     fingerprint: str  # the dataset's own fingerprint, its files' sha256, or the Hub commit
 
     def documents(self) -> Iterator[str]:
-        field = self.spec.text_field
-        for batch in self.rows.select_columns([field]).iter(batch_size=BATCH):
-            for text in batch[field]:
-                if isinstance(text, str) and text.strip():
+        """The texts, decoded here from the arrow bytes, so --errors applies to arrow and parquet strings too."""
+        from .corpus import arrow_texts
+
+        spec = self.spec
+        rows = self.rows.select_columns([spec.text_field]).with_format("arrow")
+        batches = iter(rows.iter(batch_size=BATCH))
+        start = 0
+        while True:
+            try:
+                batch = next(batches, None)
+            except NormprobeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - datasets and pyarrow raise many types for bad bytes
+                raise _unreadable(spec, exc) from None
+            if batch is None:
+                return
+            for text in arrow_texts(batch.column(spec.text_field), spec.errors, spec.description, start):
+                if text is not None and text.strip():
                     yield text
+            start += batch.num_rows
 
     def digest(self) -> str:
-        """What resume compares: the dataset's identity, the split and field read from it."""
+        """What resume compares: the dataset's identity (its files' bytes), the split and field read, how decoded."""
         spec = self.spec
-        key = f"dataset\0{self.kind}\0{self.fingerprint}\0{spec.config}\0{spec.split}\0{spec.text_field}"
+        key = (f"dataset\0{self.kind}\0{self.fingerprint}\0{spec.config}\0{spec.split}\0{spec.text_field}"
+               f"\0{spec.encoding}\0{spec.errors}")
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -63,6 +81,10 @@ def _import_datasets() -> Any:
         import datasets
     except ImportError:
         raise NormprobeError("--dataset needs the datasets package: pip install datasets") from None
+    import logging
+
+    # its builders log a file they cannot read before raising; normprobe says it in its own one line
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     return datasets
 
 
@@ -87,8 +109,18 @@ def open_dataset(spec: DatasetSpec) -> OpenedDataset:
         raise NormprobeError(f"--dataset-config applies to Hub datasets; {spec.name} is a local {kind} dataset")
     opener = {"disk": _open_disk, "files": _open_files, "hub": _open_hub}[kind]
     rows, fingerprint = opener(spec)
-    _check_text_field(spec, rows)
+    try:
+        _check_text_field(spec, rows)
+    except NormprobeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a streamed format reads its first row here
+        raise _unreadable(spec, exc) from None
     return OpenedDataset(spec, kind, rows, fingerprint)
+
+
+def _unreadable(spec: DatasetSpec, exc: BaseException) -> NormprobeError:
+    advice = "; pass --encoding ENCODING or --errors replace" if isinstance(exc, UnicodeDecodeError) else ""
+    return NormprobeError(f"cannot read {spec.description}: {_first_line(exc)}{advice}")
 
 
 def _pick_split(spec: DatasetSpec, splits: Any) -> Any:
@@ -99,14 +131,20 @@ def _pick_split(spec: DatasetSpec, splits: Any) -> Any:
 
 
 def _open_disk(spec: DatasetSpec) -> tuple[Any, str]:
+    from .datafolder import check_disk_folder, files_sha256
+
     datasets = _import_datasets()
+    root = Path(spec.name).expanduser()
+    read = check_disk_folder(root)  # before datasets reads anything the folder's JSON names
     try:
-        loaded = datasets.load_from_disk(str(Path(spec.name).expanduser()))
-    except (OSError, ValueError) as exc:
+        loaded = datasets.load_from_disk(str(root))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a damaged folder
         raise NormprobeError(f"cannot read dataset folder {spec.name}: {_first_line(exc)}") from None
     # a folder holding one Dataset has no splits to choose from; --split names a DatasetDict's part
     rows = _pick_split(spec, loaded) if isinstance(loaded, datasets.DatasetDict) else loaded
-    return rows, rows._fingerprint  # written into the folder by save_to_disk: stable across loads
+    # save_to_disk's fingerprint and the bytes of every file read: an edited arrow file changes the digest
+    files = read.get(spec.split if isinstance(loaded, datasets.DatasetDict) else None, [])
+    return rows, f"{rows._fingerprint}:{files_sha256(root, files)}"
 
 
 def _data_files(name: str) -> list[Path]:
@@ -133,23 +171,43 @@ def _files_sha256(files: list[Path]) -> str:
 
 
 def _open_files(spec: DatasetSpec) -> tuple[Any, str]:
+    from .datafolder import files_sha256, files_inside
+
     datasets = _import_datasets()
     files = _data_files(spec.name)
     path = Path(spec.name).expanduser()
     try:
         if path.is_dir():  # datasets finds the builder and the splits (train-*.parquet, test.csv, ...) itself
-            splits = datasets.load_dataset(str(path), streaming=True)
-        else:
+            builder = datasets.load_dataset_builder(str(path))
+            # a README's `configs` may name data files: only files inside the folder are read
+            named = files_inside(path, builder.config.data_files)
+            if _decodes_text(builder.config):
+                builder = datasets.load_dataset_builder(str(path), **_decoding(spec))
+            splits = builder.as_streaming_dataset()
+            fingerprint = files_sha256(path, [str(p.relative_to(path)) for p in files] + named)
+        else:  # files the user named (a glob or a file): wherever they lie
             builders = {BUILDERS.get(p.suffix.lower()) for p in files}
             if None in builders or len(builders) != 1:
                 raise NormprobeError(f"{spec.name} matches files of types {', '.join(sorted({p.suffix or '(none)' for p in files}))}; "
                                      f"give files of one type among {', '.join(BUILDERS)}")
-            splits = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], streaming=True)
+            builder_name = builders.pop()
+            decoding = _decoding(spec) if builder_name in ("csv", "json", "text") else {}
+            splits = datasets.load_dataset(builder_name, data_files=[str(p) for p in files], streaming=True, **decoding)
+            fingerprint = _files_sha256(files)
     except NormprobeError:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for unreadable data files
         raise NormprobeError(f"cannot read dataset files {spec.name}: {_first_line(exc)}") from None
-    return _pick_split(spec, splits), _files_sha256(files)
+    return _pick_split(spec, splits), fingerprint
+
+
+def _decodes_text(config: Any) -> bool:
+    """The builder reads text files itself (csv, json, text): --encoding and --errors are passed to it."""
+    return hasattr(config, "encoding") and hasattr(config, "encoding_errors")
+
+
+def _decoding(spec: DatasetSpec) -> dict[str, str]:
+    return {"encoding": spec.encoding, "encoding_errors": spec.errors}
 
 
 def _open_hub(spec: DatasetSpec) -> tuple[Any, str]:

@@ -9,13 +9,13 @@ Batches come from the corpus in order, cycling when it runs out, so a resumed ru
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import NormprobeError
+from .lock import FolderLock
 from .options import Corpus
 
 CHECKPOINT_FILE = "lens_checkpoint.pt"
@@ -91,12 +91,14 @@ class LensTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(settings))
         self.step = 0
         self.layer_losses: list[float] = []
+        self.corpus_sha256 = corpus.digest()  # resume refuses other documents, as `run --resume` does
         self._hooks = [model.hook_name("resid_pre", l) for l in range(model.n_layers)]
         self._final = model.hook_name("resid_post", model.n_layers - 1)
 
     # -- checkpoints ---------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        return {"model": self.model.source.name, "corpus": self.corpus.description, **asdict(self.settings)}
+        return {"model": self.model.source.name, "corpus": self.corpus.description,
+                "corpus_sha256": self.corpus_sha256, **asdict(self.settings)}
 
     def save_checkpoint(self) -> None:
         import io
@@ -109,26 +111,45 @@ class LensTrainer:
         torch.save({"translators": self.translators.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "step": self.step, "identity": self.identity(),
                     "layer_losses": self.layer_losses}, buffer)
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.out / CHECKPOINT_FILE, buffer.getvalue())
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.out / CHECKPOINT_FILE, buffer.getvalue())  # temp file, fsync, rename
+        except OSError as exc:
+            raise NormprobeError(f"cannot write in {self.out}: {exc.strerror or type(exc).__name__}; "
+                                 f"{self._kept()}") from None
+
+    def _kept(self) -> str:
+        path = self.out / CHECKPOINT_FILE
+        return (f"the last checkpoint ({path}) is kept; continue with --resume" if path.is_file()
+                else "no checkpoint was saved")
 
     def load_checkpoint(self) -> None:
-        import torch
+        from .store import load_state_file
 
         path = self.out / CHECKPOINT_FILE
         if not path.is_file():
             raise NormprobeError(f"{self.out} has no {CHECKPOINT_FILE} to resume from")
-        try:
-            state = torch.load(path, map_location=self.model.device, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is one message
-            raise NormprobeError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        state = load_state_file(path, "lens checkpoint")  # data only: never a pickle that runs code
+        if not (isinstance(state, dict) and isinstance(state.get("identity"), dict)
+                and all(isinstance(state.get(k), dict) for k in ("translators", "optimizer", "scheduler"))
+                and isinstance(state.get("step"), int) and 0 <= state["step"] <= self.settings.steps
+                and isinstance(state.get("layer_losses"), list)):
+            raise NormprobeError(f"{path} is not a normprobe lens checkpoint (it lacks the translators, optimiser "
+                                 "and step); start the training again")
         for key, value in self.identity().items():
             if state["identity"].get(key) != value:
                 raise NormprobeError(f"cannot resume: {key} differs (the training used {state['identity'].get(key)!r}, "
                                      f"this command gives {value!r})")
-        self.translators.load_state_dict(state["translators"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        from .readouts import check_lens_state
+
+        check_lens_state(state["translators"], self.translators, path)
+        try:
+            self.translators.load_state_dict(state["translators"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise NormprobeError(f"{path} does not fit this lens ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:200]}); start the training again") from None
         self.step, self.layer_losses = int(state["step"]), list(state["layer_losses"])
 
     # -- training --------------------------------------------------------------
@@ -158,17 +179,16 @@ class LensTrainer:
         return losses
 
     def run(self, progress: bool = True, checkpoint_every: int = 50) -> Path:
-        from tqdm.auto import tqdm
-
+        from .console import progress_bar
         from .interrupt import RunInterrupted, StopRequests
         from .readouts import save_lens
 
         settings = self.settings
-        bar = tqdm(total=settings.steps, initial=self.step, unit="step", disable=not progress, file=sys.stderr,
-                   dynamic_ncols=True, desc="training lens")
+        bar = progress_bar(settings.steps, progress, unit="step", desc="training lens")
+        bar.update(self.step)
         batches = _batches(self.model, self.corpus, settings, skip=self.step)
         try:
-            with StopRequests() as stops:
+            with StopRequests(unit="step") as stops:
                 while self.step < settings.steps:
                     self.layer_losses = self.train_step(next(batches))
                     self.step += 1
@@ -179,17 +199,27 @@ class LensTrainer:
                     if stops.requested:
                         raise RunInterrupted(f"stopped by {stops.requested} after {self.step} steps; "
                                              f"resume with `normprobe lens train ... --out {self.out} --resume`")
-        except KeyboardInterrupt:
-            self.save_checkpoint()
-            raise
         finally:
+            # A second signal (KeyboardInterrupt) stops at once and saves nothing: the step it cut may have
+            # half-updated the weights, so the last whole checkpoint is what --resume continues from.
             bar.close()
-        save_lens(self.out, self.translators, self.model)
-        (self.out / TRAINING_FILE).write_text(json.dumps({
-            **self.identity(), "recipe": "tuned-lens: zero-init residual translators, KL to the final distribution, "
-                                         "SGD Nesterov, linear warm-up and decay",
-            "final_kl_by_layer": self.layer_losses, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }, indent=2) + "\n")
+        from .results import write_atomic
+
+        try:
+            save_lens(self.out, self.translators, self.model)
+            write_atomic(self.out / TRAINING_FILE, (json.dumps({
+                **self.identity(), "recipe": "tuned-lens: zero-init residual translators, KL to the final distribution, "
+                                             "SGD Nesterov, linear warm-up and decay",
+                "final_kl_by_layer": self.layer_losses, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }, indent=2) + "\n").encode("utf-8"))
+        except OSError as exc:
+            if not (self.out / CHECKPOINT_FILE).is_file():
+                try:  # keep the finished training resumable if there is room for that, not for the lens
+                    self.save_checkpoint()
+                except NormprobeError:
+                    pass
+            raise NormprobeError(f"cannot write the lens in {self.out}: {exc.strerror or type(exc).__name__}; "
+                                 f"{self._kept()}") from None
         (self.out / CHECKPOINT_FILE).unlink(missing_ok=True)
         return self.out
 
@@ -221,11 +251,47 @@ def train_lens(model: Any, out: str | Path, *, texts: Sequence[str] | None = Non
             raise NormprobeError(f"{out} has no {CHECKPOINT_FILE} to resume from")
     else:
         check_output_dir(out, overwrite)
-    if not isinstance(model, ModelAdapter):
-        validate_source(resolve_source(str(model)))
-        model = load_model(str(model), device=device)
-    settings.seq_len = min(settings.seq_len, model.n_ctx)
-    trainer = LensTrainer(model, corpus, settings, out)
-    if resume:
-        trainer.load_checkpoint()
-    return trainer.run(progress=progress, checkpoint_every=checkpoint_every)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NormprobeError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    lock = FolderLock.acquire(out)  # one writer per folder, as for `run`: a second `lens train` is refused
+    try:
+        if resume:
+            _check_corpus_before_loading(out / CHECKPOINT_FILE, corpus)
+        else:
+            check_output_dir(out, overwrite)  # again, now that no other writer can start
+        if not isinstance(model, ModelAdapter):
+            from .adapter import pick_device
+            from .console import loaded_line, model_line, say
+
+            source = resolve_source(str(model))
+            validate_source(source)
+            say(model_line(source, "float32", pick_device(device)), progress)
+            started = time.time()
+            model = load_model(str(model), device=device)
+            say(loaded_line(source.name, time.time() - started, model), progress)
+        settings.seq_len = min(settings.seq_len, model.n_ctx)
+        trainer = LensTrainer(model, corpus, settings, out)
+        if resume:
+            trainer.load_checkpoint()
+        return trainer.run(progress=progress, checkpoint_every=checkpoint_every)
+    finally:
+        lock.release()
+        if created:
+            try:
+                out.rmdir()  # failed before writing anything: leave nothing behind
+            except OSError:
+                pass  # not empty: the lens or a checkpoint is in it
+
+
+def _check_corpus_before_loading(path: Path, corpus: Corpus) -> None:
+    """Refuse other documents (a changed file, other --text values) before the model loads, as `run --resume` does."""
+    from .store import load_state_file
+
+    saved = load_state_file(path, "lens checkpoint")
+    identity = saved.get("identity") if isinstance(saved, dict) else None
+    if isinstance(identity, dict) and identity.get("corpus_sha256") != corpus.digest():
+        raise NormprobeError(f"cannot resume: the corpus differs ({corpus.description}: its documents' digest is not "
+                             "that of the corpus the training used)")

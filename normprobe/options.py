@@ -108,8 +108,15 @@ class Corpus:
         if self.input is not None:
             validate_input(self.input)
         elif self.dataset is not None:
-            if next(self.opened_dataset().documents(), None) is None:
+            opened = self.opened_dataset()
+            if next(opened.documents(), None) is None:
                 raise NormprobeError(f"{self.dataset.description} holds no documents (every text is empty or whitespace)")
+            if opened.kind != "hub":  # local data reads ahead as an input file does: bad bytes are one line now
+                from .corpus import VALIDATE_DOCS
+
+                for count, _ in enumerate(opened.documents()):
+                    if count >= VALIDATE_DOCS:
+                        break
         elif self.texts is not None:
             if isinstance(self.texts, str):
                 raise NormprobeError("texts must be a list of documents, not one string")

@@ -9,6 +9,10 @@
 
 Probes obtain a readout only through `make_readout(model, spec)`, which caches one per model and
 spec. Every loss and gradient is float32 and exact (autograd through the translator).
+
+A readout is any object with `kind`, `logits(h, layer)`, `loss(h, targets, layer)` and
+`loss_and_grad(h, targets, layer)`; the probes use the last two and `normprobe trace` all three,
+so a new kind plugs in by being parsed here and built by `make_readout`.
 """
 from __future__ import annotations
 
@@ -66,9 +70,20 @@ def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
         return ReadoutSpec("logit")
     if not text.startswith("tuned:") or not text[len("tuned:"):].strip():
         raise NormprobeError(f"--readout must be logit or tuned:DIR (a tuned-lens folder), not {text!r}")
-    path = Path(text[len("tuned:"):].strip()).expanduser().resolve()
-    if not path.is_dir():
+    try:
+        path = Path(text[len("tuned:"):].strip()).expanduser().resolve()
+        is_dir = path.is_dir()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError from resolve(), ELOOP from stat()
+        raise NormprobeError(f"tuned lens folder {text[len('tuned:'):].strip()} cannot be opened: "
+                             f"{getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:200]}") from None
+    if not is_dir:
         raise NormprobeError(f"tuned lens folder not found: {path}")
+    from .lock import live_holder
+
+    holder = live_holder(path)
+    if holder is not None:  # `lens train` holds the folder's lock while it writes the lens
+        raise NormprobeError(f"tuned lens folder {path} is being written by another normprobe process "
+                             f"(pid {holder if holder > 0 else 'unknown'}); use it when the training has finished")
     missing = [f for f in (CONFIG_FILE, PARAMS_FILE) if not (path / f).is_file()]
     if missing:
         raise NormprobeError(f"tuned lens folder {path} has no {' or '.join(missing)} (expected the tuned-lens format)")
@@ -92,9 +107,10 @@ def check_lens_fits_config(spec: "str | ReadoutSpec | None", model_config: dict 
 
 def read_lens_config(path: Path) -> dict[str, Any]:
     try:
-        config = json.loads((Path(path) / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise NormprobeError(f"cannot read {Path(path) / CONFIG_FILE}: {type(exc).__name__}: {exc}") from None
+        config = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+        raise NormprobeError(f"cannot read {Path(path) / CONFIG_FILE}: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
     if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("d_model", "num_hidden_layers")):
         raise NormprobeError(f"{Path(path) / CONFIG_FILE} is not a tuned-lens config (needs integer d_model and num_hidden_layers)")
     if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
@@ -122,6 +138,9 @@ class LogitReadout:
     @property
     def base(self):
         return self._model.readout
+
+    def logits(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
+        return self.base.logits(h)
 
     def loss(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int) -> "torch.Tensor":
         return self.base.loss(h, targets)
@@ -165,6 +184,9 @@ class TunedReadout:
         if layer >= len(self.translators):
             return x
         return x + torch.nn.functional.linear(x, self.translators[layer].weight)
+
+    def logits(self, h, layer: int):
+        return self.base.logits(self.translate(h, layer))
 
     def loss(self, h, targets, layer: int):
         return self.base.loss(self.translate(h, layer), targets)
@@ -244,12 +266,37 @@ def load_translators(path: Path, model) -> "torch.nn.ModuleList":
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one message
         raise NormprobeError(f"cannot read {path / PARAMS_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
     translators = new_translators(d_model, n_layers, bias=bool(config.get("bias", True)))
+    check_lens_state(state, translators, path / PARAMS_FILE)
     try:
         translators.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise NormprobeError(f"{path / PARAMS_FILE} does not hold {n_layers} translators of size {d_model}: "
                              f"{' '.join(str(exc).split())[:200]}") from None
     return translators
+
+
+def check_lens_state(state: Any, translators: "torch.nn.ModuleList", where: Path) -> None:
+    """Refuse, in one line, translator weights that are not real, finite tensors of the lens's shapes.
+
+    A NaN or an infinity in a lens makes every loss it reads non-finite, and a complex tensor would be
+    cast to real with a warning: either would give a run whose numbers mean nothing.
+    """
+    import torch
+
+    expected = translators.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NormprobeError(f"{where} does not hold translator tensors (it holds {type(state).__name__}); "
+                             "expected a tuned-lens params.pt")
+    for name, tensor in state.items():
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            raise NormprobeError(f"{where}: {name} has shape {tuple(tensor.shape)}, not {tuple(expected[name].shape)}")
+        if not tensor.is_floating_point():
+            raise NormprobeError(f"{where}: {name} holds {str(tensor.dtype).replace('torch.', '')} values, "
+                                 "not real floating-point weights")
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NormprobeError(f"{where}: {name} holds {bad} non-finite values (NaN or infinity); "
+                                 "this lens cannot be used (retrain it)")
 
 
 def unembed_hash(model) -> str:
@@ -298,8 +345,15 @@ def save_lens(path: Path, translators: "torch.nn.ModuleList", model) -> Path:
         "lens_type": LENS_TYPE,
     }
     state = {k: v.detach().cpu().float().clone() for k, v in translators.state_dict().items()}
-    torch.save(state, path / PARAMS_FILE)
-    (path / CONFIG_FILE).write_text(json.dumps({k: config[k] for k in CONFIG_FIELDS}, indent=2) + "\n")
+    import io
+
+    from .results import write_atomic
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    # each file whole or not at all (temp file, fsync, rename): a full disk never leaves half a lens
+    write_atomic(path / PARAMS_FILE, buffer.getvalue())
+    write_atomic(path / CONFIG_FILE, (json.dumps({k: config[k] for k in CONFIG_FIELDS}, indent=2) + "\n").encode("utf-8"))
     return path
 
 

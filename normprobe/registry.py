@@ -133,3 +133,41 @@ def resolve_probes(specs: list) -> list[type]:
     if not classes:
         raise NormprobeError("no probe given; use --probe norms (see `normprobe probes`)")
     return classes
+
+
+def classes_by_name(probe_modules: list | None) -> dict[str, type]:
+    """The probe classes the user named (FILE.py[:Class], module:Class, or classes), keyed by their `name`."""
+    if not probe_modules:
+        return {}
+    return {cls.name: cls for cls in resolve_probes(list(probe_modules))}
+
+
+def saved_probe_class(name: str, given: dict[str, type], *, required: bool, where: str = "") -> type | None:
+    """The code for a probe that a saved folder names, found only where the user put it.
+
+    A folder is data: what it records about its probes (names, the specs they were run from) is never
+    imported. The class comes from what the user names now (`given`, from --probe-module), from the
+    built-ins, or from an entry point installed in this environment. Otherwise `None`, or, when the
+    code is `required` (merge), one line saying how to name it.
+    """
+    if name in given:
+        return given[name]
+    try:
+        entries = registered_probes()
+    except NormprobeError:
+        if required:
+            raise
+        entries = {}
+    entry = entries.get(name)
+    if entry is not None:
+        try:
+            return resolve_probe(name)
+        except NormprobeError:
+            if required:
+                raise
+            return None
+    if required:
+        raise NormprobeError(f"probe {name!r} of {where or 'this folder'} is neither built in nor installed; "
+                             "normprobe never imports code that a saved folder names: pass its code with "
+                             "--probe-module FILE.py or --probe-module package.module:Class (probe_modules= in Python)")
+    return None

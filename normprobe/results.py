@@ -86,6 +86,9 @@ class RunResult(FigureViews):
     findings: dict[str, dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
     probe_states: dict[str, Any] | None = None  # kept for shard runs, so `normprobe merge` can combine them
+    # Probe code the user named (FILE.py[:Class], module:Class or classes) whose own figures() draw their
+    # sections; a saved folder never names code that is imported (see docs/security.md).
+    probe_modules: list | None = field(default=None, compare=False)
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
@@ -152,8 +155,13 @@ class RunResult(FigureViews):
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "RunResult":
-        """A saved run; refuses (one line) a run.json of the wrong shape and a named table that is missing or unreadable."""
+    def load(cls, folder: str | Path, probe_modules: list | None = None) -> "RunResult":
+        """A saved run; refuses (one line) a run.json of the wrong shape and a named table that is missing or unreadable.
+
+        Loading and drawing never import code the folder names. A custom probe's sections come from its
+        tables, and from its own `figures(tables)` only when you name its code in `probe_modules`
+        (FILE.py[:Class], module:Class, or the class) or install it as an entry point.
+        """
         from .verify import check_run_json, read_tables
 
         folder = Path(folder)
@@ -161,7 +169,11 @@ class RunResult(FigureViews):
         check_run_json(body, folder)
         tables = read_tables(folder, body.pop("tables", []))
         findings = body.pop("findings", {})
-        return cls(tables=tables, findings=findings, meta=body)
+        if probe_modules:  # resolved now, so a bad --probe-module is one line before anything is drawn
+            from .registry import classes_by_name
+
+            probe_modules = list(classes_by_name(probe_modules).values())
+        return cls(tables=tables, findings=findings, meta=body, probe_modules=probe_modules)
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:

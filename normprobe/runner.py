@@ -146,7 +146,7 @@ class Runner:
         import torch
 
         from .batching import iter_batches
-        from .console import progress_bar
+        from .console import progress_bar, progress_complete
         from .distributed import make_sync
         from .interrupt import StopRequests
 
@@ -188,6 +188,7 @@ class Runner:
                                                     "progress": dict(done)})
                     if stops.requested:
                         raise _interrupted(stops.requested, done, folder, meta)
+            progress_complete(bar)
         except (ProbeFailed, NormprobeError, KeyboardInterrupt) as exc:
             raise _marked(exc, folder, meta) from (exc.error if isinstance(exc, ProbeFailed) else None)
         finally:
@@ -197,7 +198,7 @@ class Runner:
     def _load(self, talk: bool):
         """The model adapter, loading it (and saying so) when the runner was given a name or a source."""
         from .adapter import ModelAdapter, ModelSource, load_model, pick_device, resolve_source
-        from .console import model_line, say
+        from .console import loaded_line, model_line, say
         from .distributed import local_device
 
         opts, model = self.options, self.model
@@ -215,8 +216,7 @@ class Runner:
         else:
             model = load_model(name, device=device, dtype=opts.dtype, device_map=opts.device_map,
                                n_devices=opts.n_devices)
-        say(f"loaded {name} in {time.time() - load_started:.1f} s: {model.n_layers} layers, d_model {model.d_model}, "
-            f"on {model.device}", talk)
+        say(loaded_line(name, time.time() - load_started, model), talk)
         return model
 
     @staticmethod
@@ -290,9 +290,14 @@ class Runner:
                 merge_state(model, probes, other, seq_len, self.options.layers)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
+        if self.options.shard is not None:  # done["docs"] is the global document frontier; this shard holds every N-th
+            index, count = self.options.shard
+            done = {**done, "docs": len(range(index, done["docs"], count))}
         result = self._result(probes, meta, done, seconds)
         if self.options.shard is not None:
-            result.probe_states = {p.name: p.state_dict() for p in probes}
+            from .store import shard_state
+
+            result.probe_states = shard_state(result.meta, {p.name: p.state_dict() for p in probes})
         return result
 
     @staticmethod
@@ -313,7 +318,8 @@ class Runner:
         meta = {**meta, "status": "complete", "probe_tables": owners, "n_docs": done["docs"],
                 "n_windows": done["windows"], "n_tokens": done["tokens"], "n_batches": done["batches"],
                 "seconds": round(done["seconds"] + seconds, 3)}
-        return RunResult(tables=tables, findings=findings, meta=meta)
+        # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
+        return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
 
 
 def readout_request(opts: RunOptions) -> dict[str, Any]:
@@ -393,7 +399,7 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
-    data = DatasetSpec(str(dataset), dataset_config, split, text_field) if dataset is not None else None
+    data = DatasetSpec(str(dataset), dataset_config, split, text_field, encoding, errors) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
                          device_map, n_devices, massive_ratio, readout, alphas, readout_sample)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)

@@ -244,3 +244,61 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any]) -> None:
             continue  # not given now: the saved one is used
         if json.loads(json.dumps(_json_safe(was))) != json.loads(json.dumps(_json_safe(now))):
             raise NormprobeError(f"cannot resume: {key} differs (the run used {was!r}, this command gives {now!r})")
+
+
+# -- shard states: statistics that carry the identity of their run ---------------------
+SHARD_STATE_FORMAT = "normprobe shard state 1"
+SHARD_COUNTS = ("n_tokens", "n_docs", "n_windows", "n_batches")
+
+
+def request_digest(request: Any) -> str:
+    """sha256 of a request as run.json holds it (JSON-normalised, keys sorted)."""
+    normal = json.loads(json.dumps(_json_safe(request)))
+    return hashlib.sha256(json.dumps(normal, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def shard_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What ties a shard's state.pt to its run.json: the request's digest, the shard, and its counts."""
+    request = meta.get("request", {})
+    return {"shard": list(request.get("shard") or []), **{key: meta.get(key) for key in SHARD_COUNTS},
+            "request_sha256": request_digest(request)}
+
+
+def shard_state(meta: dict[str, Any], probe_states: dict[str, Any]) -> dict[str, Any]:
+    """The state.pt of a shard run: every probe's statistics and the identity of the run that made them."""
+    return {"format": SHARD_STATE_FORMAT, "identity": shard_identity(meta), "probes": probe_states}
+
+
+def load_shard_state(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """A shard's state.pt, read as data only, whose identity must be that of the run.json beside it.
+
+    Returns the probes' statistics. A state copied from another shard or run is one line.
+    """
+    state = load_state_file(path, "shard state")
+    if not (isinstance(state, dict) and state.get("format") == SHARD_STATE_FORMAT
+            and isinstance(state.get("identity"), dict) and isinstance(state.get("probes"), dict)):
+        raise NormprobeError(f"{path} is not a normprobe shard state (it carries no run identity; "
+                             "a shard run by an older normprobe must be run again)")
+    expected, saved = shard_identity(meta), state["identity"]
+    for key, value in expected.items():
+        if saved.get(key) == value:
+            continue
+        if key == "request_sha256":
+            raise NormprobeError(f"{path} belongs to another run: its request (model, corpus, options) is not "
+                                 "the one in the run.json beside it")
+        raise NormprobeError(f"{path} belongs to another run: its {key} ({saved.get(key)!r}) is not that of "
+                             f"the run.json beside it ({value!r})")
+    return state["probes"]
+
+
+def check_lens_digest(request: dict[str, Any]) -> None:
+    """A tuned lens that a saved request names is read (as data) only if its params.pt is the one the run used."""
+    readout = request.get("readout", "logit")
+    if not isinstance(readout, str) or readout == "logit":
+        return
+    from .readouts import parse_readout
+
+    now = parse_readout(readout).describe().get("params_sha256")
+    if now != request.get("readout_params_sha256"):
+        raise NormprobeError(f"the tuned lens {readout[len('tuned:'):]} that the shards were run with has changed "
+                             "since (its params.pt digest differs); merge needs the same lens")

@@ -56,6 +56,9 @@ def check_run_json(body: Any, folder: Path) -> None:
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise bad(f"{key!r} is {value!r}, not a count")
+    for key in ("n_layers", "d_model"):  # a model has at least one layer and one dimension: 0 divides by zero later
+        if body.get(key) == 0:
+            raise bad(f"{key!r} is 0; a model has at least one")
     seconds = body.get("seconds")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
         raise bad(f"'seconds' is {seconds!r}, not a number")

@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent
 BENCHMARKS: dict[str, list[str]] = {
     "bench_scaling": ["--quick"],
     "bench_readouts": [],
+    "bench_trace": [],
 }
 
 

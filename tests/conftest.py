@@ -152,3 +152,31 @@ def hf_model():
         return loaded[key]
 
     return get
+
+
+# NORMPROBE_CPU_REPORT=1 prints the tests that cost the most CPU (this process and its children):
+# the suite's budget is CPU seconds, which a loaded machine inflates far less than wall time.
+_CPU_COSTS: list[tuple[float, str]] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not os.environ.get("NORMPROBE_CPU_REPORT"):
+        yield
+        return
+    import resource
+
+    def cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    started = cpu()
+    yield
+    _CPU_COSTS.append((cpu() - started, item.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _CPU_COSTS:
+        terminalreporter.write_line(f"CPU seconds, all tests: {sum(c for c, _ in _CPU_COSTS):.0f}; the costliest 25:")
+        for seconds, nodeid in sorted(_CPU_COSTS, reverse=True)[:25]:
+            terminalreporter.write_line(f"{seconds:8.1f}  {nodeid}")

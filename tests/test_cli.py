@@ -61,12 +61,18 @@ def test_probes_and_models_list(capsys):
     assert code == 0 and "gpt2-small" in out and "GPT-NeoX" in out and "Gemma" in out
     from normprobe.families import REFUSED, model_type_rows
 
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    lines: dict[str, str] = {}
+    for line in out.splitlines():  # a refusal reason wraps onto lines indented past the model type
+        if line.startswith(" " * 23) and lines:
+            lines[last] += " " + line.strip()
+        elif line.startswith("  ") and line.split():
+            last = line.split()[0]
+            lines[last] = line
     for row in model_type_rows():  # every supported type with the facts the model-type tests check
         line = lines[row["model_type"]]
         assert all(value in line for value in row.values()), line
     for model_type, reason in REFUSED.items():
-        assert reason in lines[model_type]
+        assert reason in lines[model_type]  # whole, never cut
 
 
 def _bad_folders(tmp_path):
@@ -217,6 +223,26 @@ def test_log_progress_prints_the_last_line_once():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("probing: 40 tokens of 100 (40%)")
     assert lines[1].startswith("probing: 100 tokens of 100 (100%)")
+
+
+def test_progress_total_becomes_what_the_corpus_held(tmp_path, capsys):
+    """--max-tokens past the corpus: the last line counts what there was, not the limit asked for."""
+    code, _, err = invoke(["run", "demo", "--text", "a short text", "--max-tokens", "100000",
+                           "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    n_tokens = json.loads((tmp_path / "run" / "run.json").read_text())["n_tokens"]
+    line = next(l for l in err.splitlines() if l.startswith("probing: "))
+    assert line.startswith(f"probing: {n_tokens:,} tokens of {n_tokens:,} (100%)"), line
+
+
+def test_log_progress_names_its_unit_and_postfix():
+    stream = io.StringIO()
+    bar = LogProgress(10, stream, every=3600.0, unit="step", desc="training lens")
+    bar.update(10)
+    bar.set_postfix(kl="0.123")
+    bar.close()
+    assert stream.getvalue().startswith("training lens: 10 steps of 10 (100%), ")
+    assert stream.getvalue().rstrip().endswith("step/s, kl 0.123") and "\r" not in stream.getvalue()
 
 
 def test_resume_command_swaps_out_for_resume():

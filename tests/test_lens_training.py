@@ -71,8 +71,11 @@ def test_trained_lens_loads_in_tuned_lens(demo_adapter, trained, hf_model, tuned
 def test_cli_trains_then_runs_linesearch_with_the_lens(tmp_path, capsys):
     lens = tmp_path / "lens"
     code, out, err = invoke(["lens", "train", "demo", "--out", str(lens), "--steps", "2", "--batch-size", "1",
-                             "--seq-len", "16", "--no-progress", "--device", "cpu"], capsys)
+                             "--seq-len", "16", "--device", "cpu"], capsys)
     assert code == 0, err
+    # stderr is no terminal here: a loading line, then plain progress lines, never a redrawn bar
+    assert "normprobe: loading demo (GPT-2" in err and "normprobe: loaded demo in " in err
+    assert "\r" not in err and err.count("training lens: 2 steps of 2 (100%)") == 1
     assert {p.name for p in lens.iterdir()} == {"config.json", "params.pt", "training.json"}
     run = tmp_path / "run"
     code, out, err = invoke(["run", "demo", "--probe", "linesearch", "--readout", f"tuned:{lens}", "--alphas", "0,1,2",

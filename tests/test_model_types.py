@@ -21,7 +21,7 @@ REL = 1e-5  # float32 rounding of O(1) values, summed over a few thousand terms
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().double() - b.double()).norm() / b.detach().double().norm().clamp_min(1e-30))
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm().clamp_min(1e-30))
 
 
 FACT_KEYS = ("block", "norm_type", "logit_postprocessing_kind", "tied_unembedding")

@@ -14,7 +14,7 @@ import pytest
 
 import normprobe
 from normprobe.errors import NormprobeError
-from normprobe.report.export import static_copy
+from normprobe.report.export import _slug, static_copy, static_variants
 from tests.reference import assert_float32_close
 
 FIRST = ["The quick brown fox jumps over the lazy dog.", "Assignment statements are used to bind names to values.",
@@ -136,7 +136,43 @@ def test_static_copy_drops_menus_and_keeps_the_data(runs):
         assert json.loads(still.to_json())["data"] == json.loads(fig.to_json())["data"]
 
 
+def test_static_variants_show_each_menu_choice_and_name_it(runs):
+    """A still per choice of a selection menu, titled with the choice; the data each shows is what the menu would."""
+    a, _ = runs
+    menus = [f for f in a.figures().values()
+             if f.layout.updatemenus and any(b.method == "update" for b in f.layout.updatemenus[0].buttons)]
+    assert menus
+    for fig in menus:
+        buttons = fig.layout.updatemenus[0].buttons
+        variants = static_variants(fig)
+        assert [label for label, _ in variants] == [b.label for b in buttons]
+        for (label, still), button in zip(variants, buttons):
+            assert still.layout.title.text.endswith(f" — {label}") and "(menu:" not in still.layout.title.text
+            assert not still.layout.updatemenus
+            visible = button.args[0].get("visible")
+            if visible is not None:
+                assert [trace.visible for trace in still.data] == list(visible)
+    log_only = [f for f in a.figures().values()
+                if f.layout.updatemenus and all(b.method == "relayout" for m in f.layout.updatemenus for b in m.buttons)]
+    assert log_only and all(len(static_variants(f)) == 1 for f in log_only)
+
+
+def test_export_file_names_are_cut_between_words():
+    slug = _slug("Per-token descent alignment at one layer, with everything a long title can hold")
+    assert len(slug) <= 48 and slug == "per-token-descent-alignment-at-one-layer-with"
+    assert _slug("x" * 60) == "x" * 48 and _slug("???") == "figure"
+
+
+def test_model_adapter_says_what_it_holds(demo_adapter):
+    text = repr(demo_adapter)
+    assert text == (f"<ModelAdapter 'demo' ({demo_adapter.family.name}): {demo_adapter.n_layers} layers, "
+                    f"d_model {demo_adapter.d_model}, {demo_adapter.dtype} on {demo_adapter.device}>")
+    assert "object at" not in text
+
+
 def test_dir_lists_lazy_names_and_import_stays_light():
+    assert set(dir(normprobe)) == set(normprobe.__all__)
+    assert not {"Any", "TYPE_CHECKING", "annotations", "errors"} & set(dir(normprobe))
     assert {"run", "load_model", "compare", "Comparison", "RunResult"} <= set(dir(normprobe))
     code = "import sys, normprobe; dir(normprobe); print('torch' in sys.modules, 'plotly' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == ["False", "False"]

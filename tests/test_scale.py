@@ -87,11 +87,15 @@ def test_shards_then_merge_equal_single(single, tmp_path, capsys):
         folders.append(tmp_path / f"shard{i}")
         code, err = _invoke(["run", *ARGS, "--shard", f"{i}/3", "--out", str(folders[-1])], capsys)
         assert code == 0, err
+        # each shard counts its own documents: 24 sample documents, every third one
+        assert json.loads((folders[-1] / "run.json").read_text())["n_docs"] == 8
     code, err = _invoke(["merge", str(folders[0]), str(folders[2]), "--out", str(tmp_path / "bad")], capsys)
     assert code == 1 and "shards must be 0/N..N-1/N once each" in err
     code, err = _invoke(["merge", *map(str, folders), "--out", str(tmp_path / "merged")], capsys)
     assert code == 0, err
     assert_same_run(tmp_path / "merged", single)
+    merged = json.loads((tmp_path / "merged" / "run.json").read_text())
+    assert merged["n_docs"] == 24 and merged["request"]["shard"] is None and merged["options"]["shard"] is None
 
 
 def test_max_tokens_refused_with_shards(tmp_path, capsys):

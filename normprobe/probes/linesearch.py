@@ -113,7 +113,8 @@ class LineSearchProbe(Probe):
             "lens_loss_mean": self.losses.mean().cpu().numpy(),
             "n_nonfinite": self.losses.nonfinite.cpu().numpy().astype(np.int64),
         })
-        frame = frame[frame["count"] > 0].reset_index(drop=True)
+        # a row whose every value was non-finite stays, with count 0 and its n_nonfinite: never dropped silently
+        frame = frame[(frame["count"] > 0) | (frame["n_nonfinite"] > 0)].reset_index(drop=True)
         return {"line_search": frame}
 
     @classmethod

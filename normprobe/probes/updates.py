@@ -267,7 +267,9 @@ class UpdatesProbe(Probe):
         frame["n_nonfinite"] = frame["n_nonfinite"].astype(np.int64)
         frame["chance_cos_std"] = 1.0 / math.sqrt(self._d_model)
         frame["uniform_loss"] = math.log(self._vocab)  # the loss of predicting every token alike
-        frame = frame[frame["count"] > 0].reset_index(drop=True) if rows else frame
+        # a row whose every value was non-finite stays, with count 0 and its n_nonfinite: never dropped silently
+        kept = (frame["count"] > 0) | (frame["n_nonfinite"] > 0)
+        frame = frame[kept].reset_index(drop=True) if rows else frame
 
         width = self._seq_len
         slots = self._layers + [self._n_layers]

@@ -20,8 +20,8 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
     return wrap
 
 
-def renderer_for(probe_name: str, spec: str | None = None) -> Renderer:
-    if not _RENDERERS:
+def _renderers() -> dict[str, Renderer]:
+    if not all(name in _RENDERERS for name in ("norms", "updates", "linesearch", "massive")):
         from .linesearch import render_line_search
         from .massive import render_massive
         from .norms import render_norms
@@ -31,24 +31,38 @@ def renderer_for(probe_name: str, spec: str | None = None) -> Renderer:
         _RENDERERS.setdefault("updates", render_updates)
         _RENDERERS.setdefault("linesearch", render_line_search)
         _RENDERERS.setdefault("massive", render_massive)
-    return _RENDERERS.get(probe_name) or _generic_section(probe_name, spec)
+    return _RENDERERS
 
 
-def _generic_section(probe_name: str, spec: str | None) -> Renderer:
+def renderer_for(probe_name: str, probe_class: type | None = None) -> Renderer:
+    """The registered renderer, else the generic one (tables; and the figures of `probe_class`, which the
+    caller found only where the user put code: --probe-module or an installed entry point, never a folder)."""
+    return _renderers().get(probe_name) or _generic_section(probe_name, probe_class)
+
+
+def _generic_section(probe_name: str, probe_class: type | None) -> Renderer:
     from .generic import render_generic
 
-    return lambda tables, findings, meta: render_generic(probe_name, tables, findings, meta, spec)
+    return lambda tables, findings, meta: render_generic(probe_name, tables, findings, meta, probe_class)
 
 
-def sections_for(result: Any) -> list[Section]:
-    """One section per probe of the run, each from only that probe's tables."""
+def sections_for(result: Any, probe_modules: list | None = None) -> list[Section]:
+    """One section per probe of the run, each from only that probe's tables.
+
+    Nothing the run's folder records is imported: a probe without a registered renderer is drawn from
+    its tables, and by its own `figures(tables)` only when its class is in `probe_modules` (default:
+    the result's own `probe_modules`) or installed as an entry point.
+    """
+    from ..registry import classes_by_name, saved_probe_class
+
     owners = result.meta.get("probe_tables", {})
     names = result.meta.get("probes", [])
-    specs = dict(zip(names, result.meta.get("request", {}).get("probe_specs", names)))
+    given = classes_by_name(probe_modules if probe_modules is not None else getattr(result, "probe_modules", None))
     sections = []
     for probe_name in names:
         tables = {n: result.tables[n] for n in owners.get(probe_name, []) if n in result.tables}
-        render = renderer_for(probe_name, specs.get(probe_name))
+        probe_class = None if probe_name in _renderers() else saved_probe_class(probe_name, given, required=False)
+        render = renderer_for(probe_name, probe_class)
         sections.append(render(tables, result.findings.get(probe_name, {}), result.meta))
     return sections
 
@@ -88,8 +102,8 @@ def figures_by_title(sections: list[Section]) -> dict[str, Any]:
     return out
 
 
-def render_report(result: Any, plotlyjs: str = "inline") -> str:
-    return render_page(result.meta, sections_for(result), plotlyjs=plotlyjs)
+def render_report(result: Any, plotlyjs: str = "inline", probe_modules: list | None = None) -> str:
+    return render_page(result.meta, sections_for(result, probe_modules), plotlyjs=plotlyjs)
 
 
 __all__ = ["Block", "Section", "figures_by_title", "finding_rows", "register_renderer", "render_report", "renderer_for",

@@ -204,8 +204,8 @@ def comparison_sections(results: Sequence[Any], labels: Sequence[str]) -> list[S
         Block(figure=_position0(runs)),
         Block(figure=_lens_loss(runs)),
         Block(figure=_descent(runs)),
-        Block(figure=difference, caption="Curves that lie on top of each other above (float32 against bfloat16, "
-                                         "two seeds) differ here." + esc(note)),
+        Block(figure=difference, caption="Each run minus the first: curves that lie on top of each other above "
+                                         "come apart here." + esc(note)),
     ])]
 
 

@@ -9,18 +9,18 @@ import pandas as pd
 from .common import TEMPLATE, Block, Section, esc
 
 
-def _probe_figures(spec: str | None, tables: dict[str, pd.DataFrame]) -> list[Block]:
-    """Figures from the probe class's optional `figures(tables)`, when its code can still be found."""
-    if not spec or not tables:
-        return []
-    from ..errors import NormprobeError
-    from ..registry import resolve_probe
+def _probe_figures(probe_class: type | None, tables: dict[str, pd.DataFrame]) -> list[Block]:
+    """Figures from the probe class's optional `figures(tables)`.
 
-    try:
-        cls = resolve_probe(spec)
-    except NormprobeError:
-        return [Block(html=f"<p><small>Probe code {esc(spec)} is not importable here; showing its tables only.</small></p>")]
-    draw = getattr(cls, "figures", None)
+    The class is one the user named (--probe-module) or installed (an entry point); a saved folder
+    never names code that is imported, so without one the section shows the tables only.
+    """
+    if not tables:
+        return []
+    if probe_class is None:
+        return [Block(html="<p><small>Drawn from the saved tables only: a saved run never names code to import. "
+                           "Pass the probe's code with --probe-module to use its own figures.</small></p>")]
+    draw = getattr(probe_class, "figures", None)
     if draw is None:
         return []
     blocks = []
@@ -35,9 +35,9 @@ def generic_findings_rows(findings: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_generic(probe_name: str, tables: dict[str, pd.DataFrame], findings: dict[str, Any],
-                   meta: dict[str, Any], spec: str | None = None) -> Section:
+                   meta: dict[str, Any], probe_class: type | None = None) -> Section:
     rows = generic_findings_rows(findings)
-    blocks = _probe_figures(spec, tables)
+    blocks = _probe_figures(probe_class, tables)
     for name, frame in tables.items():
         preview = frame.head(50).to_html(index=False, escape=True, border=0, classes="data")
         blocks.append(Block(html=f"<h3>{esc(name)} <small>({len(frame)} rows; first 50 shown)</small></h3>{preview}"))
