@@ -145,8 +145,13 @@ class Readout:
         torch = self._torch
         with torch.no_grad():
             y = self._pre(h)
-            lse = torch.full((y.shape[0],), float("-inf"), device=y.device)
             targets = targets.to(y.device)
+            if self.n_vocab <= self.vocab_step:  # one chunk: the fused cross-entropy kernel
+                (_, rows, bias), = self.chunks()
+                z = torch.nn.functional.linear(y, rows, bias)
+                return torch.nn.functional.cross_entropy(self.logit_op.apply_(z) if self.logit_op else z, targets,
+                                                         reduction="none")
+            lse = torch.full((y.shape[0],), float("-inf"), device=y.device)
             for _, rows, bias in self.chunks():
                 z = torch.nn.functional.linear(y, rows, bias)
                 if self.logit_op:
@@ -236,8 +241,8 @@ class Readout:
         with torch.no_grad():
             return self._line_from_products(h.to(**f32), [d.to(**f32) for d in deltas], alphas, targets.to(self.device))
 
-    def _line_from_products(self, h, deltas, alphas, targets, keep_at_h: bool = False):
-        """Losses [K, A, N] along the lines; with keep_at_h also the post-processed logits at h, chunk by chunk."""
+    def _line_from_products(self, h, deltas, alphas, targets):
+        """Losses [K, A, N] along the lines h + αΔ_k."""
         torch = self._torch
         form, op = self.form, self.logit_op
         n, k = h.shape[0], len(deltas)
@@ -246,7 +251,6 @@ class Readout:
         c_d = torch.stack([form.centred(d) for d in deltas])  # [K, N, d]
         if form.identity:
             inv_sigma = torch.ones(k, len(alphas), n, device=h.device)
-            inv_sigma_h = torch.ones(n, device=h.device)
         else:  # σ²(α) = (|c_h|² + 2α c_h·c_Δ + α²|c_Δ|²)/d + eps, in float64
             hh = c_h.double().pow(2).sum(-1)
             hd = (c_d.double() * c_h.double()).sum(-1)
@@ -254,29 +258,21 @@ class Readout:
             a = alpha[None, :, None]
             var = (hh[None, None] + 2 * a * hd[:, None] + a * a * dd[:, None]) / h.shape[1] + form.eps
             inv_sigma = var.rsqrt().float()  # [K, A, N]
-            inv_sigma_h = (hh / h.shape[1] + form.eps).rsqrt().float()
         u = form.scaled(torch.cat([c_h[None], c_d]))  # [K + 1, N, d]
         w_t, b_t = self._target_rows(targets)
         at_target = (u * w_t).sum(-1)  # [K + 1, N]
         c_t = (w_t @ form.bias if form.bias is not None else 0) + (b_t if b_t is not None else 0)
         lse = torch.full((k, len(alphas), n), float("-inf"), device=h.device)
-        at_h = []
         flat = u.reshape((k + 1) * n, -1)
         buffer = torch.empty(min(ELEMENTWISE_BLOCK, n * min(self.vocab_step, self.n_vocab)), device=h.device)
         for _, rows, c in self._bias_logits_chunks():
             products = (flat @ rows.T).reshape(k + 1, n, -1)
-            a_c = products[0]
-            if keep_at_h:
-                z = a_c * inv_sigma_h[:, None]
-                if c is not None:
-                    z.add_(c)
-                at_h.append(op.apply_(z) if op else z)
             torch.logaddexp(lse, self._chunk_lse(products, alphas, inv_sigma, c, buffer), out=lse)
             del products
         z_t = (at_target[0][None, None] + alpha.float()[None, :, None] * at_target[1:, None]) * inv_sigma + c_t
         if op:
             op.apply_(z_t)
-        return (lse - z_t, at_h) if keep_at_h else lse - z_t
+        return lse - z_t
 
     def _chunk_lse(self, products, alphas, inv_sigma, c, buffer):
         """log-sum-exp over one vocabulary chunk of op((A + αB_k)/σ_k(α) + C) for every Δ_k and α: [K, A, N].
@@ -315,30 +311,14 @@ class Readout:
         return out
 
     def loss_grad_and_steps(self, h: "torch.Tensor", deltas: "list[torch.Tensor]", targets: "torch.Tensor"):
-        """(loss at h, dloss/dh, [loss at h + Δ for each Δ]) from one product of each chunk with h and every Δ.
+        """(loss at h, dloss/dh, [loss at h + Δ for each Δ]): the first-order check's readouts.
 
-        The first-order check's losses come from the same products as the loss and gradient at h.
+        One α per Δ needs one product per Δ either way (B = W_U(w ⊙ c_Δ), or W_U norm(h + Δ)), so the
+        line algebra saves no product here; the direct loss, one chunk of logits at a time through a
+        fused log-sum-exp, is the cheaper element-wise path (measured on the demo and GPT-2 shapes).
         """
-        torch = self._torch
-        if self.form is None or not deltas:
-            loss, grad = self.loss_and_grad(h, targets)
-            return loss, grad, [self.loss(h + d, targets) for d in deltas]
-        f32 = dict(device=self.device, dtype=torch.float32)
-        with torch.inference_mode(False), torch.enable_grad():
-            x = h.detach().to(**f32).clone().requires_grad_(True)
-            y = x
-            for module in self.pre:
-                y = module(y)
-        targets = targets.to(self.device)
-        with torch.inference_mode(False), torch.no_grad():
-            steps, at_h = self._line_from_products(x.detach(), [d.to(**f32) for d in deltas], [1.0], targets,
-                                                   keep_at_h=True)
-            loss, grad_y = self._loss_and_grad_from_logits(at_h, targets, y.shape[1])
-        if x is y:
-            return loss, grad_y, list(steps[:, 0])
-        with torch.inference_mode(False):
-            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
-        return loss, grad.detach(), list(steps[:, 0])
+        loss, grad = self.loss_and_grad(h, targets)
+        return loss, grad, [self.loss(h + d.to(h.device), targets) for d in deltas]
 
 
 def describe_norm(norm: Any, d_model: int) -> str:
