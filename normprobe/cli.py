@@ -117,7 +117,9 @@ def run(
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
     readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens) or tuned:DIR (a tuned-lens folder, see `normprobe lens train`).")] = "logit",
     alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
-    readout_sample: Annotated[float, typer.Option(help="Share of tokens (chosen by a seeded hash of each token's document and place, the same in every order, shard or resume) whose updates and linesearch statistics are computed; norms and the forward see every token.")] = 1.0,
+    readout_sample: Annotated[float, typer.Option(
+        help="Share of tokens (a seeded hash of each token's document and place: the same in any order, shard or resume) "
+             "whose updates and linesearch statistics are computed; norms and the forward see every token.")] = 1.0,
     massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",

@@ -181,7 +181,7 @@ class Readout:
         with torch.inference_mode(False), torch.no_grad():
             y_ = y.detach()
             parts = []
-            for start, rows, bias in self.chunks():
+            for _, rows, bias in self.chunks():
                 z = torch.nn.functional.linear(y_, rows, bias)
                 parts.append(self.logit_op.apply_(z) if self.logit_op else z)
             loss, grad_y = self._loss_and_grad_from_logits(parts, targets, y_.shape[1])
