@@ -10,7 +10,7 @@ import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .errors import NormprobeError
 from .families import REFUSED, SHORT_NAMES, family_for
@@ -46,6 +46,20 @@ def parse_dtype(dtype: str) -> str:
     if key not in DTYPES:
         raise NormprobeError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
     return DTYPES[key]
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(device_map: str | None, device: str = "auto") -> str | None:
+    """Check --device-map before anything loads: one of accelerate's strategies, and not with --device."""
+    if device_map is None:
+        return None
+    if device_map not in DEVICE_MAPS:
+        raise NormprobeError(f"--device-map must be one of {', '.join(DEVICE_MAPS)} (got {device_map!r})")
+    if device not in ("auto", None):
+        raise NormprobeError(f"--device-map {device_map} places the model itself; leave out --device {device}")
+    return device_map
 
 
 def resolve_source(name: str, revision: str | None = None, checkpoint_index: int | None = None,
@@ -178,15 +192,21 @@ def pick_device(device: str = "auto") -> str:
 
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32", *, revision: str | None = None,
                checkpoint_index: int | None = None, checkpoint_value: int | None = None,
-               device_map: str | None = None, n_devices: int | None = None) -> "ModelAdapter":
+               device_map: str | None = None, n_devices: int | None = None,
+               max_memory_per_device: dict | None = None, offload_folder: str | None = None) -> "ModelAdapter":
     """Load a causal LM through TransformerBridge on its raw weights and wrap it in an adapter.
 
     `name_or_path` is `demo`, a local Hugging Face folder, a Hub id or a TransformerLens-style short name
-    (`gpt2-small`, `pythia-70m`, ...).
+    (`gpt2-small`, `pythia-70m`, ...). The weights load straight onto `device` in `dtype`. With
+    `device_map` ("auto", ...) accelerate spreads them over the devices there are, within
+    `max_memory_per_device` ({0: "20GiB", "cpu": "60GiB"}, Hugging Face's `max_memory`) where given,
+    offloading the rest to `offload_folder`; `adapter.placement()` says where each part went.
     """
+    parse_device_map(device_map, device)
     source = resolve_source(name_or_path, revision, checkpoint_index, checkpoint_value)
     validate_source(source)
-    return ModelAdapter.from_source(source, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices)
+    return ModelAdapter.from_source(source, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices,
+                                    max_memory_per_device=max_memory_per_device, offload_folder=offload_folder)
 
 
 def _boot_error(source: ModelSource, exc: BaseException) -> NormprobeError:
@@ -235,6 +255,7 @@ class ModelAdapter:
         self._readout: Readout | None = None
         self._fast_attention_gap: float | None = None  # checked once per loaded model
         self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
+        self.device_map: str | None = None  # what the user asked accelerate for, if anything
 
     def __repr__(self) -> str:
         return (f"<ModelAdapter {self.source.name!r} ({self.family.name}): {self.n_layers} layers, d_model {self.d_model}, "
@@ -242,32 +263,44 @@ class ModelAdapter:
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
-                    device_map: str | None = None, n_devices: int | None = None) -> "ModelAdapter":
+                    device_map: str | None = None, n_devices: int | None = None,
+                    max_memory_per_device: dict | None = None, offload_folder: str | None = None) -> "ModelAdapter":
         import torch
         from transformer_lens.model_bridge import TransformerBridge
 
         dtype = parse_dtype(dtype)
         kwargs: dict[str, Any] = dict(dtype=getattr(torch, dtype))
+        resolved_device = None
         if device_map or n_devices:
-            kwargs.update(device_map=device_map, n_devices=n_devices)
-            resolved_device = "cuda"
+            kwargs.update(device_map=device_map, n_devices=n_devices, max_memory=max_memory_per_device,
+                          offload_folder=offload_folder)
         else:
             resolved_device = pick_device(device)
-            kwargs["device"] = resolved_device
+            if resolved_device == "cpu":
+                kwargs["device"] = resolved_device
+            else:
+                # Through accelerate each tensor goes straight to the device; with `device` the bridge
+                # would load the whole model on the CPU first and then move it.
+                kwargs["device_map"] = {"": resolved_device}
         for key in ("revision", "checkpoint_index", "checkpoint_value"):
             if getattr(source, key) is not None:
                 kwargs[key] = getattr(source, key)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # normprobe draws its own bar; keep stderr to one line on errors
+        from .fused_qkv import deferred_split
+
         try:
-            bridge = TransformerBridge.boot_transformers(source.location, **kwargs)
+            with deferred_split():  # split q/k/v copies are built only if a probe reads patterns
+                bridge = TransformerBridge.boot_transformers(source.location, **kwargs)
         except NormprobeError:
             raise
         except Exception as exc:  # noqa: BLE001 - every loader failure becomes one line
             raise _boot_error(source, exc) from exc
         bridge.eval()
-        return cls(bridge, source, resolved_device, dtype, tokenizer=_own_tokenizer(source))
+        adapter = cls(bridge, source, resolved_device or str(bridge.cfg.device), dtype, tokenizer=_own_tokenizer(source))
+        adapter.device_map = device_map if device_map or n_devices else None
+        return adapter
 
     @classmethod
     def from_hf_model(cls, hf_model: Any, tokenizer: Any, name: str = "in-memory model",
@@ -275,9 +308,12 @@ class ModelAdapter:
         """Wrap a Hugging Face causal LM already in memory (the bridge takes it over; keep a copy to compare)."""
         from transformer_lens.model_bridge import TransformerBridge
 
+        from .fused_qkv import deferred_split
+
         check_architecture(hf_model.config.model_type, name)
-        bridge = TransformerBridge.boot_transformers(tokenizer.name_or_path, hf_model=hf_model, device=device,
-                                                     tokenizer=tokenizer)
+        with deferred_split():
+            bridge = TransformerBridge.boot_transformers(tokenizer.name_or_path, hf_model=hf_model, device=device,
+                                                         tokenizer=tokenizer)
         bridge.eval()
         source = ModelSource(name, "memory", name)
         return cls(bridge, source, device, parse_dtype(str(next(hf_model.parameters()).dtype)), tokenizer=tokenizer)
@@ -394,6 +430,87 @@ class ModelAdapter:
                 self._lean_forward = {}  # an older model class without these arguments
                 self.bridge(tokens, attention_mask=attention_mask, return_type=None)
 
+    def gradient_pass(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: list[tuple[str, Callable]],
+                      grad_hooks: list[tuple[str, Callable]],
+                      output_grad: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """One forward that tracks gradients along the residual stream, then one backward from the last block.
+
+        The weights take no gradient: autograd starts at block 0's input, made a leaf here, so the
+        pass keeps what a forward keeps for one backward and nothing for the weights. `hooks` see
+        the tensors that carry gradients (keep references; do not modify them). `output_grad(h)`
+        gets the last block's output, detached, and returns dL/dh for it; then, during the one
+        backward, each `grad_hooks` function gets dL/d(activation) at its hook.
+        """
+        import torch
+
+        start, last = self.hook_name("resid_pre", 0), self.hook_name("resid_post", self.n_layers - 1)
+        kept: dict[str, torch.Tensor] = {}
+
+        def make_leaf(activation, hook=None):  # the embedding's output: where the gradient stops
+            return activation.detach().requires_grad_(True)
+
+        def keep_last(activation, hook=None):
+            kept["h"] = activation
+
+        def on_grad(fn):
+            def hook(activation, hook=None):
+                def receive(grad):
+                    fn(grad.detach())  # returns None: the gradient flows on unchanged
+                activation.register_hook(receive)
+            return hook
+
+        frozen = [p for p in self.bridge.parameters() if p.requires_grad]
+        with torch.inference_mode(False), torch.enable_grad():
+            try:
+                for p in frozen:
+                    p.requires_grad_(False)
+                # tensors made under inference mode cannot be saved for the backward (the embedding saves its ids)
+                self.forward(tokens.clone(), attention_mask.clone(),
+                             [(start, make_leaf), *hooks, *[(n, on_grad(fn)) for n, fn in grad_hooks], (last, keep_last)])
+                h = kept.pop("h")
+                grad = output_grad(h.detach())
+                torch.autograd.backward(h, grad.to(h.dtype))
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+
+    def rerun_from(self, layer: int, stream: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
+                   hooks: Sequence[tuple[str, Callable]] = ()) -> torch.Tensor:
+        """The last block's output when blocks `layer`..n_layers-1 run on `stream` as resid_pre of `layer`.
+
+        Blocks before `layer` are skipped (they pass their input through, and the stream replaces it at
+        `layer`), so a rerun costs the blocks it runs; embeddings, masks and positions are computed as
+        in a full forward, so every block sees the positions and attention masks it would. `hooks`
+        attach as in `forward` (one may replace a component's output). `layer == n_layers` returns
+        the stream itself.
+        """
+        if layer == self.n_layers:
+            return stream
+        if not 0 <= layer < self.n_layers:
+            raise NormprobeError(f"cannot rerun from layer {layer}: {self.source.location} has layers 0..{self.n_layers - 1}")
+        kept: dict[str, Any] = {}
+
+        def inject(activation, hook=None):
+            return stream.to(activation.device, activation.dtype)
+
+        def keep_last(activation, hook=None):
+            kept["h"] = activation
+
+        skipped = list(self.bridge.blocks)[:layer]
+        for block in skipped:  # on the instance itself: the bridge forwards attribute writes to the HF module
+            block.__dict__["forward"] = _pass_through
+        try:
+            self.forward(tokens, attention_mask, [(self.hook_name("resid_pre", layer), inject), *hooks,
+                                                  (self.hook_name("resid_post", self.n_layers - 1), keep_last)])
+        finally:
+            for block in skipped:
+                block.__dict__.pop("forward", None)
+        h = kept.get("h")
+        if h is None or h.shape != stream.shape:
+            raise NormprobeError(f"rerunning {self.source.location} from layer {layer} gave an output of shape "
+                                 f"{None if h is None else tuple(h.shape)}, not {tuple(stream.shape)}")
+        return h
+
     def select_attention(self, reads_patterns: bool) -> tuple[str, str]:
         """Run eager attention when a probe reads patterns, else sdpa where it agrees with eager on this model.
 
@@ -428,6 +545,26 @@ class ModelAdapter:
                              for p in module._modules[name].parameters())
         return total
 
+    def placement(self) -> dict[str, Any]:
+        """Where the weights are: bytes per device (offloaded ones as "disk") and accelerate's module map."""
+        by_device: dict[str, int] = {}
+        offloaded = {name for name, where in (getattr(self.hf_model, "hf_device_map", None) or {}).items()
+                     if str(where) == "disk"}
+        seen: set[int] = set()
+        for param in self.hf_model.parameters():
+            if param.device.type == "meta":  # offloaded by accelerate: held on disk (or in its CPU state dict)
+                where, size = ("disk" if offloaded else "meta"), param.numel() * param.element_size()
+            else:  # a storage once, however many views of it (tied weights, a fused qkv and its split views)
+                storage = param.untyped_storage()
+                if storage.data_ptr() in seen or not storage.nbytes():
+                    continue
+                seen.add(storage.data_ptr())
+                where, size = str(param.device), storage.nbytes()
+            by_device[where] = by_device.get(where, 0) + size
+        hf_map = getattr(self.hf_model, "hf_device_map", None) or {"": str(self.device)}
+        return {"device_map": self.device_map, "weight_bytes_by_device": by_device,
+                "modules": {k: str(v) for k, v in hf_map.items()} if self.device_map else None}
+
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:
         cfg = self.bridge.cfg
@@ -453,3 +590,8 @@ class ModelAdapter:
             "sites": list(self.sites),
             "bos_token_id": self.bos_token_id,
         }
+
+
+def _pass_through(*args: Any, **kwargs: Any) -> Any:
+    """A skipped block: it returns its input (the block where a rerun starts replaces it anyway)."""
+    return args[0] if args else kwargs["hidden_states"]

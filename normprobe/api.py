@@ -179,6 +179,7 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
                "readout": first.get("readout", "logit"), "alphas": first.get("alphas"),
+               "ablate": first.get("ablate", FINGERPRINT_DEFAULTS["ablate"]),
                "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"])}
     probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]

@@ -6,11 +6,14 @@ and `hook_normalized` fire. When no probe reads those hooks, each attention brid
 at its wrapped Hugging Face module (TransformerLens's own delegating `AttentionBridge.forward`) with
 sdpa, Hugging Face's default, and each norm bridge calls its wrapped module. The switch is checked
 once per model against the eager pass on a short input; a family where the two disagree stays eager.
+With attention delegated, the bridge's split q/k/v copies of fused weights are freed (fused_qkv.py).
 """
 from __future__ import annotations
 
 import types
 from typing import Any
+
+from .fused_qkv import free_split_copies, restore_split_copies
 
 EAGER, FAST = "eager", "sdpa"
 PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
@@ -74,25 +77,33 @@ def _set_hf_attention(hf_model: Any, kind: str) -> str:
 
 
 def use_attention(bridge: Any, kind: str) -> str:
-    """Switch the bridge to `kind` (eager or sdpa) and return what now runs."""
+    """Switch the bridge to `kind` (eager or sdpa) and return what Hugging Face's attention now runs.
+
+    `sdpa` on a model whose Hugging Face class offers none still delegates to its own module, running
+    eager: no probe reads the bridge's patterns, and the split q/k/v copies are not needed.
+    """
     modules = _attention_bridges(bridge)
     norms = _norm_bridges(bridge)
     _drop_patterns_after_each_layer(modules, drop=kind == EAGER)
     if kind == EAGER:
         for module in modules + norms:
             _restore(module)
+        restore_split_copies(bridge)  # the bridge's own attention reads them
         return _set_hf_attention(bridge.original_model, EAGER)
-    if _set_hf_attention(bridge.original_model, FAST) != FAST:
-        return use_attention(bridge, EAGER)
+    running = _set_hf_attention(bridge.original_model, FAST)
     for module in modules:
         _delegate(module)
     for module in norms:
         module.__dict__["forward"] = types.MethodType(_native_norm_forward, module)
-    return FAST
+    free_split_copies(bridge)  # Hugging Face's module reads the fused weights
+    return running
 
 
 def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> float:
-    """Relative max difference of one hook's activation between the fast and the eager pass."""
+    """Relative max difference of one hook's activation between Hugging Face's sdpa and eager attention.
+
+    Both run Hugging Face's own modules, so the check needs none of the bridge's split q/k/v copies.
+    """
     import torch
 
     seen: dict[str, torch.Tensor] = {}
@@ -101,7 +112,9 @@ def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> fl
         seen["x"] = activation.detach().float().clone()
 
     def once(kind: str) -> torch.Tensor:
-        use_attention(bridge, kind)
+        use_attention(bridge, FAST)
+        if kind == EAGER:
+            _set_hf_attention(bridge.original_model, EAGER)
         with torch.inference_mode(), bridge.hooks(fwd_hooks=[(check_hook, grab)]):
             bridge(tokens, attention_mask=torch.ones_like(tokens), return_type=None)
         return seen.pop("x")

@@ -113,14 +113,20 @@ def run(
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N batches (default: every 5 minutes).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Run only documents I mod N (I/N); combine with `normprobe merge`.")] = None,
     checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
-    device_map: Annotated[Optional[str], typer.Option(help="Spread one model over devices (accelerate), e.g. auto.")] = None,
+    device_map: Annotated[Optional[str], typer.Option(help="Spread one model larger than one device over several (accelerate): auto, balanced, balanced_low_0 or sequential; run.json records the placement.")] = None,
     n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
-    readout: Annotated[str, typer.Option(help="How updates and linesearch read h: logit (the logit lens) or tuned:DIR (a tuned-lens folder, see `normprobe lens train`).")] = "logit",
+    readout: Annotated[str, typer.Option(help=(
+        "How updates and linesearch read h: logit (the logit lens), tuned:DIR (a tuned-lens folder, see "
+        "`normprobe lens train`) or model (no lens: the model's own loss, its gradient from one backward pass)."))] = "logit",
+    ablate: Annotated[bool, typer.Option(help=(
+        "With --readout model: updates reruns the network without each layer's updates for actual_change "
+        "(about 1.5 x n_layers forwards per batch)."))] = False,
     alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
     readout_sample: Annotated[float, typer.Option(
         help="Share of tokens (a seeded hash of each token's document and place: the same in any order, shard or resume) "
              "whose updates and linesearch statistics are computed; norms and the forward see every token.")] = 1.0,
     massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
+    max_memory: Annotated[Optional[str], typer.Option(help="Cap on normprobe's own memory beside the weights, e.g. 8GB or 6GiB: sets the automatic batch size (default: free memory minus a margin, at most half the machine's or GPU's).")] = None,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
@@ -140,8 +146,8 @@ def run(
                   text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
                   batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
                   device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
-                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas),
-                  readout_sample=readout_sample)
+                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas), ablate=ablate,
+                  max_memory=max_memory, readout_sample=readout_sample)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")

@@ -67,7 +67,8 @@ class HookedPass:
                 probe.begin_batch(batch)
             except Exception as exc:  # noqa: BLE001
                 raise ProbeFailed(probe.name, exc) from exc
-        self.model.forward(batch.tokens, batch.mask.long(), self.hooks)
+        if self.hooks:  # probes that read nothing here (they ran their own passes in begin_batch) need no forward
+            self.model.forward(batch.tokens, batch.mask.long(), self.hooks)
         silent = [name for name in self.wanted if name not in self._fired]
         if silent:
             raise NormprobeError(f"hook {silent[0]} was attached but never fired on {self.model.source.name} "

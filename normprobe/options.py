@@ -8,11 +8,11 @@ from typing import Any, Iterator, Sequence
 from .corpus import InputSpec, as_text, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
+from .memory import READOUT_CHUNK as READOUT_CHUNK  # model_objective reads the chunk from here
 
 DEFAULT_SEQ_LEN = 1024
-DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "readout_sample")  # options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate", "readout_sample")  # options handed to probes whose constructors take them
 
 
 @dataclass
@@ -33,7 +33,15 @@ class RunOptions:
     massive_ratio: float = DEFAULT_MASSIVE_RATIO
     readout: str = "logit"  # logit or tuned:DIR, for probes that read h through a readout
     alphas: list[float] | None = None  # the linesearch probe's step sizes
+    ablate: bool = False  # under the model readout, updates reruns the network without each update
+    max_memory: str | int | None = None  # cap on normprobe's own working set, e.g. "8GB" (memory.py)
     readout_sample: float = 1.0  # share of tokens whose readout statistics are computed (normprobe.sampling)
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        from .memory import parse_size
+
+        return None if self.max_memory is None else parse_size(self.max_memory)
 
     def probe_options(self) -> dict:
         return {name: getattr(self, name) for name in PROBE_OPTIONS}
@@ -58,13 +66,22 @@ class RunOptions:
         if not (math.isfinite(self.massive_ratio) and self.massive_ratio >= 1):
             raise NormprobeError(f"--massive-ratio must be a finite number of at least 1, since max/median never is below 1 "
                                  f"(got {self.massive_ratio})")
-        from .adapter import parse_dtype
+        from .adapter import parse_device_map, parse_dtype
+        from .memory import parse_size
         from .readouts import parse_readout
         from .sampling import check_fraction
 
         check_fraction(self.readout_sample)
+        if self.readout_sample < 1 and parse_readout(self.readout).kind == "model":
+            raise NormprobeError("--readout-sample applies to the logit and tuned readouts; --readout model reads every token")
 
-        parse_readout(self.readout)
+        if parse_readout(self.readout).kind != "model" and self.ablate:
+            raise NormprobeError("--ablate reruns the network without each update, which only --readout model does "
+                                 "(the logit and tuned readouts read actual_change through their lens)")
+        if self.max_memory is not None:
+            parse_size(self.max_memory)
+        parse_device_map(self.device_map, self.device)
+
         from .distributed import is_distributed
 
         self.dtype = parse_dtype(self.dtype)
@@ -143,38 +160,3 @@ class Corpus:
         if self.texts is not None:
             return (t for t in self.texts if t.strip())
         return iter(sample_documents())
-
-
-READOUT_CHUNK = 1 << 24  # logits (tokens x vocabulary) a readout holds at once: 64 MB in float32
-KEPT_VECTORS = 48  # float32 d_model-vectors per token: the forward's working set and what a streaming probe keeps
-
-
-def available_memory(device: str) -> int:
-    """Bytes free for this run: free accelerator memory, or the host's MemAvailable."""
-    import torch
-
-    if device.startswith("cuda"):
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
-
-
-def default_batch_size(model, seq_len: int, eager_attention: bool = False) -> int:
-    """Windows per batch that fit half the free memory: on the CPU at most DEFAULT_TOKEN_BUDGET tokens.
-
-    Per token: the forward's activations and what the probes keep (flat in depth: probes stream
-    layers), eager attention's scores and pattern rows (heads x window), and a fixed readout chunk
-    whatever the vocabulary. The model's logits are never materialised for more than one position.
-    """
-    per_token = 4 * model.d_model * KEPT_VECTORS + (2 * 4 * model.n_heads * seq_len if eager_attention else 0)
-    room = available_memory(str(model.device)) // 2 - 3 * 4 * READOUT_CHUNK
-    tokens = max(seq_len, room // per_token)
-    if not str(model.device).startswith("cuda"):
-        tokens = min(tokens, DEFAULT_TOKEN_BUDGET)  # more tokens per batch do not make the CPU faster
-    return max(1, min(256, tokens // seq_len))

@@ -1,6 +1,8 @@
 """Readouts: how a probe turns a hidden state h at layer l into next-token logits, a loss and dloss/dh.
 
 - `logit`: the model's own final norm and unembedding (the logit lens), through `model.readout`.
+- `model`: no lens: the model's own next-token loss, h_l read through the rest of the network; its
+  gradient comes from one backward pass and its losses from reruns (see normprobe.model_objective).
 - `tuned:DIR`: a tuned lens (Belrose et al. 2023) in the tuned-lens package's own format,
   h -> h + A_l h + b_l -> the logit readout. DIR holds `config.json` (TunedLensConfig's fields)
   and `params.pt` (the translators' state dict `0.weight`, `0.bias`, ...), one translator per
@@ -12,7 +14,9 @@ spec. Every loss and gradient is float32 and exact (autograd through the transla
 
 A readout is any object with `kind`, `logits(h, layer)`, `loss(h, targets, layer)` and
 `loss_and_grad(h, targets, layer)`; the probes use the last two and `normprobe trace` all three,
-so a new kind plugs in by being parsed here and built by `make_readout`.
+so a new kind plugs in by being parsed here and built by `make_readout`. The model readout is the
+exception: it has no per-layer logits, so `make_readout` returns a `ModelObjective` (kind "model")
+and the probes dispatch on the kind to their own passes through the network.
 """
 from __future__ import annotations
 
@@ -38,27 +42,27 @@ CONFIG_FIELDS = ("base_model_name_or_path", "d_model", "num_hidden_layers", "bia
 
 @dataclass(frozen=True)
 class ReadoutSpec:
-    """A parsed `--readout`: `logit`, or `tuned` with the lens folder."""
+    """A parsed `--readout`: `logit`, `model`, or `tuned` with the lens folder."""
 
     kind: str
     path: Path | None = None
 
     def describe(self) -> dict[str, Any]:
         """What run.json records, and what resume compares (a retrained lens is another readout)."""
-        if self.kind == "logit":
-            return {"kind": "logit"}
+        if self.kind in ("logit", "model"):
+            return {"kind": self.kind}
         config = read_lens_config(self.path)
         return {"kind": "tuned", "path": str(self.path), "params_sha256": _file_sha256(self.path / PARAMS_FILE),
                 "base_model": config.get("base_model_name_or_path")}
 
     @property
     def text(self) -> str:
-        """The canonical `--readout` value: logit, or tuned: with the folder's absolute path."""
-        return "logit" if self.kind == "logit" else f"tuned:{self.path}"
+        """The canonical `--readout` value: logit, model, or tuned: with the folder's absolute path."""
+        return f"tuned:{self.path}" if self.kind == "tuned" else self.kind
 
     @property
     def label(self) -> str:
-        return "logit lens" if self.kind == "logit" else f"tuned lens ({self.path})"
+        return {"logit": "logit lens", "model": "the model's own loss (no lens)"}.get(self.kind, f"tuned lens ({self.path})")
 
 
 def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
@@ -66,10 +70,10 @@ def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
     if isinstance(spec, ReadoutSpec):
         return spec
     text = (spec or "logit").strip()
-    if text == "logit":
-        return ReadoutSpec("logit")
+    if text in ("logit", "model"):
+        return ReadoutSpec(text)
     if not text.startswith("tuned:") or not text[len("tuned:"):].strip():
-        raise NormprobeError(f"--readout must be logit or tuned:DIR (a tuned-lens folder), not {text!r}")
+        raise NormprobeError(f"--readout must be model, logit or tuned:DIR (a tuned-lens folder), not {text!r}")
     try:
         path = Path(text[len("tuned:"):].strip()).expanduser().resolve()
         is_dir = path.is_dir()
@@ -231,7 +235,13 @@ def make_readout(model, spec: "str | ReadoutSpec | None" = "logit"):
     spec = parse_readout(spec)
     cached = _CACHE.setdefault(model, {})
     if spec not in cached:
-        cached[spec] = LogitReadout(model) if spec.kind == "logit" else TunedReadout(model, load_translators(spec.path, model))
+        if spec.kind == "model":
+            from .model_objective import ModelObjective
+
+            cached[spec] = ModelObjective(model)
+        else:
+            cached[spec] = LogitReadout(model) if spec.kind == "logit" else \
+                TunedReadout(model, load_translators(spec.path, model))
     return cached[spec]
 
 

@@ -15,7 +15,8 @@ from .console import warn
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
 from .hooked import HookedPass, ProbeFailed
-from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions, default_batch_size
+from .memory import choose_batch_size
+from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions
 from .registry import resolve_probes
 
 __all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
@@ -106,6 +107,12 @@ class Runner:
         self.attention = model.select_attention(reads_patterns(hooks))
         return probes, seq_len
 
+    def _takes_model_gradient(self, probes: list) -> bool:
+        """Whether updates runs the model readout's backward pass, which keeps every layer's activations."""
+        from .readouts import parse_readout
+
+        return parse_readout(self.options.readout).kind == "model" and any(p.name == "updates" for p in probes)
+
     def _base_meta(self, model, probes, seq_len: int, batch_size: int, bos: int | None) -> dict[str, Any]:
         return {
             "status": "running",
@@ -118,6 +125,7 @@ class Runner:
             "device": str(model.device),
             "attention": self.attention[0],
             "attention_reason": self.attention[1],
+            "placement": model.placement() if hasattr(model, "placement") else None,
             "probes": [p.name for p in probes],
             "corpus": self.corpus.description,
             "seq_len": seq_len,
@@ -156,10 +164,13 @@ class Runner:
         model = self._load(talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
-        batch_size = self.options.batch_size or saved_meta.get("batch_size") or \
-            default_batch_size(model, seq_len, self.attention[0] == "eager")
+        choice = choose_batch_size(model, seq_len, self.attention[0] == "eager", self.options.max_memory_bytes,
+                                   self.options.batch_size, saved_meta.get("batch_size"),
+                                   backward=self._takes_model_gradient(probes))
+        batch_size = choice.batch_size
         bos = model.bos_token_id if self.options.prepend_bos else None
         meta = self._base_meta(model, probes, seq_len, batch_size, bos)
+        meta.update(choice.meta())
         if sync.size > 1:
             meta["world_size"] = sync.size
         folder = folder if sync.rank == 0 else None
@@ -328,7 +339,7 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
 
     described = parse_readout(opts.readout).describe()
     return {"readout": parse_readout(opts.readout).text, "readout_params_sha256": described.get("params_sha256"),
-            "alphas": opts.alphas, "readout_sample": opts.readout_sample}
+            "alphas": opts.alphas, "ablate": opts.ablate, "readout_sample": opts.readout_sample}
 
 
 def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
@@ -394,14 +405,15 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 shard: tuple[int, int] | None = None, device_map: str | None = None,
                 n_devices: int | None = None, revision: str | None = None,
                 checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
-                readout: str = "logit", alphas: list[float] | None = None, readout_sample: float = 1.0) -> Runner:
+                readout: str = "logit", alphas: list[float] | None = None, ablate: bool = False,
+                max_memory: str | int | None = None, readout_sample: float = 1.0) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field, encoding, errors) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, massive_ratio, readout, alphas, readout_sample)
+                         device_map, n_devices, massive_ratio, readout, alphas, ablate, max_memory, readout_sample)
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -430,7 +442,10 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
     built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
     seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
-    massive_ratio (the massive probe's threshold), readout ("logit" or "tuned:DIR"), alphas (linesearch's α grid),
+    massive_ratio (the massive probe's threshold), readout ("logit", "model" or "tuned:DIR"), alphas (linesearch's
+    α grid), ablate (under readout="model", updates reruns the network without each update for actual_change),
+    max_memory ("8GB": a cap on normprobe's own working set, which sets the automatic batch size),
+    device_map ("auto": spread the model over the devices there are; see docs/memory.md).
     readout_sample (the share of tokens, chosen by document, whose updates and linesearch statistics are computed).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -19,9 +19,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # What must match for a resumed run to continue the same measurement.
 FINGERPRINT_KEYS = ("model", "resolved_model", "revision", "checkpoint_value", "dtype", "probe_specs", "corpus", "corpus_sha256",
                     "seq_len", "batch_size", "prepend_bos", "layers", "max_docs", "max_tokens", "shard", "massive_ratio",
-                    "readout", "readout_params_sha256", "alphas", "readout_sample")
+                    "readout", "readout_params_sha256", "alphas", "ablate", "readout_sample")
 # What a key meant in runs saved before it was recorded
-FINGERPRINT_DEFAULTS = {"massive_ratio": 100.0, "readout": "logit", "readout_sample": 1.0}
+FINGERPRINT_DEFAULTS = {"massive_ratio": 100.0, "readout": "logit", "ablate": False, "readout_sample": 1.0}
 
 
 def corpus_digest(texts: list[str] | None, path: Path | None, text_field: str, encoding: str, errors: str) -> str:

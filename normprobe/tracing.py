@@ -98,6 +98,14 @@ def _model_for(model: str | ModelAdapter, readout, device: str, dtype: str) -> M
 
 
 # -- the trace ---------------------------------------------------------------------------
+def _traceable(spec):
+    """A readout that gives every layer its own logits; the model readout has none, refused before any load."""
+    if spec.kind == "model":
+        raise NormprobeError("trace reads every layer through a lens, and --readout model has none (it reads h_l "
+                             "through the rest of the network): use logit or tuned:DIR")
+    return spec
+
+
 def trace(model: str | ModelAdapter, text: str | Sequence[str], readout: str = "logit", top_k: int = 5, *,
           max_tokens: int | None = None, prepend_bos: bool = True, device: str = "auto",
           dtype: str = "float32") -> Trace:
@@ -123,7 +131,7 @@ def trace_documents(model, docs: list[str], *, readout, top_k: int, max_tokens: 
     from .readouts import make_readout, parse_readout
 
     check_options(top_k, max_tokens)
-    spec = parse_readout(readout)
+    spec = _traceable(parse_readout(readout))
     adapter = _model_for(model, spec, device, dtype)
     started = time.time()  # the trace itself, not the model's load
     reader = make_readout(adapter, spec)  # a lens for another model fails here, in one line
@@ -448,7 +456,7 @@ def trace_to_folder(model: str, out: str | Path, *, texts: Sequence[str] | None 
     if errors not in ("strict", "replace"):
         raise NormprobeError(f"--errors must be strict or replace, not {errors!r}")
     check_options(top_k, max_tokens)
-    spec = parse_readout(readout)
+    spec = _traceable(parse_readout(readout))
     docs = documents_to_trace(texts, input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs)
     out = Path(out)
     check_output_dir(out, overwrite)

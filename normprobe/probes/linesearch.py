@@ -39,6 +39,7 @@ class LineSearchProbe(Probe):
 
         self._layers = self.selected_layers(model.n_layers)
         self._readout = make_readout(model, self.readout_spec)
+        self._model = model
         self._vocab = model.d_vocab
         self._slots = {l: slot for slot, l in enumerate(self._layers)}
         self._hooks = {
@@ -50,6 +51,8 @@ class LineSearchProbe(Probe):
                                      track_extremes=False)
 
     def hook_points(self) -> list[str]:
+        if self._readout.kind == "model":
+            return []  # reruns of the network, from its own forward in begin_batch
         return sorted({name for hooks in self._hooks.values() for name in hooks.values()})
 
     def _read(self, batch) -> torch.Tensor:
@@ -59,6 +62,18 @@ class LineSearchProbe(Probe):
         if self._mask_of is None or self._mask_of[0] is not batch:
             self._mask_of = (batch, readout_mask(batch, self.readout_sample))
         return self._mask_of[1]
+
+    def begin_batch(self, batch) -> None:
+        """Under the model readout: the model's loss with each update scaled by α, rerun layer by layer."""
+        if self._readout.kind != "model":
+            return
+        from ..model_objective import line_search_losses
+
+        index = {alpha: a for a, alpha in enumerate(self.alphas)}
+        for layer, component, alpha, loss in line_search_losses(self._model, batch, self._layers, self.alphas,
+                                                                self.vocab_chunk):
+            group = self._group(self._slots[layer], COMPONENTS.index(component), index[alpha])
+            self.losses.add(torch.full((loss.shape[0],), group, device=loss.device), loss)
 
     def reduce(self, hook_name, activation, batch):
         return activation[self._read(batch)].float()

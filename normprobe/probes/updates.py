@@ -47,10 +47,11 @@ class UpdatesProbe(Probe):
     description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
 
     def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, readout: str = "logit",
-                 readout_sample: float = 1.0, **options: Any):
-        super().__init__(layers, readout=readout, readout_sample=readout_sample, **options)
+                 ablate: bool = False, readout_sample: float = 1.0, **options: Any):
+        super().__init__(layers, readout=readout, ablate=ablate, readout_sample=readout_sample, **options)
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
         self.readout_spec = readout
+        self.ablate = ablate  # under the model readout: rerun the network without each update (actual_change)
         self.readout_sample = readout_sample  # share of tokens read (normprobe.sampling)
         self._mask_of: tuple[Any, torch.Tensor] | None = None
 
@@ -61,6 +62,10 @@ class UpdatesProbe(Probe):
         from ..readouts import make_readout
 
         self._readout = make_readout(model, self.readout_spec)
+        if self.ablate and self._readout.kind != "model":
+            from ..errors import NormprobeError
+
+            raise NormprobeError("ablate reruns the network without each update, which only the model readout does")
         self._readout_is_layer_independent = self._readout.kind == "logit"
         self._model = model
         self._vocab = model.d_vocab
@@ -83,6 +88,8 @@ class UpdatesProbe(Probe):
         self.histogram = torch.zeros(n_rows, HIST_BINS, dtype=torch.float64, device=device)
 
     def hook_points(self) -> list[str]:
+        if self._readout.kind == "model":
+            return []  # its own pass, with gradients, in begin_batch (normprobe.model_objective)
         names = {self._first, self._final}
         for hooks in self._hooks.values():
             names.update(hooks.values())
@@ -123,6 +130,10 @@ class UpdatesProbe(Probe):
         forward (two hooks, nothing else kept) gives it, so that the main pass can hand over each
         layer and forget it: holding every layer's updates until the end grows with depth.
         """
+        if self._readout.kind == "model":
+            from ..model_objective import add_to_updates
+
+            return add_to_updates(self, batch)
         has_next = self._read(batch)
         ends: dict[str, torch.Tensor] = {}
 
@@ -256,7 +267,7 @@ class UpdatesProbe(Probe):
             "next_cos_mean": _mean_or_nan(self.moments["next_cos"]),
             "total_cos_mean": self.moments["total_cos"].mean().cpu().numpy(),
             "predicted_change_mean": self.moments["predicted_change"].mean().cpu().numpy(),
-            "actual_change_mean": self.moments["actual_change"].mean().cpu().numpy(),
+            "actual_change_mean": _mean_or_nan(self.moments["actual_change"]),  # null: the model readout without ablate
             "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
         })
         output = {c: np.nan for c in frame.columns}

@@ -78,7 +78,10 @@ def _updates_line(result: Any, f: dict[str, Any]) -> str:
     lens = f.get("lens_loss") or {}
     losses = [v for _, v in sorted((int(k), v) for k, v in lens.items())]
     parts = []
-    if losses:
+    if losses and ((getattr(result, "meta", None) or {}).get("readout") or {}).get("kind") == "model":
+        # no lens: every layer is read through the rest of the network, so every layer's loss is the model's
+        parts.append(f"model loss {_g(_number(losses[-1]))} nats, read at every layer through the rest of the network")
+    elif losses:
         trend = "falls at every layer" if f.get("lens_loss_falls_every_layer") else \
             f"rises or stays after layers {', '.join(map(str, f.get('lens_loss_rising_after_layers') or []))}"
         parts.append(f"lens loss {_g(_number(losses[0]))} → {_g(_number(losses[-1]))} nats ({trend})")

@@ -1,0 +1,306 @@
+"""`--readout model`: the model's own next-token loss as the objective, read at every depth.
+
+The logit and tuned readouts read h_l through a lens, an approximation of what the rest of the
+network does with it. The model readout takes the model's own objective instead: L is the window's
+summed next-token cross-entropy of the model's logits (its final norm, head and logit
+post-processing), over every position that has a target. One backward pass per batch, with the
+weights frozen, gives g = dL/dx at each component's output x:
+
+- block l: g at the block's output, resid_post (its update Δ = resid_post - resid_pre ends there);
+- attn and mlp: g at the component's output, which is g at the stream it is added to (resid_mid
+  for attn in a sequential block, resid_post otherwise), since the output enters only that sum.
+
+Per token, descent_cos = cos(Δ, -g) and predicted_change = g·Δ. With ablation, actual_change is
+the model's loss with the update minus its loss without it, the rest of the network rerun from
+there (`ModelAdapter.rerun_from`) with the block's output replaced by its input, or the
+component's output zeroed. Ablating at one position moves the loss of every later position, so the
+two agree on means, not token by token: summed over a window, both are the update's effect on the
+window's loss, exactly for g·Δ's linear picture and to first order for the rerun. Positions with no
+target have g = 0 (nothing later reads them) and are left out, not counted as zero cosines.
+
+Memory: the pass keeps what autograd keeps for one backward, plus references to each layer's
+attn_out and mlp_out; the per-token values of a layer are reduced as soon as its gradients
+arrive. Reruns (ablation, line search) hold each layer's residual stream and run one partial
+forward per layer, component and step size.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .options import READOUT_CHUNK
+
+if TYPE_CHECKING:
+    import torch
+
+    from .adapter import ModelAdapter
+    from .batching import Batch
+
+COMPONENTS = ("attn", "mlp", "block")
+COMPONENT_SITES = {"attn": "attn_out", "mlp": "mlp_out"}  # the outputs a rerun scales or zeroes
+GRAD_KEYS = {"attn": "attn", "mlp": "mlp", "block": "post"}  # the activation whose gradient each update meets
+
+
+class ModelObjective:
+    """The model readout, as `make_readout(model, "model")` returns it: the model, not a lens."""
+
+    kind = "model"
+
+    def __init__(self, model: ModelAdapter):
+        self.model = model
+
+
+@dataclass
+class ObjectivePass:
+    """What a batch's pass leaves behind: the model's per-token loss, and each layer's stream if asked."""
+
+    loss: torch.Tensor  # [N] float32, at the positions with a target (batch.has_next), in row order
+    streams: dict[int, torch.Tensor]  # layer -> resid_pre of that layer [B, T, d]; n_layers -> the last block's output
+
+
+def token_losses(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor,
+                 vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
+    """Per-token cross-entropy of the model's own logits read from the last block's output h [N, d]."""
+    import torch
+
+    step = max(1, vocab_chunk // model.d_vocab)
+    return torch.cat([model.readout.loss(h[s:s + step], targets[s:s + step]) for s in range(0, len(targets), step)])
+
+
+def _losses_and_grads(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int):
+    import torch
+
+    step = max(1, vocab_chunk // model.d_vocab)
+    parts = [model.readout.loss_and_grad(h[s:s + step], targets[s:s + step]) for s in range(0, len(targets), step)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine; NaN where either vector is zero (counted apart, never averaged)."""
+    import torch
+
+    denom = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+    return torch.where(denom > 0, (a * b).sum(-1) / denom, torch.full_like(denom, float("nan")))
+
+
+def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
+                   on_layer: Callable[[int, dict[str, dict[str, torch.Tensor]]], None],
+                   vocab_chunk: int = READOUT_CHUNK, keep_streams: bool = False) -> ObjectivePass:
+    """One forward and one backward: per-token step values of every layer in `layers`, handed to
+    `on_layer(layer, {component: {metric: [N] values}})` as soon as that layer's gradients arrive
+    (last layer first). Metrics: descent_cos, step_eta, step_r2, update_norm, rel_update,
+    total_cos, predicted_change, and next_cos (cos with the next layer's update) where layer + 1
+    is in `layers` too. Rows are the positions with a target, in `batch.has_next` order.
+    """
+    import torch
+
+    from .probes.updates import step_statistics
+
+    selected = batch.has_next
+    targets = batch.next_tokens[selected]
+    n_layers = model.n_layers
+    wanted = sorted(set(layers))
+    names = {l: {key: model.hook_name(site, l) for key, site in
+                 (("pre", "resid_pre"), ("post", "resid_post"), ("attn", "attn_out"), ("mlp", "mlp_out"))}
+             for l in range(n_layers)}
+    acts: dict[str, torch.Tensor] = {}
+    keep_names = {names[0]["pre"], *(name for l in wanted for name in names[l].values())}
+    if keep_streams:
+        keep_names.update(names[l]["pre"] for l in range(n_layers))
+
+    def keep(name):
+        def hook(activation, hook=None):
+            acts[name] = activation
+        return hook
+
+    def rows(name: str) -> torch.Tensor:
+        return acts[name].detach()[selected].float()
+
+    def deltas(l: int) -> dict[str, torch.Tensor]:
+        return {"attn": rows(names[l]["attn"]), "mlp": rows(names[l]["mlp"]),
+                "block": rows(names[l]["post"]) - rows(names[l]["pre"])}
+
+    ends: dict[str, torch.Tensor] = {}
+
+    def layer_values(l: int, grads: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        h = rows(names[l]["pre"])
+        h_norm = torch.linalg.vector_norm(h, dim=-1)
+        mine = deltas(l)
+        following = deltas(l + 1) if l + 1 in wanted else None
+        values = {}
+        for component in COMPONENTS:
+            delta, grad = mine[component], grads[component]
+            delta_norm = torch.linalg.vector_norm(delta, dim=-1)
+            v = step_statistics(delta, grad)
+            v.update(update_norm=delta_norm, rel_update=delta_norm / h_norm, total_cos=_cos(delta, ends["total"]),
+                     predicted_change=(grad * delta).sum(-1))
+            if following is not None:
+                v["next_cos"] = _cos(delta, following[component])
+            values[component] = v
+        return values
+
+    arrived: dict[int, dict[str, torch.Tensor]] = {}
+
+    def receive(l: int, component: str):
+        def take(grad):
+            got = arrived.setdefault(l, {})
+            got[component] = grad[selected].float()
+            if len(got) == len(COMPONENTS):
+                with torch.no_grad():
+                    on_layer(l, layer_values(l, arrived.pop(l)))
+        return take
+
+    result: dict[str, Any] = {}
+
+    def output_grad(h: torch.Tensor) -> torch.Tensor:
+        h_rows = h[selected].float()
+        loss, grad_rows = _losses_and_grads(model, h_rows, targets, vocab_chunk)
+        result["loss"] = loss
+        ends["total"] = h_rows - rows(names[0]["pre"])
+        if keep_streams:
+            result["last"] = h
+        grad = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+        grad[selected] = grad_rows
+        return grad
+
+    hooks = [(name, keep(name)) for name in sorted(keep_names)]
+    grad_hooks = [(names[l][GRAD_KEYS[c]], receive(l, c)) for l in wanted for c in COMPONENTS]
+    model.gradient_pass(batch.tokens, batch.mask.long(), hooks, grad_hooks, output_grad)
+    if arrived:
+        raise RuntimeError(f"the backward reached only part of layers {sorted(arrived)}")
+    streams = {}
+    if keep_streams:
+        streams = {l: acts[names[l]["pre"]].detach() for l in range(n_layers)}
+        streams[n_layers] = result["last"]
+    return ObjectivePass(result["loss"], streams)
+
+
+def forward_streams(model: ModelAdapter, batch: Batch, layers: list[int],
+                    vocab_chunk: int = READOUT_CHUNK) -> ObjectivePass:
+    """A plain forward keeping resid_pre of `layers` and of the layers after them, and the model's per-token loss."""
+    import torch
+
+    n_layers = model.n_layers
+    needed = sorted({m for l in layers for m in (l, l + 1) if m < n_layers})
+    streams: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        def hook(activation, hook=None):
+            streams[layer] = activation
+        return hook
+
+    hooks = [(model.hook_name("resid_pre", l), keep(l)) for l in needed]
+    hooks.append((model.hook_name("resid_post", n_layers - 1), keep(n_layers)))
+    with torch.inference_mode():
+        model.forward(batch.tokens, batch.mask.long(), hooks)
+        loss = token_losses(model, streams[n_layers][batch.has_next].float(), batch.next_tokens[batch.has_next],
+                            vocab_chunk)
+    return ObjectivePass(loss, streams)
+
+
+def rerun_loss(model: ModelAdapter, batch: Batch, streams: dict[int, torch.Tensor], layer: int, component: str,
+               alpha: float = 0.0, vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
+    """The model's per-token loss with layer `layer`'s `component` update scaled by `alpha` (0: removed).
+
+    block: the block's output becomes h + α Δ (its input at α = 0) and blocks layer+1.. rerun;
+    attn, mlp: the component's output is scaled by α inside block `layer`, which reruns with the rest.
+    """
+    import torch
+
+    with torch.inference_mode():
+        if component == "block":
+            h = streams[layer]
+            stream = h if alpha == 0.0 else h + alpha * (streams[layer + 1] - h)
+            out = model.rerun_from(layer + 1, stream, batch.tokens, batch.mask.long())
+        else:
+            def scale(activation, hook=None):
+                return torch.zeros_like(activation) if alpha == 0.0 else activation * alpha
+
+            hook = (model.hook_name(COMPONENT_SITES[component], layer), scale)
+            out = model.rerun_from(layer, streams[layer], batch.tokens, batch.mask.long(), [hook])
+        return token_losses(model, out[batch.has_next].float(), batch.next_tokens[batch.has_next], vocab_chunk)
+
+
+def per_token_steps(model: ModelAdapter, batch: Batch, layers: list[int] | None = None, ablate: bool = False,
+                    vocab_chunk: int = READOUT_CHUNK) -> tuple[torch.Tensor, dict[tuple[int, str], dict[str, torch.Tensor]]]:
+    """(the model's per-token loss, {(layer, component): {metric: per-token values}}) for one batch.
+
+    What the updates probe reduces under `--readout model`, kept token by token (for tests, traces and
+    notebooks; a run never holds it). With `ablate`, actual_change too.
+    """
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    found: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+
+    def keep(layer, values):
+        for component, v in values.items():
+            found[(layer, component)] = v
+
+    done = gradient_steps(model, batch, layers, keep, vocab_chunk, keep_streams=ablate)
+    if ablate:
+        for layer in layers:
+            for component in COMPONENTS:
+                found[(layer, component)]["actual_change"] = \
+                    done.loss - rerun_loss(model, batch, done.streams, layer, component, 0.0, vocab_chunk)
+    return done.loss, found
+
+
+def line_search_losses(model: ModelAdapter, batch: Batch, layers: list[int], alphas: list[float],
+                       vocab_chunk: int = READOUT_CHUNK) -> Iterator[tuple[int, str, float, torch.Tensor]]:
+    """(layer, component, α, the model's per-token loss with that update scaled by α), layer by layer.
+
+    α = 1 is the model as it runs (one forward); every other α reruns the network from the layer.
+    """
+    if not bool(batch.has_next.any()):
+        return
+    done = forward_streams(model, batch, layers, vocab_chunk)
+    for layer in layers:
+        for component in COMPONENTS:
+            for alpha in alphas:
+                yield layer, component, alpha, (done.loss if alpha == 1.0 else
+                                                 rerun_loss(model, batch, done.streams, layer, component, alpha, vocab_chunk))
+
+
+def add_to_updates(probe, batch: Batch) -> None:
+    """The updates probe's statistics from one batch under the model readout (its `begin_batch`).
+
+    The model's loss fills the lens rows of every layer: read through the rest of the network, h_l
+    gives the model's own loss at any depth. actual_change is filled only with `probe.ablate`.
+    """
+    import torch
+
+    from .probes.updates import HIST_BINS
+
+    positions = batch.positions[batch.has_next]
+    if positions.numel() == 0:
+        return
+    width = probe._seq_len
+
+    def add(moments, groups, values):
+        moments.add(groups, values)
+
+    def group(row: int) -> torch.Tensor:
+        return torch.full((positions.shape[0],), row, device=positions.device)
+
+    def on_layer(layer: int, values: dict[str, dict[str, torch.Tensor]]) -> None:
+        slot = probe._slot[layer]
+        for c, component in enumerate(COMPONENTS):
+            row = slot * len(COMPONENTS) + c
+            for metric, v in values[component].items():
+                add(probe.moments[metric], group(row), v)
+            cos = values[component]["descent_cos"]
+            finite = cos[torch.isfinite(cos)]
+            bins = ((finite.clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
+            probe.histogram[row].index_add_(0, bins, torch.ones_like(finite, dtype=torch.float64))
+            if component == "block":
+                add(probe.cos_by_position, slot * width + positions, cos)
+
+    done = gradient_steps(probe._model, batch, probe._layers, on_layer, probe.vocab_chunk, keep_streams=probe.ablate)
+    for slot in range(len(probe._layers) + 1):
+        add(probe.lens, group(slot), done.loss)
+        add(probe.lens_by_position, slot * width + positions, done.loss)
+    if probe.ablate:
+        for slot, layer in enumerate(probe._layers):
+            for c, component in enumerate(COMPONENTS):
+                without = rerun_loss(probe._model, batch, done.streams, layer, component, 0.0, probe.vocab_chunk)
+                add(probe.moments["actual_change"], group(slot * len(COMPONENTS) + c), done.loss - without)
