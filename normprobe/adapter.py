@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from .errors import NormprobeError
 from .families import REFUSED, SHORT_NAMES, family_for
 from .jsonio import read_json
-from .logit_readout import Readout, describe_norm, logit_op_from_config
+from .logit_readout import Readout, describe_norm, line_algebra_text, logit_op_from_config, norm_form
 
 if TYPE_CHECKING:
     import torch
@@ -375,13 +375,27 @@ class ModelAdapter:
 
     @property
     def readout(self) -> Readout:
-        """Final norm, pre-head modules, unembedding and logit post-processing, as float32 copies."""
+        """Final norm, pre-head modules (float32 copies), the model's own unembedding (read in chunks, never
+        copied) and logit post-processing; built on first use, so a run that never reads out builds none."""
         if self._readout is None:
             modules = [m for m in (self.final_norm(), *self._pre_head(), self._head()) if m is not None]
-            readout = Readout(modules, logit_op_from_config(self.hf_config, self.family.logit_fields))
-            readout.modules = [m.to(self.device) for m in readout.modules]
-            self._readout = readout
+            self._readout = Readout(modules, logit_op_from_config(self.hf_config, self.family.logit_fields))
         return self._readout
+
+    @property
+    def line_readout(self) -> str:
+        """How updates and linesearch read losses along h + αΔ: from shared products, or the full readout
+        at every point where the final norm has no affine form (said so in run.json); builds no readout."""
+        if self._readout is not None:
+            return self._readout.line_algebra
+        pre = [m for m in (self.final_norm(), *self._pre_head()) if m is not None]
+        head = self._head().weight
+        return line_algebra_text(*((None, "modules between the final norm and the unembedding") if len(pre) > 1
+                                   else norm_form(pre[0] if pre else None, int(head.shape[1]))))
+
+    @property
+    def readout_built(self) -> bool:
+        return self._readout is not None
 
     # -- tokens -------------------------------------------------------------
     @property
@@ -566,6 +580,7 @@ class ModelAdapter:
             "d_vocab": self.d_vocab,
             "n_ctx": self.n_ctx,
             "norm_type": describe_norm(self.final_norm(), self.d_model),
+            "line_readout": self.line_readout,
             "logit_postprocessing": op.describe() if op else "none",
             "logit_postprocessing_kind": op.kind_text() if op else "none",
             "block": self.block_kind,

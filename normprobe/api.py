@@ -188,7 +188,8 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
                "readout": first.get("readout", "logit"), "alphas": first.get("alphas"),
                "ablate": first.get("ablate", FINGERPRINT_DEFAULTS["ablate"]),
                "replicates": first.get("replicates", FINGERPRINT_DEFAULTS["replicates"]),
-               "token_counts": first.get("token_counts_file")}
+               "token_counts": first.get("token_counts_file"),
+               "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"])}
     probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:

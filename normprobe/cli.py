@@ -122,6 +122,9 @@ def run(
         "With --readout model: updates reruns the network without each layer's updates for actual_change "
         "(about 1.5 x n_layers forwards per batch)."))] = False,
     alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
+    readout_sample: Annotated[float, typer.Option(
+        help="Share of tokens (a seeded hash of each token's document and place: the same in any order, shard or resume) "
+             "whose updates and linesearch statistics are computed; norms and the forward see every token.")] = 1.0,
     massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
     max_memory: Annotated[Optional[str], typer.Option(help="Cap on normprobe's own memory beside the weights, e.g. 8GB or 6GiB: sets the automatic batch size (default: free memory minus a margin, at most half the machine's or GPU's).")] = None,
     baseline: Annotated[Optional[List[str]], typer.Option(
@@ -150,7 +153,7 @@ def run(
                   device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
                   massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas), ablate=ablate,
                   max_memory=max_memory, baselines=baseline, baseline_seeds=baseline_seeds, token_counts=token_counts,
-                  replicates=replicates)
+                  replicates=replicates, readout_sample=readout_sample)
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")

@@ -12,7 +12,8 @@ from .memory import READOUT_CHUNK as READOUT_CHUNK  # model_objective reads the 
 
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
-PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate", "replicates", "token_counts")  # options handed to probes whose constructors take them
+# options handed to probes whose constructors take them
+PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate", "replicates", "token_counts", "readout_sample")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunOptions:
     # seeded by the string, multiply every document's, so that a seed is a unit of the bootstrap (normprobe.bootstrap)
     bootstrap_unit: str | None = None
     token_counts: str | None = None  # a file of token id -> count for the frequency claim (normprobe.token_counts)
+    readout_sample: float = 1.0  # share of tokens whose readout statistics are computed (normprobe.sampling)
 
     @property
     def max_memory_bytes(self) -> int | None:
@@ -81,6 +83,11 @@ class RunOptions:
         from .adapter import parse_device_map, parse_dtype
         from .memory import parse_size
         from .readouts import parse_readout
+        from .sampling import check_fraction
+
+        check_fraction(self.readout_sample)
+        if self.readout_sample < 1 and parse_readout(self.readout).kind == "model":
+            raise NormprobeError("--readout-sample applies to the logit and tuned readouts; --readout model reads every token")
 
         if parse_readout(self.readout).kind != "model" and self.ablate:
             raise NormprobeError("--ablate reruns the network without each update, which only --readout model does "

@@ -132,12 +132,16 @@ def _file_sha256(path: Path) -> str:
 
 # -- readouts -------------------------------------------------------------------
 class LogitReadout:
-    """The logit lens at every layer: the model's final norm and unembedding."""
+    """The logit lens at every layer: the model's final norm and unembedding (built on first use)."""
 
     kind = "logit"
 
     def __init__(self, model):
-        self.base = model.readout
+        self._model = model
+
+    @property
+    def base(self):
+        return self._model.readout
 
     def logits(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
         return self.base.logits(h)
@@ -148,6 +152,14 @@ class LogitReadout:
     def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int):
         return self.base.loss_and_grad(h, targets)
 
+    def line_losses(self, h, deltas, alphas, targets, layer: int) -> "torch.Tensor":
+        """Loss at h + αΔ for every Δ and α: [len(deltas), len(alphas), N] (see Readout.line_losses)."""
+        return self.base.line_losses(h, deltas, alphas, targets)
+
+    def loss_grad_and_steps(self, h, deltas, targets, layer: int):
+        """(loss at h, dloss/dh, [loss at h + Δ for each Δ]) from shared products."""
+        return self.base.loss_grad_and_steps(h, deltas, targets)
+
 
 class TunedReadout:
     """A tuned lens: layer l's translator, h + A_l h + b_l, then the logit readout; layer n_layers reads h as is."""
@@ -155,14 +167,27 @@ class TunedReadout:
     kind = "tuned"
 
     def __init__(self, model, translators: "torch.nn.ModuleList"):
-        self.base = model.readout
+        self._model = model
         self.translators = translators.float().to(model.device).eval().requires_grad_(False)
+
+    @property
+    def base(self):
+        return self._model.readout
 
     def translate(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
         if layer >= len(self.translators):
             return h.float()
         x = h.float()
         return x + self.translators[layer](x)
+
+    def translate_step(self, delta: "torch.Tensor", layer: int) -> "torch.Tensor":
+        """The translator's linear part applied to a step: T(h + αΔ) = T(h) + α(Δ + A_l Δ)."""
+        import torch
+
+        x = delta.float()
+        if layer >= len(self.translators):
+            return x
+        return x + torch.nn.functional.linear(x, self.translators[layer].weight)
 
     def logits(self, h, layer: int):
         return self.base.logits(self.translate(h, layer))
@@ -182,6 +207,24 @@ class TunedReadout:
             loss, grad_y = self.base.loss_and_grad(y.detach(), targets)
             (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
         return loss, grad.detach()
+
+    def line_losses(self, h, deltas, alphas, targets, layer: int):
+        """The translator is affine, so a line stays a line: translate h, and each Δ by the linear part."""
+        return self.base.line_losses(self.translate(h, layer), [self.translate_step(d, layer) for d in deltas],
+                                     alphas, targets)
+
+    def loss_grad_and_steps(self, h, deltas, targets, layer: int):
+        import torch
+
+        if layer >= len(self.translators):
+            return self.base.loss_grad_and_steps(h, deltas, targets)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = h.detach().float().clone().requires_grad_(True)
+            y = self.translate(x, layer)
+            loss, grad_y, steps = self.base.loss_grad_and_steps(
+                y.detach(), [self.translate_step(d, layer) for d in deltas], targets)
+            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
+        return loss, grad.detach(), steps
 
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict[ReadoutSpec, Any]]" = weakref.WeakKeyDictionary()
@@ -270,8 +313,30 @@ def unembed_hash(model) -> str:
     """tuned-lens's hash of the unembedding matrix (sha256 of numpy's array_str at precision 1)."""
     import numpy as np
 
-    weight = model.hf_model.get_output_embeddings().weight.detach().cpu().float().numpy()
-    return hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
+    weight = model.hf_model.get_output_embeddings().weight.detach()
+    return hashlib.sha256(str.encode(np.array_str(_printable(weight), precision=1))).hexdigest()
+
+
+def _printable(weight: "torch.Tensor"):
+    """A float32 numpy array that array_str prints as it would print the whole weight, without a copy of it.
+
+    A float32 CPU weight is shared as is. Otherwise, past numpy's print threshold array_str reads only
+    the edge rows and columns, so a zeroed array (calloc: pages never touched stay unallocated) holding
+    the edge rows prints the same.
+    """
+    import numpy as np
+    import torch
+
+    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return weight.numpy()
+    options = np.get_printoptions()
+    edge = options["edgeitems"]
+    if weight.numel() <= options["threshold"] or weight.shape[0] <= 2 * edge:
+        return weight.cpu().float().numpy()
+    out = np.zeros(tuple(weight.shape), dtype=np.float32)
+    out[:edge] = weight[:edge].cpu().float().numpy()
+    out[-edge:] = weight[-edge:].cpu().float().numpy()
+    return out
 
 
 def save_lens(path: Path, translators: "torch.nn.ModuleList", model) -> Path:
@@ -317,3 +382,29 @@ def chunked_loss_and_grad(readout, h, targets, layer: int, vocab_chunk: int, n_v
     step = max(1, vocab_chunk // n_vocab)
     parts = [readout.loss_and_grad(h[s:s + step], targets[s:s + step], layer) for s in range(0, h.shape[0], step)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _line_step(readout, n_lines: int, vocab_chunk: int) -> int:
+    """Token rows per call so that the products (h and every Δ) and a temporary hold about vocab_chunk logits."""
+    base = readout.base
+    return max(1, vocab_chunk // ((n_lines + 2) * min(base.n_vocab, base.vocab_step)))
+
+
+def chunked_line_losses(readout, h, deltas, alphas, targets, layer: int, vocab_chunk: int):
+    """Readout.line_losses over token rows in blocks: [len(deltas), len(alphas), N]."""
+    import torch
+
+    step = _line_step(readout, len(deltas), vocab_chunk)
+    return torch.cat([readout.line_losses(h[s:s + step], [d[s:s + step] for d in deltas], alphas,
+                                          targets[s:s + step], layer) for s in range(0, h.shape[0], step)], dim=-1)
+
+
+def chunked_loss_grad_and_steps(readout, h, deltas, targets, layer: int, vocab_chunk: int, n_vocab: int):
+    """loss_grad_and_steps over token rows in blocks: the logits at h are held whole, as loss_and_grad holds them."""
+    import torch
+
+    step = max(1, vocab_chunk // n_vocab)
+    parts = [readout.loss_grad_and_steps(h[s:s + step], [d[s:s + step] for d in deltas], targets[s:s + step], layer)
+             for s in range(0, h.shape[0], step)]
+    return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+            [torch.cat([p[2][k] for p in parts]) for k in range(len(deltas))])

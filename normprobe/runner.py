@@ -379,7 +379,7 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
 
     described = parse_readout(opts.readout).describe()
     return {"readout": parse_readout(opts.readout).text, "readout_params_sha256": described.get("params_sha256"),
-            "alphas": opts.alphas, "ablate": opts.ablate}
+            "alphas": opts.alphas, "ablate": opts.ablate, "readout_sample": opts.readout_sample}
 
 
 def _token_counts_digest(path: str | None) -> str | None:
@@ -457,14 +457,14 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
                 readout: str = "logit", alphas: list[float] | None = None, ablate: bool = False,
                 max_memory: str | int | None = None, baselines: Sequence[str] | None = None,
                 baseline_seeds: int = 3, replicates: int = 200, bootstrap_unit: str | None = None,
-                token_counts: str | Path | None = None) -> Runner:
+                token_counts: str | Path | None = None, readout_sample: float = 1.0) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field, encoding, errors) if dataset is not None else None
     options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, massive_ratio, readout, alphas, ablate, max_memory,
+                         device_map, n_devices, massive_ratio, readout, alphas, ablate, max_memory, readout_sample=readout_sample,
                          baselines=list(baselines) if baselines is not None else None, baseline_seeds=baseline_seeds,
                          replicates=replicates, bootstrap_unit=bootstrap_unit,
                          token_counts=str(token_counts) if token_counts is not None else None)
@@ -503,6 +503,7 @@ def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequenc
     baselines (a list of "random-init", "shuffled", "no-bos": null baselines through the same probes, windows and
     batches, in `RunResult.baselines`; see docs/baselines.md) and baseline_seeds (random-init models, default 3),
     replicates (B of the document bootstrap, default 200), bootstrap_unit (see normprobe.bootstrap),
-    token_counts (a file of token id -> count for the frequency claim, see normprobe.token_counts).
+    token_counts (a file of token id -> count for the frequency claim, see normprobe.token_counts),
+    readout_sample (the share of tokens, chosen by document, whose updates and linesearch statistics are computed).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -20,10 +20,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FINGERPRINT_KEYS = ("model", "resolved_model", "revision", "checkpoint_value", "dtype", "probe_specs", "corpus", "corpus_sha256",
                     "seq_len", "batch_size", "prepend_bos", "layers", "max_docs", "max_tokens", "shard", "massive_ratio",
                     "readout", "readout_params_sha256", "alphas", "ablate", "baselines", "baseline_seeds", "replicates",
-                    "bootstrap_unit", "token_counts")
+                    "bootstrap_unit", "token_counts", "readout_sample")
 # What a key meant in runs saved before it was recorded
 FINGERPRINT_DEFAULTS = {"massive_ratio": 100.0, "readout": "logit", "ablate": False, "baselines": [], "baseline_seeds": 3,
-                        "replicates": 200}
+                        "replicates": 200, "readout_sample": 1.0}
 
 
 def corpus_digest(texts: list[str] | None, path: Path | None, text_field: str, encoding: str, errors: str) -> str:

@@ -27,8 +27,10 @@ class LineSearchProbe(Probe):
     description = "lens loss along h_l + αΔ for a grid of α per layer and component; the best step α* and whether it is near 1"
 
     def __init__(self, layers: list[int] | None = None, alphas: list[float] | None = None, readout: str = "logit",
-                 vocab_chunk: int = 1 << 24, **options: Any):
-        super().__init__(layers, readout=readout, alphas=alphas, **options)
+                 vocab_chunk: int = 1 << 24, readout_sample: float = 1.0, **options: Any):
+        super().__init__(layers, readout=readout, alphas=alphas, readout_sample=readout_sample, **options)
+        self.readout_sample = readout_sample  # share of tokens read (normprobe.sampling)
+        self._mask_of: tuple[Any, torch.Tensor] | None = None
         self.alphas = sorted(set(float(a) for a in (alphas if alphas is not None else DEFAULT_ALPHAS)))
         self.readout_spec = readout
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
@@ -56,6 +58,14 @@ class LineSearchProbe(Probe):
             return []  # reruns of the network, from its own forward in begin_batch
         return sorted({name for hooks in self._hooks.values() for name in hooks.values()})
 
+    def _read(self, batch) -> torch.Tensor:
+        """Tokens with a next token, and among them the --readout-sample share: [B, T] bool, once per batch."""
+        from ..sampling import readout_mask
+
+        if self._mask_of is None or self._mask_of[0] is not batch:
+            self._mask_of = (batch, readout_mask(batch, self.readout_sample))
+        return self._mask_of[1]
+
     def begin_batch(self, batch) -> None:
         """Under the model readout: the model's loss with each update scaled by α, rerun layer by layer."""
         if self._readout.kind != "model":
@@ -69,16 +79,16 @@ class LineSearchProbe(Probe):
             self.losses.add(torch.full((loss.shape[0],), group, device=loss.device), loss)
 
     def reduce(self, hook_name, activation, batch):
-        return activation[batch.has_next].float()
+        return activation[self._read(batch)].float()
 
     def _group(self, slot: int, component: int, alpha: int) -> int:
         return (slot * len(COMPONENTS) + component) * len(self.alphas) + alpha
 
     def update_layer(self, layer: int, activations: dict[str, Any], batch) -> None:
         """One layer's line searches, as soon as its hooks have fired (the runner then forgets them)."""
-        from ..readouts import chunked_loss
+        from ..readouts import chunked_line_losses
 
-        targets = batch.next_tokens[batch.has_next]
+        targets = batch.next_tokens[self._read(batch)]
         n = targets.shape[0]
         if n == 0:
             return
@@ -86,20 +96,15 @@ class LineSearchProbe(Probe):
         h = activations[hooks["pre"]]
         deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
                   "block": activations[hooks["post"]] - h}
-        at_zero = None  # h itself: the same for every component, computed once
-        windows = token_windows(batch.has_next)
-        for c, component in enumerate(COMPONENTS):
-            for a, alpha in enumerate(self.alphas):
-                if alpha == 0.0:
-                    if at_zero is None:
-                        at_zero = chunked_loss(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
-                    loss = at_zero
-                else:
-                    loss = chunked_loss(self._readout, h + alpha * deltas[component], targets, layer,
-                                        self.vocab_chunk, self._vocab)
-                groups = torch.full((n,), self._group(slot, c, a), device=loss.device)
-                self.losses.add(groups, loss)
-                self.replicates.add(groups, loss, windows, batch.replicate_weights)
+        windows = token_windows(self._read(batch))  # each read token's window, for its document's bootstrap weights
+        # every (component, α) from one product of each vocabulary chunk with h and each Δ (Readout.line_losses)
+        losses = chunked_line_losses(self._readout, h, [deltas[c] for c in COMPONENTS], self.alphas, targets, layer,
+                                     self.vocab_chunk)
+        for c in range(len(COMPONENTS)):
+            for a in range(len(self.alphas)):
+                groups = torch.full((n,), self._group(slot, c, a), device=losses.device)
+                self.losses.add(groups, losses[c, a])
+                self.replicates.add(groups, losses[c, a], windows, batch.replicate_weights)
 
     def update(self, activations: dict[str, Any], batch) -> None:
         """Every hook point lies in a layer, so a streaming run hands nothing here; a caller that

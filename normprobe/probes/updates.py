@@ -49,11 +49,13 @@ class UpdatesProbe(Probe):
     description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
 
     def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, readout: str = "logit",
-                 ablate: bool = False, **options: Any):
-        super().__init__(layers, readout=readout, ablate=ablate, **options)
+                 ablate: bool = False, readout_sample: float = 1.0, **options: Any):
+        super().__init__(layers, readout=readout, ablate=ablate, readout_sample=readout_sample, **options)
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
         self.readout_spec = readout
         self.ablate = ablate  # under the model readout: rerun the network without each update (actual_change)
+        self.readout_sample = readout_sample  # share of tokens read (normprobe.sampling)
+        self._mask_of: tuple[Any, torch.Tensor] | None = None
 
     def setup(self, model, seq_len: int) -> None:
         self._layers = self.selected_layers(model.n_layers)
@@ -98,14 +100,27 @@ class UpdatesProbe(Probe):
             names.update(hooks.values())
         return sorted(names)
 
+    def _read(self, batch) -> torch.Tensor:
+        """Tokens with a next token, and among them the --readout-sample share: [B, T] bool, once per batch."""
+        from ..sampling import readout_mask
+
+        if self._mask_of is None or self._mask_of[0] is not batch:
+            self._mask_of = (batch, readout_mask(batch, self.readout_sample))
+        return self._mask_of[1]
+
     def reduce(self, hook_name, activation, batch):
-        # Only tokens with a next token matter; keep them as float32 rows [N, d].
-        return activation[batch.has_next].float()
+        # Only tokens with a next token (in the sample) matter; keep them as float32 rows [N, d].
+        return activation[self._read(batch)].float()
 
     def _loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         from ..readouts import chunked_loss_and_grad
 
         return chunked_loss_and_grad(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
+
+    def _loss_grad_and_steps(self, h, deltas, targets, layer: int):
+        from ..readouts import chunked_loss_grad_and_steps
+
+        return chunked_loss_grad_and_steps(self._readout, h, deltas, targets, layer, self.vocab_chunk, self._vocab)
 
     def _lens_loss(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
         from ..readouts import chunked_loss
@@ -124,7 +139,7 @@ class UpdatesProbe(Probe):
             from ..model_objective import add_to_updates
 
             return add_to_updates(self, batch)
-        has_next = batch.has_next
+        has_next = self._read(batch)
         ends: dict[str, torch.Tensor] = {}
 
         def keep(name):
@@ -135,11 +150,11 @@ class UpdatesProbe(Probe):
         self._start_batch(batch, ends)
 
     def _start_batch(self, batch, ends: dict[str, torch.Tensor]) -> None:
-        self._targets = batch.next_tokens[batch.has_next]
-        self._positions = batch.positions[batch.has_next]
+        self._targets = batch.next_tokens[self._read(batch)]
+        self._positions = batch.positions[self._read(batch)]
         self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # the layer before, for next_cos
         self._pending_block = None  # block actual_change waiting for the next layer's lens loss
-        self._windows = token_windows(batch.has_next)  # each kept token's window, for its bootstrap weights
+        self._windows = token_windows(self._read(batch))  # each read token's window, for its bootstrap weights
         self._window_weights = batch.replicate_weights
         if self._targets.numel():
             self._total = ends[self._final] - ends[self._first]
@@ -188,13 +203,16 @@ class UpdatesProbe(Probe):
         h = activations[hooks["pre"]]
         deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
                   "block": activations[hooks["post"]] - h}
-        loss, grad = self._loss_and_grad(h, targets, layer)
+        reuse_next_loss = self._readout_is_layer_independent and (layer + 1 in self._slot or layer == self._n_layers - 1)
+        stepped = [c for c in COMPONENTS if not (c == "block" and reuse_next_loss)]
+        # the loss and gradient at h and the losses at h + Δ from the same products (Readout.loss_grad_and_steps)
+        loss, grad, step_losses = self._loss_grad_and_steps(h, [deltas[c] for c in stepped], targets, layer)
+        at_step = dict(zip(stepped, step_losses))
         self._settle_block_change(loss)
         self.lens.add(self._group(slot), loss)
         self._replicate("lens", slot, loss)
         self.lens_by_position.add(slot * self._seq_len + positions, loss)
         h_norm = torch.linalg.vector_norm(h, dim=-1)
-        reuse_next_loss = self._readout_is_layer_independent and (layer + 1 in self._slot or layer == self._n_layers - 1)
         for c, component in enumerate(COMPONENTS):
             row = slot * len(COMPONENTS) + c
             delta = deltas[component]
@@ -208,7 +226,7 @@ class UpdatesProbe(Probe):
             if component == "block" and reuse_next_loss:
                 self._pending_block = (row, loss)
             else:
-                values["actual_change"] = self._lens_loss(h + delta, targets, layer) - loss
+                values["actual_change"] = at_step[component] - loss
             for metric, v in values.items():
                 self.moments[metric].add(self._group(row), v)
                 if metric in self.replicated:
