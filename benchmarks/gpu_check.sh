@@ -25,7 +25,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a guard that never passes the
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'GPU(s)', torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee -a "$LOG"
 NORMPROBE_TEST_DEVICE=cuda step "tests on cuda" 200 "$PYTHON" -m pytest -q -x -p no:cacheprovider \
   tests/test_norms.py::test_resid_norms_equal_hugging_face tests/test_attention.py::test_norms_run_on_sdpa_unless_patterns_are_read \
-  tests/test_updates.py tests/test_precision.py tests/test_massive.py
+  tests/test_updates.py tests/test_precision.py tests/test_massive.py tests/test_probe_cost.py tests/test_model_objective.py \
+  tests/test_trace.py::test_steps_match_float64_autograd
 PYTHONUNBUFFERED=1 step "benchmark: 1B-class, bfloat16, against HF's default forward" 200 \
   "$PYTHON" benchmarks/bench_scaling.py --shape 1b --device cuda --dtype bfloat16 --only speed --repeats 3 --out "$OUT"
 if [ "$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then

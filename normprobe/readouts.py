@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,13 +226,14 @@ class TunedReadout:
         return loss, grad.detach(), steps
 
 
-_CACHE: "weakref.WeakKeyDictionary[Any, dict[ReadoutSpec, Any]]" = weakref.WeakKeyDictionary()
+READOUT_CACHE = "_readouts"  # the adapter's own attribute: a readout refers back to its model, so a weak-keyed
+# cache outside the model would keep every model alive; kept on the model, the cycle goes with it
 
 
 def make_readout(model, spec: "str | ReadoutSpec | None" = "logit"):
     """The readout for a loaded model, built once per (model, spec); a lens for another model is refused."""
     spec = parse_readout(spec)
-    cached = _CACHE.setdefault(model, {})
+    cached = model.__dict__.setdefault(READOUT_CACHE, {})
     if spec not in cached:
         if spec.kind == "model":
             from .model_objective import ModelObjective
