@@ -230,6 +230,17 @@ def _own_tokenizer(source: ModelSource) -> Any:
         return None
 
 
+def _bridge_class() -> Any:
+    """TransformerLens's bridge, imported without the notebook warning its progress bars raise where ipywidgets
+    is missing: normprobe draws no notebook bars, so the warning would only mislead."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from transformer_lens.model_bridge import TransformerBridge
+    return TransformerBridge
+
+
 class ModelAdapter:
     """Neutral questions about a loaded model: depth, width, sites, hook names, readout, tokens."""
 
@@ -266,8 +277,8 @@ class ModelAdapter:
                     device_map: str | None = None, n_devices: int | None = None,
                     max_memory_per_device: dict | None = None, offload_folder: str | None = None) -> "ModelAdapter":
         import torch
-        from transformer_lens.model_bridge import TransformerBridge
 
+        TransformerBridge = _bridge_class()
         dtype = parse_dtype(dtype)
         kwargs: dict[str, Any] = dict(dtype=getattr(torch, dtype))
         resolved_device = None
@@ -306,7 +317,7 @@ class ModelAdapter:
     def from_hf_model(cls, hf_model: Any, tokenizer: Any, name: str = "in-memory model",
                       device: str = "cpu") -> "ModelAdapter":
         """Wrap a Hugging Face causal LM already in memory (the bridge takes it over; keep a copy to compare)."""
-        from transformer_lens.model_bridge import TransformerBridge
+        TransformerBridge = _bridge_class()
 
         from .fused_qkv import deferred_split
 

@@ -327,7 +327,7 @@ def describe_norm(norm: Any, d_model: int) -> str:
 
     if norm is None:
         return "none"
-    module = copy.deepcopy(norm).double().eval()
+    module = copy.deepcopy(norm).double().cpu().eval()  # a width-sized copy, probed on the CPU wherever the model is
     generator = torch.Generator().manual_seed(0)
     x = 10 * torch.randn(3, d_model, generator=generator, dtype=torch.float64)  # eps is negligible at this scale
     with torch.no_grad():
@@ -378,7 +378,7 @@ def norm_form(norm: Any, d_model: int) -> "tuple[NormForm | None, str]":
     if name not in NORM_FORMS:
         return None, f"final norm {name} is not LayerNorm or RMSNorm (w or 1 + w)"
     centre, plus_one = NORM_FORMS[name]
-    module = copy.deepcopy(norm).double().eval()
+    module = copy.deepcopy(norm).double().cpu().eval()
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
     scale = None if weight is None else (1 + weight.detach() if plus_one else weight.detach())
     form64 = NormForm(name, centre, scale, None if bias is None else bias.detach(), 0.0)

@@ -199,7 +199,8 @@ class Runner(BaselinePasses):
                 # baselines that read the model's own weights, while it is loaded
                 shared = self.run_shared_baselines(model, seq_len, bos)
                 result = self._finish(model, probes, seq_len, meta, sync, done, 0.0)
-                self._live.main = {p.name: p.state_dict() for p in probes}  # checkpoints no longer hold the probes
+                if self.options.baselines:  # later passes checkpoint the model's statistics, not its probes
+                    self._live.main = {p.name: p.state_dict() for p in probes}
                 del probes
                 # random-init models replace the model: load, run, free, then the next
                 handoff, model = [model], None

@@ -53,8 +53,11 @@ def test_quickstart_runs_in_a_kernel_of_this_interpreter(tmp_path):
     assert "status complete" in summary[0] and "plotly" not in summary[0].lower()
 
     printed = "".join(o.get("text", "") for o in cells[3].outputs if o.get("name") == "stdout")
-    growth, drop = re.findall(r"x([0-9.]+) per layer|by ([0-9.]+) nats", printed)
-    assert float(growth[0]) > 1 and float(drop[1]) > 0
+    assert "TqdmWarning" not in printed and all("TqdmWarning" not in o.get("text", "") for c in cells for o in c.get("outputs", []))
+    header, *rows = printed.splitlines()[:5]
+    assert header.split() == ["layer", "value", "ci_low", "ci_high", "verdict"] and len(rows) == 4  # one per layer
+    drop = re.search(r"to the output: ([0-9.]+) nats \[([0-9.]+), ([0-9.]+)\], (holds|does not hold|undetermined)", printed)
+    assert drop and float(drop[2]) <= float(drop[1]) <= float(drop[3])
 
     shown = _outputs(by_source['result.show("logit-lens loss")'], PLOTLY_MIME)
     assert len(shown) == 1 and shown[0]["layout"]["title"]["text"].startswith("Logit-lens loss")

@@ -195,7 +195,8 @@ def test_several_texts_are_traced_apart_and_round_trip(tmp_path, demo_adapter):
     alone = normprobe.trace(demo_adapter, DOCS[2], top_k=2)
     assert sorted(both.table["doc"].unique()) == [0, 1] and both.meta["texts"] == [DOCS[0], DOCS[2]]
     second = both.table[both.table["doc"] == 1].drop(columns="doc").reset_index(drop=True)
-    pd.testing.assert_frame_equal(second, alone.table.drop(columns="doc"), check_exact=False, rtol=1e-6)
+    # padding changes the chunking of the readout's sums: float32 rounding, relative ~1e-6 of O(1) values
+    pd.testing.assert_frame_equal(second, alone.table.drop(columns="doc"), check_exact=False, rtol=1e-5, atol=1e-6)
     out = both.save(tmp_path / "t")
     assert {p.name for p in out.iterdir()} == {"trace.parquet", "trace.html", "run.json"}
     loaded = Trace.load(out)

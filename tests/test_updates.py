@@ -50,7 +50,7 @@ def test_gradient_matches_analytic_formula(family, family_adapter, hf_model, fam
     targets = torch.randint(0, adapter.d_vocab, (17,))
     loss, grad = adapter.readout.loss_and_grad(h, targets)
     want = analytic_grad(hf_model(family_dir(family)), h, targets)
-    torch.testing.assert_close(grad.double(), want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad.double().cpu(), want, rtol=1e-4, atol=1e-6)
     assert loss.shape == (17,)
 
 
