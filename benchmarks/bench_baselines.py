@@ -12,6 +12,7 @@ Times are the median of --repeats runs. Run from the repository root:
     .venv/bin/python benchmarks/bench_baselines.py                        # a small shape, about a minute
     .venv/bin/python benchmarks/bench_baselines.py --d-model 1024 --layers 24   # GPT-2-medium's shape
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
 print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
-CONFIGS = [("model alone", [], 0), ("--baseline shuffled", ["shuffled"], 1),
-           ("--baseline random-init --baseline-seeds 3", ["random-init"], 3)]
+CONFIGS = [
+    ("model alone", [], 0),
+    ("--baseline shuffled", ["shuffled"], 1),
+    ("--baseline random-init --baseline-seeds 3", ["random-init"], 3),
+]
 
 
 def build_model(folder: Path, d_model: int, layers: int) -> Path:
@@ -47,8 +51,15 @@ def build_model(folder: Path, d_model: int, layers: int) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=d_model, n_layer=layers, n_head=max(1, d_model // 64),
-                        n_positions=1024, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=d_model,
+        n_layer=layers,
+        n_head=max(1, d_model // 64),
+        n_positions=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -57,16 +68,32 @@ def build_model(folder: Path, d_model: int, layers: int) -> Path:
 def measure(args, model: str, baselines: list[str]) -> dict[str, float]:
     runs = []
     for _ in range(args.repeats):
-        spec = {"model": model, "docs": args.docs, "probes": args.probes, "seq_len": args.seq_len,
-                "baselines": baselines, "seeds": 3}
-        done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
-                              env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin",
-                                   "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        spec = {
+            "model": model,
+            "docs": args.docs,
+            "probes": args.probes,
+            "seq_len": args.seq_len,
+            "baselines": baselines,
+            "seeds": 3,
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env={
+                "OMP_NUM_THREADS": str(args.threads),
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            },
+        )
         if done.returncode:
             raise SystemExit(done.stderr[-2000:])
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {"seconds": statistics.median(r["seconds"] for r in runs), "cpu": statistics.median(r["cpu"] for r in runs),
-            "peak_rss": statistics.median(r["peak_rss"] for r in runs)}
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "cpu": statistics.median(r["cpu"] for r in runs),
+        "peak_rss": statistics.median(r["peak_rss"] for r in runs),
+    }
 
 
 def main() -> None:
@@ -84,17 +111,23 @@ def main() -> None:
         model = str(build_model(Path(tmp), args.d_model, args.layers))
         found = {label: measure(args, model, baselines) for label, baselines, _ in CONFIGS}
     plain = found["model alone"]
-    print(f"GPT-2 shape d_model {args.d_model}, {args.layers} layers; {args.docs} documents, seq_len {args.seq_len}; "
-          f"probes {' '.join(args.probes)}; {args.threads} thread(s); median of {args.repeats}")
-    print(f"{'configuration':45} {'wall s':>7} {'CPU s':>7} {'x plain':>8} {'target':>8} {'peak RSS':>10} "
-          f"{'x plain':>8} {'target':>7}")
+    print(
+        f"GPT-2 shape d_model {args.d_model}, {args.layers} layers; {args.docs} documents, seq_len {args.seq_len}; "
+        f"probes {' '.join(args.probes)}; {args.threads} thread(s); median of {args.repeats}"
+    )
+    print(
+        f"{'configuration':45} {'wall s':>7} {'CPU s':>7} {'x plain':>8} {'target':>8} {'peak RSS':>10} "
+        f"{'x plain':>8} {'target':>7}"
+    )
     for label, _, passes in CONFIGS:
         row = found[label]
         time_ratio, rss_ratio = row["cpu"] / plain["cpu"], row["peak_rss"] / plain["peak_rss"]
         target = (1 + passes) * 1.1
-        print(f"{label:45} {row['seconds']:7.2f} {row['cpu']:7.2f} {time_ratio:8.2f} {'≤' + format(target, '.2f'):>8} "
-              f"{row['peak_rss'] / 2**20:8.0f}MB {rss_ratio:8.2f} {'≤1.10':>7}"
-              f"{'' if time_ratio <= target and rss_ratio <= 1.1 else '  (over target)'}")
+        print(
+            f"{label:45} {row['seconds']:7.2f} {row['cpu']:7.2f} {time_ratio:8.2f} {'≤' + format(target, '.2f'):>8} "
+            f"{row['peak_rss'] / 2**20:8.0f}MB {rss_ratio:8.2f} {'≤1.10':>7}"
+            f"{'' if time_ratio <= target and rss_ratio <= 1.1 else '  (over target)'}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Shapes (random weights, saved under --workdir, deleted afterwards unless --keep)
     .venv/bin/python benchmarks/bench_memory.py --quick              # gpt2-medium, 32 tokens: a few minutes
     .venv/bin/python benchmarks/bench_memory.py --shapes gpt2-medium,llama-1b --tokens 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,16 +43,43 @@ def shape_config(shape: str):
     if shape == "gpt2-medium":
         return GPT2Config(n_embd=1024, n_layer=24, n_head=16, bos_token_id=0, eos_token_id=0), "float32"
     if shape == "llama-1b":
-        return LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                           num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
-                           bos_token_id=0, eos_token_id=1), "bfloat16"
+        return LlamaConfig(
+            vocab_size=128256,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=1,
+        ), "bfloat16"
     if shape == "gemma2":
-        return Gemma2Config(vocab_size=256000, hidden_size=1152, intermediate_size=4608, num_hidden_layers=8,
-                            num_attention_heads=4, num_key_value_heads=1, head_dim=256, final_logit_softcapping=30.0,
-                            attn_logit_softcapping=50.0, bos_token_id=0, eos_token_id=1, pad_token_id=1), "bfloat16"
+        return Gemma2Config(
+            vocab_size=256000,
+            hidden_size=1152,
+            intermediate_size=4608,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ), "bfloat16"
     if shape == "pythia-410m":  # fused query_key_value whose split q/k/v TransformerLens copies
-        return GPTNeoXConfig(vocab_size=50304, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                             num_attention_heads=16, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0), "float32"
+        return GPTNeoXConfig(
+            vocab_size=50304,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        ), "float32"
     raise SystemExit(f"unknown shape {shape!r}; shapes are gpt2-medium, llama-1b, gemma2, pythia-410m")
 
 
@@ -71,8 +99,7 @@ def build(shape: str, folder: Path) -> str:
     vocab = {"<s>": 0, "</s>": 1, **{VOCAB_WORD.format(i): i for i in range(2, config.vocab_size)}}
     words = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
-                            pad_token="</s>").save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>", pad_token="</s>").save_pretrained(folder)
     return dtype
 
 
@@ -95,8 +122,9 @@ def child(kind: str, folder: str, dtype: str, n_tokens: int, device: str) -> dic
         from transformers import AutoModelForCausalLM
 
         attention = "eager" if kind == "hf eager" else "sdpa"
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), attn_implementation=attention,
-                                                     device_map=device if cuda else None).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(torch, dtype), attn_implementation=attention, device_map=device if cuda else None
+        ).eval()
         if kind != "hf load":
             with torch.inference_mode():
                 model.base_model(torch.tensor([[0] + ids], device=device), use_cache=False)
@@ -108,16 +136,32 @@ def child(kind: str, folder: str, dtype: str, n_tokens: int, device: str) -> dic
         import normprobe
 
         text = " ".join(VOCAB_WORD.format(i) for i in ids)
-        normprobe.run(folder, texts=[text], probes=[kind], batch_size=1, seq_len=n_tokens, dtype=dtype,
-                      device=device, progress=False)
+        normprobe.run(
+            folder, texts=[text], probes=[kind], batch_size=1, seq_len=n_tokens, dtype=dtype, device=device, progress=False
+        )
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss": peak_kib * 1024, "peak_cuda": int(torch.cuda.max_memory_allocated()) if cuda else None,
-            "seconds": round(time.time() - started, 1)}
+    return {
+        "peak_rss": peak_kib * 1024,
+        "peak_cuda": int(torch.cuda.max_memory_allocated()) if cuda else None,
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def measure(kind: str, folder: Path, dtype: str, n_tokens: int, device: str, timeout: float) -> dict | None:
-    command = [sys.executable, __file__, "--child", kind, "--model", str(folder), "--dtype", dtype,
-               "--tokens", str(n_tokens), "--device", device]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--model",
+        str(folder),
+        "--dtype",
+        dtype,
+        "--tokens",
+        str(n_tokens),
+        "--device",
+        device,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -136,9 +180,12 @@ def gib(n: float | None) -> str:
 
 
 def table(shape: str, dtype: str, results: dict[str, dict | None], n_tokens: int) -> list[str]:
-    rows = [f"### {shape} ({dtype}, {n_tokens} tokens, batch 1)", "",
-            "| measurement | peak RSS (GiB) | ratio | target | peak CUDA (GiB) | seconds |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        f"### {shape} ({dtype}, {n_tokens} tokens, batch 1)",
+        "",
+        "| measurement | peak RSS (GiB) | ratio | target | peak CUDA (GiB) | seconds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for kind, found in results.items():
         if found is None:
             rows.append(f"| {kind} | - | - | - | - | - |")
@@ -147,16 +194,18 @@ def table(shape: str, dtype: str, results: dict[str, dict | None], n_tokens: int
         base = results.get(base_kind)
         ratio = f"{found['peak_rss'] / base['peak_rss']:.2f}× {base_kind}" if base and kind != base_kind else ""
         target = f"≤ {TARGETS[kind]:.2f}" if kind in TARGETS else ""
-        rows.append(f"| {kind} | {gib(found['peak_rss'])} | {ratio} | {target} | {gib(found['peak_cuda'])} | "
-                    f"{found['seconds']} |")
+        rows.append(
+            f"| {kind} | {gib(found['peak_rss'])} | {ratio} | {target} | {gib(found['peak_cuda'])} | {found['seconds']} |"
+        )
     return rows + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=None, help="comma-separated: gpt2-medium, llama-1b, gemma2")
-    parser.add_argument("--measure", default=None, help="comma-separated subset of: hf, hf eager, hf load, load, "
-                                                          + ", ".join(PROBES))
+    parser.add_argument(
+        "--measure", default=None, help="comma-separated subset of: hf, hf eager, hf load, load, " + ", ".join(PROBES)
+    )
     parser.add_argument("--tokens", type=int, default=None, help="tokens per document (default 128, 32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="gpt2-medium only, 32 tokens")
     parser.add_argument("--device", default="cuda" if _has_cuda() else "cpu")

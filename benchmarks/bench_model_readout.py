@@ -14,6 +14,7 @@ Times are the median of --repeats runs after one warm-up. Run from the repositor
     .venv/bin/python benchmarks/bench_model_readout.py            # GPT-2-small shape, a few minutes on 2 CPU cores
     .venv/bin/python benchmarks/bench_model_readout.py --quick    # a small model, under a minute
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
 
     def batch_of(n_windows: int, length: int):
-        windows = [Window(i, torch.randint(1, model.d_vocab, (length,), generator=generator).tolist())
-                   for i in range(n_windows)]
+        windows = [Window(i, torch.randint(1, model.d_vocab, (length,), generator=generator).tolist()) for i in range(n_windows)]
         return collate(windows, model.pad_token_id, args.device)
 
     batch = batch_of(args.batch_size, args.seq_len)
@@ -71,6 +71,7 @@ def main() -> None:
         def go():
             with torch.inference_mode():
                 probe.begin_batch(batch)
+
         return go
 
     def hf_forward():
@@ -81,14 +82,18 @@ def main() -> None:
         with torch.inference_mode():
             model.forward(batch.tokens, batch.mask.long(), [])
 
-    rows = [("Hugging Face forward (all logits)", timed(hf_forward, args.repeats)[0]),
-            ("bridge forward (logits for one position)", timed(bridge_forward, args.repeats)[0]),
-            ("updates --readout model", timed(probe_pass(False), args.repeats)[0]),
-            ("updates --readout model --ablate", timed(probe_pass(True), max(1, args.repeats - 2))[0])]
+    rows = [
+        ("Hugging Face forward (all logits)", timed(hf_forward, args.repeats)[0]),
+        ("bridge forward (logits for one position)", timed(bridge_forward, args.repeats)[0]),
+        ("updates --readout model", timed(probe_pass(False), args.repeats)[0]),
+        ("updates --readout model --ablate", timed(probe_pass(True), max(1, args.repeats - 2))[0]),
+    ]
     base = rows[0][1]
     n_layers = model.n_layers
-    print(f"{shape} ({n_layers} layers, d_model {model.d_model}, vocab {model.d_vocab}) on {args.device}, "
-          f"{torch.get_num_threads()} threads; {args.batch_size} windows of {args.seq_len} tokens, median of {args.repeats}")
+    print(
+        f"{shape} ({n_layers} layers, d_model {model.d_model}, vocab {model.d_vocab}) on {args.device}, "
+        f"{torch.get_num_threads()} threads; {args.batch_size} windows of {args.seq_len} tokens, median of {args.repeats}"
+    )
     for label, seconds in rows:
         print(f"  {label:<44} {seconds * 1000:10.1f} ms  {seconds / base:6.2f}x the HF forward")
     print(f"  targets: <= 3.5x without --ablate; <= {3 * n_layers / 2 + 4:.1f}x with it")
@@ -97,15 +102,27 @@ def main() -> None:
     length = min(args.memory_seq_len, model.n_ctx)
     print(f"peak resident-set growth, one window of {length} tokens (each in a fresh process):")
     for label, which in MEMORY_PASSES.items():
-        command = [sys.executable, __file__, "--memory-of", which, "--model-dir", str(folder), "--memory-seq-len",
-                   str(length), "--device", args.device]
+        command = [
+            sys.executable,
+            __file__,
+            "--memory-of",
+            which,
+            "--model-dir",
+            str(folder),
+            "--memory-seq-len",
+            str(length),
+            "--device",
+            args.device,
+        ]
         found = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1]
         print(f"  {label:<50} {float(found) / 2**20:8.0f} MB")
 
 
-MEMORY_PASSES = {"Hugging Face forward, inference": "hf_forward",
-                 "Hugging Face forward + backward, frozen weights": "hf_backward",
-                 "updates --readout model (forward + backward)": "model_readout"}
+MEMORY_PASSES = {
+    "Hugging Face forward, inference": "hf_forward",
+    "Hugging Face forward + backward, frozen weights": "hf_backward",
+    "updates --readout model (forward + backward)": "model_readout",
+}
 
 
 def memory_of(which: str, folder: Path, length: int, device: str) -> int:

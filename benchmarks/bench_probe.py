@@ -10,6 +10,7 @@ every millisecond. Run from the repository root:
 
 It prints a table and writes benchmarks/results/<shape>-<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,7 +106,7 @@ def main() -> None:
 
     hf = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").to(args.device).eval()
     # long documents so every window is full: the same windows for every measure
-    long_docs = [" ".join(sample_documents(None)[i::args.docs]) for i in range(args.docs)]
+    long_docs = [" ".join(sample_documents(None)[i :: args.docs]) for i in range(args.docs)]
     windows = list(iter_windows(long_docs, model.encode, args.seq_len, model.bos_token_id, max_docs=args.docs))
     windows = [w for w in windows if len(w.tokens) == args.seq_len][: args.docs]
     texts = [model.tokenizer.decode(w.tokens[1:]) for w in windows]
@@ -157,9 +158,9 @@ def main() -> None:
 
     def probe(names):
         def go():
-            normprobe.run(model, texts=texts, probes=names, batch_size=args.batch_size, seq_len=args.seq_len,
-                          progress=False)
+            normprobe.run(model, texts=texts, probes=names, batch_size=args.batch_size, seq_len=args.seq_len, progress=False)
             sync()
+
         return go
 
     def run_with_cache_norms():
@@ -180,9 +181,15 @@ def main() -> None:
         result.save(Path(tempfile.mkdtemp()) / "out", report=False)
 
     measures = [
-        ("hf_forward", hf_forward), ("bridge_forward", bridge_forward), ("norms_probe", probe(["norms"])),
-        ("readout_floor", readout_floor), ("gradient_floor", gradient_floor), ("updates_probe", probe(["updates"])),
-        ("run_with_cache_norms", run_with_cache_norms), ("tokenise", tokenise), ("save_tables", save_results),
+        ("hf_forward", hf_forward),
+        ("bridge_forward", bridge_forward),
+        ("norms_probe", probe(["norms"])),
+        ("readout_floor", readout_floor),
+        ("gradient_floor", gradient_floor),
+        ("updates_probe", probe(["updates"])),
+        ("run_with_cache_norms", run_with_cache_norms),
+        ("tokenise", tokenise),
+        ("save_tables", save_results),
     ]
     for name, fn in measures:
         median, times = timed(fn, args.repeats)
@@ -204,7 +211,8 @@ def main() -> None:
         "updates_vs_readout_floor": r["updates_probe"] / r["readout_floor"],
         "updates_vs_gradient_floor": r["updates_probe"] / r["gradient_floor"],
         "run_with_cache_vs_norms": r["run_with_cache_norms"] / r["norms_probe"],
-        "norms_peak_vs_hf_peak": results["norms_probe"]["peak_rss_growth_mb"] / max(results["hf_forward"]["peak_rss_growth_mb"], 1e-9),
+        "norms_peak_vs_hf_peak": results["norms_probe"]["peak_rss_growth_mb"]
+        / max(results["hf_forward"]["peak_rss_growth_mb"], 1e-9),
         "norms_peak_10x_docs_vs_1x": large.growth / max(small.growth, 1),
     }
     breakdown = {
@@ -214,20 +222,40 @@ def main() -> None:
         "tokenisation": r["tokenise"],
         "I/O (saving tables for a tiny run)": r["save_tables"],
     }
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    report = {"shape": shape, "config": SHAPES[shape], "n_tokens": n_tokens, "batch_size": args.batch_size,
-              "seq_len": args.seq_len, "repeats": args.repeats, "machine": machine, "measures": results,
-              "ratios": ratios, "tokens_per_second": {k: n_tokens / v for k, v in r.items()
-                                                       if k in ("hf_forward", "norms_probe", "updates_probe")},
-              "breakdown_seconds": breakdown,
-              "memory_vs_corpus_mb": {"1x": small.growth / 2**20, "10x": large.growth / 2**20}}
-    print(f"\n{shape} on {args.device} ({machine['cpus']} CPUs, torch {torch.__version__}), {n_tokens} tokens, "
-          f"batch {args.batch_size} x {args.seq_len}, median of {args.repeats}")
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+    }
+    report = {
+        "shape": shape,
+        "config": SHAPES[shape],
+        "n_tokens": n_tokens,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "repeats": args.repeats,
+        "machine": machine,
+        "measures": results,
+        "ratios": ratios,
+        "tokens_per_second": {k: n_tokens / v for k, v in r.items() if k in ("hf_forward", "norms_probe", "updates_probe")},
+        "breakdown_seconds": breakdown,
+        "memory_vs_corpus_mb": {"1x": small.growth / 2**20, "10x": large.growth / 2**20},
+    }
+    print(
+        f"\n{shape} on {args.device} ({machine['cpus']} CPUs, torch {torch.__version__}), {n_tokens} tokens, "
+        f"batch {args.batch_size} x {args.seq_len}, median of {args.repeats}"
+    )
     print(f"{'measure':<34}{'value':>10}  target")
-    targets = {"norms_vs_hf_forward": "<= 1.10", "updates_vs_readout_floor": "<= 1.20", "norms_peak_vs_hf_peak": "<= 1.15",
-               "norms_peak_10x_docs_vs_1x": "<= 1.10"}
+    targets = {
+        "norms_vs_hf_forward": "<= 1.10",
+        "updates_vs_readout_floor": "<= 1.20",
+        "norms_peak_vs_hf_peak": "<= 1.15",
+        "norms_peak_10x_docs_vs_1x": "<= 1.10",
+    }
     for key, value in ratios.items():
         print(f"{key:<34}{value:>10.3f}  {targets.get(key, '')}")
     for key, value in report["tokens_per_second"].items():

@@ -16,6 +16,7 @@ run of this script, so a loaded machine shifts them less than the seconds. Run f
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_probe_cost.py --shape gemma2-softcap --tokens 128
     PYTHONPATH=OTHER_CHECKOUT .venv/bin/python benchmarks/bench_probe_cost.py --shape demo   # that checkout's code
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,34 @@ SHAPES = {
     # GPT-2 small: LayerNorm, tied 50,257-token unembedding
     "gpt2-small": ("GPT2Config", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)),
     # Llama-3.2-1B's width and 128k vocabulary (RMSNorm, untied), 4 layers to keep the forward short
-    "llama-128k": ("LlamaConfig", dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=4,
-                                       num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False,
-                                       max_position_embeddings=1024)),
+    "llama-128k": (
+        "LlamaConfig",
+        dict(
+            vocab_size=128256,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=4,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            tie_word_embeddings=False,
+            max_position_embeddings=1024,
+        ),
+    ),
     # Gemma 2 2B's width and 256k vocabulary, RMSNorm (1 + w) and final-logit soft-capping, 4 layers
-    "gemma2-softcap": ("Gemma2Config", dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216,
-                                            num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-                                            head_dim=256, final_logit_softcapping=30.0, max_position_embeddings=1024)),
+    "gemma2-softcap": (
+        "Gemma2Config",
+        dict(
+            vocab_size=256000,
+            hidden_size=2304,
+            intermediate_size=9216,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=256,
+            final_logit_softcapping=30.0,
+            max_position_embeddings=1024,
+        ),
+    ),
     "demo": None,  # the built-in demo model (4 layers, width 128): compare with another checkout's code
     "quick": ("GPT2Config", dict(n_embd=128, n_layer=4, n_head=4, vocab_size=8192, n_positions=512)),
 }
@@ -144,9 +166,11 @@ def main() -> None:
         }
         wanted = args.only.split(",") if args.only else list(runs)
         cost: dict[str, float] = {}
-        print(f"{args.shape}: {model.n_layers} layers, width {model.d_model}, vocabulary {model.d_vocab}, "
-              f"{model.facts()['norm_type']}, {model.facts()['logit_postprocessing']}; "
-              f"torch threads {torch.get_num_threads()}")
+        print(
+            f"{args.shape}: {model.n_layers} layers, width {model.d_model}, vocabulary {model.d_vocab}, "
+            f"{model.facts()['norm_type']}, {model.facts()['logit_postprocessing']}; "
+            f"torch threads {torch.get_num_threads()}"
+        )
         print(f"readout along a line: {model.facts().get('line_readout', 'n/a')}")
         for name in wanted:
             probes, options = runs[name]
@@ -158,8 +182,13 @@ def main() -> None:
 
     print(f"\nα grids: default {len(DEFAULT_ALPHAS)} α, and 33 α")
     print("| ratio | measured | target |\n| --- | --- | --- |")
-    for a, b, target in (("linesearch", "updates", "≤ 2.5"), ("linesearch33", "linesearch", "≤ 1.3"),
-                         ("updates", "floor", "≤ 1.5"), ("updates", "norms", "≤ 6"), ("floor", "norms", "")):
+    for a, b, target in (
+        ("linesearch", "updates", "≤ 2.5"),
+        ("linesearch33", "linesearch", "≤ 1.3"),
+        ("updates", "floor", "≤ 1.5"),
+        ("updates", "norms", "≤ 6"),
+        ("floor", "norms", ""),
+    ):
         print(f"| {a} / {b} | {ratio(a, b)} | {target} |")
 
 

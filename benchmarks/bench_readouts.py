@@ -11,6 +11,7 @@ Times are the median of --repeats runs after one warm-up. Run from the repositor
     .venv/bin/python benchmarks/bench_readouts.py                  # the demo model, well under a minute
     .venv/bin/python benchmarks/bench_readouts.py --model gpt2     # any model normprobe loads
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,12 @@ def main() -> None:
             readout = make_readout(model, spec)
             name = spec.split(":")[0]
             rows.append((f"{name} readout: loss, {args.tokens} tokens", timed(lambda: readout.loss(h, targets, 0), args.repeats)))
-            rows.append((f"{name} readout: loss and gradient, {args.tokens} tokens",
-                         timed(lambda: readout.loss_and_grad(h, targets, 0), args.repeats)))
+            rows.append(
+                (
+                    f"{name} readout: loss and gradient, {args.tokens} tokens",
+                    timed(lambda: readout.loss_and_grad(h, targets, 0), args.repeats),
+                )
+            )
 
         def run(probe, **options):
             return normprobe.run(model, texts=docs, probes=[probe], progress=False, **options)
@@ -73,8 +78,10 @@ def main() -> None:
         rows.append(("linesearch run, default α grid of 9", nine))
         rows.append(("linesearch: one more α (3 components, every layer)", (nine - two) / 7))
         rows.append(("linesearch, tuned readout, α grid of 9", timed(lambda: run("linesearch", readout=tuned), args.repeats)))
-    print(f"{args.model} on {args.device}, {torch.get_num_threads()} threads; runs over {args.docs} documents "
-          f"({n_tokens} tokens), median of {args.repeats}")
+    print(
+        f"{args.model} on {args.device}, {torch.get_num_threads()} threads; runs over {args.docs} documents "
+        f"({n_tokens} tokens), median of {args.repeats}"
+    )
     for label, seconds in rows:
         print(f"  {label:<58} {seconds * 1000:9.1f} ms")
 

@@ -12,6 +12,7 @@ warm-up; memory is the peak growth over the pass (resident set on the CPU, alloc
     .venv/bin/python benchmarks/bench_scaling.py --quick         # smaller everything, ~3 minutes
     .venv/bin/python benchmarks/bench_scaling.py --device cuda --dtype bfloat16 --shape 1b
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,18 @@ from bench_probe import timed as median_time  # noqa: E402
 SHAPES = {  # name: (family config kwargs for Llama-style or GPT-2 models)
     "gpt2-small": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=2048)),
     "quick": ("gpt2", dict(n_embd=256, n_layer=4, n_head=4, vocab_size=8192, n_positions=2048)),
-    "1b": ("llama", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                         intermediate_size=8192, vocab_size=128256, max_position_embeddings=4096)),
+    "1b": (
+        "llama",
+        dict(
+            hidden_size=2048,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=8192,
+            vocab_size=128256,
+            max_position_embeddings=4096,
+        ),
+    ),
 }
 
 
@@ -43,8 +54,11 @@ def build(kind: str, config: dict, folder: Path) -> Path:
     from normprobe.adapter import DEMO_DIR
 
     torch.manual_seed(0)
-    cfg = GPT2Config(**config, bos_token_id=0, eos_token_id=0) if kind == "gpt2" else \
-        LlamaConfig(**config, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    cfg = (
+        GPT2Config(**config, bos_token_id=0, eos_token_id=0)
+        if kind == "gpt2"
+        else LlamaConfig(**config, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    )
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     PreTrainedTokenizerFast.from_pretrained(DEMO_DIR).save_pretrained(folder)
     return folder
@@ -87,8 +101,9 @@ def random_texts(model, n_windows: int, seq_len: int) -> list[str]:
 
 
 def measure_speed(args, work: Path, report: dict, sync) -> dict:
-    import normprobe
     from transformers import AutoModelForCausalLM
+
+    import normprobe
 
     dtype = getattr(torch, args.dtype)
     shape = report["shape"]
@@ -116,15 +131,31 @@ def measure_speed(args, work: Path, report: dict, sync) -> dict:
 
         def norms_probe():
             # exactly the windows the baseline runs: the texts are longer than a window, so cut by tokens
-            normprobe.run(model, texts=texts, probes=["norms"], seq_len=seq_len, batch_size=n_windows,
-                          max_tokens=n_windows * seq_len, progress=False)
+            normprobe.run(
+                model,
+                texts=texts,
+                probes=["norms"],
+                seq_len=seq_len,
+                batch_size=n_windows,
+                max_tokens=n_windows * seq_len,
+                progress=False,
+            )
             sync()
 
         hf_s, body_s, norms_s = (timed(fn, args.repeats) for fn in (hf_forward, hf_body, norms_probe))
-        speed[seq_len] = {"hf_default_forward_s": hf_s, "hf_body_s": body_s, "norms_probe_s": norms_s,
-                          "ratio": norms_s / hf_s, "ratio_to_body": norms_s / body_s, "tokens": n_windows * seq_len}
-        print(f"T={seq_len}: HF default forward {hf_s:.2f} s (body without logits {body_s:.2f} s), norms probe "
-              f"{norms_s:.2f} s, ratio {norms_s / hf_s:.3f} ({norms_s / body_s:.3f} to the body)", flush=True)
+        speed[seq_len] = {
+            "hf_default_forward_s": hf_s,
+            "hf_body_s": body_s,
+            "norms_probe_s": norms_s,
+            "ratio": norms_s / hf_s,
+            "ratio_to_body": norms_s / body_s,
+            "tokens": n_windows * seq_len,
+        }
+        print(
+            f"T={seq_len}: HF default forward {hf_s:.2f} s (body without logits {body_s:.2f} s), norms probe "
+            f"{norms_s:.2f} s, ratio {norms_s / hf_s:.3f} ({norms_s / body_s:.3f} to the body)",
+            flush=True,
+        )
     report["norms_vs_hf_default"] = speed
 
     # 2. updates probe against its floor, on shorter windows (the readouts dominate)
@@ -146,8 +177,15 @@ def measure_speed(args, work: Path, report: dict, sync) -> dict:
         sync()
 
     def updates():
-        normprobe.run(model, texts=texts, probes=["updates"], seq_len=seq_len, batch_size=n_windows,
-                      max_tokens=n_windows * seq_len, progress=False)
+        normprobe.run(
+            model,
+            texts=texts,
+            probes=["updates"],
+            seq_len=seq_len,
+            batch_size=n_windows,
+            max_tokens=n_windows * seq_len,
+            progress=False,
+        )
         sync()
 
     floor_s, updates_s = timed(floor, args.repeats), timed(updates, args.repeats)
@@ -156,13 +194,20 @@ def measure_speed(args, work: Path, report: dict, sync) -> dict:
     return speed
 
 
-
 def child_peak(args, depth: int, width: int, vocab: int, tokens: int) -> float:
     """Peak memory growth (MB) of one updates-probe pass, measured in a fresh process."""
     import subprocess
 
-    command = [sys.executable, __file__, "--child", f"{depth},{width},{vocab},{tokens}", "--device", args.device,
-               "--dtype", args.dtype]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        f"{depth},{width},{vocab},{tokens}",
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -171,8 +216,11 @@ def child(spec: str, device: str, dtype: str) -> None:
     import normprobe
 
     depth, width, vocab, tokens = (int(x) for x in spec.split(","))
-    folder = build("gpt2", dict(n_embd=width, n_layer=depth, n_head=8, vocab_size=vocab, n_positions=1024),
-                   Path(tempfile.mkdtemp(prefix="normprobe-child-")))
+    folder = build(
+        "gpt2",
+        dict(n_embd=width, n_layer=depth, n_head=8, vocab_size=vocab, n_positions=1024),
+        Path(tempfile.mkdtemp(prefix="normprobe-child-")),
+    )
     model = normprobe.load_model(str(folder), device=device, dtype=dtype)
     texts = random_texts(model, tokens // 512, 512)
     # a tiny run first: it pages in the memory-mapped weights and builds the readout's float32 copies,
@@ -180,8 +228,9 @@ def child(spec: str, device: str, dtype: str) -> None:
     normprobe.run(model, texts=texts[:1], probes=["updates"], seq_len=16, max_tokens=16, progress=False)
     gc.collect()
     with PeakMemory(device) as mem:
-        normprobe.run(model, texts=texts, probes=["updates"], seq_len=512, batch_size=tokens // 512,
-                      max_tokens=tokens, progress=False)
+        normprobe.run(
+            model, texts=texts, probes=["updates"], seq_len=512, batch_size=tokens // 512, max_tokens=tokens, progress=False
+        )
     print(mem.growth / 2**20)
 
 
@@ -216,16 +265,22 @@ def main() -> None:
         width, tokens = (256, 1024) if args.quick else (512, 4096)
         for depth in (3, 12, 24, 48):
             depth_memory[depth] = child_peak(args, depth, width, 2048, tokens)
-            print(f"updates probe, {depth} layers x width {width}, {tokens} tokens: peak +{depth_memory[depth]:.0f} MB", flush=True)
+            print(
+                f"updates probe, {depth} layers x width {width}, {tokens} tokens: peak +{depth_memory[depth]:.0f} MB", flush=True
+            )
         for vocab in (2048, 128_000):
             vocab_memory[vocab] = child_peak(args, 3, width, vocab, tokens)
             print(f"updates probe, 3 layers, vocabulary {vocab}: peak +{vocab_memory[vocab]:.0f} MB", flush=True)
         report["updates_peak_mb_by_depth"] = depth_memory
         report["updates_peak_mb_by_vocab"] = vocab_memory
 
-    report["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                         "threads": torch.get_num_threads(),
-                         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    report["machine"] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+    }
     print("\nsummary")
     for t, s in speed.items():
         print(f"  norms probe / HF default forward, T={t}: {s['ratio']:.3f}  (target <= 1.10)")
@@ -233,8 +288,10 @@ def main() -> None:
     if 24 in depth_memory and 3 in depth_memory:  # --only speed measures no memory
         print(f"  updates extra peak 3 -> 24 layers: {depth_memory[24] - depth_memory[3]:+.0f} MB  (target <= 400 MB)")
     if 128_000 in vocab_memory and 2048 in vocab_memory:
-        print(f"  updates extra peak, 128k vs 2k vocabulary: {vocab_memory[128_000] - vocab_memory[2048]:+.0f} MB  "
-              "(target <= 1024 MB)")
+        print(
+            f"  updates extra peak, 128k vs 2k vocabulary: {vocab_memory[128_000] - vocab_memory[2048]:+.0f} MB  "
+            "(target <= 1024 MB)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"scaling-{shape}-{args.device.replace(':', '')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -13,6 +13,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_trace.py --shape quick        # a random GPT-2, d 256, vocabulary 8192
     .venv/bin/python benchmarks/bench_trace.py --shape gpt2-small   # GPT-2 small's shape (vocabulary 50257)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def main() -> None:
     # documents of exactly --tokens tokens (BOS + body), each one window of the run
     body = model.encode(" ".join(sample_documents(None)))
     step = args.tokens - 1
-    docs = [model.tokenizer.decode(body[i * step:(i + 1) * step]) for i in range(args.docs)]
+    docs = [model.tokenizer.decode(body[i * step : (i + 1) * step]) for i in range(args.docs)]
     docs = [model.tokenizer.decode(model.encode(d)[:step]) for d in docs]  # round-trip: re-encoding may differ
 
     def run():
@@ -66,8 +67,11 @@ def main() -> None:
     t_trace_s, _ = timed(lambda: trace().save(work / f"trace{next(counter)}"), args.repeats)
     rows.append(("compute + save folder", t_run_s, t_trace_s))
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS":
-           os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     texts = [a for d in docs for a in ("--text", d)]
     common = [name, *texts, "--no-progress", "--device", args.device, "--overwrite"]
 
@@ -76,14 +80,20 @@ def main() -> None:
         times = []
         for i in range(args.cli_repeats):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "normprobe", kind, *common, *extra, "--out", str(work / f"cli-{kind}{i}")],
-                           check=True, env=env, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "normprobe", kind, *common, *extra, "--out", str(work / f"cli-{kind}{i}")],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2]
 
     rows.append(("command end to end", command("run"), command("trace")))
-    print(f"model {name if not args.shape else args.shape}: {model.n_layers} layers, d_model {model.d_model}, "
-          f"vocabulary {model.d_vocab}; {args.docs} documents, tokens run {n_run} / trace {n_trace}")
+    print(
+        f"model {name if not args.shape else args.shape}: {model.n_layers} layers, d_model {model.d_model}, "
+        f"vocabulary {model.d_vocab}; {args.docs} documents, tokens run {n_run} / trace {n_trace}"
+    )
     print(f"{'measure':<26}{'run norms (s)':>15}{'trace (s)':>12}{'ratio':>8}")
     for label, a, b in rows:
         print(f"{label:<26}{a:>15.3f}{b:>12.3f}{b / a:>7.2f}x")

@@ -8,6 +8,7 @@ first-order g·Δ and the rerun's loss with the update minus without it. docs/mo
 
     .venv/bin/python benchmarks/demo_readout_table.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,17 @@ def main() -> None:
     import normprobe
 
     model = normprobe.load_model("demo", device="cpu")
-    runs = {spec: normprobe.run(model, probes=["updates"], max_docs=args.docs, progress=False, **options)["updates"]
-            for spec, options in (("logit", {"readout": "logit"}), ("model", {"readout": "model", "ablate": True}))}
+    runs = {
+        spec: normprobe.run(model, probes=["updates"], max_docs=args.docs, progress=False, **options)["updates"]
+        for spec, options in (("logit", {"readout": "logit"}), ("model", {"readout": "model", "ablate": True}))
+    }
     logit, own = (runs[k].set_index(["layer", "component"]) for k in ("logit", "model"))
     n_tokens = int(own.loc[(model.n_layers, "output"), "count"])
     print(f"demo model ({model.n_layers} layers), first {args.docs} documents of the built-in sample, {n_tokens} tokens\n")
-    print("| layer | component | descent cos, logit lens | descent cos, model | loss change, logit lens "
-          "| g·Δ, model | loss change (ablation), model |")
+    print(
+        "| layer | component | descent cos, logit lens | descent cos, model | loss change, logit lens "
+        "| g·Δ, model | loss change (ablation), model |"
+    )
     print("|---|---|---|---|---|---|---|")
 
     def cos(row):
@@ -39,8 +44,10 @@ def main() -> None:
         if component == "output":
             continue
         lens = logit.loc[(layer, component)]
-        print(f"| {layer} | {component} | {cos(lens)} | {cos(row)} | {lens['actual_change_mean']:+.3f} "
-              f"| {row['predicted_change_mean']:+.3f} | {row['actual_change_mean']:+.3f} |")
+        print(
+            f"| {layer} | {component} | {cos(lens)} | {cos(row)} | {lens['actual_change_mean']:+.3f} "
+            f"| {row['predicted_change_mean']:+.3f} | {row['actual_change_mean']:+.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 `<!-- model-types -->` in a page becomes the table of supported and refused model types, rendered
 from `normprobe.families` at build time; `changelog.md` is the repository's CHANGELOG.md.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 Light to import: torch, TransformerLens and plotly load only when a function needs them.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -46,8 +47,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .adapter import ModelAdapter, load_model
     from .api import compare, merge_shards
-    from .comparison import Comparison
     from .batching import Batch
+    from .comparison import Comparison
     from .registry import resolve_probe
     from .results import RunResult
     from .runner import run

@@ -3,14 +3,16 @@
 `load_model` boots a `TransformerBridge` on raw Hugging Face weights (no LayerNorm folding,
 no weight centring), so every norm measured is a norm of the model's real hidden states.
 """
+
 from __future__ import annotations
 
 import json
 import operator
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import NormprobeError
 from .families import REFUSED, SHORT_NAMES, family_for
@@ -23,8 +25,15 @@ if TYPE_CHECKING:
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 # Sites inside the attention block; every family has them. The pattern is [batch, query head, query, key].
 ATTENTION_SITES = {"attn_pattern": "attn.hook_pattern"}
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16", "half": "float16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 DEMO_DIR = Path(__file__).parent / "demo"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -62,8 +71,9 @@ def parse_device_map(device_map: str | None, device: str = "auto") -> str | None
     return device_map
 
 
-def resolve_source(name: str, revision: str | None = None, checkpoint_index: int | None = None,
-                   checkpoint_value: int | None = None) -> ModelSource:
+def resolve_source(
+    name: str, revision: str | None = None, checkpoint_index: int | None = None, checkpoint_value: int | None = None
+) -> ModelSource:
     """Turn a user's model name into a source and check what can be checked without loading."""
     extra = dict(revision=revision, checkpoint_index=checkpoint_index, checkpoint_value=checkpoint_value)
     if name == "demo":
@@ -144,8 +154,7 @@ def _check_hub_reachable(source: ModelSource) -> dict | None:
         config = json.loads(Path(cached).read_text())
         check_architecture(config.get("model_type"), f"model {source.location}")
         return config
-    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") \
-            or not _hub_resolvable():
+    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not _hub_resolvable():
         raise NormprobeError(_not_found_message(source, HF_HUB_CACHE))
     return None
 
@@ -190,10 +199,19 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32", *, revision: str | None = None,
-               checkpoint_index: int | None = None, checkpoint_value: int | None = None,
-               device_map: str | None = None, n_devices: int | None = None,
-               max_memory_per_device: dict | None = None, offload_folder: str | None = None) -> "ModelAdapter":
+def load_model(
+    name_or_path: str,
+    device: str = "auto",
+    dtype: str = "float32",
+    *,
+    revision: str | None = None,
+    checkpoint_index: int | None = None,
+    checkpoint_value: int | None = None,
+    device_map: str | None = None,
+    n_devices: int | None = None,
+    max_memory_per_device: dict | None = None,
+    offload_folder: str | None = None,
+) -> ModelAdapter:
     """Load a causal LM through TransformerBridge on its raw weights and wrap it in an adapter.
 
     `name_or_path` is `demo`, a local Hugging Face folder, a Hub id or a TransformerLens-style short name
@@ -205,13 +223,30 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32", 
     parse_device_map(device_map, device)
     source = resolve_source(name_or_path, revision, checkpoint_index, checkpoint_value)
     validate_source(source)
-    return ModelAdapter.from_source(source, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices,
-                                    max_memory_per_device=max_memory_per_device, offload_folder=offload_folder)
+    return ModelAdapter.from_source(
+        source,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        n_devices=n_devices,
+        max_memory_per_device=max_memory_per_device,
+        offload_folder=offload_folder,
+    )
 
 
 def _boot_error(source: ModelSource, exc: BaseException) -> NormprobeError:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if source.kind == "hub" and any(s in text for s in ("offline", "couldn't connect", "Connection", "resolve", "not a valid model identifier", "does not appear to have")):
+    if source.kind == "hub" and any(
+        s in text
+        for s in (
+            "offline",
+            "couldn't connect",
+            "Connection",
+            "resolve",
+            "not a valid model identifier",
+            "does not appear to have",
+        )
+    ):
         from huggingface_hub.constants import HF_HUB_CACHE
 
         return NormprobeError(_not_found_message(source, HF_HUB_CACHE))
@@ -269,13 +304,22 @@ class ModelAdapter:
         self.device_map: str | None = None  # what the user asked accelerate for, if anything
 
     def __repr__(self) -> str:
-        return (f"<ModelAdapter {self.source.name!r} ({self.family.name}): {self.n_layers} layers, d_model {self.d_model}, "
-                f"{self.dtype} on {self.device}>")
+        return (
+            f"<ModelAdapter {self.source.name!r} ({self.family.name}): {self.n_layers} layers, d_model {self.d_model}, "
+            f"{self.dtype} on {self.device}>"
+        )
 
     @classmethod
-    def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "float32",
-                    device_map: str | None = None, n_devices: int | None = None,
-                    max_memory_per_device: dict | None = None, offload_folder: str | None = None) -> "ModelAdapter":
+    def from_source(
+        cls,
+        source: ModelSource,
+        device: str = "auto",
+        dtype: str = "float32",
+        device_map: str | None = None,
+        n_devices: int | None = None,
+        max_memory_per_device: dict | None = None,
+        offload_folder: str | None = None,
+    ) -> ModelAdapter:
         import torch
 
         TransformerBridge = _bridge_class()
@@ -283,8 +327,9 @@ class ModelAdapter:
         kwargs: dict[str, Any] = dict(dtype=getattr(torch, dtype))
         resolved_device = None
         if device_map or n_devices:
-            kwargs.update(device_map=device_map, n_devices=n_devices, max_memory=max_memory_per_device,
-                          offload_folder=offload_folder)
+            kwargs.update(
+                device_map=device_map, n_devices=n_devices, max_memory=max_memory_per_device, offload_folder=offload_folder
+            )
         else:
             resolved_device = pick_device(device)
             if resolved_device == "cpu":
@@ -314,8 +359,7 @@ class ModelAdapter:
         return adapter
 
     @classmethod
-    def from_hf_model(cls, hf_model: Any, tokenizer: Any, name: str = "in-memory model",
-                      device: str = "cpu") -> "ModelAdapter":
+    def from_hf_model(cls, hf_model: Any, tokenizer: Any, name: str = "in-memory model", device: str = "cpu") -> ModelAdapter:
         """Wrap a Hugging Face causal LM already in memory (the bridge takes it over; keep a copy to compare)."""
         TransformerBridge = _bridge_class()
 
@@ -323,8 +367,9 @@ class ModelAdapter:
 
         check_architecture(hf_model.config.model_type, name)
         with deferred_split():
-            bridge = TransformerBridge.boot_transformers(tokenizer.name_or_path, hf_model=hf_model, device=device,
-                                                         tokenizer=tokenizer)
+            bridge = TransformerBridge.boot_transformers(
+                tokenizer.name_or_path, hf_model=hf_model, device=device, tokenizer=tokenizer
+            )
         bridge.eval()
         source = ModelSource(name, "memory", name)
         return cls(bridge, source, device, parse_dtype(str(next(hf_model.parameters()).dtype)), tokenizer=tokenizer)
@@ -350,7 +395,7 @@ class ModelAdapter:
     def has_hook(self, hook_name: str) -> bool:
         return hook_name in self.bridge.hook_dict
 
-    def resolve_hook(self, point: "str | tuple[str, int]") -> str:
+    def resolve_hook(self, point: str | tuple[str, int]) -> str:
         """A probe's hook point as a TransformerLens hook name: names pass through, (site, layer) resolves."""
         if isinstance(point, tuple):
             return self.hook_name(*point)
@@ -401,8 +446,13 @@ class ModelAdapter:
             return self._readout.line_algebra
         pre = [m for m in (self.final_norm(), *self._pre_head()) if m is not None]
         head = self._head().weight
-        return line_algebra_text(*((None, "modules between the final norm and the unembedding") if len(pre) > 1
-                                   else norm_form(pre[0] if pre else None, int(head.shape[1]))))
+        return line_algebra_text(
+            *(
+                (None, "modules between the final norm and the unembedding")
+                if len(pre) > 1
+                else norm_form(pre[0] if pre else None, int(head.shape[1]))
+            )
+        )
 
     @property
     def readout_built(self) -> bool:
@@ -428,8 +478,7 @@ class ModelAdapter:
         return 0
 
     # -- running -------------------------------------------------------------
-    def forward(self, tokens: "torch.Tensor", attention_mask: "torch.Tensor",
-                hooks: list[tuple[str, Callable]]) -> None:
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: list[tuple[str, Callable]]) -> None:
         """One forward pass with the given hooks attached; logits are not kept."""
         with self.bridge.hooks(fwd_hooks=hooks):
             try:
@@ -441,9 +490,14 @@ class ModelAdapter:
                 self._lean_forward = {}  # an older model class without these arguments
                 self.bridge(tokens, attention_mask=attention_mask, return_type=None)
 
-    def gradient_pass(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: list[tuple[str, Callable]],
-                      grad_hooks: list[tuple[str, Callable]],
-                      output_grad: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def gradient_pass(
+        self,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hooks: list[tuple[str, Callable]],
+        grad_hooks: list[tuple[str, Callable]],
+        output_grad: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
         """One forward that tracks gradients along the residual stream, then one backward from the last block.
 
         The weights take no gradient: autograd starts at block 0's input, made a leaf here, so the
@@ -467,7 +521,9 @@ class ModelAdapter:
             def hook(activation, hook=None):
                 def receive(grad):
                     fn(grad.detach())  # returns None: the gradient flows on unchanged
+
                 activation.register_hook(receive)
+
             return hook
 
         frozen = [p for p in self.bridge.parameters() if p.requires_grad]
@@ -476,8 +532,11 @@ class ModelAdapter:
                 for p in frozen:
                     p.requires_grad_(False)
                 # tensors made under inference mode cannot be saved for the backward (the embedding saves its ids)
-                self.forward(tokens.clone(), attention_mask.clone(),
-                             [(start, make_leaf), *hooks, *[(n, on_grad(fn)) for n, fn in grad_hooks], (last, keep_last)])
+                self.forward(
+                    tokens.clone(),
+                    attention_mask.clone(),
+                    [(start, make_leaf), *hooks, *[(n, on_grad(fn)) for n, fn in grad_hooks], (last, keep_last)],
+                )
                 h = kept.pop("h")
                 grad = output_grad(h.detach())
                 torch.autograd.backward(h, grad.to(h.dtype))
@@ -485,8 +544,14 @@ class ModelAdapter:
                 for p in frozen:
                     p.requires_grad_(True)
 
-    def rerun_from(self, layer: int, stream: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
-                   hooks: Sequence[tuple[str, Callable]] = ()) -> torch.Tensor:
+    def rerun_from(
+        self,
+        layer: int,
+        stream: torch.Tensor,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hooks: Sequence[tuple[str, Callable]] = (),
+    ) -> torch.Tensor:
         """The last block's output when blocks `layer`..n_layers-1 run on `stream` as resid_pre of `layer`.
 
         Blocks before `layer` are skipped (they pass their input through, and the stream replaces it at
@@ -511,15 +576,24 @@ class ModelAdapter:
         for block in skipped:  # on the instance itself: the bridge forwards attribute writes to the HF module
             block.__dict__["forward"] = _pass_through
         try:
-            self.forward(tokens, attention_mask, [(self.hook_name("resid_pre", layer), inject), *hooks,
-                                                  (self.hook_name("resid_post", self.n_layers - 1), keep_last)])
+            self.forward(
+                tokens,
+                attention_mask,
+                [
+                    (self.hook_name("resid_pre", layer), inject),
+                    *hooks,
+                    (self.hook_name("resid_post", self.n_layers - 1), keep_last),
+                ],
+            )
         finally:
             for block in skipped:
                 block.__dict__.pop("forward", None)
         h = kept.get("h")
         if h is None or h.shape != stream.shape:
-            raise NormprobeError(f"rerunning {self.source.location} from layer {layer} gave an output of shape "
-                                 f"{None if h is None else tuple(h.shape)}, not {tuple(stream.shape)}")
+            raise NormprobeError(
+                f"rerunning {self.source.location} from layer {layer} gave an output of shape "
+                f"{None if h is None else tuple(h.shape)}, not {tuple(stream.shape)}"
+            )
         return h
 
     def select_attention(self, reads_patterns: bool) -> tuple[str, str]:
@@ -536,11 +610,13 @@ class ModelAdapter:
 
             tokens = torch.randint(self.d_vocab, (1, min(24, self.n_ctx)), generator=torch.Generator().manual_seed(0))
             self._fast_attention_gap = fast_attention_disagreement(
-                self.bridge, self.hook_name("resid_post", self.n_layers - 1), tokens.to(self.device))
+                self.bridge, self.hook_name("resid_post", self.n_layers - 1), tokens.to(self.device)
+            )
         allowed = AGREEMENT_REL if self.dtype == "float32" else 3e-2
         if self._fast_attention_gap > allowed:
-            return use_attention(self.bridge, EAGER), (f"{FAST} differed from eager by {self._fast_attention_gap:.2g} "
-                                                       "(relative) on this model")
+            return use_attention(self.bridge, EAGER), (
+                f"{FAST} differed from eager by {self._fast_attention_gap:.2g} (relative) on this model"
+            )
         running = use_attention(self.bridge, FAST)
         return running, ("Hugging Face's default" if running == FAST else f"the model offers no {FAST}")
 
@@ -552,15 +628,17 @@ class ModelAdapter:
         total = sum(p.numel() for p in self.hf_model.parameters())
         for module in self.bridge.modules():
             if isinstance(module, JointQKVAttentionBridge) and "qkv" in module._modules:
-                total -= sum(p.numel() for name in ("q", "k", "v") if name in module._modules
-                             for p in module._modules[name].parameters())
+                total -= sum(
+                    p.numel() for name in ("q", "k", "v") if name in module._modules for p in module._modules[name].parameters()
+                )
         return total
 
     def placement(self) -> dict[str, Any]:
         """Where the weights are: bytes per device (offloaded ones as "disk") and accelerate's module map."""
         by_device: dict[str, int] = {}
-        offloaded = {name for name, where in (getattr(self.hf_model, "hf_device_map", None) or {}).items()
-                     if str(where) == "disk"}
+        offloaded = {
+            name for name, where in (getattr(self.hf_model, "hf_device_map", None) or {}).items() if str(where) == "disk"
+        }
         seen: set[int] = set()
         for param in self.hf_model.parameters():
             if param.device.type == "meta":  # offloaded by accelerate: held on disk (or in its CPU state dict)
@@ -573,8 +651,11 @@ class ModelAdapter:
                 where, size = str(param.device), storage.nbytes()
             by_device[where] = by_device.get(where, 0) + size
         hf_map = getattr(self.hf_model, "hf_device_map", None) or {"": str(self.device)}
-        return {"device_map": self.device_map, "weight_bytes_by_device": by_device,
-                "modules": {k: str(v) for k, v in hf_map.items()} if self.device_map else None}
+        return {
+            "device_map": self.device_map,
+            "weight_bytes_by_device": by_device,
+            "modules": {k: str(v) for k, v in hf_map.items()} if self.device_map else None,
+        }
 
     # -- facts ---------------------------------------------------------------
     def facts(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """Folder-level API used by the CLI: validate everything, run into a folder, resume, re-render."""
+
 from __future__ import annotations
 
 import sys
@@ -9,9 +10,18 @@ from .errors import NormprobeError
 from .results import REPORT_FILE, RunResult
 
 
-def run_to_folder(model: str, out: str | Path, *, probes: list[str], overwrite: bool = False,
-                  plotlyjs: str = "inline", progress: bool = True, resume: bool = False,
-                  checkpoint_every: int | None = None, **run_kwargs: Any) -> Path | None:
+def run_to_folder(
+    model: str,
+    out: str | Path,
+    *,
+    probes: list[str],
+    overwrite: bool = False,
+    plotlyjs: str = "inline",
+    progress: bool = True,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    **run_kwargs: Any,
+) -> Path | None:
     """Validate inputs and the folder (before any model loads), run with checkpoints, save atomically.
 
     With `resume=True`, `out` is an interrupted or failed run's folder: the run continues from its
@@ -53,7 +63,6 @@ def export_images(folder: str | Path, fmt: str, probe_modules: list | None = Non
     """Write each figure of a saved run's report as PNG or SVG into FOLDER/figures/."""
     from .report import sections_for
     from .report.export import export_figures
-
     from .tracing import is_trace_folder
 
     if fmt == "html":
@@ -63,8 +72,13 @@ def export_images(folder: str | Path, fmt: str, probe_modules: list | None = Non
     return export_figures(sections_for(RunResult.load(folder, probe_modules)), Path(folder), fmt)
 
 
-def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = "inline",
-             overwrite: bool = False, probe_modules: list | None = None) -> Path:
+def rerender(
+    folder: str | Path,
+    out: str | Path | None = None,
+    plotlyjs: str = "inline",
+    overwrite: bool = False,
+    probe_modules: list | None = None,
+) -> Path:
     """Re-render a report from saved tables; a run that is not complete is rendered as partial.
 
     Nothing the folder names is imported: a custom probe is drawn from its tables, or by its own
@@ -74,7 +88,6 @@ def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = 
     An `out` file that exists needs `overwrite`.
     """
     from .lock import FolderLock, describe_running, live_holder
-
     from .tracing import is_trace_folder, rerender_trace
 
     folder = Path(folder)
@@ -89,8 +102,7 @@ def rerender(folder: str | Path, out: str | Path | None = None, plotlyjs: str = 
             raise NormprobeError(f"run in {folder} is {describe_running(folder)}; report it when it has finished")
         result.meta["status_reason"] = describe_running(folder) + f"; continue it with --resume {folder}"
     if status != "complete":
-        print(f"normprobe: warning: run in {folder} is {status}, not complete; rendering only what was saved",
-              file=sys.stderr)
+        print(f"normprobe: warning: run in {folder} is {status}, not complete; rendering only what was saved", file=sys.stderr)
     if out is None:
         with FolderLock.acquire(folder):
             return _render_checked(result, folder / REPORT_FILE, folder, plotlyjs)
@@ -113,12 +125,20 @@ def _render_checked(result: RunResult, path: Path, folder: Path, plotlyjs: str) 
     except OSError as exc:
         raise NormprobeError(f"cannot write {path}: {exc.strerror or exc}") from None
     except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-        raise NormprobeError(f"cannot render {folder}: its tables do not hold what run.json says "
-                             f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged") from exc
+        raise NormprobeError(
+            f"cannot render {folder}: its tables do not hold what run.json says "
+            f"({type(exc).__name__}: {str(exc)[:200]}); the folder is damaged"
+        ) from exc
 
 
-def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = False, plotlyjs: str = "inline",
-                 device: str = "auto", probe_modules: list | None = None) -> Path:
+def merge_shards(
+    folders: list[str | Path],
+    out: str | Path,
+    overwrite: bool = False,
+    plotlyjs: str = "inline",
+    device: str = "auto",
+    probe_modules: list | None = None,
+) -> Path:
     """Combine the folders of `run --shard i/N` runs into one run, equal to a single run over all documents.
 
     The probes' code is never taken from the shards' run.json: built-in and installed probes are found
@@ -135,8 +155,9 @@ def merge_shards(folders: list[str | Path], out: str | Path, overwrite: bool = F
         return _merge_into(folders, out, overwrite, plotlyjs, device, probe_modules)
 
 
-def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str,
-                probe_modules: list | None = None) -> Path:
+def _merge_into(
+    folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str, probe_modules: list | None = None
+) -> Path:
     from .adapter import load_model
     from .registry import classes_by_name, saved_probe_class
     from .results import STATE_FILE
@@ -162,21 +183,28 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
                 raise NormprobeError(f"cannot merge {folder}: {key} differs from {folders[0]}")
     for folder, meta, request in zip(folders, metas, requests):
         missing = [k for k in ("n_tokens", "n_windows", "n_batches", "n_docs", "seq_len") if k not in meta]
-        if missing or not (isinstance(request.get("model"), str) and isinstance(request.get("dtype"), str)
-                           and isinstance(request.get("probe_specs"), list)):
+        if missing or not (
+            isinstance(request.get("model"), str)
+            and isinstance(request.get("dtype"), str)
+            and isinstance(request.get("probe_specs"), list)
+        ):
             raise NormprobeError(f"{Path(folder) / 'run.json'} is damaged: it lacks {missing[0] if missing else 'the request'}")
     for folder, meta in zip(folders[1:], metas[1:]):
         if meta.get("probes") != metas[0].get("probes"):
-            raise NormprobeError(f"cannot merge {folder}: its probes {meta.get('probes')} differ from "
-                                 f"{folders[0]}'s {metas[0].get('probes')}")
+            raise NormprobeError(
+                f"cannot merge {folder}: its probes {meta.get('probes')} differ from {folders[0]}'s {metas[0].get('probes')}"
+            )
     # The probes' code: built-in, installed or named by the user; never a spec that run.json names.
     # (The runner adds the lens diagnostics itself to a run with a tuned readout.)
     from .lens_diagnostics import LensDiagnosticsProbe, is_tuned, record_diagnostics
 
     given = classes_by_name(probe_modules)
-    probe_classes = [LensDiagnosticsProbe if name == LensDiagnosticsProbe.name
-                     else saved_probe_class(name, given, required=True, where=str(folders[0]))
-                     for name in metas[0]["probes"]]
+    probe_classes = [
+        LensDiagnosticsProbe
+        if name == LensDiagnosticsProbe.name
+        else saved_probe_class(name, given, required=True, where=str(folders[0]))
+        for name in metas[0]["probes"]
+    ]
     # Read (as data only) and check every state against its folder's run.json before the model loads.
     states = [(Path(f) / STATE_FILE, load_shard_state(Path(f) / STATE_FILE, meta)) for f, meta in zip(folders, metas)]
     from .baseline_passes import merge_shard_baselines, read_shard_baselines
@@ -184,21 +212,28 @@ def _merge_into(folders: list[str | Path], out: Path, overwrite: bool, plotlyjs:
     baseline_states = read_shard_baselines(folders, metas)
     check_lens_digest(first)
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
-    options = {"massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
-               "readout": first.get("readout", "logit"), "alphas": first.get("alphas"),
-               "ablate": first.get("ablate", FINGERPRINT_DEFAULTS["ablate"]),
-               "replicates": first.get("replicates", FINGERPRINT_DEFAULTS["replicates"]),
-               "token_counts": first.get("token_counts_file"),
-               "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"])}
+    options = {
+        "massive_ratio": first.get("massive_ratio", FINGERPRINT_DEFAULTS["massive_ratio"]),
+        "readout": first.get("readout", "logit"),
+        "alphas": first.get("alphas"),
+        "ablate": first.get("ablate", FINGERPRINT_DEFAULTS["ablate"]),
+        "replicates": first.get("replicates", FINGERPRINT_DEFAULTS["replicates"]),
+        "token_counts": first.get("token_counts_file"),
+        "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"]),
+    }
     probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
         probe.setup(model, seq_len)
     for state_path, state in states:
         merge_state(model, probes, state, seq_len, first.get("layers"), where=str(state_path))
-    done = {"tokens": sum(m["n_tokens"] for m in metas), "windows": sum(m["n_windows"] for m in metas),
-            "batches": sum(m["n_batches"] for m in metas), "docs": sum(m["n_docs"] for m in metas),
-            "seconds": 0.0}
+    done = {
+        "tokens": sum(m["n_tokens"] for m in metas),
+        "windows": sum(m["n_windows"] for m in metas),
+        "batches": sum(m["n_batches"] for m in metas),
+        "docs": sum(m["n_docs"] for m in metas),
+        "seconds": 0.0,
+    }
     base = {k: v for k, v in metas[0].items() if k not in ("findings", "tables", "status_reason")}
     base["request"] = {**first, "shard": None}
     base["options"] = {**base.get("options", {}), "shard": None}
@@ -217,8 +252,9 @@ def compare(runs: list[Any], labels: list[str] | None = None):
     return Comparison.of(runs, labels)
 
 
-def compare_to_folder(folders: list[str | Path], out: str | Path, labels: list[str] | None = None,
-                      plotlyjs: str = "inline", overwrite: bool = False) -> Path:
+def compare_to_folder(
+    folders: list[str | Path], out: str | Path, labels: list[str] | None = None, plotlyjs: str = "inline", overwrite: bool = False
+) -> Path:
     """Render one report overlaying saved runs into OUT/report.html (the `compare` command).
 
     OUT is locked while the page is written; an existing non-empty OUT (a run's folder, say) needs `overwrite`.
@@ -232,8 +268,9 @@ def compare_to_folder(folders: list[str | Path], out: str | Path, labels: list[s
     for folder in folders:
         if not Path(folder).is_dir():
             raise NormprobeError(f"run folder not found: {folder}")
-    comparison = Comparison.of([_load_finished(Path(f)) for f in folders],
-                               labels if labels is not None else [Path(f).resolve().name for f in folders])
+    comparison = Comparison.of(
+        [_load_finished(Path(f)) for f in folders], labels if labels is not None else [Path(f).resolve().name for f in folders]
+    )
     out = Path(out)
     check_output_dir(out, overwrite)
     try:
@@ -245,8 +282,9 @@ def compare_to_folder(folders: list[str | Path], out: str | Path, labels: list[s
         try:
             return comparison.save(out, plotlyjs=plotlyjs)
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise NormprobeError(f"cannot compare: a run's tables do not hold what its run.json says "
-                                 f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+            raise NormprobeError(
+                f"cannot compare: a run's tables do not hold what its run.json says ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from exc
 
 
 def _load_finished(folder: Path) -> RunResult:
@@ -276,8 +314,15 @@ def validate_runs(models: list[tuple[str, int | None]], run_kwargs: dict[str, An
         make_runner(model, checkpoint_value=checkpoint_value, **options)
 
 
-def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = False, plotlyjs: str = "inline",
-                       progress: bool = True, **run_kwargs: Any) -> Path:
+def run_many_to_folder(
+    models: list[str],
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    plotlyjs: str = "inline",
+    progress: bool = True,
+    **run_kwargs: Any,
+) -> Path:
     """Run each model on the same corpus into OUT/<i>-<model>/, then write the comparison to OUT/report.html."""
     from .lock import FolderLock
     from .results import check_output_dir
@@ -293,5 +338,6 @@ def run_many_to_folder(models: list[str], out: str | Path, *, overwrite: bool = 
             folder = out / f"{i}-{folder_slug(model)}"
             run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
             folders.append(folder)
-        return compare_to_folder(folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)],
-                                 plotlyjs=plotlyjs, overwrite=True)
+        return compare_to_folder(
+            folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs, overwrite=True
+        )

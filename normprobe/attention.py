@@ -8,6 +8,7 @@ sdpa, Hugging Face's default, and each norm bridge calls its wrapped module. The
 once per model against the eager pass on a short input; a family where the two disagree stays eager.
 With attention delegated, the bridge's split q/k/v copies of fused weights are freed (fused_qkv.py).
 """
+
 from __future__ import annotations
 
 import types
@@ -28,8 +29,9 @@ def reads_patterns(hook_names: list[str]) -> bool:
 def _norm_bridges(bridge: Any) -> list:
     from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
 
-    return [m for m in bridge.modules() if isinstance(m, NormalizationBridge)
-            and getattr(m, "original_component", None) is not None]
+    return [
+        m for m in bridge.modules() if isinstance(m, NormalizationBridge) and getattr(m, "original_component", None) is not None
+    ]
 
 
 def _native_norm_forward(self: Any, hidden_states: Any, **kwargs: Any) -> Any:

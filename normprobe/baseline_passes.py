@@ -6,6 +6,7 @@ at most one model is resident (unless the caller handed in a loaded model and st
 Checkpoints hold every pass's statistics and progress under `baselines`, keyed by pass
 (`shuffled`, `random-init/seed=1`, ...): a resumed run skips finished passes and continues the current one.
 """
+
 from __future__ import annotations
 
 import gc
@@ -40,9 +41,14 @@ class LiveRun:
     last_save: float = field(default_factory=time.time)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"probes": _states(self.main), "progress": dict(self.done),
-                "baselines": {key: {"probes": _states(entry["probes"]), "progress": dict(entry["progress"]),
-                                    "complete": entry["complete"]} for key, entry in self.passes.items()}}
+        return {
+            "probes": _states(self.main),
+            "progress": dict(self.done),
+            "baselines": {
+                key: {"probes": _states(entry["probes"]), "progress": dict(entry["progress"]), "complete": entry["complete"]}
+                for key, entry in self.passes.items()
+            },
+        }
 
 
 def _states(probes: Any) -> dict[str, Any]:
@@ -59,11 +65,18 @@ def baselines_from_checkpoint(checkpoint: dict | None) -> dict[str, dict[str, An
     passes = {}
     for key, entry in found.items():
         progress = entry.get("progress") if isinstance(entry, dict) else None
-        if not (isinstance(entry, dict) and isinstance(entry.get("probes"), dict) and isinstance(progress, dict)
-                and all(isinstance(progress.get(k), int) for k in ZERO_PROGRESS)):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("probes"), dict)
+            and isinstance(progress, dict)
+            and all(isinstance(progress.get(k), int) for k in ZERO_PROGRESS)
+        ):
             raise NormprobeError(f"the checkpoint's baseline {key!r} is damaged; start the run again")
-        passes[str(key)] = {"probes": entry["probes"], "progress": {k: progress[k] for k in ZERO_PROGRESS},
-                            "complete": bool(entry.get("complete"))}
+        passes[str(key)] = {
+            "probes": entry["probes"],
+            "progress": {k: progress[k] for k in ZERO_PROGRESS},
+            "complete": bool(entry.get("complete")),
+        }
     return passes
 
 
@@ -176,8 +189,7 @@ class BaselinePasses:
         if current is None:  # every seed was complete in the checkpoint: a model only to set up the probes
             with _outside_inference():
                 current = random_init_adapter(config, tokenizer, cast(int, seeds[0].seed), name, device, dtype)
-        outcome["random-init"] = self._baseline_result(current, None, [self._live.passes[p.key] for p in seeds],
-                                                       seq_len)
+        outcome["random-init"] = self._baseline_result(current, None, [self._live.passes[p.key] for p in seeds], seq_len)
 
     def _baseline_result(self, model, probes: list | None, entries: list[dict], seq_len: int) -> dict[str, Any] | None:
         """Tables, findings, counts and (for shards) the merged state of a baseline, from its passes' states.
@@ -200,9 +212,12 @@ class BaselinePasses:
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe in a baseline pass: its windows were empty")
         result = Runner._result(probes, {}, done, 0.0)
-        return {"tables": result.tables, "findings": result.findings,
-                "counts": {"n_tokens": done["tokens"], "n_windows": done["windows"], "n_batches": done["batches"]},
-                "state": {p.name: p.state_dict() for p in probes} if self.options.shard is not None else None}
+        return {
+            "tables": result.tables,
+            "findings": result.findings,
+            "counts": {"n_tokens": done["tokens"], "n_windows": done["windows"], "n_batches": done["batches"]},
+            "state": {p.name: p.state_dict() for p in probes} if self.options.shard is not None else None,
+        }
 
     def attach_baselines(self, result, outcome: dict[str, Any]) -> None:
         """Put each baseline's tables on the result and its record in run.json (rank 0 only)."""
@@ -212,8 +227,7 @@ class BaselinePasses:
         for kind in self.options.baselines or []:
             done = outcome[kind]
             result.baselines[kind] = done["tables"]
-            records[kind] = {**baseline_record(kind, self.options.baseline_seeds), **done["counts"],
-                             "findings": done["findings"]}
+            records[kind] = {**baseline_record(kind, self.options.baseline_seeds), **done["counts"], "findings": done["findings"]}
             if done["state"] is not None:
                 from .store import shard_state
 
@@ -237,8 +251,16 @@ def read_shard_baselines(folders: list, metas: list[dict]) -> dict[str, list]:
     return states
 
 
-def merge_shard_baselines(states: dict[str, list], metas: list[dict], model, probe_classes: list,
-                          options: dict[str, Any], layers: list[int] | None, seq_len: int, result) -> None:
+def merge_shard_baselines(
+    states: dict[str, list],
+    metas: list[dict],
+    model,
+    probe_classes: list,
+    options: dict[str, Any],
+    layers: list[int] | None,
+    seq_len: int,
+    result,
+) -> None:
     """`normprobe merge`: each baseline's shard states summed like the model's, into `result` (before it is saved)."""
     from .runner import Runner, make_probe, merge_state
 
@@ -251,12 +273,18 @@ def merge_shard_baselines(states: dict[str, list], metas: list[dict], model, pro
         for path, state in shard_states:
             merge_state(model, probes, state, seq_len, layers, where=str(path))
         shard_records = [(m.get("baselines") or {}).get(kind, {}) for m in metas]
-        done: dict[str, Any] = {k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records)
-                                for k in ("tokens", "windows", "batches")}
+        done: dict[str, Any] = {
+            k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records) for k in ("tokens", "windows", "batches")
+        }
         done.update(docs=0, seconds=0.0)
         merged = Runner._result(probes, {}, done, 0.0)
         result.baselines[kind] = merged.tables
-        records[kind] = {**baseline_record(kind, seeds), "n_tokens": done["tokens"], "n_windows": done["windows"],
-                         "n_batches": done["batches"], "findings": merged.findings}
+        records[kind] = {
+            **baseline_record(kind, seeds),
+            "n_tokens": done["tokens"],
+            "n_windows": done["windows"],
+            "n_batches": done["batches"],
+            "findings": merged.findings,
+        }
     if states:
         result.meta["baselines"] = records

@@ -9,6 +9,7 @@
 
 A baseline is one more pass of the runner's loop (see Runner.execute): nothing in a probe knows about it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,9 @@ DEFAULT_BASELINE_SEEDS = 3
 BASELINE_FOLDER = "baselines"
 DESCRIPTIONS = {
     "random-init": "the same architecture re-initialised by its own Hugging Face initialiser (one model per seed, "
-                   "seed s = torch.manual_seed(s)), probed on the same windows",
+    "seed s = torch.manual_seed(s)), probed on the same windows",
     "shuffled": "the same model on the same windows with the tokens permuted within each window (position 0 kept in "
-                "place; permutation seeded by the window's token ids)",
+    "place; permutation seeded by the window's token ids)",
     "no-bos": "the same model on the same windows without the prepended BOS token",
 }
 BASELINE_KINDS = tuple(DESCRIPTIONS)
@@ -68,8 +69,7 @@ class BaselinePass:
 def plan_passes(kinds: list[str], seeds: int) -> list[BaselinePass]:
     passes: list[BaselinePass] = []
     for kind in kinds:
-        passes.extend(BaselinePass(kind, s) for s in range(seeds)) if kind == "random-init" else \
-            passes.append(BaselinePass(kind))
+        passes.extend(BaselinePass(kind, s) for s in range(seeds)) if kind == "random-init" else passes.append(BaselinePass(kind))
     return passes
 
 
@@ -109,8 +109,9 @@ def view_windows(kind: str, windows: Iterable[Window], bos: int | None) -> Itera
             yield replace(window, tokens=shuffle_tokens(window.tokens))
     elif kind == "no-bos":
         if bos is None:
-            raise NormprobeError("--baseline no-bos needs a BOS token to remove, and this run prepends none "
-                                 "(the tokenizer has no BOS)")
+            raise NormprobeError(
+                "--baseline no-bos needs a BOS token to remove, and this run prepends none (the tokenizer has no BOS)"
+            )
         for window in windows:
             yield replace(window, tokens=window.tokens[1:] if window.tokens[:1] == [bos] else list(window.tokens))
     else:

@@ -1,8 +1,10 @@
 """From documents to padded batches: tokenise, add BOS, split into windows, sort by length."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -19,11 +21,11 @@ class Window:
 class Batch:
     """A padded batch. `mask` is True on real tokens; `has_next` on real tokens whose next token is real."""
 
-    tokens: "torch.Tensor"  # [B, T] int64
-    mask: "torch.Tensor"  # [B, T] bool
-    has_next: "torch.Tensor"  # [B, T] bool
-    next_tokens: "torch.Tensor"  # [B, T] int64 (meaningless where not has_next)
-    positions: "torch.Tensor"  # [B, T] int64
+    tokens: torch.Tensor  # [B, T] int64
+    mask: torch.Tensor  # [B, T] bool
+    has_next: torch.Tensor  # [B, T] bool
+    next_tokens: torch.Tensor  # [B, T] int64 (meaningless where not has_next)
+    positions: torch.Tensor  # [B, T] int64
     doc_indices: list[int]
     doc_seeds: list[int] = field(default_factory=list)
     # [n_windows, B] float64 bootstrap weights of each window's document; the runner sets them
@@ -37,8 +39,9 @@ class Batch:
 PIECE_CHARS = 1 << 16  # a longer document is tokenised piece by piece, only as far as it is used
 
 
-def windows_of(doc_index: int, ids: "list[int] | Iterable[list[int]]", seq_len: int,
-               bos: int | None, doc_seed: int = 0) -> Iterator[Window]:
+def windows_of(
+    doc_index: int, ids: list[int] | Iterable[list[int]], seq_len: int, bos: int | None, doc_seed: int = 0
+) -> Iterator[Window]:
     """Split one document's token ids (a list, or a stream of lists) into windows of at most seq_len,
     each starting with BOS if given."""
     body = seq_len - (1 if bos is not None else 0)
@@ -79,13 +82,20 @@ def token_pieces(doc_index: int, doc: str, encode: Callable[[str], list[int]]) -
         try:
             yield encode(piece)
         except (TypeError, ValueError, UnicodeError, OverflowError) as exc:
-            raise NormprobeError(f"document {doc_index + 1} cannot be tokenised ({type(exc).__name__}: "
-                                 f"{str(exc)[:200]}); fix or drop it") from None
+            raise NormprobeError(
+                f"document {doc_index + 1} cannot be tokenised ({type(exc).__name__}: {str(exc)[:200]}); fix or drop it"
+            ) from None
 
 
-def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_len: int, bos: int | None,
-                 max_docs: int | None = None, max_tokens: int | None = None,
-                 slice_of: tuple[int, int] | None = None) -> Iterator[Window]:
+def iter_windows(
+    docs: Iterable[str],
+    encode: Callable[[str], list[int]],
+    seq_len: int,
+    bos: int | None,
+    max_docs: int | None = None,
+    max_tokens: int | None = None,
+    slice_of: tuple[int, int] | None = None,
+) -> Iterator[Window]:
     """Windows in document order; stops cleanly at max_docs documents or max_tokens tokens.
 
     With slice_of=(i, n), only documents whose index is i modulo n are tokenised (shards, ranks).
@@ -113,8 +123,7 @@ def iter_windows(docs: Iterable[str], encode: Callable[[str], list[int]], seq_le
                 return
 
 
-def iter_batches(windows: Iterable[Window], batch_size: int, pad_id: int, device: str,
-                 sort_buffer: int = 64) -> Iterator[Batch]:
+def iter_batches(windows: Iterable[Window], batch_size: int, pad_id: int, device: str, sort_buffer: int = 64) -> Iterator[Batch]:
     """Group windows into batches; within each buffer of `sort_buffer` batches, sort by length to cut padding."""
     buffer: list[Window] = []
     for window in windows:
@@ -147,7 +156,11 @@ def collate(windows: list[Window], pad_id: int, device: str) -> Batch:
     next_tokens[:, :-1] = tokens[:, 1:]
     positions = torch.arange(width).expand(len(windows), width).clone()
     return Batch(
-        tokens=tokens.to(device), mask=mask.to(device), has_next=has_next.to(device),
-        next_tokens=next_tokens.to(device), positions=positions.to(device),
-        doc_indices=[w.doc_index for w in windows], doc_seeds=[w.doc_seed for w in windows],
+        tokens=tokens.to(device),
+        mask=mask.to(device),
+        has_next=has_next.to(device),
+        next_tokens=next_tokens.to(device),
+        positions=positions.to(device),
+        doc_indices=[w.doc_index for w in windows],
+        doc_seeds=[w.doc_seed for w in windows],
     )

@@ -11,6 +11,7 @@ An optional unit (`RunOptions.bootstrap_unit`, a string such as "random-init see
 document's weights by one more Poisson(1) vector seeded by that string: a baseline that merges
 several random initialisations makes each seed a bootstrap unit as well as each document.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,7 @@ class ReplicateWeights:
         """[n_windows, B] float64 weights for windows whose documents have these seeds."""
         import torch
 
-        rows = np.stack([self.for_document(int(s)) for s in seeds]) if len(seeds) else \
-            np.zeros((0, self.replicates))
+        rows = np.stack([self.for_document(int(s)) for s in seeds]) if len(seeds) else np.zeros((0, self.replicates))
         return torch.as_tensor(rows, dtype=torch.float64, device=device)
 
 

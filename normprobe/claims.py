@@ -15,6 +15,7 @@ read from each probe's replicate tables; a baseline's replicates use the same do
 differences are paired replicate by replicate. The `interval` column names the unit; the frequency
 claim's interval is over token types (Fisher's z), as its column says. docs/claims.md has the details.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,10 +46,10 @@ FLAT_LOSS_NATS = 1e-3  # α* is noise where the loss varies less than this over 
 MIN_TYPE_COUNT = 5  # the frequency claim uses token types seen at least this often
 MIN_TYPES = 10  # and needs at least this many of them
 DESCRIPTIVE_BELOW_LAYERS = 8  # a correlation across fewer layers is descriptive, never a claim
-NO_BASELINE_NOTE = ("no baseline was run: learned structure cannot be told from the architecture without one "
-                    "(run with --baseline random-init)")
-CLAIM_ORDER = ("norm_growth", "position0_ratio", "massive", "sink_mass", "frequency", "descent", "lens_loss_drop",
-               "alpha_star")
+NO_BASELINE_NOTE = (
+    "no baseline was run: learned structure cannot be told from the architecture without one (run with --baseline random-init)"
+)
+CLAIM_ORDER = ("norm_growth", "position0_ratio", "massive", "sink_mass", "frequency", "descent", "lens_loss_drop", "alpha_star")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Kind:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
 
 def _replicate_matrix(frame: pd.DataFrame, keys: list[str], value: str) -> dict[tuple, np.ndarray]:
     """key tuple -> replicate values ordered by replicate index."""
@@ -111,16 +113,23 @@ def _weighted(rows: pd.DataFrame, value: str = "mean") -> float:
 
 # -- norms ---------------------------------------------------------------------------------------
 
+
 def _stream_means(tables: dict[str, pd.DataFrame]) -> tuple[dict[int, float], dict[int, float], dict, dict]:
     """Mean norms of h_l at positions >= 1 and at position 0, with their replicates, by stream index."""
     norms = tables.get("norms")
     if norms is None or norms.empty:
         return {}, {}, {}, {}
     reps = tables.get("norms_replicates")
-    rest_reps = _replicate_matrix(reps[reps["position_group"] == "rest"], ["site", "layer"], "mean") \
-        if reps is not None and not reps.empty else {}
-    first_reps = _replicate_matrix(reps[reps["position_group"] == "position0"], ["site", "layer"], "mean") \
-        if reps is not None and not reps.empty else {}
+    rest_reps = (
+        _replicate_matrix(reps[reps["position_group"] == "rest"], ["site", "layer"], "mean")
+        if reps is not None and not reps.empty
+        else {}
+    )
+    first_reps = (
+        _replicate_matrix(reps[reps["position_group"] == "position0"], ["site", "layer"], "mean")
+        if reps is not None and not reps.empty
+        else {}
+    )
     later, first, later_r, first_r = {}, {}, {}, {}
     for site, layer, index in _stream_layers(norms):
         rows = norms[(norms["site"] == site) & (norms["layer"] == layer)]
@@ -145,8 +154,7 @@ def _norm_growth(tables, context) -> dict[tuple, Estimate]:
     for index in sorted(means):
         if index + 1 in means and means[index] > 0:
             note = "embedding → block 0 output" if index == 0 else ("the last block's output" if index + 1 == last else "")
-            out[(index, "block")] = Estimate(means[index + 1] / means[index], _ratio(reps[index + 1], reps[index]),
-                                             note=note)
+            out[(index, "block")] = Estimate(means[index + 1] / means[index], _ratio(reps[index + 1], reps[index]), note=note)
     # the headline: growth per block from the first block's output (h_1) to the last (h_L), geometric
     if last is not None and 1 in means and last >= 2 and means[1] > 0:
         span = last - 1
@@ -156,7 +164,8 @@ def _norm_growth(tables, context) -> dict[tuple, Estimate]:
         layers = [l for l in sorted(means) if l >= 1]
         r2 = _geometric_fit_r2(layers, [means[l] for l in layers])
         out[(None, "h_1..h_L per block (geometric)")] = Estimate(
-            value, replicates, note=f"geometric fit over h_1..h_L: R² {r2:.2f}" if r2 == r2 else "")
+            value, replicates, note=f"geometric fit over h_1..h_L: R² {r2:.2f}" if r2 == r2 else ""
+        )
     return out
 
 
@@ -193,8 +202,9 @@ def _frequency(tables, context) -> dict[tuple, Estimate]:
     external = counts is not None and not counts.empty
     frequency = dict(zip(counts["token_id"].astype(int), counts["count"].astype(float))) if external else {}
     out = {}
-    stream = sorted({(s, int(l)) for s, l in zip(by_token["site"], by_token["layer"])},
-                    key=lambda sl: (sl[0] != "resid_pre", sl[1]))
+    stream = sorted(
+        {(s, int(l)) for s, l in zip(by_token["site"], by_token["layer"])}, key=lambda sl: (sl[0] != "resid_pre", sl[1])
+    )
     for site, layer in stream:
         rows = by_token[(by_token["site"] == site) & (by_token["layer"] == layer) & (by_token["count"] >= MIN_TYPE_COUNT)]
         freq = rows["token_id"].map(frequency) if external else rows["count"].astype(float)
@@ -206,8 +216,9 @@ def _frequency(tables, context) -> dict[tuple, Estimate]:
         source = "--token-counts" if external else "the probe corpus"
         note = f"{n} token types seen ≥{MIN_TYPE_COUNT} times; frequencies from {source}"
         if n < MIN_TYPES:
-            out[(index, component)] = Estimate(float("nan"), undetermined=f"only {n} token types seen ≥{MIN_TYPE_COUNT} times",
-                                               note=note)
+            out[(index, component)] = Estimate(
+                float("nan"), undetermined=f"only {n} token types seen ≥{MIN_TYPE_COUNT} times", note=note
+            )
             continue
         rho = float(np.log(freq).rank().corr(rows["mean"].rank()))
         half = 1.959964 * math.sqrt(1.06 / (n - 3))  # Fieller, Hartley & Pearson's standard error of z(rho)
@@ -217,6 +228,7 @@ def _frequency(tables, context) -> dict[tuple, Estimate]:
 
 
 # -- massive ------------------------------------------------------------------------------------
+
 
 def _massive(tables, context) -> dict[tuple, Estimate]:
     massive = tables.get("massive")
@@ -261,12 +273,14 @@ def _sink_mass(tables, context) -> dict[tuple, Estimate]:
     for layer, rows in sink.groupby("layer"):
         value = _weighted(rows, "sink_mass_mean") - uniform
         m, u = mass_r.get((layer,)), uniform_r.get((layer,))
-        out[(int(layer), "attention")] = Estimate(value, m - u if m is not None and u is not None else None,
-                                                  note=f"uniform attention gives {uniform:.3g}")
+        out[(int(layer), "attention")] = Estimate(
+            value, m - u if m is not None and u is not None else None, note=f"uniform attention gives {uniform:.3g}"
+        )
     return out
 
 
 # -- updates and linesearch ---------------------------------------------------------------------
+
 
 def readout_context(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """The layers whose readout is meaningful (lens loss at most log V), from the model's updates table."""
@@ -312,20 +326,29 @@ def _lens_loss_drop(tables, context) -> dict[tuple, Estimate]:
     values = np.array(list(loss.values()))
     if len(values) > 1 and np.allclose(values, values[-1], rtol=1e-6, atol=0):
         # the model readout reads every layer through the rest of the network: each loss is the model's own
-        return {(None, "to output"): Estimate(0.0, undetermined="every layer's loss is the model's own (model readout): "
-                                                                 "no lens loss to fall")}
+        return {
+            (None, "to output"): Estimate(
+                0.0, undetermined="every layer's loss is the model's own (model readout): no lens loss to fall"
+            )
+        }
     reps = _replicate_matrix(tables.get("lens_loss_replicates"), ["layer"], "lens_loss")
     layers = [l for l in sorted(loss) if l >= first]
     out = {}
     for a, b in zip(layers[:-1], layers[1:]):
         ra, rb = reps.get((a,)), reps.get((b,))
-        out[(a, "step")] = Estimate(loss[a] - loss[b], ra - rb if ra is not None and rb is not None else None,
-                                    note=f"lens loss at layer {a} minus layer {b}")
+        out[(a, "step")] = Estimate(
+            loss[a] - loss[b],
+            ra - rb if ra is not None and rb is not None else None,
+            note=f"lens loss at layer {a} minus layer {b}",
+        )
     if len(layers) >= 2:
         a, b = layers[0], layers[-1]
         ra, rb = reps.get((a,)), reps.get((b,))
-        out[(a, "to output")] = Estimate(loss[a] - loss[b], ra - rb if ra is not None and rb is not None else None,
-                                         note=f"first meaningful layer {a} to the output")
+        out[(a, "to output")] = Estimate(
+            loss[a] - loss[b],
+            ra - rb if ra is not None and rb is not None else None,
+            note=f"first meaningful layer {a} to the output",
+        )
     return out
 
 
@@ -359,10 +382,12 @@ def _alpha_star(tables, context) -> dict[tuple, Estimate]:
         wide = by_key.get((int(layer), str(component)))
         replicates = None
         if wide is not None and list(wide.columns) == list(alphas):
-            replicates = np.array([refine_minimum(alphas, r)[0] if np.isfinite(r).all() else np.nan
-                                   for r in wide.to_numpy(float)])
-        out[(int(layer), str(component))] = Estimate(star, replicates, undetermined=why,
-                                                     note=f"loss range over the grid {spread:.3g} nats")
+            replicates = np.array(
+                [refine_minimum(alphas, r)[0] if np.isfinite(r).all() else np.nan for r in wide.to_numpy(float)]
+            )
+        out[(int(layer), str(component))] = Estimate(
+            star, replicates, undetermined=why, note=f"loss range over the grid {spread:.3g} nats"
+        )
     order = {c: i for i, c in enumerate(("attn", "mlp", "block"))}
     return dict(sorted(out.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9), kv[0][1])))
 
@@ -381,6 +406,7 @@ KINDS: dict[str, Kind] = {
 
 # -- verdicts -----------------------------------------------------------------------------------
 
+
 def _difference(model: Estimate, base: Estimate | None) -> tuple[float, float, float, float, float, float]:
     """(baseline value, its ci, difference, its ci); paired replicates where both have them."""
     nan = float("nan")
@@ -388,8 +414,7 @@ def _difference(model: Estimate, base: Estimate | None) -> tuple[float, float, f
         return nan, nan, nan, nan, nan, nan
     b_low, b_high = base.ci()
     diff = model.value - base.value
-    if _has_replicates(model.replicates) and _has_replicates(base.replicates) and \
-            len(model.replicates) == len(base.replicates):
+    if _has_replicates(model.replicates) and _has_replicates(base.replicates) and len(model.replicates) == len(base.replicates):
         d_low, d_high = percentile_interval(model.replicates - base.replicates)
     else:
         m_low, m_high = model.ci()
@@ -398,8 +423,14 @@ def _difference(model: Estimate, base: Estimate | None) -> tuple[float, float, f
     return base.value, b_low, b_high, diff, d_low, d_high
 
 
-def verdict(direction: str, null: float, ci: tuple[float, float], differences: list[tuple[float, float]],
-            min_effect: float, check: tuple[float, float] | None = None) -> str:
+def verdict(
+    direction: str,
+    null: float,
+    ci: tuple[float, float],
+    differences: list[tuple[float, float]],
+    min_effect: float,
+    check: tuple[float, float] | None = None,
+) -> str:
     """The verdict rule of docs/claims.md. `check` is an interval that must lie below 0 as well (descent)."""
     low, high = ci
     if not (low == low and high == high):
@@ -447,11 +478,17 @@ def claims(tables: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.Da
             layer, component = key
             ci = estimate.ci()
             row: dict[str, Any] = {
-                "probe": kind.probe, "claim": name, "layer": layer, "component": component,
-                "value": estimate.value, "ci_low": ci[0], "ci_high": ci[1], "null": null, "direction": kind.direction,
+                "probe": kind.probe,
+                "claim": name,
+                "layer": layer,
+                "component": component,
+                "value": estimate.value,
+                "ci_low": ci[0],
+                "ci_high": ci[1],
+                "null": null,
+                "direction": kind.direction,
                 "min_effect": min_effect,
-                "interval": f"documents (Poisson bootstrap, B={n_replicates})" if kind.interval == "documents"
-                else kind.interval,
+                "interval": f"documents (Poisson bootstrap, B={n_replicates})" if kind.interval == "documents" else kind.interval,
             }
             check = estimate.check.ci() if estimate.check is not None else None
             row["check_value"] = estimate.check.value if estimate.check is not None else float("nan")
@@ -460,8 +497,9 @@ def claims(tables: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.Da
             for b in baselines:
                 slug = baseline_slug(b)
                 values = _difference(estimate, based[b].get(key))
-                for suffix, v in zip(("value", "ci_low", "ci_high", "difference", "difference_ci_low",
-                                      "difference_ci_high"), values):
+                for suffix, v in zip(
+                    ("value", "ci_low", "ci_high", "difference", "difference_ci_low", "difference_ci_high"), values
+                ):
                     row[f"{slug}_{suffix}"] = v
                 differences.append((values[4], values[5]))
             decided = verdict(kind.direction, null, ci, differences, min_effect, check)
@@ -490,12 +528,27 @@ def _replicate_count(estimates: dict[tuple, Estimate]) -> int:
 
 
 def claim_columns(baselines: list[str]) -> list[str]:
-    columns = ["probe", "claim", "layer", "component", "value", "ci_low", "ci_high", "null", "direction", "min_effect",
-               "interval", "check_value", "check_ci_low", "check_ci_high"]
+    columns = [
+        "probe",
+        "claim",
+        "layer",
+        "component",
+        "value",
+        "ci_low",
+        "ci_high",
+        "null",
+        "direction",
+        "min_effect",
+        "interval",
+        "check_value",
+        "check_ci_low",
+        "check_ci_high",
+    ]
     for b in baselines:
         slug = baseline_slug(b)
-        columns += [f"{slug}_{s}" for s in ("value", "ci_low", "ci_high", "difference", "difference_ci_low",
-                                            "difference_ci_high")]
+        columns += [
+            f"{slug}_{s}" for s in ("value", "ci_low", "ci_high", "difference", "difference_ci_low", "difference_ci_high")
+        ]
     return columns + ["verdict", "note"]
 
 
@@ -505,6 +558,7 @@ def baselines_of(frame: pd.DataFrame) -> list[str]:
 
 
 # -- sentences ----------------------------------------------------------------------------------
+
 
 def _num(value: Any, digits: int = 3) -> str:
     try:
@@ -520,8 +574,10 @@ def value_text(row: Any, prefix: str = "") -> str:
 
 
 def difference_text(row: Any, slug: str) -> str:
-    return (f"{_num(row.get(f'{slug}_difference'))} [{_num(row.get(f'{slug}_difference_ci_low'))}, "
-            f"{_num(row.get(f'{slug}_difference_ci_high'))}]")
+    return (
+        f"{_num(row.get(f'{slug}_difference'))} [{_num(row.get(f'{slug}_difference_ci_low'))}, "
+        f"{_num(row.get(f'{slug}_difference_ci_high'))}]"
+    )
 
 
 WHAT = {

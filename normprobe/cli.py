@@ -2,31 +2,48 @@
 
 Heavy imports (torch, TransformerLens, plotly) happen inside commands so `--help` answers at once.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
 from .errors import NormprobeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, help="Probe how causal language models shape token representations, layer by layer.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Probe how causal language models shape token representations, layer by layer.",
+)
 _state = {"debug": False}
 
-ProbeOpt = Annotated[List[str], typer.Option("--probe", "-p", help="Probe name, FILE.py[:Class] or module:Class; repeat for several.")]
-TextOpt = Annotated[Optional[List[str]], typer.Option("--text", help="A document; repeat for several.")]
-InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Corpus file: .txt (a document per line), .jsonl, .csv or .parquet.")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default reports/<model>-<timestamp>/).")]
+ProbeOpt = Annotated[
+    list[str], typer.Option("--probe", "-p", help="Probe name, FILE.py[:Class] or module:Class; repeat for several.")
+]
+TextOpt = Annotated[list[str] | None, typer.Option("--text", help="A document; repeat for several.")]
+InputOpt = Annotated[
+    Path | None, typer.Option("--input", "-i", help="Corpus file: .txt (a document per line), .jsonl, .csv or .parquet.")
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default reports/<model>-<timestamp>/).")]
 PlotlyOpt = Annotated[str, typer.Option("--plotlyjs", help="inline (works offline) or cdn (small file).")]
-ProbeModuleOpt = Annotated[Optional[List[str]], typer.Option(
-    "--probe-module", help="Code of a custom probe (FILE.py[:Class] or module:Class) whose own figures draw its section; "
-                           "a saved folder never names code that is run. Repeat for several.")]
-FormatOpt = Annotated[str, typer.Option("--format", help="html, or also write each figure as png or svg into DIR/figures/ (needs kaleido).")]
+ProbeModuleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--probe-module",
+        help="Code of a custom probe (FILE.py[:Class] or module:Class) whose own figures draw its section; "
+        "a saved folder never names code that is run. Repeat for several.",
+    ),
+]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="html, or also write each figure as png or svg into DIR/figures/ (needs kaleido).")
+]
 
 
 def _check_format(fmt: str) -> None:
@@ -34,7 +51,7 @@ def _check_format(fmt: str) -> None:
         raise NormprobeError(f"--format must be html, png or svg, not {fmt!r}")
 
 
-def parse_layers(text: Optional[str]) -> Optional[list[int]]:
+def parse_layers(text: str | None) -> list[int] | None:
     """'0,3,5', '2-4' or 'all' to a list of layer indices."""
     if text is None or text.strip() in ("", "all"):
         return None
@@ -43,7 +60,9 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
         for part in text.split(","):
             part = part.strip()
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-")[0], part[1:].split("-", 1)[1])
+                lo, hi = (
+                    part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-")[0], part[1:].split("-", 1)[1])
+                )
                 layers.extend(range(int(lo), int(hi) + 1))
             else:
                 layers.append(int(part))
@@ -52,7 +71,7 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
     return sorted(set(layers))
 
 
-def parse_alphas(text: Optional[str]) -> Optional[list[float]]:
+def parse_alphas(text: str | None) -> list[float] | None:
     """'0,0.5,1,2' to a list of step sizes."""
     if text is None:
         return None
@@ -79,8 +98,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
-                                          callback=_print_version, expose_value=False)] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version, expose_value=False),
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
@@ -88,50 +109,116 @@ def _root(
 
 @app.command()
 def run(
-    models: Annotated[List[str], typer.Argument(help="Model: demo, a Hub name or short name (gpt2-small, pythia-70m), or a local folder.")],
-    probe: ProbeOpt = ["norms"],
+    models: Annotated[
+        list[str], typer.Argument(help="Model: demo, a Hub name or short name (gpt2-small, pythia-70m), or a local folder.")
+    ],
+    probe: ProbeOpt = ["norms"],  # noqa: B006 - typer reads this default and never mutates it
     text: TextOpt = None,
     input: InputOpt = None,
-    dataset: Annotated[Optional[str], typer.Option(
-        help="Hugging Face dataset: a Hub name (streamed), a save_to_disk folder, or a folder or glob of data files.")] = None,
-    dataset_config: Annotated[Optional[str], typer.Option(help="Configuration of a Hub --dataset.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face dataset: a Hub name (streamed), a save_to_disk folder, or a folder or glob of data files."
+        ),
+    ] = None,
+    dataset_config: Annotated[str | None, typer.Option(help="Configuration of a Hub --dataset.")] = None,
     split: Annotated[str, typer.Option(help="Split of --dataset.")] = "train",
-    text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet or --dataset.")] = "text",
+    text_field: Annotated[
+        str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet or --dataset.")
+    ] = "text",
     encoding: Annotated[str, typer.Option(help="Text encoding of --input.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict (stop) or replace.")] = "strict",
-    max_docs: Annotated[Optional[int], typer.Option(help="Stop after this many documents.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Stop after this many tokens.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Windows per batch (default: from free memory).")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Window length in tokens (default min(1024, context)).")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Layers to probe: 0,3,5 or 2-4 or all.")] = None,
-    prepend_bos: Annotated[bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start every window with BOS when the tokenizer has one.")] = True,
+    max_docs: Annotated[int | None, typer.Option(help="Stop after this many documents.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Stop after this many tokens.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Windows per batch (default: from free memory).")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Window length in tokens (default min(1024, context)).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Layers to probe: 0,3,5 or 2-4 or all.")] = None,
+    prepend_bos: Annotated[
+        bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start every window with BOS when the tokenizer has one.")
+    ] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder (same model, corpus and options).")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N batches (default: every 5 minutes).")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="Run only documents I mod N (I/N); combine with `normprobe merge`.")] = None,
-    checkpoints: Annotated[Optional[str], typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders).")] = None,
-    device_map: Annotated[Optional[str], typer.Option(help="Spread one model larger than one device over several (accelerate): auto, balanced, balanced_low_0 or sequential; run.json records the placement.")] = None,
-    n_devices: Annotated[Optional[int], typer.Option(help="Split one model across this many GPUs.")] = None,
-    readout: Annotated[str, typer.Option(help=(
-        "How updates and linesearch read h: logit (the logit lens), tuned:DIR (a tuned-lens folder, see "
-        "`normprobe lens train`) or model (no lens: the model's own loss, its gradient from one backward pass)."))] = "logit",
-    ablate: Annotated[bool, typer.Option(help=(
-        "With --readout model: updates reruns the network without each layer's updates for actual_change "
-        "(about 1.5 x n_layers forwards per batch)."))] = False,
-    alphas: Annotated[Optional[str], typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")] = None,
-    readout_sample: Annotated[float, typer.Option(
-        help="Share of tokens (a seeded hash of each token's document and place: the same in any order, shard or resume) "
-             "whose updates and linesearch statistics are computed; norms and the forward see every token.")] = 1.0,
-    massive_ratio: Annotated[float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")] = 100.0,
-    max_memory: Annotated[Optional[str], typer.Option(help="Cap on normprobe's own memory beside the weights, e.g. 8GB or 6GiB: sets the automatic batch size (default: free memory minus a margin, at most half the machine's or GPU's).")] = None,
-    baseline: Annotated[Optional[List[str]], typer.Option(
-        "--baseline", help="A null baseline through the same probes and windows: random-init, shuffled or no-bos; repeat for several.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the interrupted run in this folder (same model, corpus and options).")
+    ] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N batches (default: every 5 minutes).")] = None,
+    shard: Annotated[str | None, typer.Option(help="Run only documents I mod N (I/N); combine with `normprobe merge`.")] = None,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(help="Sweep training checkpoints: steps 0,512,1000 | all | every:K (Hub models) | local (folders)."),
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Spread one model larger than one device over several (accelerate): auto, "
+                "balanced, balanced_low_0 or sequential; run.json records the placement."
+            )
+        ),
+    ] = None,
+    n_devices: Annotated[int | None, typer.Option(help="Split one model across this many GPUs.")] = None,
+    readout: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "How updates and linesearch read h: logit (the logit lens), tuned:DIR (a tuned-lens folder, see "
+                "`normprobe lens train`) or model (no lens: the model's own loss, its gradient from one backward pass)."
+            )
+        ),
+    ] = "logit",
+    ablate: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "With --readout model: updates reruns the network without each layer's updates for actual_change "
+                "(about 1.5 x n_layers forwards per batch)."
+            )
+        ),
+    ] = False,
+    alphas: Annotated[
+        str | None, typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")
+    ] = None,
+    readout_sample: Annotated[
+        float,
+        typer.Option(
+            help="Share of tokens (a seeded hash of each token's document and place: the same in any order, shard or resume) "
+            "whose updates and linesearch statistics are computed; norms and the forward see every token."
+        ),
+    ] = 1.0,
+    massive_ratio: Annotated[
+        float, typer.Option(help="The massive probe's threshold: a token is massive where max |h_i| / median |h_i| exceeds it.")
+    ] = 100.0,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Cap on normprobe's own memory beside the weights, e.g. 8GB or 6GiB: sets the automatic "
+                "batch size (default: free memory minus a margin, at most half the machine's or GPU's)."
+            )
+        ),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--baseline",
+            help="A null baseline through the same probes and windows: random-init, shuffled or no-bos; repeat for several.",
+        ),
+    ] = None,
     baseline_seeds: Annotated[int, typer.Option(help="Random-init models (seeds 0..N-1) for --baseline random-init.")] = 3,
-    token_counts: Annotated[Optional[Path], typer.Option(help="File of token id -> count (JSON object, or 'id count' lines) replacing the probe corpus's counts in the frequency claim.")] = None,
-    replicates: Annotated[int, typer.Option(help="Replicates B of the Poisson bootstrap over documents behind every interval.")] = 200,
+    token_counts: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "File of token id -> count (JSON object, or 'id count' lines) "
+                "replacing the probe corpus's counts in the frequency claim."
+            )
+        ),
+    ] = None,
+    replicates: Annotated[
+        int, typer.Option(help="Replicates B of the Poisson bootstrap over documents behind every interval.")
+    ] = 200,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
@@ -147,20 +234,50 @@ def run(
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
     from .sweep import looks_like_checkpoints, plan, run_sweep
 
-    common = dict(texts=text, input=input, dataset=dataset, dataset_config=dataset_config, split=split,
-                  text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs, max_tokens=max_tokens,
-                  batch_size=batch_size, seq_len=seq_len, layers=parse_layers(layers), prepend_bos=prepend_bos,
-                  device=device, dtype=dtype, plotlyjs=plotlyjs, progress=progress, checkpoint_every=checkpoint_every,
-                  massive_ratio=massive_ratio, readout=readout, alphas=parse_alphas(alphas), ablate=ablate,
-                  max_memory=max_memory, baselines=baseline, baseline_seeds=baseline_seeds, token_counts=token_counts,
-                  replicates=replicates, readout_sample=readout_sample)
+    common = dict(
+        texts=text,
+        input=input,
+        dataset=dataset,
+        dataset_config=dataset_config,
+        split=split,
+        text_field=text_field,
+        encoding=encoding,
+        errors=errors,
+        max_docs=max_docs,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        layers=parse_layers(layers),
+        prepend_bos=prepend_bos,
+        device=device,
+        dtype=dtype,
+        plotlyjs=plotlyjs,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        massive_ratio=massive_ratio,
+        readout=readout,
+        alphas=parse_alphas(alphas),
+        ablate=ablate,
+        max_memory=max_memory,
+        baselines=baseline,
+        baseline_seeds=baseline_seeds,
+        token_counts=token_counts,
+        replicates=replicates,
+        readout_sample=readout_sample,
+    )
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
         if resume is not None and out is not None and Path(out) != resume:
             raise NormprobeError("--resume DIR writes into DIR; leave out --out")
-        page = run_sweep(plan(models, checkpoints), resume or out or _default_out(f"{Path(models[0]).name}-sweep"),
-                         probes=probe, resume=resume is not None, overwrite=overwrite, **common)
+        page = run_sweep(
+            plan(models, checkpoints),
+            resume or out or _default_out(f"{Path(models[0]).name}-sweep"),
+            probes=probe,
+            resume=resume is not None,
+            overwrite=overwrite,
+            **common,
+        )
         typer.echo(f"wrote {page.parent}/ (evolution report: {page})")
         return
     if len(models) > 1:
@@ -174,8 +291,16 @@ def run(
     if resume is not None and out is not None and Path(out) != resume:
         raise NormprobeError("--resume DIR writes into DIR; leave out --out")
     folder = run_to_folder(
-        models[0], resume or out or _default_out(models[0]), probes=probe, resume=resume is not None,
-        overwrite=overwrite, shard=parse_shard(shard), device_map=device_map, n_devices=n_devices, **common)
+        models[0],
+        resume or out or _default_out(models[0]),
+        probes=probe,
+        resume=resume is not None,
+        overwrite=overwrite,
+        shard=parse_shard(shard),
+        device_map=device_map,
+        n_devices=n_devices,
+        **common,
+    )
     if folder is not None:
         export_images(folder, format, probe_modules=probe)
         if progress:
@@ -189,10 +314,12 @@ def run(
 
 @app.command()
 def compare(
-    folders: Annotated[List[Path], typer.Argument(help="Two or more run folders.")],
+    folders: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison's report.html.")],
-    label: Annotated[Optional[List[str]], typer.Option("--label", help="A name per run, in order (default: folder names).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Write into an existing, non-empty folder (replacing its report.html).")] = False,
+    label: Annotated[list[str] | None, typer.Option("--label", help="A name per run, in order (default: folder names).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into an existing, non-empty folder (replacing its report.html).")
+    ] = False,
     plotlyjs: PlotlyOpt = "inline",
 ) -> None:
     """Render one report overlaying saved runs (different models, sizes, checkpoints, corpora, dtypes)."""
@@ -206,7 +333,7 @@ def compare(
 
 @app.command()
 def merge(
-    folders: Annotated[List[Path], typer.Argument(help="Folders of `run --shard I/N` runs, one per shard.")],
+    folders: Annotated[list[Path], typer.Argument(help="Folders of `run --shard I/N` runs, one per shard.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the merged run.")],
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
     plotlyjs: PlotlyOpt = "inline",
@@ -222,7 +349,7 @@ def merge(
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="A run folder written by `normprobe run`.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default FOLDER/report.html).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write (default FOLDER/report.html).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     plotlyjs: PlotlyOpt = "inline",
     format: FormatOpt = "html",
@@ -280,17 +407,28 @@ def models() -> None:
 
 @app.command()
 def trace(
-    model: Annotated[str, typer.Argument(help="Model: demo, a Hub name or short name (gpt2-small, pythia-70m), or a local folder.")],
+    model: Annotated[
+        str, typer.Argument(help="Model: demo, a Hub name or short name (gpt2-small, pythia-70m), or a local folder.")
+    ],
     text: TextOpt = None,
     input: InputOpt = None,
     text_field: Annotated[str, typer.Option(help="Field or column holding the text in .jsonl/.csv/.parquet.")] = "text",
     encoding: Annotated[str, typer.Option(help="Text encoding of --input.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict (stop) or replace.")] = "strict",
-    max_docs: Annotated[Optional[int], typer.Option(help="Trace this many documents (default: every --text, the first document of --input).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Trace at most this many tokens of each document, BOS included (default: the model's context).")] = None,
-    readout: Annotated[str, typer.Option(help="How each layer is read: logit (the logit lens) or tuned:DIR (a tuned-lens folder).")] = "logit",
+    max_docs: Annotated[
+        int | None, typer.Option(help="Trace this many documents (default: every --text, the first document of --input).")
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(help="Trace at most this many tokens of each document, BOS included (default: the model's context)."),
+    ] = None,
+    readout: Annotated[
+        str, typer.Option(help="How each layer is read: logit (the logit lens) or tuned:DIR (a tuned-lens folder).")
+    ] = "logit",
     top_k: Annotated[int, typer.Option(help="Top tokens kept per layer and position.")] = 5,
-    prepend_bos: Annotated[bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start each document with BOS when the tokenizer has one.")] = True,
+    prepend_bos: Annotated[
+        bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start each document with BOS when the tokenizer has one.")
+    ] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     out: OutOpt = None,
@@ -301,10 +439,25 @@ def trace(
     """Trace texts through every layer: the lens table with norms, update norms, descent cos and loss changes."""
     from .tracing import trace_to_folder
 
-    folder = trace_to_folder(model, out or _default_out(f"{Path(model).name}-trace"), texts=text, input=input,
-                             text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs,
-                             max_tokens=max_tokens, readout=readout, top_k=top_k, prepend_bos=prepend_bos,
-                             device=device, dtype=dtype, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress)
+    folder = trace_to_folder(
+        model,
+        out or _default_out(f"{Path(model).name}-trace"),
+        texts=text,
+        input=input,
+        text_field=text_field,
+        encoding=encoding,
+        errors=errors,
+        max_docs=max_docs,
+        max_tokens=max_tokens,
+        readout=readout,
+        top_k=top_k,
+        prepend_bos=prepend_bos,
+        device=device,
+        dtype=dtype,
+        overwrite=overwrite,
+        plotlyjs=plotlyjs,
+        progress=progress,
+    )
     typer.echo(f"wrote {folder}/ (trace: {folder / 'trace.html'})")
 
 
@@ -332,9 +485,22 @@ def lens_train(
     """Train a tuned lens (tuned-lens's recipe) on a corpus (default: the built-in sample)."""
     from .lens_training import train_lens
 
-    folder = train_lens(model, out, texts=text, input=input, text_field=text_field, steps=steps, lr=lr,
-                        batch_size=batch_size, seq_len=seq_len, device=device, resume=resume, overwrite=overwrite,
-                        progress=progress, checkpoint_every=checkpoint_every)
+    folder = train_lens(
+        model,
+        out,
+        texts=text,
+        input=input,
+        text_field=text_field,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+    )
     typer.echo(f"wrote {folder}/ (use it with: normprobe run {model} --probe updates --readout tuned:{folder})")
 
 
@@ -364,7 +530,7 @@ def resume_command(argv: list[str], folder: Path) -> str:
     return shlex.join(["normprobe", *kept, "--resume", str(target or folder)])
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, exit 1 for bad input, 2 for bad usage, 130 on Ctrl-C."""
     from .distributed import is_distributed
     from .interrupt import RunInterrupted
@@ -374,8 +540,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except RunInterrupted as exc:
         typer.echo(f"normprobe: interrupted: {exc}", err=True)
         if exc.folder is not None:
-            typer.echo(f"normprobe: to continue: {resume_command(sys.argv[1:] if argv is None else argv, exc.folder)}",
-                       err=True)
+            typer.echo(f"normprobe: to continue: {resume_command(sys.argv[1:] if argv is None else argv, exc.folder)}", err=True)
         sys.exit(exc.exit_code)
     except NormprobeError as exc:
         if _state["debug"]:

@@ -1,8 +1,9 @@
 """Several runs side by side, as an object: figures, differences, a notebook view, and the page it writes."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -25,7 +26,7 @@ class Comparison(FigureViews):
         self.labels = unique_labels(list(labels))
 
     @classmethod
-    def of(cls, runs: Sequence[RunResult | str | Path], labels: Sequence[str] | None = None) -> "Comparison":
+    def of(cls, runs: Sequence[RunResult | str | Path], labels: Sequence[str] | None = None) -> Comparison:
         """Runs as RunResults or run folders; labels default to folder names, else to each run's model."""
         results, names = [], []
         for i, run in enumerate(runs, start=1):
@@ -86,7 +87,9 @@ class Comparison(FigureViews):
 
         head, rows = side_by_side_rows(self._runs())
         runs = "".join(f"<li>{esc(label)}: {esc(run_line(r.meta))}</li>" for label, r in self._runs())
-        return (f"<div><b>normprobe comparison</b> of {len(self.results)} runs<ul>{runs}</ul>"
-                f"{table_html(head, rows)}"
-                "<small>.figures() gives the page's figures, .show() draws them, .differences() holds each run "
-                "minus the first per layer.</small></div>")
+        return (
+            f"<div><b>normprobe comparison</b> of {len(self.results)} runs<ul>{runs}</ul>"
+            f"{table_html(head, rows)}"
+            "<small>.figures() gives the page's figures, .show() draws them, .differences() holds each run "
+            "minus the first per layer.</small></div>"
+        )

@@ -1,4 +1,5 @@
 """What a run tells the person watching it, on stderr: status lines and a progress bar that suits logs."""
+
 from __future__ import annotations
 
 import json
@@ -123,8 +124,9 @@ def _is_terminal(stream: Any) -> bool:
 class LogProgress:
     """Progress for non-terminals: tqdm rewrites its line with \\r, which a log keeps, last line twice."""
 
-    def __init__(self, total: int | None, stream: Any, every: float = LOG_EVERY_SECONDS, unit: str = "tok",
-                 desc: str = "probing"):
+    def __init__(
+        self, total: int | None, stream: Any, every: float = LOG_EVERY_SECONDS, unit: str = "tok", desc: str = "probing"
+    ):
         self.total, self.stream, self.every = total, stream, every
         self.noun = "tokens" if unit == "tok" else unit + "s"
         self.unit, self.desc, self.postfix = unit, desc, ""
@@ -149,6 +151,9 @@ class LogProgress:
         share = f" of {self.total:,} ({100 * self.n / self.total:.0f}%)" if self.total else ""
         rate = self.n / seconds if seconds > 0 else 0.0
         rate_text = f"{rate:,.0f}" if self.unit == "tok" else f"{rate:,.2f}"
-        print(f"{self.desc}: {self.n:,} {self.noun}{share}, {seconds:.0f} s, {rate_text} {self.unit}/s{self.postfix}",
-              file=self.stream, flush=True)
+        print(
+            f"{self.desc}: {self.n:,} {self.noun}{share}, {seconds:.0f} s, {rate_text} {self.unit}/s{self.postfix}",
+            file=self.stream,
+            flush=True,
+        )
         self._printed_at, self._last = self.n, time.monotonic()

@@ -2,6 +2,7 @@
 
 Everything here is plain Python and pyarrow; no torch, so validating input is fast.
 """
+
 from __future__ import annotations
 
 import ast
@@ -9,9 +10,9 @@ import codecs
 import io
 import json
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import NormprobeError
 
@@ -84,8 +85,7 @@ def validate_input(spec: InputSpec) -> None:
         raise NormprobeError(f"input {path} is not a regular file (a pipe or device?); save it to a file first")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise NormprobeError(
-            f"unsupported input type {path.suffix or '(none)'!r} for {path}; "
-            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
+            f"unsupported input type {path.suffix or '(none)'!r} for {path}; use one of {', '.join(SUPPORTED_SUFFIXES)}"
         )
     try:
         with open(path, "rb") as fh:
@@ -178,13 +178,10 @@ def _iter_jsonl(spec: InputSpec) -> Iterator[str]:
         except ValueError as exc:  # e.g. an integer too long to convert
             raise NormprobeError(f"{spec.path}: line {lineno} cannot be read as JSON ({exc})") from None
         if not isinstance(record, dict) or spec.text_field not in record:
-            raise NormprobeError(
-                f"{spec.path}: line {lineno} has no field {spec.text_field!r}; choose one with --text-field"
-            )
+            raise NormprobeError(f"{spec.path}: line {lineno} has no field {spec.text_field!r}; choose one with --text-field")
         text = record[spec.text_field]
         if not isinstance(text, str):
-            raise NormprobeError(f"{spec.path}: line {lineno} field {spec.text_field!r} is "
-                                 f"{_json_kind(text)}, not a string")
+            raise NormprobeError(f"{spec.path}: line {lineno} field {spec.text_field!r} is {_json_kind(text)}, not a string")
         text = as_text(text, f"{spec.path}: line {lineno} field {spec.text_field!r}", spec.errors)
         if text.strip():
             yield text
@@ -203,9 +200,11 @@ def as_text(text: str, where: str, errors: str = "strict") -> str:
     except UnicodeEncodeError as exc:
         if errors == "replace":
             return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        raise NormprobeError(f"{where} holds {text[exc.start:exc.end].encode('unicode_escape').decode()!s} at "
-                             f"character {exc.start}, which is not text (a lone surrogate); "
-                             "fix it or pass --errors replace") from None
+        raise NormprobeError(
+            f"{where} holds {text[exc.start : exc.end].encode('unicode_escape').decode()!s} at "
+            f"character {exc.start}, which is not text (a lone surrogate); "
+            "fix it or pass --errors replace"
+        ) from None
 
 
 CSV_BLOCK = 1 << 20  # pyarrow's default; a row longer than a block is read again with larger blocks
@@ -259,8 +258,11 @@ def _table_texts(spec: InputSpec, block: int) -> Iterator[str | None]:
             # decoded by Python, so --encoding and --errors mean what they mean for .txt; every cell is text
             stream = _Utf8Stream(spec)
             try:
-                reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=block),
-                                       convert_options=pcsv.ConvertOptions(column_types={spec.text_field: pa.string()}))
+                reader = pcsv.open_csv(
+                    stream,
+                    read_options=pcsv.ReadOptions(block_size=block),
+                    convert_options=pcsv.ConvertOptions(column_types={spec.text_field: pa.string()}),
+                )
             except pa.ArrowInvalid as exc:
                 stream.check()
                 _raise_if_too_long(exc)
@@ -272,14 +274,14 @@ def _table_texts(spec: InputSpec, block: int) -> Iterator[str | None]:
         raise NormprobeError(f"cannot read {spec.path}: {str(exc).splitlines()[0]}") from None
     if spec.text_field not in columns:
         raise NormprobeError(
-            f"{spec.path} has no column {spec.text_field!r}; columns found: {', '.join(columns)}; "
-            "choose one with --text-field"
+            f"{spec.path} has no column {spec.text_field!r}; columns found: {', '.join(columns)}; choose one with --text-field"
         )
     if spec.path.suffix.lower() == ".parquet":
         kind = source.schema_arrow.field(spec.text_field).type
         if not is_text_type(kind):
-            raise NormprobeError(f"{spec.path}: column {spec.text_field!r} holds {kind} values, not text; "
-                                 "choose a text column with --text-field")
+            raise NormprobeError(
+                f"{spec.path}: column {spec.text_field!r} holds {kind} values, not text; choose a text column with --text-field"
+            )
     start = 0
     try:
         for batch in batches():
@@ -332,8 +334,10 @@ def arrow_texts(column, errors: str, where: str, start: int = 0) -> Iterator[str
             yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             if errors != "replace":
-                raise NormprobeError(f"{where}: row {start + offset + 1} holds bytes that are not valid UTF-8 "
-                                     f"(at byte {exc.start}); fix it or pass --errors replace") from None
+                raise NormprobeError(
+                    f"{where}: row {start + offset + 1} holds bytes that are not valid UTF-8 "
+                    f"(at byte {exc.start}); fix it or pass --errors replace"
+                ) from None
             yield raw.decode("utf-8", "replace")
 
 
@@ -360,8 +364,9 @@ class _Utf8Stream(io.RawIOBase):
         if self._binary:
             raise _binary(self._spec.path, "it")
         if self._undecodable:
-            raise NormprobeError(f"{self._spec.path} is not valid {self._spec.encoding}; "
-                                 "pass --encoding ENCODING or --errors replace")
+            raise NormprobeError(
+                f"{self._spec.path} is not valid {self._spec.encoding}; pass --encoding ENCODING or --errors replace"
+            )
 
     def checked(self, reader):
         for batch in reader:

@@ -5,6 +5,7 @@ data-file folders may name files in a README's `configs`. Every name must be a f
 (a folder never sends normprobe to read elsewhere: absolute paths, `..` and links out are refused), and
 the corpus fingerprint covers the bytes of every file read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,10 @@ def inside(root: Path, name: Any, what: str) -> Path:
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise NormprobeError(f"{what} names {name!r}, which cannot be opened ({exc})") from None
     if candidate.is_absolute() or not resolved.is_relative_to(base):
-        raise NormprobeError(f"{what} names {name!r}, outside the dataset folder {root}; a dataset folder "
-                             "may name only files inside it (give other files yourself, as --dataset FILE or a glob)")
+        raise NormprobeError(
+            f"{what} names {name!r}, outside the dataset folder {root}; a dataset folder "
+            "may name only files inside it (give other files yourself, as --dataset FILE or a glob)"
+        )
     return resolved
 
 
@@ -44,8 +47,10 @@ def check_split_folder(folder: Path) -> list[str]:
     state = _json_object(folder / "state.json", "state.json")
     files = state.get("_data_files")
     if not isinstance(files, list) or not files or not all(isinstance(f, dict) for f in files):
-        raise NormprobeError(f"{folder / 'state.json'} is damaged: '_data_files' must be a list of "
-                             f"{{\"filename\": ...}} objects, not {type(files).__name__}")
+        raise NormprobeError(
+            f"{folder / 'state.json'} is damaged: '_data_files' must be a list of "
+            f"{{\"filename\": ...}} objects, not {type(files).__name__}"
+        )
     names = []
     for entry in files:
         path = inside(folder, entry.get("filename"), str(folder / "state.json"))
@@ -96,8 +101,10 @@ def files_inside(root: Path, data_files: Any) -> list[str]:
         for name in files:
             text = str(name)
             if "://" in text:
-                raise NormprobeError(f"the README of {root} names {text}, outside the dataset folder; a dataset "
-                                     "folder may name only files inside it")
+                raise NormprobeError(
+                    f"the README of {root} names {text}, outside the dataset folder; a dataset "
+                    "folder may name only files inside it"
+                )
             # datasets hands back absolute paths: what matters is where they resolve to
             relative = Path(text).resolve()
             if relative.is_relative_to(root.resolve()):

@@ -4,6 +4,7 @@ Ranks step in lockstep: after every batch each rank all-reduces (tokens, still r
 so the progress bar on rank 0 shows totals over all ranks, and a rank whose probe or forward
 raises stops every rank with its message instead of leaving them hanging.
 """
+
 from __future__ import annotations
 
 import os

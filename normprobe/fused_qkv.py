@@ -11,6 +11,7 @@ fused weights by the bridge's own split function when eager attention is asked f
 `deferred_split()` keeps the bridge from building them at boot, so a run that never reads patterns
 never holds them, not even while loading.
 """
+
 from __future__ import annotations
 
 import types
@@ -25,8 +26,11 @@ FREED = "_normprobe_split_freed"
 def _joint_bridges(bridge: Any) -> list:
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
 
-    return [m for m in bridge.modules() if isinstance(m, JointQKVAttentionBridge)
-            and getattr(m, "original_component", None) is not None]
+    return [
+        m
+        for m in bridge.modules()
+        if isinstance(m, JointQKVAttentionBridge) and getattr(m, "original_component", None) is not None
+    ]
 
 
 def _linears(module: Any) -> list:
@@ -105,6 +109,7 @@ def _build_then_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         align_offloaded_subtree = None
     _build(self, align_offloaded_subtree)
     return self.forward(*args, **kwargs)
+
 
 def _placeholder() -> Any:
     import warnings

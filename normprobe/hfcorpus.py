@@ -3,19 +3,20 @@
 Local data files and Hub datasets are read with streaming, so nothing is converted or downloaded whole.
 `datasets` is imported only when a dataset is asked for.
 """
+
 from __future__ import annotations
 
 import glob
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import NormprobeError
 
 # data-file suffix -> the `datasets` builder that reads it
-BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text",
-            ".arrow": "arrow"}
+BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text", ".arrow": "arrow"}
 TEXT_TYPES = ("string", "large_string")
 BATCH = 1024
 
@@ -71,8 +72,10 @@ class OpenedDataset:
     def digest(self) -> str:
         """What resume compares: the dataset's identity (its files' bytes), the split and field read, how decoded."""
         spec = self.spec
-        key = (f"dataset\0{self.kind}\0{self.fingerprint}\0{spec.config}\0{spec.split}\0{spec.text_field}"
-               f"\0{spec.encoding}\0{spec.errors}")
+        key = (
+            f"dataset\0{self.kind}\0{self.fingerprint}\0{spec.config}\0{spec.split}\0{spec.text_field}"
+            f"\0{spec.encoding}\0{spec.errors}"
+        )
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -125,8 +128,9 @@ def _unreadable(spec: DatasetSpec, exc: BaseException) -> NormprobeError:
 
 def _pick_split(spec: DatasetSpec, splits: Any) -> Any:
     if spec.split not in splits:
-        raise NormprobeError(f"dataset {spec.name} has no split {spec.split!r}; splits: {', '.join(splits)}; "
-                             "choose one with --split")
+        raise NormprobeError(
+            f"dataset {spec.name} has no split {spec.split!r}; splits: {', '.join(splits)}; choose one with --split"
+        )
     return splits[spec.split]
 
 
@@ -150,8 +154,11 @@ def _open_disk(spec: DatasetSpec) -> tuple[Any, str]:
 def _data_files(name: str) -> list[Path]:
     path = Path(name).expanduser()
     if path.is_dir():
-        files = [p for p in sorted(path.rglob("*")) if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        files = [
+            p
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
     else:
         files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
     if not files:
@@ -171,7 +178,7 @@ def _files_sha256(files: list[Path]) -> str:
 
 
 def _open_files(spec: DatasetSpec) -> tuple[Any, str]:
-    from .datafolder import files_sha256, files_inside
+    from .datafolder import files_inside, files_sha256
 
     datasets = _import_datasets()
     files = _data_files(spec.name)
@@ -188,8 +195,10 @@ def _open_files(spec: DatasetSpec) -> tuple[Any, str]:
         else:  # files the user named (a glob or a file): wherever they lie
             builders = {BUILDERS.get(p.suffix.lower()) for p in files}
             if None in builders or len(builders) != 1:
-                raise NormprobeError(f"{spec.name} matches files of types {', '.join(sorted({p.suffix or '(none)' for p in files}))}; "
-                                     f"give files of one type among {', '.join(BUILDERS)}")
+                raise NormprobeError(
+                    f"{spec.name} matches files of types {', '.join(sorted({p.suffix or '(none)' for p in files}))}; "
+                    f"give files of one type among {', '.join(BUILDERS)}"
+                )
             builder_name = builders.pop()
             decoding = _decoding(spec) if builder_name in ("csv", "json", "text") else {}
             splits = datasets.load_dataset(builder_name, data_files=[str(p) for p in files], streaming=True, **decoding)
@@ -219,8 +228,9 @@ def _open_hub(spec: DatasetSpec) -> tuple[Any, str]:
         commit = HfApi().dataset_info(spec.name).sha
         splits = datasets.load_dataset(spec.name, spec.config, streaming=True, revision=commit)
     except Exception as exc:  # noqa: BLE001 - offline, unknown name, missing config: one line each
-        raise NormprobeError(f"cannot open Hub dataset {spec.name}"
-                             f"{f' (config {spec.config})' if spec.config else ''}: {_first_line(exc)}") from None
+        raise NormprobeError(
+            f"cannot open Hub dataset {spec.name}{f' (config {spec.config})' if spec.config else ''}: {_first_line(exc)}"
+        ) from None
     return _pick_split(spec, splits), f"{spec.name}@{commit}"
 
 
@@ -234,12 +244,16 @@ def _check_text_field(spec: DatasetSpec, rows: Any) -> None:
     else:
         types = {k: getattr(v, "dtype", type(v).__name__) for k, v in features.items()}
     if spec.text_field not in types:
-        raise NormprobeError(f"dataset {spec.name} (split {spec.split}) has no column {spec.text_field!r}; "
-                             f"columns: {', '.join(types)}; choose one with --text-field")
+        raise NormprobeError(
+            f"dataset {spec.name} (split {spec.split}) has no column {spec.text_field!r}; "
+            f"columns: {', '.join(types)}; choose one with --text-field"
+        )
     if types[spec.text_field] not in TEXT_TYPES:
         texts = [k for k, t in types.items() if t in TEXT_TYPES]
-        raise NormprobeError(f"column {spec.text_field!r} of dataset {spec.name} holds {types[spec.text_field]}, "
-                             f"not text; text columns: {', '.join(texts) or 'none'}")
+        raise NormprobeError(
+            f"column {spec.text_field!r} of dataset {spec.name} holds {types[spec.text_field]}, "
+            f"not text; text columns: {', '.join(texts) or 'none'}"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

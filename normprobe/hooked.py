@@ -1,4 +1,5 @@
 """One forward pass per batch with every probe's hooks attached, reduced where they stand."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -55,6 +56,7 @@ class HookedPass:
                 except Exception as exc:  # noqa: BLE001 - a probe's own bug fails the run, cleanly
                     raise ProbeFailed(probe.name, exc) from exc
             return None
+
         return hook
 
     def forward(self, batch) -> dict[str, dict[str, Any]]:
@@ -71,6 +73,8 @@ class HookedPass:
             self.model.forward(batch.tokens, batch.mask.long(), self.hooks)
         silent = [name for name in self.wanted if name not in self._fired]
         if silent:
-            raise NormprobeError(f"hook {silent[0]} was attached but never fired on {self.model.source.name} "
-                                 f"({len(silent)} of {len(self.wanted)} hooks silent)")
+            raise NormprobeError(
+                f"hook {silent[0]} was attached but never fired on {self.model.source.name} "
+                f"({len(silent)} of {len(self.wanted)} hooks silent)"
+            )
         return self._reduced

@@ -1,4 +1,5 @@
 """Graceful stops: the first SIGINT/SIGTERM asks the loop to stop after its batch; a second aborts."""
+
 from __future__ import annotations
 
 import os
@@ -34,12 +35,15 @@ class StopRequests:
         # Said at once: a batch can take minutes (a large model in bfloat16 on a CPU). os.write, not print:
         # the handler may run while the main thread is inside a write to sys.stderr (the progress bar).
         try:
-            os.write(2, f"normprobe: {self.requested} received: will stop after the current {self.unit}; "
-                        "a second signal stops it now\n".encode())
+            os.write(
+                2,
+                f"normprobe: {self.requested} received: will stop after the current {self.unit}; "
+                "a second signal stops it now\n".encode(),
+            )
         except OSError:
             pass
 
-    def __enter__(self) -> "StopRequests":
+    def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -1,4 +1,5 @@
 """Reading the JSON files normprobe depends on (run.json, config.json), with one-line errors."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ The runner adds this probe to every run whose readout is a tuned lens; run.json'
 numbers by layer, and says `in_sample` when the lens was trained on the probe corpus itself (`lens train`
 records the training corpus's sha256 in the lens folder's training.json, beside config.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,12 @@ def is_tuned(readout: Any) -> bool:
 
 class LensDiagnosticsProbe(Probe):
     name = "lens_diagnostics"
-    description = ("the tuned lens on the probe corpus, per layer: next-token cross-entropy and KL(model output || lens); "
-                   "the last row (layer n_layers) is the model's own output")
+    description = (
+        "the tuned lens on the probe corpus, per layer: next-token cross-entropy and KL(model output || lens); "
+        "the last row (layer n_layers) is the model's own output"
+    )
 
-    def __init__(self, layers: list[int] | None = None, readout: str = "logit", vocab_chunk: int = 1 << 24,
-                 **options: Any):
+    def __init__(self, layers: list[int] | None = None, readout: str = "logit", vocab_chunk: int = 1 << 24, **options: Any):
         super().__init__(None, readout=readout)  # every layer: the lens is judged as a whole
         self.readout_spec = readout
         self.vocab_chunk = vocab_chunk
@@ -73,8 +75,11 @@ class LensDiagnosticsProbe(Probe):
         self._output: torch.Tensor | None = None
         if self._targets.numel():
             kept: dict[str, torch.Tensor] = {}
-            self._model.forward(batch.tokens, batch.mask.long(),
-                                [(self._final, lambda a, hook=None: kept.__setitem__("h", self.reduce("", a, batch)))])
+            self._model.forward(
+                batch.tokens,
+                batch.mask.long(),
+                [(self._final, lambda a, hook=None: kept.__setitem__("h", self.reduce("", a, batch)))],
+            )
             self._output = kept["h"]
 
     def update_layer(self, layer: int, activations: dict[str, Any], batch) -> None:
@@ -96,11 +101,11 @@ class LensDiagnosticsProbe(Probe):
             return
         step = max(1, self.vocab_chunk // self._vocab)
         for s in range(0, h.shape[0], step):
-            output = torch.log_softmax(base.logits(model_output[s:s + step]), dim=-1)
-            lens = torch.log_softmax(base.logits(self._readout.translate(h[s:s + step], row)), dim=-1)
+            output = torch.log_softmax(base.logits(model_output[s : s + step]), dim=-1)
+            lens = torch.log_softmax(base.logits(self._readout.translate(h[s : s + step], row)), dim=-1)
             kl = (output.exp() * (output - lens)).sum(-1)
-            ce = -lens.gather(-1, self._targets[s:s + step, None]).squeeze(-1)
-            groups = torch.full_like(self._targets[s:s + step], row)
+            ce = -lens.gather(-1, self._targets[s : s + step, None]).squeeze(-1)
+            groups = torch.full_like(self._targets[s : s + step], row)
             self.kl.add(groups, kl)
             self.ce.add(groups, ce)
 
@@ -117,19 +122,27 @@ class LensDiagnosticsProbe(Probe):
         self.kl.load_state_dict(state["kl"])
 
     def result(self) -> dict[str, pd.DataFrame]:
-        return {"lens_diagnostics": pd.DataFrame({
-            "layer": np.arange(self._n_layers + 1, dtype=np.int64),
-            "count": self.ce.counts().cpu().numpy(),
-            "ce_mean": self.ce.mean().cpu().numpy(), "ce_std": self.ce.std().cpu().numpy(),
-            "kl_mean": self.kl.mean().cpu().numpy(), "kl_std": self.kl.std().cpu().numpy(),
-        })}
+        return {
+            "lens_diagnostics": pd.DataFrame(
+                {
+                    "layer": np.arange(self._n_layers + 1, dtype=np.int64),
+                    "count": self.ce.counts().cpu().numpy(),
+                    "ce_mean": self.ce.mean().cpu().numpy(),
+                    "ce_std": self.ce.std().cpu().numpy(),
+                    "kl_mean": self.kl.mean().cpu().numpy(),
+                    "kl_std": self.kl.std().cpu().numpy(),
+                }
+            )
+        }
 
     @classmethod
     def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         frame = tables["lens_diagnostics"]
         measured = frame[frame["count"] > 0]
-        return {"heldout_ce_by_layer": {int(l): float(v) for l, v in zip(measured["layer"], measured["ce_mean"])},
-                "kl_to_output_by_layer": {int(l): float(v) for l, v in zip(measured["layer"], measured["kl_mean"])}}
+        return {
+            "heldout_ce_by_layer": {int(l): float(v) for l, v in zip(measured["layer"], measured["ce_mean"])},
+            "kl_to_output_by_layer": {int(l): float(v) for l, v in zip(measured["layer"], measured["kl_mean"])},
+        }
 
 
 def check_in_sample(readout: str, corpus_sha256: str | None, talk: bool = True) -> bool:
@@ -139,8 +152,10 @@ def check_in_sample(readout: str, corpus_sha256: str | None, talk: bool = True) 
     trained_on = lens_training_digest(readout)
     in_sample = trained_on is not None and trained_on == corpus_sha256
     if trained_on is not None and in_sample and talk:
-        warn(f"the tuned lens {readout[len('tuned:'):]} was trained on this probe corpus (sha256 {trained_on[:12]}…): "
-             "its losses here are in-sample; probe another part of the corpus")
+        warn(
+            f"the tuned lens {readout[len('tuned:') :]} was trained on this probe corpus (sha256 {trained_on[:12]}…): "
+            "its losses here are in-sample; probe another part of the corpus"
+        )
     return in_sample
 
 
@@ -150,5 +165,9 @@ def record_diagnostics(result, readout: str, corpus_sha256: str | None) -> None:
     if found is None:
         return
     trained_on = lens_training_digest(readout)
-    result.meta["lens_diagnostics"] = {**found, "lens_corpus_sha256": trained_on, "probe_corpus_sha256": corpus_sha256,
-                                       "in_sample": trained_on is not None and trained_on == corpus_sha256}
+    result.meta["lens_diagnostics"] = {
+        **found,
+        "lens_corpus_sha256": trained_on,
+        "probe_corpus_sha256": corpus_sha256,
+        "in_sample": trained_on is not None and trained_on == corpus_sha256,
+    }

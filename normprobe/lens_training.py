@@ -6,13 +6,15 @@ distribution to the lens's, summed over layers with one backward pass per layer;
 momentum 0.9 and weight decay 1e-3, gradient norm clipped at 1, a linear warm-up then a linear decay.
 Batches come from the corpus in order, cycling when it runs out, so a resumed run sees the same data.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .errors import NormprobeError
 from .lock import FolderLock
@@ -87,8 +89,13 @@ class LensTrainer:
         self.model, self.corpus, self.settings, self.out = model, corpus, settings, Path(out)
         self.readout = make_readout(model, "logit").base
         self.translators = new_translators(model.d_model, model.n_layers).to(model.device)
-        self.optimizer = torch.optim.SGD(self.translators.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                         nesterov=True, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.translators.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=True,
+            weight_decay=settings.weight_decay,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(settings))
         self.step = 0
         self.layer_losses: list[float] = []
@@ -98,8 +105,12 @@ class LensTrainer:
 
     # -- checkpoints ---------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        return {"model": self.model.source.name, "corpus": self.corpus.description,
-                "corpus_sha256": self.corpus_sha256, **asdict(self.settings)}
+        return {
+            "model": self.model.source.name,
+            "corpus": self.corpus.description,
+            "corpus_sha256": self.corpus_sha256,
+            **asdict(self.settings),
+        }
 
     def save_checkpoint(self) -> None:
         import io
@@ -109,20 +120,26 @@ class LensTrainer:
         from .results import write_atomic
 
         buffer = io.BytesIO()
-        torch.save({"translators": self.translators.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "step": self.step, "identity": self.identity(),
-                    "layer_losses": self.layer_losses}, buffer)
+        torch.save(
+            {
+                "translators": self.translators.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "identity": self.identity(),
+                "layer_losses": self.layer_losses,
+            },
+            buffer,
+        )
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             write_atomic(self.out / CHECKPOINT_FILE, buffer.getvalue())  # temp file, fsync, rename
         except OSError as exc:
-            raise NormprobeError(f"cannot write in {self.out}: {exc.strerror or type(exc).__name__}; "
-                                 f"{self._kept()}") from None
+            raise NormprobeError(f"cannot write in {self.out}: {exc.strerror or type(exc).__name__}; {self._kept()}") from None
 
     def _kept(self) -> str:
         path = self.out / CHECKPOINT_FILE
-        return (f"the last checkpoint ({path}) is kept; continue with --resume" if path.is_file()
-                else "no checkpoint was saved")
+        return f"the last checkpoint ({path}) is kept; continue with --resume" if path.is_file() else "no checkpoint was saved"
 
     def load_checkpoint(self) -> None:
         from .store import load_state_file
@@ -131,16 +148,24 @@ class LensTrainer:
         if not path.is_file():
             raise NormprobeError(f"{self.out} has no {CHECKPOINT_FILE} to resume from")
         state = load_state_file(path, "lens checkpoint")  # data only: never a pickle that runs code
-        if not (isinstance(state, dict) and isinstance(state.get("identity"), dict)
-                and all(isinstance(state.get(k), dict) for k in ("translators", "optimizer", "scheduler"))
-                and isinstance(state.get("step"), int) and 0 <= state["step"] <= self.settings.steps
-                and isinstance(state.get("layer_losses"), list)):
-            raise NormprobeError(f"{path} is not a normprobe lens checkpoint (it lacks the translators, optimiser "
-                                 "and step); start the training again")
+        if not (
+            isinstance(state, dict)
+            and isinstance(state.get("identity"), dict)
+            and all(isinstance(state.get(k), dict) for k in ("translators", "optimizer", "scheduler"))
+            and isinstance(state.get("step"), int)
+            and 0 <= state["step"] <= self.settings.steps
+            and isinstance(state.get("layer_losses"), list)
+        ):
+            raise NormprobeError(
+                f"{path} is not a normprobe lens checkpoint (it lacks the translators, optimiser "
+                "and step); start the training again"
+            )
         for key, value in self.identity().items():
             if state["identity"].get(key) != value:
-                raise NormprobeError(f"cannot resume: {key} differs (the training used {state['identity'].get(key)!r}, "
-                                     f"this command gives {value!r})")
+                raise NormprobeError(
+                    f"cannot resume: {key} differs (the training used {state['identity'].get(key)!r}, "
+                    f"this command gives {value!r})"
+                )
         from .readouts import check_lens_state
 
         check_lens_state(state["translators"], self.translators, path)
@@ -149,8 +174,10 @@ class LensTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise NormprobeError(f"{path} does not fit this lens ({type(exc).__name__}: "
-                                 f"{' '.join(str(exc).split())[:200]}); start the training again") from None
+            raise NormprobeError(
+                f"{path} does not fit this lens ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); start the training again"
+            ) from None
         self.step, self.layer_losses = int(state["step"]), list(state["layer_losses"])
 
     # -- training --------------------------------------------------------------
@@ -159,8 +186,10 @@ class LensTrainer:
         import torch
 
         captured: dict[str, torch.Tensor] = {}
-        hooks = [(name, lambda act, hook=None, name=name: captured.__setitem__(name, act.detach().float()))
-                 for name in (*self._hooks, self._final)]
+        hooks = [
+            (name, lambda act, hook=None, name=name: captured.__setitem__(name, act.detach().float()))
+            for name in (*self._hooks, self._final)
+        ]
         with torch.no_grad():
             self.model.forward(batch.tokens, batch.mask.long(), hooks)
             mask = batch.mask
@@ -198,8 +227,10 @@ class LensTrainer:
                     if stops.requested or self.step % checkpoint_every == 0:
                         self.save_checkpoint()
                     if stops.requested:
-                        raise RunInterrupted(f"stopped by {stops.requested} after {self.step} steps; "
-                                             f"resume with `normprobe lens train ... --out {self.out} --resume`")
+                        raise RunInterrupted(
+                            f"stopped by {stops.requested} after {self.step} steps; "
+                            f"resume with `normprobe lens train ... --out {self.out} --resume`"
+                        )
         finally:
             # A second signal (KeyboardInterrupt) stops at once and saves nothing: the step it cut may have
             # half-updated the weights, so the last whole checkpoint is what --resume continues from.
@@ -208,27 +239,55 @@ class LensTrainer:
 
         try:
             save_lens(self.out, self.translators, self.model)
-            write_atomic(self.out / TRAINING_FILE, (json.dumps({
-                **self.identity(), "corpus_sha256": self.corpus.digest(), "recipe": "tuned-lens: zero-init residual translators, KL to the final distribution, "
-                                             "SGD Nesterov, linear warm-up and decay",
-                "final_kl_by_layer": self.layer_losses, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }, indent=2) + "\n").encode("utf-8"))
+            write_atomic(
+                self.out / TRAINING_FILE,
+                (
+                    json.dumps(
+                        {
+                            **self.identity(),
+                            "corpus_sha256": self.corpus.digest(),
+                            "recipe": "tuned-lens: zero-init residual translators, KL to the final distribution, "
+                            "SGD Nesterov, linear warm-up and decay",
+                            "final_kl_by_layer": self.layer_losses,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                ).encode("utf-8"),
+            )
         except OSError as exc:
             if not (self.out / CHECKPOINT_FILE).is_file():
                 try:  # keep the finished training resumable if there is room for that, not for the lens
                     self.save_checkpoint()
                 except NormprobeError:
                     pass
-            raise NormprobeError(f"cannot write the lens in {self.out}: {exc.strerror or type(exc).__name__}; "
-                                 f"{self._kept()}") from None
+            raise NormprobeError(
+                f"cannot write the lens in {self.out}: {exc.strerror or type(exc).__name__}; {self._kept()}"
+            ) from None
         (self.out / CHECKPOINT_FILE).unlink(missing_ok=True)
         return self.out
 
 
-def train_lens(model: Any, out: str | Path, *, texts: Sequence[str] | None = None, input: str | Path | None = None,
-               text_field: str = "text", encoding: str = "utf-8", errors: str = "strict", steps: int = 250,
-               lr: float = 0.1, batch_size: int = 4, seq_len: int = 128, device: str = "auto", resume: bool = False,
-               overwrite: bool = False, progress: bool = True, checkpoint_every: int = 50) -> Path:
+def train_lens(
+    model: Any,
+    out: str | Path,
+    *,
+    texts: Sequence[str] | None = None,
+    input: str | Path | None = None,
+    text_field: str = "text",
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    steps: int = 250,
+    lr: float = 0.1,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+) -> Path:
     """Train a tuned lens for `model` on a corpus and write it to OUT (config.json, params.pt, training.json).
 
     Everything is checked before the model loads; with `resume=True` training continues from OUT's checkpoint.
@@ -243,8 +302,10 @@ def train_lens(model: Any, out: str | Path, *, texts: Sequence[str] | None = Non
         raise NormprobeError(f"--checkpoint-every must be at least 1 (got {checkpoint_every})")
     if texts is not None and input is not None:
         raise NormprobeError("give texts or an input file, not both")
-    corpus = Corpus(list(texts) if texts is not None else None,
-                    InputSpec(Path(input), text_field, encoding, errors) if input is not None else None)
+    corpus = Corpus(
+        list(texts) if texts is not None else None,
+        InputSpec(Path(input), text_field, encoding, errors) if input is not None else None,
+    )
     corpus.validate()
     out = Path(out)
     if resume:
@@ -294,5 +355,7 @@ def _check_corpus_before_loading(path: Path, corpus: Corpus) -> None:
     saved = load_state_file(path, "lens checkpoint")
     identity = saved.get("identity") if isinstance(saved, dict) else None
     if isinstance(identity, dict) and identity.get("corpus_sha256") != corpus.digest():
-        raise NormprobeError(f"cannot resume: the corpus differs ({corpus.description}: its documents' digest is not "
-                             "that of the corpus the training used)")
+        raise NormprobeError(
+            f"cannot resume: the corpus differs ({corpus.description}: its documents' digest is not "
+            "that of the corpus the training used)"
+        )

@@ -4,6 +4,7 @@ The kernel drops an flock when its process dies, however it dies, so a lock file
 stale and is simply taken over; and a run.json that says `running` while nobody holds the lock
 belongs to a process that is gone (killed with SIGKILL, or a machine that went down).
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,7 +16,7 @@ from pathlib import Path
 from .errors import NormprobeError
 
 LOCK_FILE = ".normprobe.lock"
-_held: dict[Path, "FolderLock"] = {}  # re-entrant within one process: a multi-run locks OUT and then OUT/1-model
+_held: dict[Path, FolderLock] = {}  # re-entrant within one process: a multi-run locks OUT and then OUT/1-model
 
 
 class FolderLock:
@@ -28,7 +29,7 @@ class FolderLock:
         self._depth = 0
 
     @classmethod
-    def acquire(cls, folder: Path) -> "FolderLock":
+    def acquire(cls, folder: Path) -> FolderLock:
         key = Path(folder).resolve()
         lock = _held.get(key)
         if lock is None:
@@ -56,8 +57,10 @@ class FolderLock:
                     time.sleep(0.02)
                     continue
                 holder = read_holder(self.folder)
-                raise NormprobeError(f"{self.folder} is being written by another normprobe process "
-                                     f"(pid {holder or 'unknown'}); wait for it to finish or choose another folder") from None
+                raise NormprobeError(
+                    f"{self.folder} is being written by another normprobe process "
+                    f"(pid {holder or 'unknown'}); wait for it to finish or choose another folder"
+                ) from None
             # The file may have been unlinked by a releasing holder between our open and flock.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -85,7 +88,7 @@ class FolderLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -125,5 +128,7 @@ def describe_running(folder: Path) -> str:
     pid = live_holder(folder)
     if pid is not None:
         return f"still running (pid {pid if pid > 0 else 'unknown'})"
-    return ("marked running, but no process holds its lock: the run died without marking it "
-            "(killed with SIGKILL, or the machine stopped)")
+    return (
+        "marked running, but no process holds its lock: the run died without marking it "
+        "(killed with SIGKILL, or the machine stopped)"
+    )

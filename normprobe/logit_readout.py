@@ -10,6 +10,7 @@ Along a line h + αΔ the readout needs no new product per α (docs/probe-cost.m
 written as w ⊙ c(x)/σ(x) + b, the logits are (A + αB)/σ(α) + C with A = W_U(w ⊙ c_h),
 B = W_U(w ⊙ c_Δ) and C = W_U b + b_U, so each α costs element-wise work over the vocabulary only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,14 +36,14 @@ class LogitOp:
     value: float
     field: str  # the config field it comes from
 
-    def apply_(self, z: "torch.Tensor") -> "torch.Tensor":
+    def apply_(self, z: torch.Tensor) -> torch.Tensor:
         if self.kind == "softcap":
             return z.div_(self.value).tanh_().mul_(self.value)
         if self.kind == "scale":
             return z.mul_(self.value)
         return z.div_(self.value)
 
-    def slope(self, out: "torch.Tensor") -> "torch.Tensor | float":
+    def slope(self, out: torch.Tensor) -> torch.Tensor | float:
         """d out / d z, written in terms of the output: for c·tanh(z/c) it is 1 - (out/c)²."""
         if self.kind == "softcap":
             return 1.0 - (out / self.value) ** 2
@@ -50,16 +51,18 @@ class LogitOp:
 
     def describe(self) -> str:
         """What it does, with its value: `soft-cap 30·tanh(z/30)`, `logits × 0.0625`, `logits / 4`."""
-        return {"softcap": f"soft-cap {self.value:g}·tanh(z/{self.value:g})", "scale": f"logits × {self.value:g}",
-                "divide": f"logits / {self.value:g}"}[self.kind]
+        return {
+            "softcap": f"soft-cap {self.value:g}·tanh(z/{self.value:g})",
+            "scale": f"logits × {self.value:g}",
+            "divide": f"logits / {self.value:g}",
+        }[self.kind]
 
     def kind_text(self) -> str:
         """What it does, naming the config field instead of a value: the same for every model of a type."""
-        return {"softcap": "soft-cap c·tanh(z/c)", "scale": "logits × s", "divide": "logits / s"}[self.kind] + \
-            f" ({self.field})"
+        return {"softcap": "soft-cap c·tanh(z/c)", "scale": "logits × s", "divide": "logits / s"}[self.kind] + f" ({self.field})"
 
 
-def logit_op_from_config(config: Any, fields: "tuple[str, ...] | None" = None) -> LogitOp | None:
+def logit_op_from_config(config: Any, fields: tuple[str, ...] | None = None) -> LogitOp | None:
     """The post-processing named by the first of `fields` (default: every known field) set in the config."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     for field, kind in LOGIT_FIELDS.items():
@@ -118,39 +121,40 @@ class Readout:
         weight, bias = self.head.weight, getattr(self.head, "bias", None)
         f32 = dict(device=self.device, dtype=self._torch.float32)
         for start in range(0, self.n_vocab, self.vocab_step):
-            rows = weight.detach()[start:start + self.vocab_step].to(**f32)
-            yield start, rows, None if bias is None else bias.detach()[start:start + self.vocab_step].to(**f32)
+            rows = weight.detach()[start : start + self.vocab_step].to(**f32)
+            yield start, rows, None if bias is None else bias.detach()[start : start + self.vocab_step].to(**f32)
 
-    def _pre(self, h: "torch.Tensor") -> "torch.Tensor":
+    def _pre(self, h: torch.Tensor) -> torch.Tensor:
         y = h.to(self.device, self._torch.float32)
         for module in self.pre:
             y = module(y)
         return y
 
-    def _target_rows(self, targets: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor | None]":
+    def _target_rows(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight, bias = self.head.weight.detach(), getattr(self.head, "bias", None)
         index, f32 = targets.to(weight.device), dict(device=self.device, dtype=self._torch.float32)
         return weight[index].to(**f32), None if bias is None else bias.detach()[index].to(**f32)
 
-    def logits(self, h: "torch.Tensor") -> "torch.Tensor":
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
         torch = self._torch
         y = self._pre(h)
         out = torch.empty(y.shape[0], self.n_vocab, dtype=torch.float32, device=y.device)
         for start, rows, bias in self.chunks():
-            out[:, start:start + rows.shape[0]] = torch.nn.functional.linear(y, rows, bias)
+            out[:, start : start + rows.shape[0]] = torch.nn.functional.linear(y, rows, bias)
         return self.logit_op.apply_(out) if self.logit_op else out
 
-    def loss(self, h: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+    def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token cross-entropy, holding one vocabulary chunk of logits at a time."""
         torch = self._torch
         with torch.no_grad():
             y = self._pre(h)
             targets = targets.to(y.device)
             if self.n_vocab <= self.vocab_step:  # one chunk: the fused cross-entropy kernel
-                (_, rows, bias), = self.chunks()
+                ((_, rows, bias),) = self.chunks()
                 z = torch.nn.functional.linear(y, rows, bias)
-                return torch.nn.functional.cross_entropy(self.logit_op.apply_(z) if self.logit_op else z, targets,
-                                                         reduction="none")
+                return torch.nn.functional.cross_entropy(
+                    self.logit_op.apply_(z) if self.logit_op else z, targets, reduction="none"
+                )
             lse = torch.full((y.shape[0],), float("-inf"), device=y.device)
             for _, rows, bias in self.chunks():
                 z = torch.nn.functional.linear(y, rows, bias)
@@ -163,7 +167,7 @@ class Readout:
                 self.logit_op.apply_(z_t)
         return lse - z_t
 
-    def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    def loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token cross-entropy of `targets` read out from h [N, d], and dCE/dh [N, d], in float32.
 
         Autograd carries the gradient through the norm and any pre-head module; the unembedding's
@@ -191,7 +195,7 @@ class Readout:
             (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
         return loss, grad.detach()
 
-    def _loss_and_grad_from_logits(self, parts: list, targets: "torch.Tensor", width: int):
+    def _loss_and_grad_from_logits(self, parts: list, targets: torch.Tensor, width: int):
         """Loss and dCE/dy from post-processed logits held chunk by chunk (the chunks become dCE/dz)."""
         torch = self._torch
         op = self.logit_op
@@ -204,9 +208,9 @@ class Readout:
             inside = (targets >= start) & (targets < start + z.shape[1])
             z_t[inside] = z[rows_index[inside], targets[inside] - start]
             for r0 in range(0, n, ROW_CHUNK):  # the slope's temporary is at most ROW_CHUNK rows
-                block = z[r0:r0 + ROW_CHUNK]
+                block = z[r0 : r0 + ROW_CHUNK]
                 slope = op.slope(block) if op else None
-                block.sub_(lse[r0:r0 + ROW_CHUNK, None]).exp_()
+                block.sub_(lse[r0 : r0 + ROW_CHUNK, None]).exp_()
                 if slope is not None:
                     block.mul_(slope)
             # (p - onehot) · f'(z): the target's entry loses f'(z_t)
@@ -226,8 +230,9 @@ class Readout:
                 c = bias if c is None else c + bias
             yield start, rows, c
 
-    def line_losses(self, h: "torch.Tensor", deltas: "list[torch.Tensor]", alphas: "list[float]",
-                    targets: "torch.Tensor") -> "torch.Tensor":
+    def line_losses(
+        self, h: torch.Tensor, deltas: list[torch.Tensor], alphas: list[float], targets: torch.Tensor
+    ) -> torch.Tensor:
         """Per-token loss at h + αΔ for every Δ in `deltas` and α in `alphas`: [len(deltas), len(alphas), N].
 
         From the products A and B (one matmul per vocabulary chunk for h and every Δ) where the norm
@@ -235,8 +240,7 @@ class Readout:
         """
         torch = self._torch
         if self.form is None:
-            return torch.stack([torch.stack([self.loss(h + a * d if a else h, targets) for a in alphas])
-                                for d in deltas])
+            return torch.stack([torch.stack([self.loss(h + a * d if a else h, targets) for a in alphas]) for d in deltas])
         f32 = dict(device=self.device, dtype=torch.float32)
         with torch.no_grad():
             return self._line_from_products(h.to(**f32), [d.to(**f32) for d in deltas], alphas, targets.to(self.device))
@@ -310,7 +314,7 @@ class Readout:
                     out[j, i, r0:r1] = z.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
         return out
 
-    def loss_grad_and_steps(self, h: "torch.Tensor", deltas: "list[torch.Tensor]", targets: "torch.Tensor"):
+    def loss_grad_and_steps(self, h: torch.Tensor, deltas: list[torch.Tensor], targets: torch.Tensor):
         """(loss at h, dloss/dh, [loss at h + Δ for each Δ]): the first-order check's readouts.
 
         One α per Δ needs one product per Δ either way (B = W_U(w ⊙ c_Δ), or W_U norm(h + Δ)), so the
@@ -334,8 +338,10 @@ def describe_norm(norm: Any, d_model: int) -> str:
         out = module(x)
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
     centred = x - x.mean(-1, keepdim=True)
-    shapes = {"LayerNorm": centred / centred.pow(2).mean(-1, keepdim=True).sqrt(),
-              "RMSNorm": x / x.pow(2).mean(-1, keepdim=True).sqrt()}
+    shapes = {
+        "LayerNorm": centred / centred.pow(2).mean(-1, keepdim=True).sqrt(),
+        "RMSNorm": x / x.pow(2).mean(-1, keepdim=True).sqrt(),
+    }
     scales = {"": weight, " (1 + w)": None if weight is None else 1 + weight} if weight is not None else {" without weight": 1}
     for shape_name, normed in shapes.items():
         for scale_name, scale in scales.items():
@@ -355,14 +361,14 @@ class NormForm:
     def __init__(self, name: str, centre: bool, scale, bias, eps: float, identity: bool = False):
         self.name, self.centre, self.scale, self.bias, self.eps, self.identity = name, centre, scale, bias, eps, identity
 
-    def centred(self, x: "torch.Tensor") -> "torch.Tensor":
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
         return x - x.mean(-1, keepdim=True) if self.centre else x
 
-    def scaled(self, c: "torch.Tensor") -> "torch.Tensor":
+    def scaled(self, c: torch.Tensor) -> torch.Tensor:
         return c * self.scale if self.scale is not None else c
 
 
-def norm_form(norm: Any, d_model: int) -> "tuple[NormForm | None, str]":
+def norm_form(norm: Any, d_model: int) -> tuple[NormForm | None, str]:
     """(the norm's affine form, a word on why) or (None, why not): LayerNorm, RMSNorm, w or (1 + w), no norm."""
     import torch
 
@@ -390,8 +396,14 @@ def norm_form(norm: Any, d_model: int) -> "tuple[NormForm | None, str]":
         c = form64.centred(x)
         unbiased = out - form64.bias if form64.bias is not None else out
         implied = (form64.scaled(c).norm(dim=-1) / unbiased.norm(dim=-1)).pow(2) - c.pow(2).mean(-1)
-        named = next((getattr(norm, k) for k in ("eps", "variance_epsilon", "epsilon")
-                      if isinstance(getattr(norm, k, None), (int, float))), None)
+        named = next(
+            (
+                getattr(norm, k)
+                for k in ("eps", "variance_epsilon", "epsilon")
+                if isinstance(getattr(norm, k, None), (int, float))
+            ),
+            None,
+        )
         form64.eps = float(named) if named is not None else max(0.0, float(implied.mean()))
         want = form64.scaled(c / (c.pow(2).mean(-1, keepdim=True) + form64.eps).sqrt())
         want = want + form64.bias if form64.bias is not None else want
@@ -401,11 +413,16 @@ def norm_form(norm: Any, d_model: int) -> "tuple[NormForm | None, str]":
     eps = form64.eps
     device = norm_device(norm)
     f32 = dict(dtype=torch.float32, device=device)
-    return NormForm(name, centre, None if scale is None else scale.to(**f32),
-                    None if form64.bias is None else form64.bias.to(**f32), float(eps)), name
+    return NormForm(
+        name,
+        centre,
+        None if scale is None else scale.to(**f32),
+        None if form64.bias is None else form64.bias.to(**f32),
+        float(eps),
+    ), name
 
 
-def norm_device(module: Any) -> "torch.device":
+def norm_device(module: Any) -> torch.device:
     import torch
 
     for p in module.parameters():
@@ -413,11 +430,17 @@ def norm_device(module: Any) -> "torch.device":
     return torch.device("cpu")
 
 
-NORM_FORMS = {"LayerNorm": (True, False), "LayerNorm (1 + w)": (True, True), "LayerNorm without weight": (True, False),
-              "RMSNorm": (False, False), "RMSNorm (1 + w)": (False, True), "RMSNorm without weight": (False, False)}
+NORM_FORMS = {
+    "LayerNorm": (True, False),
+    "LayerNorm (1 + w)": (True, True),
+    "LayerNorm without weight": (True, False),
+    "RMSNorm": (False, False),
+    "RMSNorm (1 + w)": (False, True),
+    "RMSNorm without weight": (False, False),
+}
 
 
-def line_algebra_text(form: "NormForm | None", reason: str) -> str:
+def line_algebra_text(form: NormForm | None, reason: str) -> str:
     if form is not None:
         return f"exact from products: logits(α) = (A + αB)/σ(α) + C ({form.name})"
     return f"full readout at every α ({reason})"

@@ -7,6 +7,7 @@ on top of the model's weights, which are already resident when the batch size is
 - and, unless the user gave `--max-memory`, at most half the device's (or machine's) memory;
 - with `--max-memory`, at most that, however much is free.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,22 @@ BACKWARD_VECTORS = 40
 MARGIN_FRACTION = 0.10  # of the device's memory, kept free for the allocator, the tokenizer and the rest
 MIN_MARGIN = 256 << 20
 MAX_WINDOWS = 256
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
-         "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 1 << 10,
+    "m": 1 << 20,
+    "g": 1 << 30,
+    "t": 1 << 40,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
@@ -103,8 +117,11 @@ class BatchChoice:
 
     def meta(self) -> dict[str, Any]:
         """What run.json records beside `batch_size`."""
-        return {"batch_size_reason": self.reason, "memory_budget_bytes": self.budget_bytes,
-                "window_bytes_estimate": self.window_bytes}
+        return {
+            "batch_size_reason": self.reason,
+            "memory_budget_bytes": self.budget_bytes,
+            "window_bytes_estimate": self.window_bytes,
+        }
 
 
 def window_bytes(d_model: int, n_heads: int, seq_len: int, eager_attention: bool, backward_layers: int = 0) -> int:
@@ -114,8 +131,9 @@ def window_bytes(d_model: int, n_heads: int, seq_len: int, eager_attention: bool
     pass, eager attention's rows included, so depth enters.
     """
     layers_kept = max(1, backward_layers)
-    per_token = 4 * d_model * (KEPT_VECTORS + BACKWARD_VECTORS * backward_layers) + \
-        (2 * 4 * n_heads * seq_len * layers_kept if eager_attention else 0)
+    per_token = 4 * d_model * (KEPT_VECTORS + BACKWARD_VECTORS * backward_layers) + (
+        2 * 4 * n_heads * seq_len * layers_kept if eager_attention else 0
+    )
     return per_token * seq_len
 
 
@@ -136,8 +154,15 @@ def memory_budget(device: str, max_memory: int | None) -> tuple[int, str]:
     return room, said
 
 
-def choose_batch_size(model: Any, seq_len: int, eager_attention: bool = False, max_memory: int | None = None,
-                      batch_size: int | None = None, resumed: int | None = None, backward: bool = False) -> BatchChoice:
+def choose_batch_size(
+    model: Any,
+    seq_len: int,
+    eager_attention: bool = False,
+    max_memory: int | None = None,
+    batch_size: int | None = None,
+    resumed: int | None = None,
+    backward: bool = False,
+) -> BatchChoice:
     """The batch size: the user's, the resumed run's, or as many windows as the memory budget holds."""
     if batch_size is not None:
         return BatchChoice(batch_size, "given by --batch-size")
@@ -151,11 +176,15 @@ def choose_batch_size(model: Any, seq_len: int, eager_attention: bool = False, m
     reason = f"{size} window(s) of {seq_len} tokens at about {format_size(one)} each fit {format_size(budget)}: {why}"
     if not device.startswith("cuda") and size * seq_len > DEFAULT_TOKEN_BUDGET:
         size = max(1, DEFAULT_TOKEN_BUDGET // seq_len)
-        reason = (f"{size} window(s) of {seq_len} tokens: on the CPU at most {DEFAULT_TOKEN_BUDGET} tokens per batch "
-                  f"(more are not faster), within {format_size(budget)}: {why}")
+        reason = (
+            f"{size} window(s) of {seq_len} tokens: on the CPU at most {DEFAULT_TOKEN_BUDGET} tokens per batch "
+            f"(more are not faster), within {format_size(budget)}: {why}"
+        )
     elif fits < 1:
-        reason = (f"1 window of {seq_len} tokens (about {format_size(one + READOUT_BYTES)} with the readout) "
-                  f"exceeds the budget of {format_size(budget)} ({why}); shorten --seq-len to stay within it")
+        reason = (
+            f"1 window of {seq_len} tokens (about {format_size(one + READOUT_BYTES)} with the readout) "
+            f"exceeds the budget of {format_size(budget)} ({why}); shorten --seq-len to stay within it"
+        )
     elif fits > MAX_WINDOWS:
         reason = f"{MAX_WINDOWS} windows, the most per batch, within {format_size(budget)}: {why}"
     return BatchChoice(size, reason, budget, one)

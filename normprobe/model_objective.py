@@ -23,6 +23,7 @@ attn_out and mlp_out; the per-token values of a layer are reduced as soon as its
 arrive. Reruns (ablation, line search) hold each layer's residual stream and run one partial
 forward per layer, component and step size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -59,20 +60,19 @@ class ObjectivePass:
     streams: dict[int, torch.Tensor]  # layer -> resid_pre of that layer [B, T, d]; n_layers -> the last block's output
 
 
-def token_losses(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor,
-                 vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
+def token_losses(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
     """Per-token cross-entropy of the model's own logits read from the last block's output h [N, d]."""
     import torch
 
     step = max(1, vocab_chunk // model.d_vocab)
-    return torch.cat([model.readout.loss(h[s:s + step], targets[s:s + step]) for s in range(0, len(targets), step)])
+    return torch.cat([model.readout.loss(h[s : s + step], targets[s : s + step]) for s in range(0, len(targets), step)])
 
 
 def _losses_and_grads(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int):
     import torch
 
     step = max(1, vocab_chunk // model.d_vocab)
-    parts = [model.readout.loss_and_grad(h[s:s + step], targets[s:s + step]) for s in range(0, len(targets), step)]
+    parts = [model.readout.loss_and_grad(h[s : s + step], targets[s : s + step]) for s in range(0, len(targets), step)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -84,9 +84,14 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, (a * b).sum(-1) / denom, torch.full_like(denom, float("nan")))
 
 
-def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
-                   on_layer: Callable[[int, dict[str, dict[str, torch.Tensor]]], None],
-                   vocab_chunk: int = READOUT_CHUNK, keep_streams: bool = False) -> ObjectivePass:
+def gradient_steps(
+    model: ModelAdapter,
+    batch: Batch,
+    layers: list[int],
+    on_layer: Callable[[int, dict[str, dict[str, torch.Tensor]]], None],
+    vocab_chunk: int = READOUT_CHUNK,
+    keep_streams: bool = False,
+) -> ObjectivePass:
     """One forward and one backward: per-token step values of every layer in `layers`, handed to
     `on_layer(layer, {component: {metric: [N] values}})` as soon as that layer's gradients arrive
     (last layer first). Metrics: descent_cos, step_eta, step_r2, update_norm, rel_update,
@@ -101,9 +106,13 @@ def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
     targets = batch.next_tokens[selected]
     n_layers = model.n_layers
     wanted = sorted(set(layers))
-    names = {l: {key: model.hook_name(site, l) for key, site in
-                 (("pre", "resid_pre"), ("post", "resid_post"), ("attn", "attn_out"), ("mlp", "mlp_out"))}
-             for l in range(n_layers)}
+    names = {
+        l: {
+            key: model.hook_name(site, l)
+            for key, site in (("pre", "resid_pre"), ("post", "resid_post"), ("attn", "attn_out"), ("mlp", "mlp_out"))
+        }
+        for l in range(n_layers)
+    }
     acts: dict[str, torch.Tensor] = {}
     keep_names = {names[0]["pre"], *(name for l in wanted for name in names[l].values())}
     if keep_streams:
@@ -112,14 +121,18 @@ def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
     def keep(name):
         def hook(activation, hook=None):
             acts[name] = activation
+
         return hook
 
     def rows(name: str) -> torch.Tensor:
         return acts[name].detach()[selected].float()
 
     def deltas(l: int) -> dict[str, torch.Tensor]:
-        return {"attn": rows(names[l]["attn"]), "mlp": rows(names[l]["mlp"]),
-                "block": rows(names[l]["post"]) - rows(names[l]["pre"])}
+        return {
+            "attn": rows(names[l]["attn"]),
+            "mlp": rows(names[l]["mlp"]),
+            "block": rows(names[l]["post"]) - rows(names[l]["pre"]),
+        }
 
     ends: dict[str, torch.Tensor] = {}
 
@@ -133,8 +146,12 @@ def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
             delta, grad = mine[component], grads[component]
             delta_norm = torch.linalg.vector_norm(delta, dim=-1)
             v = step_statistics(delta, grad)
-            v.update(update_norm=delta_norm, rel_update=delta_norm / h_norm, total_cos=_cos(delta, ends["total"]),
-                     predicted_change=(grad * delta).sum(-1))
+            v.update(
+                update_norm=delta_norm,
+                rel_update=delta_norm / h_norm,
+                total_cos=_cos(delta, ends["total"]),
+                predicted_change=(grad * delta).sum(-1),
+            )
             if following is not None:
                 v["next_cos"] = _cos(delta, following[component])
             values[component] = v
@@ -149,6 +166,7 @@ def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
             if len(got) == len(COMPONENTS):
                 with torch.no_grad():
                     on_layer(l, layer_values(l, arrived.pop(l)))
+
         return take
 
     result: dict[str, Any] = {}
@@ -176,8 +194,7 @@ def gradient_steps(model: ModelAdapter, batch: Batch, layers: list[int],
     return ObjectivePass(result["loss"], streams)
 
 
-def forward_streams(model: ModelAdapter, batch: Batch, layers: list[int],
-                    vocab_chunk: int = READOUT_CHUNK) -> ObjectivePass:
+def forward_streams(model: ModelAdapter, batch: Batch, layers: list[int], vocab_chunk: int = READOUT_CHUNK) -> ObjectivePass:
     """A plain forward keeping resid_pre of `layers` and of the layers after them, and the model's per-token loss."""
     import torch
 
@@ -188,19 +205,26 @@ def forward_streams(model: ModelAdapter, batch: Batch, layers: list[int],
     def keep(layer: int):
         def hook(activation, hook=None):
             streams[layer] = activation
+
         return hook
 
     hooks = [(model.hook_name("resid_pre", l), keep(l)) for l in needed]
     hooks.append((model.hook_name("resid_post", n_layers - 1), keep(n_layers)))
     with torch.inference_mode():
         model.forward(batch.tokens, batch.mask.long(), hooks)
-        loss = token_losses(model, streams[n_layers][batch.has_next].float(), batch.next_tokens[batch.has_next],
-                            vocab_chunk)
+        loss = token_losses(model, streams[n_layers][batch.has_next].float(), batch.next_tokens[batch.has_next], vocab_chunk)
     return ObjectivePass(loss, streams)
 
 
-def rerun_loss(model: ModelAdapter, batch: Batch, streams: dict[int, torch.Tensor], layer: int, component: str,
-               alpha: float = 0.0, vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
+def rerun_loss(
+    model: ModelAdapter,
+    batch: Batch,
+    streams: dict[int, torch.Tensor],
+    layer: int,
+    component: str,
+    alpha: float = 0.0,
+    vocab_chunk: int = READOUT_CHUNK,
+) -> torch.Tensor:
     """The model's per-token loss with layer `layer`'s `component` update scaled by `alpha` (0: removed).
 
     block: the block's output becomes h + α Δ (its input at α = 0) and blocks layer+1.. rerun;
@@ -214,6 +238,7 @@ def rerun_loss(model: ModelAdapter, batch: Batch, streams: dict[int, torch.Tenso
             stream = h if alpha == 0.0 else h + alpha * (streams[layer + 1] - h)
             out = model.rerun_from(layer + 1, stream, batch.tokens, batch.mask.long())
         else:
+
             def scale(activation, hook=None):
                 return torch.zeros_like(activation) if alpha == 0.0 else activation * alpha
 
@@ -222,8 +247,9 @@ def rerun_loss(model: ModelAdapter, batch: Batch, streams: dict[int, torch.Tenso
         return token_losses(model, out[batch.has_next].float(), batch.next_tokens[batch.has_next], vocab_chunk)
 
 
-def per_token_steps(model: ModelAdapter, batch: Batch, layers: list[int] | None = None, ablate: bool = False,
-                    vocab_chunk: int = READOUT_CHUNK) -> tuple[torch.Tensor, dict[tuple[int, str], dict[str, torch.Tensor]]]:
+def per_token_steps(
+    model: ModelAdapter, batch: Batch, layers: list[int] | None = None, ablate: bool = False, vocab_chunk: int = READOUT_CHUNK
+) -> tuple[torch.Tensor, dict[tuple[int, str], dict[str, torch.Tensor]]]:
     """(the model's per-token loss, {(layer, component): {metric: per-token values}}) for one batch.
 
     What the updates probe reduces under `--readout model`, kept token by token (for tests, traces and
@@ -240,13 +266,15 @@ def per_token_steps(model: ModelAdapter, batch: Batch, layers: list[int] | None 
     if ablate:
         for layer in layers:
             for component in COMPONENTS:
-                found[(layer, component)]["actual_change"] = \
-                    done.loss - rerun_loss(model, batch, done.streams, layer, component, 0.0, vocab_chunk)
+                found[(layer, component)]["actual_change"] = done.loss - rerun_loss(
+                    model, batch, done.streams, layer, component, 0.0, vocab_chunk
+                )
     return done.loss, found
 
 
-def line_search_losses(model: ModelAdapter, batch: Batch, layers: list[int], alphas: list[float],
-                       vocab_chunk: int = READOUT_CHUNK) -> Iterator[tuple[int, str, float, torch.Tensor]]:
+def line_search_losses(
+    model: ModelAdapter, batch: Batch, layers: list[int], alphas: list[float], vocab_chunk: int = READOUT_CHUNK
+) -> Iterator[tuple[int, str, float, torch.Tensor]]:
     """(layer, component, α, the model's per-token loss with that update scaled by α), layer by layer.
 
     α = 1 is the model as it runs (one forward); every other α reruns the network from the layer.
@@ -257,8 +285,12 @@ def line_search_losses(model: ModelAdapter, batch: Batch, layers: list[int], alp
     for layer in layers:
         for component in COMPONENTS:
             for alpha in alphas:
-                yield layer, component, alpha, (done.loss if alpha == 1.0 else
-                                                 rerun_loss(model, batch, done.streams, layer, component, alpha, vocab_chunk))
+                yield (
+                    layer,
+                    component,
+                    alpha,
+                    (done.loss if alpha == 1.0 else rerun_loss(model, batch, done.streams, layer, component, alpha, vocab_chunk)),
+                )
 
 
 def add_to_updates(probe, batch: Batch) -> None:

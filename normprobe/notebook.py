@@ -2,10 +2,12 @@
 
 The summary is a plain table (no plotly.js), so a notebook that holds many results stays small.
 """
+
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .errors import NormprobeError
 
@@ -25,12 +27,15 @@ def table_html(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def run_line(meta: dict[str, Any]) -> str:
     """One line naming the model, its shape, the tokens read and the status."""
-    shape = ", ".join(str(x) for x in (meta.get("family"), meta.get("n_layers") and f"{meta['n_layers']} layers",
-                                       meta.get("dtype")) if x)
+    shape = ", ".join(
+        str(x) for x in (meta.get("family"), meta.get("n_layers") and f"{meta['n_layers']} layers", meta.get("dtype")) if x
+    )
     tokens = meta.get("n_tokens")
-    parts = [f"model {meta.get('model', '?')}" + (f" ({shape})" if shape else ""),
-             f"{tokens:,} tokens in {meta.get('n_docs', 0):,} documents" if isinstance(tokens, int) else "no tokens yet",
-             f"status {meta.get('status', 'complete')}"]
+    parts = [
+        f"model {meta.get('model', '?')}" + (f" ({shape})" if shape else ""),
+        f"{tokens:,} tokens in {meta.get('n_docs', 0):,} documents" if isinstance(tokens, int) else "no tokens yet",
+        f"status {meta.get('status', 'complete')}",
+    ]
     return " · ".join(parts)
 
 
@@ -46,8 +51,10 @@ def claims_view(frame: Any) -> str:
     keep = [i for i, h in enumerate(head) if h not in ("probe", "null", "min effect", "note")]  # compact: the report has all
     cells = "".join("<tr>" + "".join(f"<td>{esc(row[i])}</td>" for i in keep) + "</tr>" for row in rows)
     header = "".join(f"<th>{esc(head[i])}</th>" for i in keep)
-    return (f"<p><b>claims</b>{caveat}<br><small>{esc(interval_note(frame))}</small></p>"
-            f'<table style="{STYLE}" border="1" cellpadding="2"><tr>{header}</tr>{cells}</table>')
+    return (
+        f"<p><b>claims</b>{caveat}<br><small>{esc(interval_note(frame))}</small></p>"
+        f'<table style="{STYLE}" border="1" cellpadding="2"><tr>{header}</tr>{cells}</table>'
+    )
 
 
 class FigureViews:
@@ -67,7 +74,6 @@ class FigureViews:
         figures = self.figures()
         chosen = [t for t in figures if not titles or any(w.lower() in t.lower() for w in titles)]
         if not chosen:
-            raise NormprobeError(f"no figure title contains {', '.join(map(repr, titles))}; "
-                                 f"titles: {'; '.join(figures)}")
+            raise NormprobeError(f"no figure title contains {', '.join(map(repr, titles))}; titles: {'; '.join(figures)}")
         for title in chosen:
             figures[title].show(renderer=renderer)

@@ -1,9 +1,11 @@
 """What a run is asked to do: its options and its corpus, validated before any model loads."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .corpus import InputSpec, as_text, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
@@ -78,8 +80,10 @@ class RunOptions:
                 raise NormprobeError(f"--alphas must be finite numbers, e.g. 0,0.5,1,2 (got {self.alphas})")
             self.alphas = sorted(set(float(a) for a in self.alphas))
         if not (math.isfinite(self.massive_ratio) and self.massive_ratio >= 1):
-            raise NormprobeError(f"--massive-ratio must be a finite number of at least 1, since max/median never is below 1 "
-                                 f"(got {self.massive_ratio})")
+            raise NormprobeError(
+                f"--massive-ratio must be a finite number of at least 1, since max/median never is below 1 "
+                f"(got {self.massive_ratio})"
+            )
         from .adapter import parse_device_map, parse_dtype
         from .memory import parse_size
         from .readouts import parse_readout
@@ -90,8 +94,10 @@ class RunOptions:
             raise NormprobeError("--readout-sample applies to the logit and tuned readouts; --readout model reads every token")
 
         if parse_readout(self.readout).kind != "model" and self.ablate:
-            raise NormprobeError("--ablate reruns the network without each update, which only --readout model does "
-                                 "(the logit and tuned readouts read actual_change through their lens)")
+            raise NormprobeError(
+                "--ablate reruns the network without each update, which only --readout model does "
+                "(the logit and tuned readouts read actual_change through their lens)"
+            )
         if self.max_memory is not None:
             parse_size(self.max_memory)
         parse_device_map(self.device_map, self.device)
@@ -165,8 +171,11 @@ class Corpus:
         if self.dataset is not None:
             return self.opened_dataset().digest()
         spec = self.input
-        return corpus_digest(list(self.texts) if self.texts is not None else None, spec.path if spec else None,
-                             *((spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")))
+        return corpus_digest(
+            list(self.texts) if self.texts is not None else None,
+            spec.path if spec else None,
+            *((spec.text_field, spec.encoding, spec.errors) if spec else ("text", "utf-8", "strict")),
+        )
 
     def documents(self) -> Iterator[str]:
         if self.input is not None:

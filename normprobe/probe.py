@@ -20,6 +20,7 @@ A probe's life in a run:
      JSON-able dict of headline numbers, computed from the tables alone.
 `state_dict()` / `load_state_dict()` save and restore the statistics for checkpoints.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,21 +43,21 @@ class Probe:
         self.layers = layers
         self.options = options
 
-    def setup(self, model: "ModelAdapter", seq_len: int) -> None:
+    def setup(self, model: ModelAdapter, seq_len: int) -> None:
         """Allocate statistics for this model; positions run from 0 to seq_len - 1. Called once."""
 
     def hook_points(self) -> list:
         """TransformerLens hook names, or (site, layer) pairs, that this probe reads."""
         raise NotImplementedError
 
-    def reduce(self, hook_name: str, activation: "torch.Tensor", batch: "Batch") -> Any:
+    def reduce(self, hook_name: str, activation: torch.Tensor, batch: Batch) -> Any:
         """Reduce an activation where it stands (inside the hook). The default keeps it whole."""
         return activation.detach()
 
-    def begin_batch(self, batch: "Batch") -> None:
+    def begin_batch(self, batch: Batch) -> None:
         """Called before each batch's forward pass (optional)."""
 
-    def update_layer(self, layer: int, activations: dict[str, Any], batch: "Batch") -> None:
+    def update_layer(self, layer: int, activations: dict[str, Any], batch: Batch) -> None:
         """Accumulate one layer's reduced activations, inside the forward pass (optional: see the module doc)."""
         raise NotImplementedError
 
@@ -64,20 +65,20 @@ class Probe:
     def streams_layers(self) -> bool:
         return type(self).update_layer is not Probe.update_layer
 
-    def update(self, activations: dict[str, Any], batch: "Batch") -> None:
+    def update(self, activations: dict[str, Any], batch: Batch) -> None:
         """Accumulate statistics from one batch's reduced activations."""
         raise NotImplementedError
 
-    def merge(self, other: "Probe") -> None:
+    def merge(self, other: Probe) -> None:
         """Fold another instance's statistics into this one."""
         raise NotImplementedError
 
-    def result(self) -> dict[str, "pd.DataFrame"]:
+    def result(self) -> dict[str, pd.DataFrame]:
         """Named tidy tables."""
         raise NotImplementedError
 
     @classmethod
-    def findings(cls, tables: dict[str, "pd.DataFrame"]) -> dict[str, Any]:
+    def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         """Headline numbers computed from the tables alone (so saved runs can be re-read)."""
         return {}
 

@@ -18,6 +18,7 @@ so a new kind plugs in by being parsed here and built by `make_readout`. The mod
 exception: it has no per-layer logits, so `make_readout` returns a `ModelObjective` (kind "model")
 and the probes dispatch on the kind to their own passes through the network.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,15 @@ CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.pt"
 LENS_TYPE = "linear_tuned_lens"
 # TunedLensConfig's fields (tuned-lens 0.2), written in this order.
-CONFIG_FIELDS = ("base_model_name_or_path", "d_model", "num_hidden_layers", "bias", "base_model_revision",
-                 "unembed_hash", "lens_type")
+CONFIG_FIELDS = (
+    "base_model_name_or_path",
+    "d_model",
+    "num_hidden_layers",
+    "bias",
+    "base_model_revision",
+    "unembed_hash",
+    "lens_type",
+)
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,12 @@ class ReadoutSpec:
         if self.kind in ("logit", "model"):
             return {"kind": self.kind}
         config = read_lens_config(self.path)
-        return {"kind": "tuned", "path": str(self.path), "params_sha256": _file_sha256(self.path / PARAMS_FILE),
-                "base_model": config.get("base_model_name_or_path")}
+        return {
+            "kind": "tuned",
+            "path": str(self.path),
+            "params_sha256": _file_sha256(self.path / PARAMS_FILE),
+            "base_model": config.get("base_model_name_or_path"),
+        }
 
     @property
     def text(self) -> str:
@@ -64,29 +76,33 @@ class ReadoutSpec:
         return {"logit": "logit lens", "model": "the model's own loss (no lens)"}.get(self.kind, f"tuned lens ({self.path})")
 
 
-def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
+def parse_readout(spec: str | ReadoutSpec | None) -> ReadoutSpec:
     """Check a `--readout` value without loading any model: the folder and its two files exist."""
     if isinstance(spec, ReadoutSpec):
         return spec
     text = (spec or "logit").strip()
     if text in ("logit", "model"):
         return ReadoutSpec(text)
-    if not text.startswith("tuned:") or not text[len("tuned:"):].strip():
+    if not text.startswith("tuned:") or not text[len("tuned:") :].strip():
         raise NormprobeError(f"--readout must be model, logit or tuned:DIR (a tuned-lens folder), not {text!r}")
     try:
-        path = Path(text[len("tuned:"):].strip()).expanduser().resolve()
+        path = Path(text[len("tuned:") :].strip()).expanduser().resolve()
         is_dir = path.is_dir()
     except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError from resolve(), ELOOP from stat()
-        raise NormprobeError(f"tuned lens folder {text[len('tuned:'):].strip()} cannot be opened: "
-                             f"{getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:200]}") from None
+        raise NormprobeError(
+            f"tuned lens folder {text[len('tuned:') :].strip()} cannot be opened: "
+            f"{getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:200]}"
+        ) from None
     if not is_dir:
         raise NormprobeError(f"tuned lens folder not found: {path}")
     from .lock import live_holder
 
     holder = live_holder(path)
     if holder is not None:  # `lens train` holds the folder's lock while it writes the lens
-        raise NormprobeError(f"tuned lens folder {path} is being written by another normprobe process "
-                             f"(pid {holder if holder > 0 else 'unknown'}); use it when the training has finished")
+        raise NormprobeError(
+            f"tuned lens folder {path} is being written by another normprobe process "
+            f"(pid {holder if holder > 0 else 'unknown'}); use it when the training has finished"
+        )
     missing = [f for f in (CONFIG_FILE, PARAMS_FILE) if not (path / f).is_file()]
     if missing:
         raise NormprobeError(f"tuned lens folder {path} has no {' or '.join(missing)} (expected the tuned-lens format)")
@@ -94,28 +110,34 @@ def parse_readout(spec: "str | ReadoutSpec | None") -> ReadoutSpec:
     return ReadoutSpec("tuned", path)
 
 
-def check_lens_fits_config(spec: "str | ReadoutSpec | None", model_config: dict | None, model_name: str) -> None:
+def check_lens_fits_config(spec: str | ReadoutSpec | None, model_config: dict | None, model_name: str) -> None:
     """Refuse, before the model loads, a lens whose depth or width differs from the model's config.json."""
     spec = parse_readout(spec)
     if spec.kind != "tuned" or not model_config:
         return
     lens = read_lens_config(spec.path)
     width = next((model_config[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(model_config.get(k), int)), None)
-    depth = next((model_config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(model_config.get(k), int)), None)
+    depth = next(
+        (model_config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(model_config.get(k), int)), None
+    )
     if (width is not None and width != lens["d_model"]) or (depth is not None and depth != lens["num_hidden_layers"]):
         raise NormprobeError(
             f"tuned lens {spec.path} was made for a model with d_model {lens['d_model']} and {lens['num_hidden_layers']} "
-            f"layers (base {lens.get('base_model_name_or_path')!r}); {model_name} has d_model {width} and {depth} layers")
+            f"layers (base {lens.get('base_model_name_or_path')!r}); {model_name} has d_model {width} and {depth} layers"
+        )
 
 
 def read_lens_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
-        raise NormprobeError(f"cannot read {Path(path) / CONFIG_FILE}: {type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:200]}") from None
+        raise NormprobeError(
+            f"cannot read {Path(path) / CONFIG_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        ) from None
     if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("d_model", "num_hidden_layers")):
-        raise NormprobeError(f"{Path(path) / CONFIG_FILE} is not a tuned-lens config (needs integer d_model and num_hidden_layers)")
+        raise NormprobeError(
+            f"{Path(path) / CONFIG_FILE} is not a tuned-lens config (needs integer d_model and num_hidden_layers)"
+        )
     if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
         raise NormprobeError(f"{Path(path) / CONFIG_FILE}: lens_type {config['lens_type']!r} is not supported (only {LENS_TYPE})")
     return config
@@ -142,16 +164,16 @@ class LogitReadout:
     def base(self):
         return self._model.readout
 
-    def logits(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
+    def logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         return self.base.logits(h)
 
-    def loss(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int) -> "torch.Tensor":
+    def loss(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
         return self.base.loss(h, targets)
 
-    def loss_and_grad(self, h: "torch.Tensor", targets: "torch.Tensor", layer: int):
+    def loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor, layer: int):
         return self.base.loss_and_grad(h, targets)
 
-    def line_losses(self, h, deltas, alphas, targets, layer: int) -> "torch.Tensor":
+    def line_losses(self, h, deltas, alphas, targets, layer: int) -> torch.Tensor:
         """Loss at h + αΔ for every Δ and α: [len(deltas), len(alphas), N] (see Readout.line_losses)."""
         return self.base.line_losses(h, deltas, alphas, targets)
 
@@ -165,7 +187,7 @@ class TunedReadout:
 
     kind = "tuned"
 
-    def __init__(self, model, translators: "torch.nn.ModuleList"):
+    def __init__(self, model, translators: torch.nn.ModuleList):
         self._model = model
         self.translators = translators.float().to(model.device).eval().requires_grad_(False)
 
@@ -173,13 +195,13 @@ class TunedReadout:
     def base(self):
         return self._model.readout
 
-    def translate(self, h: "torch.Tensor", layer: int) -> "torch.Tensor":
+    def translate(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         if layer >= len(self.translators):
             return h.float()
         x = h.float()
         return x + self.translators[layer](x)
 
-    def translate_step(self, delta: "torch.Tensor", layer: int) -> "torch.Tensor":
+    def translate_step(self, delta: torch.Tensor, layer: int) -> torch.Tensor:
         """The translator's linear part applied to a step: T(h + αΔ) = T(h) + α(Δ + A_l Δ)."""
         import torch
 
@@ -209,8 +231,7 @@ class TunedReadout:
 
     def line_losses(self, h, deltas, alphas, targets, layer: int):
         """The translator is affine, so a line stays a line: translate h, and each Δ by the linear part."""
-        return self.base.line_losses(self.translate(h, layer), [self.translate_step(d, layer) for d in deltas],
-                                     alphas, targets)
+        return self.base.line_losses(self.translate(h, layer), [self.translate_step(d, layer) for d in deltas], alphas, targets)
 
     def loss_grad_and_steps(self, h, deltas, targets, layer: int):
         import torch
@@ -221,7 +242,8 @@ class TunedReadout:
             x = h.detach().float().clone().requires_grad_(True)
             y = self.translate(x, layer)
             loss, grad_y, steps = self.base.loss_grad_and_steps(
-                y.detach(), [self.translate_step(d, layer) for d in deltas], targets)
+                y.detach(), [self.translate_step(d, layer) for d in deltas], targets
+            )
             (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
         return loss, grad.detach(), steps
 
@@ -230,7 +252,7 @@ READOUT_CACHE = "_readouts"  # the adapter's own attribute: a readout refers bac
 # cache outside the model would keep every model alive; kept on the model, the cycle goes with it
 
 
-def make_readout(model, spec: "str | ReadoutSpec | None" = "logit"):
+def make_readout(model, spec: str | ReadoutSpec | None = "logit"):
     """The readout for a loaded model, built once per (model, spec); a lens for another model is refused."""
     spec = parse_readout(spec)
     cached = model.__dict__.setdefault(READOUT_CACHE, {})
@@ -240,13 +262,14 @@ def make_readout(model, spec: "str | ReadoutSpec | None" = "logit"):
 
             cached[spec] = ModelObjective(model)
         else:
-            cached[spec] = LogitReadout(model) if spec.kind == "logit" else \
-                TunedReadout(model, load_translators(spec.path, model))
+            cached[spec] = (
+                LogitReadout(model) if spec.kind == "logit" else TunedReadout(model, load_translators(spec.path, model))
+            )
     return cached[spec]
 
 
 # -- the tuned-lens format --------------------------------------------------------
-def new_translators(d_model: int, n_layers: int, bias: bool = True) -> "torch.nn.ModuleList":
+def new_translators(d_model: int, n_layers: int, bias: bool = True) -> torch.nn.ModuleList:
     """Residual translators initialised at zero, so a fresh lens is the logit lens (tuned-lens's init)."""
     import torch
 
@@ -259,7 +282,7 @@ def new_translators(d_model: int, n_layers: int, bias: bool = True) -> "torch.nn
     return translators
 
 
-def load_translators(path: Path, model) -> "torch.nn.ModuleList":
+def load_translators(path: Path, model) -> torch.nn.ModuleList:
     """The translators of a tuned-lens folder, checked against the model; never executes code from the file."""
     import torch
 
@@ -270,22 +293,26 @@ def load_translators(path: Path, model) -> "torch.nn.ModuleList":
         raise NormprobeError(
             f"tuned lens {path} was made for a model with d_model {d_model} and {n_layers} layers "
             f"(base {config.get('base_model_name_or_path')!r}); {model.source.name} has d_model {model.d_model} "
-            f"and {model.n_layers} layers")
+            f"and {model.n_layers} layers"
+        )
     try:
         state = torch.load(path / PARAMS_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one message
-        raise NormprobeError(f"cannot read {path / PARAMS_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        raise NormprobeError(
+            f"cannot read {path / PARAMS_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        ) from None
     translators = new_translators(d_model, n_layers, bias=bool(config.get("bias", True)))
     check_lens_state(state, translators, path / PARAMS_FILE)
     try:
         translators.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        raise NormprobeError(f"{path / PARAMS_FILE} does not hold {n_layers} translators of size {d_model}: "
-                             f"{' '.join(str(exc).split())[:200]}") from None
+        raise NormprobeError(
+            f"{path / PARAMS_FILE} does not hold {n_layers} translators of size {d_model}: {' '.join(str(exc).split())[:200]}"
+        ) from None
     return translators
 
 
-def check_lens_state(state: Any, translators: "torch.nn.ModuleList", where: Path) -> None:
+def check_lens_state(state: Any, translators: torch.nn.ModuleList, where: Path) -> None:
     """Refuse, in one line, translator weights that are not real, finite tensors of the lens's shapes.
 
     A NaN or an infinity in a lens makes every loss it reads non-finite, and a complex tensor would be
@@ -295,18 +322,21 @@ def check_lens_state(state: Any, translators: "torch.nn.ModuleList", where: Path
 
     expected = translators.state_dict()
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NormprobeError(f"{where} does not hold translator tensors (it holds {type(state).__name__}); "
-                             "expected a tuned-lens params.pt")
+        raise NormprobeError(
+            f"{where} does not hold translator tensors (it holds {type(state).__name__}); expected a tuned-lens params.pt"
+        )
     for name, tensor in state.items():
         if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
             raise NormprobeError(f"{where}: {name} has shape {tuple(tensor.shape)}, not {tuple(expected[name].shape)}")
         if not tensor.is_floating_point():
-            raise NormprobeError(f"{where}: {name} holds {str(tensor.dtype).replace('torch.', '')} values, "
-                                 "not real floating-point weights")
+            raise NormprobeError(
+                f"{where}: {name} holds {str(tensor.dtype).replace('torch.', '')} values, not real floating-point weights"
+            )
         if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise NormprobeError(f"{where}: {name} holds {bad} non-finite values (NaN or infinity); "
-                                 "this lens cannot be used (retrain it)")
+            raise NormprobeError(
+                f"{where}: {name} holds {bad} non-finite values (NaN or infinity); this lens cannot be used (retrain it)"
+            )
 
 
 def unembed_hash(model) -> str:
@@ -317,7 +347,7 @@ def unembed_hash(model) -> str:
     return hashlib.sha256(str.encode(np.array_str(_printable(weight), precision=1))).hexdigest()
 
 
-def _printable(weight: "torch.Tensor"):
+def _printable(weight: torch.Tensor):
     """A float32 numpy array that array_str prints as it would print the whole weight, without a copy of it.
 
     A float32 CPU weight is shared as is. Otherwise, past numpy's print threshold array_str reads only
@@ -339,7 +369,7 @@ def _printable(weight: "torch.Tensor"):
     return out
 
 
-def save_lens(path: Path, translators: "torch.nn.ModuleList", model) -> Path:
+def save_lens(path: Path, translators: torch.nn.ModuleList, model) -> Path:
     """Write translators in the tuned-lens format: config.json and params.pt, readable by tuned-lens itself."""
     import torch
 
@@ -373,14 +403,14 @@ def chunked_loss(readout, h, targets, layer: int, vocab_chunk: int, n_vocab: int
     import torch
 
     step = max(1, vocab_chunk // n_vocab)
-    return torch.cat([readout.loss(h[s:s + step], targets[s:s + step], layer) for s in range(0, h.shape[0], step)])
+    return torch.cat([readout.loss(h[s : s + step], targets[s : s + step], layer) for s in range(0, h.shape[0], step)])
 
 
 def chunked_loss_and_grad(readout, h, targets, layer: int, vocab_chunk: int, n_vocab: int):
     import torch
 
     step = max(1, vocab_chunk // n_vocab)
-    parts = [readout.loss_and_grad(h[s:s + step], targets[s:s + step], layer) for s in range(0, h.shape[0], step)]
+    parts = [readout.loss_and_grad(h[s : s + step], targets[s : s + step], layer) for s in range(0, h.shape[0], step)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -395,8 +425,13 @@ def chunked_line_losses(readout, h, deltas, alphas, targets, layer: int, vocab_c
     import torch
 
     step = _line_step(readout, len(deltas), vocab_chunk)
-    return torch.cat([readout.line_losses(h[s:s + step], [d[s:s + step] for d in deltas], alphas,
-                                          targets[s:s + step], layer) for s in range(0, h.shape[0], step)], dim=-1)
+    return torch.cat(
+        [
+            readout.line_losses(h[s : s + step], [d[s : s + step] for d in deltas], alphas, targets[s : s + step], layer)
+            for s in range(0, h.shape[0], step)
+        ],
+        dim=-1,
+    )
 
 
 def chunked_loss_grad_and_steps(readout, h, deltas, targets, layer: int, vocab_chunk: int, n_vocab: int):
@@ -404,7 +439,12 @@ def chunked_loss_grad_and_steps(readout, h, deltas, targets, layer: int, vocab_c
     import torch
 
     step = max(1, vocab_chunk // n_vocab)
-    parts = [readout.loss_grad_and_steps(h[s:s + step], [d[s:s + step] for d in deltas], targets[s:s + step], layer)
-             for s in range(0, h.shape[0], step)]
-    return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-            [torch.cat([p[2][k] for p in parts]) for k in range(len(deltas))])
+    parts = [
+        readout.loss_grad_and_steps(h[s : s + step], [d[s : s + step] for d in deltas], targets[s : s + step], layer)
+        for s in range(0, h.shape[0], step)
+    ]
+    return (
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        [torch.cat([p[2][k] for p in parts]) for k in range(len(deltas))],
+    )

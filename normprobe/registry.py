@@ -1,4 +1,5 @@
 """Finding probes: built-ins, the `normprobe.probes` entry-point group, files and module:Class specs."""
+
 from __future__ import annotations
 
 import importlib
@@ -23,14 +24,30 @@ class ProbeEntry:
 
 
 BUILTIN = (
-    ProbeEntry("norms", "normprobe.probes.norms:NormsProbe", "built-in",
-               "L2 norm of each token's vector per (site, layer, position); growth, position-0, position and frequency findings"),
-    ProbeEntry("updates", "normprobe.probes.updates:UpdatesProbe", "built-in",
-               "per-layer residual updates: size, lens loss, alignment with -dCE/dh, step fit, first-order check"),
-    ProbeEntry("linesearch", "normprobe.probes.linesearch:LineSearchProbe", "built-in",
-               "lens loss along h_l + αΔ per layer and component; the best step α* and whether it is near 1"),
-    ProbeEntry("massive", "normprobe.probes.massive:MassiveProbe", "built-in",
-               "massive activations (max/median |h_i|) per position, top dimensions' share of the norm, attention sinks"),
+    ProbeEntry(
+        "norms",
+        "normprobe.probes.norms:NormsProbe",
+        "built-in",
+        "L2 norm of each token's vector per (site, layer, position); growth, position-0, position and frequency findings",
+    ),
+    ProbeEntry(
+        "updates",
+        "normprobe.probes.updates:UpdatesProbe",
+        "built-in",
+        "per-layer residual updates: size, lens loss, alignment with -dCE/dh, step fit, first-order check",
+    ),
+    ProbeEntry(
+        "linesearch",
+        "normprobe.probes.linesearch:LineSearchProbe",
+        "built-in",
+        "lens loss along h_l + αΔ per layer and component; the best step α* and whether it is near 1",
+    ),
+    ProbeEntry(
+        "massive",
+        "normprobe.probes.massive:MassiveProbe",
+        "built-in",
+        "massive activations (max/median |h_i|) per position, top dimensions' share of the norm, attention sinks",
+    ),
 )
 
 
@@ -68,9 +85,11 @@ def _load_target(target: str, origin: str):
 def _probe_classes(module) -> list[type]:
     from .probe import Probe
 
-    return [obj for obj in vars(module).values()
-            if inspect.isclass(obj) and issubclass(obj, Probe) and obj is not Probe
-            and obj.__module__ == module.__name__]
+    return [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Probe) and obj is not Probe and obj.__module__ == module.__name__
+    ]
 
 
 def _single_probe_class(module, where: str):
@@ -167,7 +186,9 @@ def saved_probe_class(name: str, given: dict[str, type], *, required: bool, wher
                 raise
             return None
     if required:
-        raise NormprobeError(f"probe {name!r} of {where or 'this folder'} is neither built in nor installed; "
-                             "normprobe never imports code that a saved folder names: pass its code with "
-                             "--probe-module FILE.py or --probe-module package.module:Class (probe_modules= in Python)")
+        raise NormprobeError(
+            f"probe {name!r} of {where or 'this folder'} is neither built in nor installed; "
+            "normprobe never imports code that a saved folder names: pass its code with "
+            "--probe-module FILE.py or --probe-module package.module:Class (probe_modules= in Python)"
+        )
     return None

@@ -1,4 +1,5 @@
 """A run's tables, findings and metadata; saved as run.json plus one parquet per table."""
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,9 @@ def _try_writing_in(folder: Path, target: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".normprobe-check-", dir=folder))
     except OSError as exc:
-        raise NormprobeError(f"output folder {target} cannot be written in {folder}: "
-                             f"{exc.strerror or type(exc).__name__}") from None
+        raise NormprobeError(
+            f"output folder {target} cannot be written in {folder}: {exc.strerror or type(exc).__name__}"
+        ) from None
 
 
 @dataclass(repr=False)
@@ -113,8 +115,10 @@ class RunResult(FigureViews):
 
     def __repr__(self) -> str:
         m = self.meta
-        return (f"RunResult(model={m.get('model')!r}, status={m.get('status', 'complete')!r}, "
-                f"tokens={m.get('n_tokens')}, probes={m.get('probes', list(self.findings))}, tables={sorted(self.tables)})")
+        return (
+            f"RunResult(model={m.get('model')!r}, status={m.get('status', 'complete')!r}, "
+            f"tokens={m.get('n_tokens')}, probes={m.get('probes', list(self.findings))}, tables={sorted(self.tables)})"
+        )
 
     def _repr_html_(self) -> str:
         from .notebook import claims_view, esc, run_line, table_html
@@ -122,17 +126,18 @@ class RunResult(FigureViews):
 
         reason = self.meta.get("status_reason")
         note = f"<br><small>{esc(reason)}</small>" if reason and self.meta.get("status") != "complete" else ""
-        return (f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}{claims_view(self.claims)}"
-                f"{table_html(('probe', 'finding', 'value'), finding_rows(self))}"
-                "<small>.figures() gives the report's figures, .show() draws them, .tables holds the data.</small></div>")
+        return (
+            f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}{claims_view(self.claims)}"
+            f"{table_html(('probe', 'finding', 'value'), finding_rows(self))}"
+            "<small>.figures() gives the report's figures, .show() draws them, .tables holds the data.</small></div>"
+        )
 
     def _sections(self) -> list:
         from .report import sections_for
 
         return sections_for(self)
 
-    def save(self, out: str | Path, overwrite: bool = False, report: bool = True,
-             plotlyjs: str = "inline") -> Path:
+    def save(self, out: str | Path, overwrite: bool = False, report: bool = True, plotlyjs: str = "inline") -> Path:
         """Write run.json, one parquet per table and (by default) report.html into `out`."""
         out = Path(out)
         check_output_dir(out, overwrite)
@@ -177,12 +182,13 @@ class RunResult(FigureViews):
     def run_json(self) -> str:
         from .claims import claims_records
 
-        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings,
-                "claims": claims_records(self.claims)}
+        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings, "claims": claims_records(self.claims)}
         if self.baselines or "baselines" in self.meta:
             records = dict(self.meta.get("baselines") or {})
-            body["baselines"] = {kind: {**records.get(kind, {}), "tables": sorted(self.baselines.get(kind, {}))}
-                                 for kind in dict.fromkeys([*records, *self.baselines])}
+            body["baselines"] = {
+                kind: {**records.get(kind, {}), "tables": sorted(self.baselines.get(kind, {}))}
+                for kind in dict.fromkeys([*records, *self.baselines])
+            }
         return json.dumps(_json_safe(body), indent=2, sort_keys=False) + "\n"
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
@@ -193,7 +199,7 @@ class RunResult(FigureViews):
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, probe_modules: list | None = None) -> "RunResult":
+    def load(cls, folder: str | Path, probe_modules: list | None = None) -> RunResult:
         """A saved run; refuses (one line) a run.json of the wrong shape and a named table that is missing or unreadable.
 
         Loading and drawing never import code the folder names. A custom probe's sections come from its
@@ -208,8 +214,10 @@ class RunResult(FigureViews):
         tables = read_tables(folder, body.pop("tables", []))
         findings = body.pop("findings", {})
         body.pop("claims", None)  # recomputed from the tables (RunResult.claims)
-        baselines = {kind: read_tables(baseline_folder(folder, kind), record.pop("tables", []))
-                     for kind, record in (body.get("baselines") or {}).items()}
+        baselines = {
+            kind: read_tables(baseline_folder(folder, kind), record.pop("tables", []))
+            for kind, record in (body.get("baselines") or {}).items()
+        }
         if probe_modules:  # resolved now, so a bad --probe-module is one line before anything is drawn
             from .registry import classes_by_name
 

@@ -1,18 +1,20 @@
 """The loop: documents -> windows -> batches -> one hooked forward pass -> every probe's statistics."""
+
 from __future__ import annotations
 
 import inspect
 import platform
 import time
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from .corpus import InputSpec
 from .attention import reads_patterns
 from .baseline_passes import BaselinePasses, LiveRun, baselines_from_checkpoint
 from .console import warn
+from .corpus import InputSpec
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
 from .hooked import HookedPass, ProbeFailed
@@ -78,16 +80,31 @@ class Runner(BaselinePasses):
         else:
             source = resolve_source(self.model) if isinstance(self.model, str) else self.model.source
         digest = self.corpus.digest()
-        return {"model": source.name, "resolved_model": source.location, "revision": source.revision,
-                "checkpoint_value": source.checkpoint_value,
-                "dtype": opts.dtype, "probe_specs": self.probe_specs, "corpus": self.corpus.description,
-                "corpus_sha256": digest, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
-                "prepend_bos": opts.prepend_bos, "layers": opts.layers, "max_docs": opts.max_docs,
-                "max_tokens": opts.max_tokens, "shard": list(opts.shard) if opts.shard else None,
-                "massive_ratio": opts.massive_ratio, "replicates": opts.replicates,
-                "bootstrap_unit": opts.bootstrap_unit, "token_counts": _token_counts_digest(opts.token_counts),
-                "token_counts_file": opts.token_counts, **readout_request(opts),
-                "baselines": list(opts.baselines or []), "baseline_seeds": opts.baseline_seeds}
+        return {
+            "model": source.name,
+            "resolved_model": source.location,
+            "revision": source.revision,
+            "checkpoint_value": source.checkpoint_value,
+            "dtype": opts.dtype,
+            "probe_specs": self.probe_specs,
+            "corpus": self.corpus.description,
+            "corpus_sha256": digest,
+            "seq_len": opts.seq_len,
+            "batch_size": opts.batch_size,
+            "prepend_bos": opts.prepend_bos,
+            "layers": opts.layers,
+            "max_docs": opts.max_docs,
+            "max_tokens": opts.max_tokens,
+            "shard": list(opts.shard) if opts.shard else None,
+            "massive_ratio": opts.massive_ratio,
+            "replicates": opts.replicates,
+            "bootstrap_unit": opts.bootstrap_unit,
+            "token_counts": _token_counts_digest(opts.token_counts),
+            "token_counts_file": opts.token_counts,
+            **readout_request(opts),
+            "baselines": list(opts.baselines or []),
+            "baseline_seeds": opts.baseline_seeds,
+        }
 
     def prepare(self, model) -> tuple[list, int]:
         opts = self.options
@@ -97,8 +114,10 @@ class Runner(BaselinePasses):
                 raise NormprobeError(f"invalid layer index {bad[0]}: {model.source.name} has layers 0..{model.n_layers - 1}")
         seq_len = min(opts.seq_len or DEFAULT_SEQ_LEN, model.n_ctx)
         if opts.seq_len is not None and opts.seq_len > model.n_ctx:
-            warn(f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
-                 f"using {model.n_ctx}")
+            warn(
+                f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
+                f"using {model.n_ctx}"
+            )
         from .readouts import make_readout
 
         make_readout(model, opts.readout)  # a lens for another model fails here, in one line
@@ -109,8 +128,10 @@ class Runner(BaselinePasses):
             for point in probe.hook_points():
                 hook = model.resolve_hook(point)
                 if not model.has_hook(hook):
-                    raise NormprobeError(f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
-                                         f"({model.family.name}) does not have")
+                    raise NormprobeError(
+                        f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
+                        f"({model.family.name}) does not have"
+                    )
                 hooks.append(hook)
         self.attention = model.select_attention(reads_patterns(hooks))
         return probes, seq_len
@@ -152,8 +173,14 @@ class Runner(BaselinePasses):
         spec = parse_readout(self.options.readout)
         return {**spec.describe(), "label": spec.label}
 
-    def execute(self, progress: bool = True, folder=None, resume: tuple[dict, dict] | None = None,
-                checkpoint_every: int | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
+    def execute(
+        self,
+        progress: bool = True,
+        folder=None,
+        resume: tuple[dict, dict] | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    ):
         """Run to the end and return a RunResult; under torchrun, ranks other than 0 return None.
 
         Batch -> hooked forward (probes consume each layer as it completes) -> account -> checkpoint
@@ -172,9 +199,15 @@ class Runner(BaselinePasses):
         model = self._load(talk)
         probes, seq_len = self.prepare(model)
         saved_meta, checkpoint = resume if resume else ({}, None)
-        choice = choose_batch_size(model, seq_len, self.attention[0] == "eager", self.options.max_memory_bytes,
-                                   self.options.batch_size, saved_meta.get("batch_size"),
-                                   backward=self._takes_model_gradient(probes))
+        choice = choose_batch_size(
+            model,
+            seq_len,
+            self.attention[0] == "eager",
+            self.options.max_memory_bytes,
+            self.options.batch_size,
+            saved_meta.get("batch_size"),
+            backward=self._takes_model_gradient(probes),
+        )
         batch_size = choice.batch_size
         bos = model.bos_token_id if self.options.prepend_bos else None
         self.check_baselines_fit(model, bos)
@@ -184,15 +217,25 @@ class Runner(BaselinePasses):
             meta["world_size"] = sync.size
         folder = folder if sync.rank == 0 else None
         done = self._restore(probes, checkpoint, saved_meta, meta, folder)
-        self._live = LiveRun(sync, folder, meta, done, probes, batch_size, checkpoint_every, checkpoint_seconds, talk,
-                              started, baselines_from_checkpoint(checkpoint))
+        self._live = LiveRun(
+            sync,
+            folder,
+            meta,
+            done,
+            probes,
+            batch_size,
+            checkpoint_every,
+            checkpoint_seconds,
+            talk,
+            started,
+            baselines_from_checkpoint(checkpoint),
+        )
         self.record_baselines(meta)
         if folder is not None:
             folder.start(meta)  # signal handlers first, then run.json says running
 
         try:
-            with (nullcontext(folder.stops) if folder is not None else StopRequests()) as stops, \
-                    torch.inference_mode():
+            with nullcontext(folder.stops) if folder is not None else StopRequests() as stops, torch.inference_mode():
                 self._live.stops = stops
                 windows, total = self._windows(model, seq_len, bos, sync)
                 self._stream(model, probes, windows, total, done)
@@ -230,8 +273,11 @@ class Runner(BaselinePasses):
         try:
             for batch in self._lockstep(batches, done["batches"], live.sync, hooked, probes, bar):
                 _count(done, batch)
-                due = (done["batches"] % live.checkpoint_every == 0) if live.checkpoint_every else \
-                    time.time() - live.last_save >= live.checkpoint_seconds
+                due = (
+                    (done["batches"] % live.checkpoint_every == 0)
+                    if live.checkpoint_every
+                    else time.time() - live.last_save >= live.checkpoint_seconds
+                )
                 if live.stops.requested or due:
                     live.done["seconds"] += time.time() - live.started
                     live.started = live.last_save = time.time()
@@ -259,11 +305,11 @@ class Runner(BaselinePasses):
             say(model_line(source, opts.dtype, pick_device(device)))
         load_started = time.time()
         if isinstance(model, ModelSource):
-            model = ModelAdapter.from_source(model, device=device, dtype=opts.dtype, device_map=opts.device_map,
-                                             n_devices=opts.n_devices)
+            model = ModelAdapter.from_source(
+                model, device=device, dtype=opts.dtype, device_map=opts.device_map, n_devices=opts.n_devices
+            )
         else:
-            model = load_model(name, device=device, dtype=opts.dtype, device_map=opts.device_map,
-                               n_devices=opts.n_devices)
+            model = load_model(name, device=device, dtype=opts.dtype, device_map=opts.device_map, n_devices=opts.n_devices)
         say(loaded_line(name, time.time() - load_started, model), talk)
         return model
 
@@ -288,14 +334,15 @@ class Runner(BaselinePasses):
 
         opts = self.options
         part = opts.shard if sync.size == 1 else (sync.rank, sync.size)
-        windows: Iterable = iter_windows(self.corpus.documents(), model.encode, seq_len, bos,
-                                         opts.max_docs, opts.max_tokens, slice_of=part)
+        windows: Iterable = iter_windows(
+            self.corpus.documents(), model.encode, seq_len, bos, opts.max_docs, opts.max_tokens, slice_of=part
+        )
         if self.corpus.in_memory and sync.size == 1:  # in memory: tokenise up front so the bar has a total
             windows = list(windows)
             return windows, sum(len(w.tokens) for w in windows)
         return windows, opts.max_tokens
 
-    def _lockstep(self, batches: Iterable, skip: int, sync, hooked: "HookedPass", probes: list, bar):
+    def _lockstep(self, batches: Iterable, skip: int, sync, hooked: HookedPass, probes: list, bar):
         """Yield each batch once every probe has taken it; ranks step together, so one rank's error stops all.
 
         The first `skip` batches were counted before the checkpoint a resumed run started from.
@@ -324,7 +371,7 @@ class Runner(BaselinePasses):
                 yield batch
 
     @staticmethod
-    def _step(hooked: "HookedPass", probes: list, batch) -> None:
+    def _step(hooked: HookedPass, probes: list, batch) -> None:
         reduced = hooked.forward(batch)
         for probe in probes:
             try:
@@ -367,9 +414,16 @@ class Runner(BaselinePasses):
             tables.update(probe_tables)
             owners[probe.name] = list(probe_tables)
             findings[probe.name] = probe.findings(probe_tables)
-        meta = {**meta, "status": "complete", "probe_tables": owners, "n_docs": done["docs"],
-                "n_windows": done["windows"], "n_tokens": done["tokens"], "n_batches": done["batches"],
-                "seconds": round(done["seconds"] + seconds, 3)}
+        meta = {
+            **meta,
+            "status": "complete",
+            "probe_tables": owners,
+            "n_docs": done["docs"],
+            "n_windows": done["windows"],
+            "n_tokens": done["tokens"],
+            "n_batches": done["batches"],
+            "seconds": round(done["seconds"] + seconds, 3),
+        }
         # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
         return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
 
@@ -379,8 +433,13 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
     from .readouts import parse_readout
 
     described = parse_readout(opts.readout).describe()
-    return {"readout": parse_readout(opts.readout).text, "readout_params_sha256": described.get("params_sha256"),
-            "alphas": opts.alphas, "ablate": opts.ablate, "readout_sample": opts.readout_sample}
+    return {
+        "readout": parse_readout(opts.readout).text,
+        "readout_params_sha256": described.get("params_sha256"),
+        "alphas": opts.alphas,
+        "ablate": opts.ablate,
+        "readout_sample": opts.readout_sample,
+    }
 
 
 def _token_counts_digest(path: str | None) -> str | None:
@@ -413,9 +472,10 @@ def _interrupted(signal_name: str, done: dict[str, Any], folder, meta: dict[str,
 
     if folder is not None:
         folder.mark(meta, "interrupted", f"stopped by {signal_name} after {done['tokens']} tokens; resume with --resume")
-    return RunInterrupted(f"stopped by {signal_name} after {done['tokens']:,} tokens"
-                          + ("; checkpoint saved" if folder is not None else ""),
-                          folder.path if folder is not None else None)
+    return RunInterrupted(
+        f"stopped by {signal_name} after {done['tokens']:,} tokens" + ("; checkpoint saved" if folder is not None else ""),
+        folder.path if folder is not None else None,
+    )
 
 
 def _marked(exc: BaseException, folder, meta: dict[str, Any]) -> BaseException:
@@ -434,8 +494,9 @@ def _marked(exc: BaseException, folder, meta: dict[str, Any]) -> BaseException:
     return exc
 
 
-def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None,
-                where: str = "another rank's statistics") -> None:
+def merge_state(
+    model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None, where: str = "another rank's statistics"
+) -> None:
     """Merge saved probe statistics (another rank's or shard's) into `probes`."""
     from .store import restore_probe
 
@@ -446,29 +507,72 @@ def merge_state(model, probes: list, state: dict[str, Any], seq_len: int, layers
         probe.merge(other)
 
 
-def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,
-                input: str | Path | None = None, dataset: str | None = None, dataset_config: str | None = None,
-                split: str = "train", text_field: str = "text", encoding: str = "utf-8",
-                errors: str = "strict", batch_size: int | None = None, seq_len: int | None = None,
-                max_docs: int | None = None, max_tokens: int | None = None, prepend_bos: bool = True,
-                layers: list[int] | None = None, device: str = "auto", dtype: str = "float32",
-                shard: tuple[int, int] | None = None, device_map: str | None = None,
-                n_devices: int | None = None, revision: str | None = None,
-                checkpoint_value: int | None = None, massive_ratio: float = DEFAULT_MASSIVE_RATIO,
-                readout: str = "logit", alphas: list[float] | None = None, ablate: bool = False,
-                max_memory: str | int | None = None, baselines: Sequence[str] | None = None,
-                baseline_seeds: int = 3, replicates: int = 200, bootstrap_unit: str | None = None,
-                token_counts: str | Path | None = None, readout_sample: float = 1.0) -> Runner:
+def make_runner(
+    model: Any = "demo",
+    texts: Sequence[str] | None = None,
+    probes: Sequence[str | type] = ("norms",),
+    *,
+    input: str | Path | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    split: str = "train",
+    text_field: str = "text",
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    max_docs: int | None = None,
+    max_tokens: int | None = None,
+    prepend_bos: bool = True,
+    layers: list[int] | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    shard: tuple[int, int] | None = None,
+    device_map: str | None = None,
+    n_devices: int | None = None,
+    revision: str | None = None,
+    checkpoint_value: int | None = None,
+    massive_ratio: float = DEFAULT_MASSIVE_RATIO,
+    readout: str = "logit",
+    alphas: list[float] | None = None,
+    ablate: bool = False,
+    max_memory: str | int | None = None,
+    baselines: Sequence[str] | None = None,
+    baseline_seeds: int = 3,
+    replicates: int = 200,
+    bootstrap_unit: str | None = None,
+    token_counts: str | Path | None = None,
+    readout_sample: float = 1.0,
+) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
     data = DatasetSpec(str(dataset), dataset_config, split, text_field, encoding, errors) if dataset is not None else None
-    options = RunOptions(batch_size, seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard,
-                         device_map, n_devices, massive_ratio, readout, alphas, ablate, max_memory, readout_sample=readout_sample,
-                         baselines=list(baselines) if baselines is not None else None, baseline_seeds=baseline_seeds,
-                         replicates=replicates, bootstrap_unit=bootstrap_unit,
-                         token_counts=str(token_counts) if token_counts is not None else None)
+    options = RunOptions(
+        batch_size,
+        seq_len,
+        max_docs,
+        max_tokens,
+        prepend_bos,
+        layers,
+        device,
+        dtype,
+        shard,
+        device_map,
+        n_devices,
+        massive_ratio,
+        readout,
+        alphas,
+        ablate,
+        max_memory,
+        readout_sample=readout_sample,
+        baselines=list(baselines) if baselines is not None else None,
+        baseline_seeds=baseline_seeds,
+        replicates=replicates,
+        bootstrap_unit=bootstrap_unit,
+        token_counts=str(token_counts) if token_counts is not None else None,
+    )
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
     if isinstance(model, str):
@@ -488,8 +592,14 @@ def make_runner(model: Any = "demo", texts: Sequence[str] | None = None, probes:
     return runner
 
 
-def run(model: Any = "demo", texts: Sequence[str] | None = None, probes: Sequence[str | type] = ("norms",), *,
-        progress: bool = True, **options: Any):
+def run(
+    model: Any = "demo",
+    texts: Sequence[str] | None = None,
+    probes: Sequence[str | type] = ("norms",),
+    *,
+    progress: bool = True,
+    **options: Any,
+):
     """Run probes over a corpus and return a `RunResult`.
 
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.

@@ -4,6 +4,7 @@ A token is kept when a hash of (seed, document index, position in its window, to
 below the fraction. Nothing in it depends on batch order, shard or resume, so a single run, a resumed
 run and merged shards sample the same tokens. Norms and the forward still see every token.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ SEED = 0x5EED
 _MASK32 = 0xFFFFFFFF
 
 
-def _mix(x: "torch.Tensor") -> "torch.Tensor":
+def _mix(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (lowbias32-style), on int64 tensors holding values below 2³²."""
     x = ((x >> 16) ^ x) * 0x7FEB352D & _MASK32
     x = ((x >> 15) ^ x) * 0x846CA68B & _MASK32
@@ -29,7 +30,7 @@ def check_fraction(fraction: float) -> None:
         raise NormprobeError(f"--readout-sample must be a fraction in (0, 1], e.g. 0.1 (got {fraction})")
 
 
-def readout_mask(batch, fraction: float) -> "torch.Tensor":
+def readout_mask(batch, fraction: float) -> torch.Tensor:
     """[B, T] bool: tokens with a next token that the readout statistics read (all of them at fraction 1)."""
     import torch
 
@@ -39,4 +40,4 @@ def readout_mask(batch, fraction: float) -> "torch.Tensor":
     key = _mix(torch.full_like(batch.tokens, SEED) ^ (docs & _MASK32))
     for part in (batch.positions, batch.tokens, batch.next_tokens):
         key = _mix(key ^ (part.to(torch.int64) & _MASK32))
-    return batch.has_next & (key < int(fraction * 2 ** 32))
+    return batch.has_next & (key < int(fraction * 2**32))

@@ -5,6 +5,7 @@ Sums are float64, and the spread is kept as the sum of squared deviations from t
 shards or ranks in any order agrees to ~1e-12. Values that are not finite are counted
 apart and never enter a statistic.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,8 +53,7 @@ class GroupedMoments:
             self.minimum.scatter_reduce_(0, groups, values, reduce="amin")
             self.maximum.scatter_reduce_(0, groups, values, reduce="amax")
 
-    def _combine(self, count: torch.Tensor, total: torch.Tensor, m2: torch.Tensor,
-                 where: torch.Tensor | None = None) -> None:
+    def _combine(self, count: torch.Tensor, total: torch.Tensor, m2: torch.Tensor, where: torch.Tensor | None = None) -> None:
         """Chan et al.'s pairwise update of (count, total, m2), on all groups or on the `where` subset."""
         index = slice(None) if where is None else where
         old_count, old_total = self.count[index], self.total[index]
@@ -64,7 +64,7 @@ class GroupedMoments:
         self.count[index] = n
         self.total[index] = old_total + total
 
-    def merge(self, other: "GroupedMoments") -> None:
+    def merge(self, other: GroupedMoments) -> None:
         if other.n_groups != self.n_groups:
             raise ValueError(f"cannot merge moments of {other.n_groups} groups into {self.n_groups}")
         device = self.count.device
@@ -113,8 +113,7 @@ class ReplicateSums:
         self.weight = torch.zeros((n_groups, replicates), **f64)
         self.total = torch.zeros((n_groups, replicates), **f64)
 
-    def add(self, groups: torch.Tensor, values: torch.Tensor, windows: torch.Tensor,
-            window_weights: torch.Tensor | None) -> None:
+    def add(self, groups: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, window_weights: torch.Tensor | None) -> None:
         """Add values [N] to groups [N]; windows [N] indexes the rows of window_weights [n_windows, B].
 
         Without weights (a probe driven by hand, outside the runner) nothing is added.
@@ -138,7 +137,7 @@ class ReplicateSums:
         self.total[touched] += sums.view(n_windows, -1).T @ weights
         self.weight[touched] += counts.view(n_windows, -1).T @ weights
 
-    def merge(self, other: "ReplicateSums") -> None:
+    def merge(self, other: ReplicateSums) -> None:
         if other.weight.shape != self.weight.shape:
             raise ValueError(f"cannot merge replicates of shape {tuple(other.weight.shape)} into {tuple(self.weight.shape)}")
         self.weight += other.weight.to(self.weight.device)
@@ -146,8 +145,7 @@ class ReplicateSums:
 
     def means(self) -> torch.Tensor:
         """[n_groups, B] replicate means; NaN where a replicate gave the group no weight."""
-        return torch.where(self.weight > 0, self.total / self.weight.clamp(min=1e-300),
-                           torch.full_like(self.total, float("nan")))
+        return torch.where(self.weight > 0, self.total / self.weight.clamp(min=1e-300), torch.full_like(self.total, float("nan")))
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight.detach().cpu().clone(), "total": self.total.detach().cpu().clone()}

@@ -3,6 +3,7 @@
 run.json's `status` is `running`, `complete`, `interrupted` or `failed` (with `status_reason`).
 `checkpoint.pt` holds every probe's statistics and how many batches they have seen.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,13 +18,44 @@ from .results import RUN_FILE, _json_safe, check_output_dir, read_run_json, writ
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # What must match for a resumed run to continue the same measurement.
-FINGERPRINT_KEYS = ("model", "resolved_model", "revision", "checkpoint_value", "dtype", "probe_specs", "corpus", "corpus_sha256",
-                    "seq_len", "batch_size", "prepend_bos", "layers", "max_docs", "max_tokens", "shard", "massive_ratio",
-                    "readout", "readout_params_sha256", "alphas", "ablate", "baselines", "baseline_seeds", "replicates",
-                    "bootstrap_unit", "token_counts", "readout_sample")
+FINGERPRINT_KEYS = (
+    "model",
+    "resolved_model",
+    "revision",
+    "checkpoint_value",
+    "dtype",
+    "probe_specs",
+    "corpus",
+    "corpus_sha256",
+    "seq_len",
+    "batch_size",
+    "prepend_bos",
+    "layers",
+    "max_docs",
+    "max_tokens",
+    "shard",
+    "massive_ratio",
+    "readout",
+    "readout_params_sha256",
+    "alphas",
+    "ablate",
+    "baselines",
+    "baseline_seeds",
+    "replicates",
+    "bootstrap_unit",
+    "token_counts",
+    "readout_sample",
+)
 # What a key meant in runs saved before it was recorded
-FINGERPRINT_DEFAULTS = {"massive_ratio": 100.0, "readout": "logit", "ablate": False, "baselines": [], "baseline_seeds": 3,
-                        "replicates": 200, "readout_sample": 1.0}
+FINGERPRINT_DEFAULTS = {
+    "massive_ratio": 100.0,
+    "readout": "logit",
+    "ablate": False,
+    "baselines": [],
+    "baseline_seeds": 3,
+    "replicates": 200,
+    "readout_sample": 1.0,
+}
 
 
 def corpus_digest(texts: list[str] | None, path: Path | None, text_field: str, encoding: str, errors: str) -> str:
@@ -60,13 +92,13 @@ class RunFolder:
 
     # -- starting ----------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, overwrite: bool = False) -> "RunFolder":
+    def create(cls, path: Path, overwrite: bool = False) -> RunFolder:
         """Check the folder only (cheap, before probes and torch are imported); `open` takes it."""
         check_output_dir(path, overwrite)
         return cls(path)
 
     @classmethod
-    def open(cls, path: Path, overwrite: bool = False) -> "RunFolder":
+    def open(cls, path: Path, overwrite: bool = False) -> RunFolder:
         """Take the folder for a new run: the lock first, then the empty-folder check, so two runs cannot both pass it."""
         path = Path(path)
         check_output_dir(path, overwrite)
@@ -86,8 +118,7 @@ class RunFolder:
         return folder
 
     @classmethod
-    def for_resume(cls, path: Path, requested: dict[str, Any] | None = None
-                   ) -> tuple["RunFolder", dict[str, Any], dict[str, Any]]:
+    def for_resume(cls, path: Path, requested: dict[str, Any] | None = None) -> tuple[RunFolder, dict[str, Any], dict[str, Any]]:
         """The folder (locked), its run.json and its checkpoint; refuses a folder that cannot be resumed,
         or whose run asked for something other than `requested`."""
         path = Path(path)
@@ -159,7 +190,7 @@ class RunFolder:
         except OSError:
             pass  # the disk is still full: run.json stays `running`, and the released lock says the run is dead
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         return self
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
@@ -209,19 +240,24 @@ def load_state_file(path: Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise NormprobeError(f"cannot read {path} as a normprobe {what} (it is loaded as data only, and this "
-                             f"file holds something else or is damaged): {first[:200]}") from None
+        raise NormprobeError(
+            f"cannot read {path} as a normprobe {what} (it is loaded as data only, and this "
+            f"file holds something else or is damaged): {first[:200]}"
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """checkpoint.pt, checked for the shape the runner writes."""
     state = load_state_file(path, "checkpoint")
     progress = state.get("progress") if isinstance(state, dict) else None
-    if not (isinstance(state, dict) and isinstance(state.get("probes"), dict) and isinstance(progress, dict)
-            and all(isinstance(progress.get(k), int) for k in ("batches", "tokens", "windows", "docs"))
-            and isinstance(progress.get("seconds", 0.0), (int, float))):
-        raise NormprobeError(f"{path} is not a normprobe checkpoint (it lacks probes and progress counts); "
-                             "start the run again")
+    if not (
+        isinstance(state, dict)
+        and isinstance(state.get("probes"), dict)
+        and isinstance(progress, dict)
+        and all(isinstance(progress.get(k), int) for k in ("batches", "tokens", "windows", "docs"))
+        and isinstance(progress.get("seconds", 0.0), (int, float))
+    ):
+        raise NormprobeError(f"{path} is not a normprobe checkpoint (it lacks probes and progress counts); start the run again")
     return state
 
 
@@ -234,8 +270,9 @@ def restore_probe(probe: Any, states: Any, path: Path) -> None:
     except NormprobeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any probe's loader may reject a tampered state its own way
-        raise NormprobeError(f"{path}: the statistics of probe {probe.name!r} do not fit this run "
-                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise NormprobeError(
+            f"{path}: the statistics of probe {probe.name!r} do not fit this run ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def check_same_run(saved: dict[str, Any], requested: dict[str, Any]) -> None:
@@ -262,8 +299,11 @@ def request_digest(request: Any) -> str:
 def shard_identity(meta: dict[str, Any]) -> dict[str, Any]:
     """What ties a shard's state.pt to its run.json: the request's digest, the shard, and its counts."""
     request = meta.get("request", {})
-    return {"shard": list(request.get("shard") or []), **{key: meta.get(key) for key in SHARD_COUNTS},
-            "request_sha256": request_digest(request)}
+    return {
+        "shard": list(request.get("shard") or []),
+        **{key: meta.get(key) for key in SHARD_COUNTS},
+        "request_sha256": request_digest(request),
+    }
 
 
 def shard_state(meta: dict[str, Any], probe_states: dict[str, Any]) -> dict[str, Any]:
@@ -277,19 +317,27 @@ def load_shard_state(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     Returns the probes' statistics. A state copied from another shard or run is one line.
     """
     state = load_state_file(path, "shard state")
-    if not (isinstance(state, dict) and state.get("format") == SHARD_STATE_FORMAT
-            and isinstance(state.get("identity"), dict) and isinstance(state.get("probes"), dict)):
-        raise NormprobeError(f"{path} is not a normprobe shard state (it carries no run identity; "
-                             "a shard run by an older normprobe must be run again)")
+    if not (
+        isinstance(state, dict)
+        and state.get("format") == SHARD_STATE_FORMAT
+        and isinstance(state.get("identity"), dict)
+        and isinstance(state.get("probes"), dict)
+    ):
+        raise NormprobeError(
+            f"{path} is not a normprobe shard state (it carries no run identity; "
+            "a shard run by an older normprobe must be run again)"
+        )
     expected, saved = shard_identity(meta), state["identity"]
     for key, value in expected.items():
         if saved.get(key) == value:
             continue
         if key == "request_sha256":
-            raise NormprobeError(f"{path} belongs to another run: its request (model, corpus, options) is not "
-                                 "the one in the run.json beside it")
-        raise NormprobeError(f"{path} belongs to another run: its {key} ({saved.get(key)!r}) is not that of "
-                             f"the run.json beside it ({value!r})")
+            raise NormprobeError(
+                f"{path} belongs to another run: its request (model, corpus, options) is not the one in the run.json beside it"
+            )
+        raise NormprobeError(
+            f"{path} belongs to another run: its {key} ({saved.get(key)!r}) is not that of the run.json beside it ({value!r})"
+        )
     return state["probes"]
 
 
@@ -302,5 +350,7 @@ def check_lens_digest(request: dict[str, Any]) -> None:
 
     now = parse_readout(readout).describe().get("params_sha256")
     if now != request.get("readout_params_sha256"):
-        raise NormprobeError(f"the tuned lens {readout[len('tuned:'):]} that the shards were run with has changed "
-                             "since (its params.pt digest differs); merge needs the same lens")
+        raise NormprobeError(
+            f"the tuned lens {readout[len('tuned:') :]} that the shards were run with has changed "
+            "since (its params.pt digest differs); merge needs the same lens"
+        )

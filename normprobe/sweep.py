@@ -4,6 +4,7 @@ A sweep folder holds one run folder per checkpoint (`step-N/`), `sweep.json`, an
 the evolution report. Each checkpoint's results are saved before the next one loads, so a sweep
 resumed with --resume skips the checkpoints that are complete and continues the one that stopped.
 """
+
 from __future__ import annotations
 
 import gc
@@ -49,8 +50,10 @@ def _local_checkpoints(folders: list[Path]) -> list[Checkpoint]:
     for folder in folders:
         step = step_of(folder)
         if step is None:
-            raise NormprobeError(f"cannot tell the training step of {folder}: name it step-N (or ckpt-N, checkpoint-N) "
-                                 "or give it a training_state.json with a step")
+            raise NormprobeError(
+                f"cannot tell the training step of {folder}: name it step-N (or ckpt-N, checkpoint-N) "
+                "or give it a training_state.json with a step"
+            )
         found.append(Checkpoint(step, str(folder)))
     steps = [c.step for c in found]
     duplicates = sorted({s for s in steps if steps.count(s) > 1})
@@ -86,8 +89,9 @@ def plan(models: list[str], spec: str | None) -> list[Checkpoint]:
 
     source = resolve_source(models[0])
     if source.kind != "hub":
-        raise NormprobeError("--checkpoints with steps is for Hub models that publish checkpoints; "
-                             "for folders use --checkpoints local")
+        raise NormprobeError(
+            "--checkpoints with steps is for Hub models that publish checkpoints; for folders use --checkpoints local"
+        )
     labels = hub_checkpoint_labels(source.location)
     if spec == "all":
         chosen = labels
@@ -106,8 +110,9 @@ def plan(models: list[str], spec: str | None) -> list[Checkpoint]:
             raise NormprobeError(f"invalid --checkpoints {spec!r}; use steps like 0,512,1000, all, every:K or local") from None
         unknown = [c for c in chosen if c not in labels]
         if unknown:
-            raise NormprobeError(f"{source.location} has no checkpoint at step {unknown[0]}; "
-                                 f"it has {len(labels)} from {labels[0]} to {labels[-1]}")
+            raise NormprobeError(
+                f"{source.location} has no checkpoint at step {unknown[0]}; it has {len(labels)} from {labels[0]} to {labels[-1]}"
+            )
     if not chosen:
         raise NormprobeError(f"--checkpoints {spec!r} selects no checkpoint of {source.location}")
     return [Checkpoint(step, models[0], checkpoint_value=step) for step in chosen]
@@ -126,8 +131,17 @@ def hub_checkpoint_labels(hub_id: str) -> list[int]:
     return list(labels)
 
 
-def run_sweep(checkpoints: list[Checkpoint], out: str | Path, *, probes: list[str], resume: bool = False,
-              overwrite: bool = False, plotlyjs: str = "inline", progress: bool = True, **run_kwargs: Any) -> Path:
+def run_sweep(
+    checkpoints: list[Checkpoint],
+    out: str | Path,
+    *,
+    probes: list[str],
+    resume: bool = False,
+    overwrite: bool = False,
+    plotlyjs: str = "inline",
+    progress: bool = True,
+    **run_kwargs: Any,
+) -> Path:
     """Run every checkpoint into OUT/step-N/, then write the evolution report OUT/report.html."""
     from .api import validate_runs
     from .lock import FolderLock
@@ -153,13 +167,16 @@ def run_sweep(checkpoints: list[Checkpoint], out: str | Path, *, probes: list[st
         return _sweep_into(out, checkpoints, probes, plotlyjs, progress, run_kwargs)
 
 
-def _sweep_into(out: Path, checkpoints: list[Checkpoint], probes: list[str], plotlyjs: str, progress: bool,
-                run_kwargs: dict[str, Any]) -> Path:
+def _sweep_into(
+    out: Path, checkpoints: list[Checkpoint], probes: list[str], plotlyjs: str, progress: bool, run_kwargs: dict[str, Any]
+) -> Path:
     from .api import run_to_folder
     from .results import write_atomic
 
-    write_atomic(out / "sweep.json", (json.dumps({"checkpoints": [asdict(c) for c in checkpoints], "probes": probes},
-                                                 indent=2) + "\n").encode())
+    write_atomic(
+        out / "sweep.json",
+        (json.dumps({"checkpoints": [asdict(c) for c in checkpoints], "probes": probes}, indent=2) + "\n").encode(),
+    )
     for checkpoint in checkpoints:
         folder = out / checkpoint.folder_name
         status = _status(folder)
@@ -168,8 +185,17 @@ def _sweep_into(out: Path, checkpoints: list[Checkpoint], probes: list[str], plo
                 print(f"normprobe: {checkpoint.folder_name} is complete; skipping", flush=True)
             continue
         can_resume = status in ("running", "interrupted", "failed") and (folder / "checkpoint.pt").is_file()
-        run_to_folder(checkpoint.model, folder, probes=probes, resume=can_resume, overwrite=not can_resume,
-                      plotlyjs=plotlyjs, progress=progress, checkpoint_value=checkpoint.checkpoint_value, **run_kwargs)
+        run_to_folder(
+            checkpoint.model,
+            folder,
+            probes=probes,
+            resume=can_resume,
+            overwrite=not can_resume,
+            plotlyjs=plotlyjs,
+            progress=progress,
+            checkpoint_value=checkpoint.checkpoint_value,
+            **run_kwargs,
+        )
         _release_memory()
     return write_evolution_report(out, checkpoints, plotlyjs)
 
@@ -193,17 +219,15 @@ def _release_memory() -> None:
 
 
 def write_evolution_report(out: Path, checkpoints: list[Checkpoint], plotlyjs: str = "inline") -> Path:
-    from .report.evolution import render_evolution
-    from .results import RunResult, write_atomic
-
-    from .report.evolution import evolution_findings
-    from .results import _json_safe
+    from .report.evolution import evolution_findings, render_evolution
+    from .results import RunResult, _json_safe, write_atomic
 
     runs = [(c.step, RunResult.load(out / c.folder_name)) for c in checkpoints]
     write_atomic(out / "evolution.json", (json.dumps(_json_safe(evolution_findings(runs)), indent=2) + "\n").encode())
     path = out / "report.html"
     local = Path(checkpoints[0].model)
-    name = checkpoints[0].model if checkpoints[0].checkpoint_value is not None or not local.is_dir() \
-        else local.resolve().parent.name
+    name = (
+        checkpoints[0].model if checkpoints[0].checkpoint_value is not None or not local.is_dir() else local.resolve().parent.name
+    )
     write_atomic(path, render_evolution(runs, plotlyjs=plotlyjs, name=name).encode("utf-8"))
     return path

@@ -5,6 +5,7 @@ corpus, most types occur once or twice; a file of counts replaces those counts. 
 object {"token id": count, ...}, or text with one "token_id count" pair a line (comma, tab or space
 separated; a header line that is not numbers is skipped).
 """
+
 from __future__ import annotations
 
 import json

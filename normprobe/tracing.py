@@ -9,6 +9,7 @@ read through the readout at layer L, which for every readout is the model's own 
 (The module is `tracing`, not `trace`: importing a submodule named `trace` would replace the
 lazily exported function `normprobe.trace` with the module.)
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,24 @@ TABLE_FILE = "trace.parquet"
 PAGE_FILE = "trace.html"
 RUN_FILE = "run.json"
 KIND = "trace"  # run.json's `kind`, which tells `normprobe report` to re-render a trace page
-COLUMNS = ("doc", "layer", "position", "token_id", "token", "target_id", "target_logprob", "target_rank", "entropy",
-           "top_ids", "top_logprobs", "top_tokens", "norm", "update_norm", "descent_cos", "delta_loss")
+COLUMNS = (
+    "doc",
+    "layer",
+    "position",
+    "token_id",
+    "token",
+    "target_id",
+    "target_logprob",
+    "target_rank",
+    "entropy",
+    "top_ids",
+    "top_logprobs",
+    "top_tokens",
+    "norm",
+    "update_norm",
+    "descent_cos",
+    "delta_loss",
+)
 READOUT_CHUNK = 1 << 24  # logits (positions x vocabulary) held at once: 64 MB in float32
 GROUP_BYTES = 1 << 29  # hidden states of the documents read out together: 512 MB in float32
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -52,9 +69,15 @@ def check_options(top_k: Any, max_tokens: Any) -> None:
         raise NormprobeError(f"--max-tokens must be a whole number of at least 1 (got {max_tokens!r})")
 
 
-def documents_to_trace(texts: str | Sequence[str] | None = None, input: str | Path | None = None, *,
-                       text_field: str = "text", encoding: str = "utf-8", errors: str = "strict",
-                       max_docs: int | None = None) -> list[str]:
+def documents_to_trace(
+    texts: str | Sequence[str] | None = None,
+    input: str | Path | None = None,
+    *,
+    text_field: str = "text",
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    max_docs: int | None = None,
+) -> list[str]:
     """The documents a trace reads: every text given, or the first `max_docs` (default 1) of a file."""
     from .corpus import InputSpec, as_text, iter_documents, validate_input
 
@@ -101,14 +124,24 @@ def _model_for(model: str | ModelAdapter, readout, device: str, dtype: str) -> M
 def _traceable(spec):
     """A readout that gives every layer its own logits; the model readout has none, refused before any load."""
     if spec.kind == "model":
-        raise NormprobeError("trace reads every layer through a lens, and --readout model has none (it reads h_l "
-                             "through the rest of the network): use logit or tuned:DIR")
+        raise NormprobeError(
+            "trace reads every layer through a lens, and --readout model has none (it reads h_l "
+            "through the rest of the network): use logit or tuned:DIR"
+        )
     return spec
 
 
-def trace(model: str | ModelAdapter, text: str | Sequence[str], readout: str = "logit", top_k: int = 5, *,
-          max_tokens: int | None = None, prepend_bos: bool = True, device: str = "auto",
-          dtype: str = "float32") -> Trace:
+def trace(
+    model: str | ModelAdapter,
+    text: str | Sequence[str],
+    readout: str = "logit",
+    top_k: int = 5,
+    *,
+    max_tokens: int | None = None,
+    prepend_bos: bool = True,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> Trace:
     """Trace texts through every layer of a model and return a `Trace` (`.table`, `.figure()`, `.save()`).
 
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a `ModelAdapter` from
@@ -119,12 +152,30 @@ def trace(model: str | ModelAdapter, text: str | Sequence[str], readout: str = "
     from .readouts import parse_readout
 
     docs = documents_to_trace(text)
-    return trace_documents(model, docs, readout=parse_readout(readout), top_k=top_k, max_tokens=max_tokens,
-                           prepend_bos=prepend_bos, device=device, dtype=dtype)
+    return trace_documents(
+        model,
+        docs,
+        readout=parse_readout(readout),
+        top_k=top_k,
+        max_tokens=max_tokens,
+        prepend_bos=prepend_bos,
+        device=device,
+        dtype=dtype,
+    )
 
 
-def trace_documents(model, docs: list[str], *, readout, top_k: int, max_tokens: int | None, prepend_bos: bool,
-                    device: str = "auto", dtype: str = "float32", source: str = "texts") -> Trace:
+def trace_documents(
+    model,
+    docs: list[str],
+    *,
+    readout,
+    top_k: int,
+    max_tokens: int | None,
+    prepend_bos: bool,
+    device: str = "auto",
+    dtype: str = "float32",
+    source: str = "texts",
+) -> Trace:
     import pandas as pd
     import torch
 
@@ -145,16 +196,30 @@ def trace_documents(model, docs: list[str], *, readout, top_k: int, max_tokens: 
         frames = [_trace_group(adapter, reader, group, token_ids, top_k) for group in _groups(adapter, token_ids)]
     table = pd.concat(frames, ignore_index=True).sort_values(["doc", "layer", "position"], kind="stable")
     table = table[list(COLUMNS)].reset_index(drop=True)
-    meta = {"kind": KIND, "status": "complete", "model": adapter.source.name,
-            "resolved_model": adapter.source.location, "model_source": adapter.source.kind,
-            "revision": adapter.source.revision,
-            **{("model_n_ctx" if k == "n_ctx" else k): v for k, v in adapter.facts().items()},
-            "dtype": adapter.dtype, "device": str(adapter.device), "attention": attention[0],
-            "readout": {**spec.describe(), "label": spec.label, "text": spec.text}, "top_k": top_k,
-            "max_tokens": max_tokens, "prepend_bos": prepend_bos, "corpus": source, "n_docs": len(docs),
-            "n_tokens": sum(len(i) for i in token_ids), "texts": list(docs), "token_ids": token_ids,
-            "seconds": round(time.time() - started, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": dict(_versions())}
+    meta = {
+        "kind": KIND,
+        "status": "complete",
+        "model": adapter.source.name,
+        "resolved_model": adapter.source.location,
+        "model_source": adapter.source.kind,
+        "revision": adapter.source.revision,
+        **{("model_n_ctx" if k == "n_ctx" else k): v for k, v in adapter.facts().items()},
+        "dtype": adapter.dtype,
+        "device": str(adapter.device),
+        "attention": attention[0],
+        "readout": {**spec.describe(), "label": spec.label, "text": spec.text},
+        "top_k": top_k,
+        "max_tokens": max_tokens,
+        "prepend_bos": prepend_bos,
+        "corpus": source,
+        "n_docs": len(docs),
+        "n_tokens": sum(len(i) for i in token_ids),
+        "texts": list(docs),
+        "token_ids": token_ids,
+        "seconds": round(time.time() - started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": dict(_versions()),
+    }
     return Trace(table=table, meta=meta)
 
 
@@ -196,8 +261,9 @@ def _residuals(adapter, ids: list[int]) -> torch.Tensor:
     adapter.forward(tokens, torch.ones_like(tokens), [(n, keep(n)) for n in names])
     silent = [n for n in names if n not in kept]
     if silent:
-        raise NormprobeError(f"hook {silent[0]} was attached but never fired on {adapter.source.name} "
-                             f"({len(silent)} of {len(names)} hooks silent)")
+        raise NormprobeError(
+            f"hook {silent[0]} was attached but never fired on {adapter.source.name} ({len(silent)} of {len(names)} hooks silent)"
+        )
     return torch.stack([kept[n] for n in names])
 
 
@@ -207,12 +273,12 @@ def _readout_rows(reader, h: torch.Tensor, layer: int, targets: torch.Tensor, to
 
     parts: dict[str, list] = {"target_logprob": [], "target_rank": [], "entropy": [], "top_ids": [], "top_logprobs": []}
     for start in range(0, h.shape[0], rows_per_chunk):
-        logprobs = torch.log_softmax(reader.logits(h[start:start + rows_per_chunk], layer).float(), dim=-1)
+        logprobs = torch.log_softmax(reader.logits(h[start : start + rows_per_chunk], layer).float(), dim=-1)
         top = torch.topk(logprobs, top_k, dim=-1)
         parts["top_ids"].append(top.indices)
         parts["top_logprobs"].append(top.values)
         parts["entropy"].append(-(logprobs.exp() * logprobs).sum(-1))
-        chunk_targets = targets[start:start + rows_per_chunk]
+        chunk_targets = targets[start : start + rows_per_chunk]
         has = chunk_targets >= 0
         target_lp = logprobs.gather(1, chunk_targets.clamp(min=0)[:, None]).squeeze(1)
         parts["target_logprob"].append(torch.where(has, target_lp, torch.full_like(target_lp, float("nan"))))
@@ -268,8 +334,9 @@ def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], t
                 losses[layer] = loss
                 values["descent_cos"][has.cpu()] = step_statistics(delta[has], grad)["descent_cos"].cpu()
                 if not same_every_layer:
-                    values["delta_loss"][has.cpu()] = (chunked_loss(reader, hs[layer + 1][has], targets[has], layer,
-                                                                    READOUT_CHUNK, V) - loss).cpu()
+                    values["delta_loss"][has.cpu()] = (
+                        chunked_loss(reader, hs[layer + 1][has], targets[has], layer, READOUT_CHUNK, V) - loss
+                    ).cpu()
         per_layer.append(values)
     if same_every_layer and bool(has.any()):
         losses[L] = chunked_loss(reader, hs[L][has], targets[has], L, READOUT_CHUNK, V)
@@ -289,16 +356,28 @@ def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], t
         top_ids = values["top_ids"].numpy().astype(np.int64)
         rank = pd.array(values["target_rank"].numpy().astype(np.int64), dtype="Int64")
         rank[target_values < 0] = pd.NA
-        frames.append(pd.DataFrame({
-            "doc": doc_column, "layer": np.full(n, layer, dtype=np.int64), "position": positions,
-            "token_id": np.asarray(ids, dtype=np.int64), "token": tokens, "target_id": target_ids,
-            "target_logprob": values["target_logprob"].double().numpy(), "target_rank": rank,
-            "entropy": values["entropy"].double().numpy(),
-            "top_ids": list(top_ids), "top_logprobs": list(values["top_logprobs"].double().numpy()),
-            "top_tokens": [[strings[i] for i in row] for row in top_ids.tolist()],
-            "norm": values["norm"].double().numpy(), "update_norm": values["update_norm"].double().numpy(),
-            "descent_cos": values["descent_cos"].double().numpy(), "delta_loss": values["delta_loss"].double().numpy(),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "doc": doc_column,
+                    "layer": np.full(n, layer, dtype=np.int64),
+                    "position": positions,
+                    "token_id": np.asarray(ids, dtype=np.int64),
+                    "token": tokens,
+                    "target_id": target_ids,
+                    "target_logprob": values["target_logprob"].double().numpy(),
+                    "target_rank": rank,
+                    "entropy": values["entropy"].double().numpy(),
+                    "top_ids": list(top_ids),
+                    "top_logprobs": list(values["top_logprobs"].double().numpy()),
+                    "top_tokens": [[strings[i] for i in row] for row in top_ids.tolist()],
+                    "norm": values["norm"].double().numpy(),
+                    "update_norm": values["update_norm"].double().numpy(),
+                    "descent_cos": values["descent_cos"].double().numpy(),
+                    "delta_loss": values["delta_loss"].double().numpy(),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -328,8 +407,10 @@ class Trace:
 
     def __repr__(self) -> str:
         m = self.meta
-        return (f"Trace(model={m.get('model')!r}, readout={m.get('readout', {}).get('text')!r}, "
-                f"docs={m.get('n_docs')}, tokens={m.get('n_tokens')}, rows={len(self.table)})")
+        return (
+            f"Trace(model={m.get('model')!r}, readout={m.get('readout', {}).get('text')!r}, "
+            f"docs={m.get('n_docs')}, tokens={m.get('n_tokens')}, rows={len(self.table)})"
+        )
 
     def figure(self, metric: str = "target_logprob", doc: int = 0):
         """The layer x position heatmap of one document (a plotly Figure), showing `metric` first;
@@ -440,11 +521,26 @@ def is_trace_folder(folder: str | Path) -> bool:
         return False
 
 
-def trace_to_folder(model: str, out: str | Path, *, texts: Sequence[str] | None = None, input: str | Path | None = None,
-                    text_field: str = "text", encoding: str = "utf-8", errors: str = "strict",
-                    max_docs: int | None = None, max_tokens: int | None = None, readout: str = "logit", top_k: int = 5,
-                    prepend_bos: bool = True, device: str = "auto", dtype: str = "float32", overwrite: bool = False,
-                    plotlyjs: str = "inline", progress: bool = True) -> Path:
+def trace_to_folder(
+    model: str,
+    out: str | Path,
+    *,
+    texts: Sequence[str] | None = None,
+    input: str | Path | None = None,
+    text_field: str = "text",
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    max_docs: int | None = None,
+    max_tokens: int | None = None,
+    readout: str = "logit",
+    top_k: int = 5,
+    prepend_bos: bool = True,
+    device: str = "auto",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    plotlyjs: str = "inline",
+    progress: bool = True,
+) -> Path:
     """The `trace` command: validate everything before the model loads, trace, save the folder."""
     from .adapter import parse_dtype, pick_device, resolve_source, validate_source
     from .console import model_line, say
@@ -468,8 +564,19 @@ def trace_to_folder(model: str, out: str | Path, *, texts: Sequence[str] | None 
     if isinstance(vocab, int) and top_k > vocab:
         raise NormprobeError(f"--top-k {top_k} is more than {model}'s vocabulary of {vocab}")
     say(model_line(source, dtype, pick_device(device)), progress)
-    result = trace_documents(model, docs, readout=spec, top_k=top_k, max_tokens=max_tokens, prepend_bos=prepend_bos,
-                             device=device, dtype=dtype, source=str(input) if input is not None else "texts")
-    say(f"traced {result.meta['n_docs']} document(s), {result.meta['n_tokens']} tokens, in "
-        f"{result.meta['seconds']:.1f} s", progress)
+    result = trace_documents(
+        model,
+        docs,
+        readout=spec,
+        top_k=top_k,
+        max_tokens=max_tokens,
+        prepend_bos=prepend_bos,
+        device=device,
+        dtype=dtype,
+        source=str(input) if input is not None else "texts",
+    )
+    say(
+        f"traced {result.meta['n_docs']} document(s), {result.meta['n_tokens']} tokens, in {result.meta['seconds']:.1f} s",
+        progress,
+    )
     return result.save(out, overwrite=overwrite, plotlyjs=plotlyjs)

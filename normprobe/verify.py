@@ -3,6 +3,7 @@
 `report` and `compare` render only folders whose run.json has the shape normprobe writes and whose
 every named table exists and reads; anything else is one line naming what is wrong.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,8 @@ MAPPINGS = ("request", "options", "versions", "probe_tables")
 
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "true/false"}.get(
-        type(value), "a number")
+        type(value), "a number"
+    )
 
 
 def check_run_json(body: Any, folder: Path) -> None:

@@ -7,6 +7,7 @@ positions often goes with attention sinks on the first token, the mechanism behi
 
 Use: normprobe run demo --probe probes/attention_entropy.py
 """
+
 from __future__ import annotations
 
 import math
@@ -58,14 +59,16 @@ class AttentionEntropyProbe(Probe):
     def result(self):
         n = len(self.layers) * self.n_heads * self.seq_len
         index = np.arange(n)
-        frame = pd.DataFrame({
-            "layer": np.array(self.layers)[index // (self.n_heads * self.seq_len)],
-            "head": (index // self.seq_len) % self.n_heads,
-            "position": index % self.seq_len,
-            "count": self.entropy.counts().cpu().numpy(),
-            "entropy_mean": self.entropy.mean().cpu().numpy(),
-            "entropy_std": self.entropy.std().cpu().numpy(),
-        })
+        frame = pd.DataFrame(
+            {
+                "layer": np.array(self.layers)[index // (self.n_heads * self.seq_len)],
+                "head": (index // self.seq_len) % self.n_heads,
+                "position": index % self.seq_len,
+                "count": self.entropy.counts().cpu().numpy(),
+                "entropy_mean": self.entropy.mean().cpu().numpy(),
+                "entropy_std": self.entropy.std().cpu().numpy(),
+            }
+        )
         frame = frame[frame["count"] > 0].reset_index(drop=True)
         frame["max_entropy"] = np.log(frame["position"] + 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -80,8 +83,12 @@ class AttentionEntropyProbe(Probe):
         if per_head.empty:
             return {}
         (layer, head), lowest = per_head.idxmin(), float(per_head.min())
-        return {"mean_entropy_ratio": float(per_head.mean()), "most_focused_head": f"L{layer}H{head}",
-                "most_focused_head_ratio": lowest, "uniform_entropy_at_position_100": math.log(101)}
+        return {
+            "mean_entropy_ratio": float(per_head.mean()),
+            "most_focused_head": f"L{layer}H{head}",
+            "most_focused_head_ratio": lowest,
+            "uniform_entropy_at_position_100": math.log(101),
+        }
 
     @classmethod
     def figures(cls, tables):
@@ -89,9 +96,19 @@ class AttentionEntropyProbe(Probe):
 
         frame = tables["attention_entropy"]
         ratio = frame[frame["position"] > 0].groupby(["layer", "head"])["entropy_ratio"].mean().unstack("head")
-        fig = go.Figure(go.Heatmap(z=ratio.to_numpy(), x=ratio.columns, y=ratio.index, colorscale="Viridis",
-                                   colorbar=dict(title="entropy / max"),
-                                   hovertemplate="layer %{y}<br>head %{x}<br>mean entropy ratio %{z:.3f}<extra></extra>"))
-        fig.update_layout(title="Attention entropy per head, relative to uniform attention (positions ≥ 1)",
-                          xaxis_title="head", yaxis_title="layer")
+        fig = go.Figure(
+            go.Heatmap(
+                z=ratio.to_numpy(),
+                x=ratio.columns,
+                y=ratio.index,
+                colorscale="Viridis",
+                colorbar=dict(title="entropy / max"),
+                hovertemplate="layer %{y}<br>head %{x}<br>mean entropy ratio %{z:.3f}<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            title="Attention entropy per head, relative to uniform attention (positions ≥ 1)",
+            xaxis_title="head",
+            yaxis_title="layer",
+        )
         return [fig]

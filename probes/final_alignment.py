@@ -6,6 +6,7 @@ layer and the last block's resid_post.
 
 Use: normprobe run demo --probe probes/final_alignment.py
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,13 +51,15 @@ class FinalAlignmentProbe(Probe):
 
     def result(self):
         index = np.arange(self.n_layers * self.seq_len)
-        frame = pd.DataFrame({
-            "layer": index // self.seq_len,
-            "position": index % self.seq_len,
-            "count": self.cosine.counts().cpu().numpy(),
-            "cos_final_mean": self.cosine.mean().cpu().numpy(),
-            "cos_final_std": self.cosine.std().cpu().numpy(),
-        })
+        frame = pd.DataFrame(
+            {
+                "layer": index // self.seq_len,
+                "position": index % self.seq_len,
+                "count": self.cosine.counts().cpu().numpy(),
+                "cos_final_mean": self.cosine.mean().cpu().numpy(),
+                "cos_final_std": self.cosine.std().cpu().numpy(),
+            }
+        )
         return {"final_alignment": frame[frame["count"] > 0].reset_index(drop=True)}
 
     @classmethod
@@ -65,5 +68,7 @@ class FinalAlignmentProbe(Probe):
         weighted = (frame["cos_final_mean"] * frame["count"]).groupby(frame["layer"]).sum()
         per_layer = weighted / frame.groupby("layer")["count"].sum()
         halfway = per_layer[per_layer >= 0.5]
-        return {"cos_final_by_layer": {int(k): float(v) for k, v in per_layer.items()},
-                "first_layer_with_cos_at_least_0.5": int(halfway.index[0]) if len(halfway) else None}
+        return {
+            "cos_final_by_layer": {int(k): float(v) for k, v in per_layer.items()},
+            "first_layer_with_cos_at_least_0.5": int(halfway.index[0]) if len(halfway) else None,
+        }

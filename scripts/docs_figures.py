@@ -6,6 +6,7 @@
 Each figure goes to docs/generated/<name>.md, which the docs include; the README's quick-start time
 is rewritten between its `quickstart-time` markers. Every file names the machine it was measured on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,11 @@ BENCHMARKS: dict[str, list[str]] = {
 def machine() -> str:
     import torch
 
-    return (f"{os.cpu_count()} CPU cores ({platform.machine()}), "
-            f"{'a GPU' if torch.cuda.is_available() else 'no GPU'}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, measured {date.today().isoformat()} by scripts/docs_figures.py")
+    return (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), "
+        f"{'a GPU' if torch.cuda.is_available() else 'no GPU'}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, measured {date.today().isoformat()} by scripts/docs_figures.py"
+    )
 
 
 def timed(command: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
@@ -66,20 +69,28 @@ def quickstart() -> None:
         out = work / "demo"
         command = [str(BIN / "normprobe"), "run", "demo", "--probe", "norms", "--probe", "updates", "--out", str(out)]
         wall, cpu, done = timed(command, work)
-        sentence = (f"On a {os.cpu_count()}-core machine with nothing else running, the demo run took "
-                    f"**{wall:.0f} s** of wall time ({cpu:.0f} s of CPU) after the install "
-                    f"({machine()}).\n")
+        sentence = (
+            f"On a {os.cpu_count()}-core machine with nothing else running, the demo run took "
+            f"**{wall:.0f} s** of wall time ({cpu:.0f} s of CPU) after the install "
+            f"({machine()}).\n"
+        )
         write("quickstart-time", sentence)
         console = done.stderr.replace(str(out), "reports/demo").replace(str(work), ".")
-        write("demo-console", "```\n$ normprobe run demo --probe norms --probe updates --out reports/demo\n"
-              + console.strip() + "\n" + done.stdout.strip() + "\n```\n")
+        write(
+            "demo-console",
+            "```\n$ normprobe run demo --probe norms --probe updates --out reports/demo\n"
+            + console.strip()
+            + "\n"
+            + done.stdout.strip()
+            + "\n```\n",
+        )
         meta = json.loads((out / "run.json").read_text())
         if meta.get("claims"):
             write("demo-claims", claims_table(meta["claims"]))
         readme = ROOT / "README.md"
         start, end = "<!-- quickstart-time:start -->\n", "<!-- quickstart-time:end -->"
         text = readme.read_text()
-        readme.write_text(text[: text.index(start) + len(start)] + sentence + text[text.index(end):])
+        readme.write_text(text[: text.index(start) + len(start)] + sentence + text[text.index(end) :])
         print("rewrote the README's quick-start time")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -89,12 +100,16 @@ def claims_table(claims: list[dict]) -> str:
     """The demo's claims as a markdown table: claim, where, value [CI], verdict."""
     lines = ["| claim | layer | component | value [95% CI over documents] | verdict |", "| --- | --- | --- | --- | --- |"]
     for row in claims:
+
         def number(key: str) -> str:
             value = row.get(key)
             return "–" if value is None else f"{value:.4g}"
+
         where = "" if row.get("layer") is None else str(row["layer"])
-        lines.append(f"| {row.get('claim')} | {where} | {row.get('component') or ''} | "
-                     f"{number('value')} [{number('ci_low')}, {number('ci_high')}] | {row.get('verdict')} |")
+        lines.append(
+            f"| {row.get('claim')} | {where} | {row.get('component') or ''} | "
+            f"{number('value')} [{number('ci_low')}, {number('ci_high')}] | {row.get('verdict')} |"
+        )
     return "\n".join(lines) + f"\n\n({machine()}.)\n"
 
 
@@ -115,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_quickstart:
         quickstart()
-    for name in (list(BENCHMARKS) if args.bench == ["all"] else args.bench):
+    for name in list(BENCHMARKS) if args.bench == ["all"] else args.bench:
         benchmark(name)
 
 

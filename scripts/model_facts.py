@@ -3,6 +3,7 @@
 Run: python scripts/model_facts.py   (no network; about a minute on 2 cores). tests/test_model_types.py
 checks the same facts on the same models, so a stale table fails the suite.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,6 +38,7 @@ def main() -> None:
     text = text[: text.index(marker)] + block  # the table is the file's last statement
     path.write_text(text)
     print("the docs render the table from normprobe.families when the site is built")
+
 
 if __name__ == "__main__":
     main()

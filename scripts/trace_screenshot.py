@@ -2,6 +2,7 @@
 
 Run: python scripts/trace_screenshot.py   (needs playwright and a system chromium; a few seconds after loading)
 """
+
 from __future__ import annotations
 
 import shutil
@@ -30,8 +31,11 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
         page.goto((folder / "trace.html").as_uri())
         page.wait_for_timeout(500)
-        page.evaluate("([layer, position]) => Plotly.Fx.hover(document.querySelector('.plotly-graph-div'), "
-                      "{xval: position, yval: layer}, 'xy')", list(HOVER))
+        page.evaluate(
+            "([layer, position]) => Plotly.Fx.hover(document.querySelector('.plotly-graph-div'), "
+            "{xval: position, yval: layer}, 'xy')",
+            list(HOVER),
+        )
         page.query_selector(".figure").screenshot(path=str(ROOT / "docs" / "trace-demo.png"))
         browser.close()
     print(f"wrote {ROOT / 'docs' / 'trace-demo.png'}")

@@ -4,6 +4,7 @@ Deterministic for a given machine and thread count: fixed seeds, fixed data orde
 Usage: python scripts/train_demo.py [--out normprobe/demo] [--steps 1200] [--save-every 0]
 With --save-every K, intermediate checkpoints go to OUT/../demo-checkpoints/step-K/ (or --checkpoint-dir).
 """
+
 from __future__ import annotations
 
 import argparse

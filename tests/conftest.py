@@ -2,6 +2,7 @@
 
 Building is cheap and loading is not, so models and adapters are session-scoped.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,12 @@ def _train_tokenizer(bos: str | None, eos: str):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(dict.fromkeys(specials)),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=list(dict.fromkeys(specials)),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(pydoc_topic_documents()[:300] + DOCS, trainer)
     kwargs = {"eos_token": eos, "unk_token": eos, "pad_token": eos}
     if bos:
@@ -45,36 +50,139 @@ def _train_tokenizer(bos: str | None, eos: str):
 
 def family_configs():
     """name -> (config factory, tokenizer kind). Sizes are tiny; hidden sizes are not multiples of 64."""
-    from transformers import (GemmaConfig, GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig,
-                              OPTConfig, PhiConfig, Qwen2Config)
+    from transformers import (
+        GemmaConfig,
+        GPT2Config,
+        GPTJConfig,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        PhiConfig,
+        Qwen2Config,
+    )
 
     def ids(kind):
-        return {"shared": dict(bos_token_id=0, eos_token_id=0), "split": dict(bos_token_id=0, eos_token_id=1),
-                "nobos": dict(bos_token_id=None, eos_token_id=0)}[kind]
+        return {
+            "shared": dict(bos_token_id=0, eos_token_id=0),
+            "split": dict(bos_token_id=0, eos_token_id=1),
+            "nobos": dict(bos_token_id=None, eos_token_id=0),
+        }[kind]
 
     return {
         "gpt2": (lambda k: GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=3, n_head=4, **ids(k)), "shared"),
-        "gpt_neox": (lambda k: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                             intermediate_size=64, max_position_embeddings=64, use_parallel_residual=True,
-                                             tie_word_embeddings=False, **ids(k)), "shared"),
-        "gpt_neox_sequential": (lambda k: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                                        intermediate_size=64, max_position_embeddings=64,
-                                                        use_parallel_residual=False, **ids(k)), "shared"),
-        "gptj": (lambda k: GPTJConfig(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, **ids(k)), "shared"),
-        "opt": (lambda k: OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
-                                    max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1, **ids(k)), "split"),
-        "llama": (lambda k: LlamaConfig(vocab_size=VOCAB, hidden_size=40, num_hidden_layers=3, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-                                        tie_word_embeddings=False, **ids(k)), "split"),
-        "mistral": (lambda k: MistralConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                            num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, **ids(k)), "nobos"),
-        "qwen2": (lambda k: Qwen2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, **ids(k)), "shared"),
-        "gemma": (lambda k: GemmaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=1, head_dim=8, intermediate_size=64, max_position_embeddings=64,
-                                        pad_token_id=2, **ids(k)), "split"),
-        "phi": (lambda k: PhiConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=64, max_position_embeddings=64, **ids(k)), "shared"),
+        "gpt_neox": (
+            lambda k: GPTNeoXConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                use_parallel_residual=True,
+                tie_word_embeddings=False,
+                **ids(k),
+            ),
+            "shared",
+        ),
+        "gpt_neox_sequential": (
+            lambda k: GPTNeoXConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                use_parallel_residual=False,
+                **ids(k),
+            ),
+            "shared",
+        ),
+        "gptj": (
+            lambda k: GPTJConfig(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, **ids(k)),
+            "shared",
+        ),
+        "opt": (
+            lambda k: OPTConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                ffn_dim=64,
+                max_position_embeddings=64,
+                word_embed_proj_dim=32,
+                pad_token_id=1,
+                **ids(k),
+            ),
+            "split",
+        ),
+        "llama": (
+            lambda k: LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=40,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                tie_word_embeddings=False,
+                **ids(k),
+            ),
+            "split",
+        ),
+        "mistral": (
+            lambda k: MistralConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                **ids(k),
+            ),
+            "nobos",
+        ),
+        "qwen2": (
+            lambda k: Qwen2Config(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                **ids(k),
+            ),
+            "shared",
+        ),
+        "gemma": (
+            lambda k: GemmaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                head_dim=8,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                pad_token_id=2,
+                **ids(k),
+            ),
+            "split",
+        ),
+        "phi": (
+            lambda k: PhiConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                **ids(k),
+            ),
+            "shared",
+        ),
     }
 
 
@@ -83,9 +191,11 @@ FAMILY_NAMES = list(family_configs())
 
 @pytest.fixture(scope="session")
 def tokenizers_by_kind():
-    return {"shared": _train_tokenizer("<|endoftext|>", "<|endoftext|>"),
-            "split": _train_tokenizer("<s>", "</s>"),
-            "nobos": _train_tokenizer(None, "<|endoftext|>")}
+    return {
+        "shared": _train_tokenizer("<|endoftext|>", "<|endoftext|>"),
+        "split": _train_tokenizer("<s>", "</s>"),
+        "nobos": _train_tokenizer(None, "<|endoftext|>"),
+    }
 
 
 def build_model_dir(path, name, tokenizers_by_kind, seed=0):

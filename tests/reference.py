@@ -1,4 +1,5 @@
 """Plain, slow reference computations written independently of normprobe's code paths."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -28,8 +29,13 @@ def token_ids(tokenizer, doc: str, prepend_bos: bool = True) -> list[int]:
 
 
 def final_norm_module(hf):
-    for path in ("transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm", "model.norm",
-                 "model.final_layernorm"):
+    for path in (
+        "transformer.ln_f",
+        "gpt_neox.final_layer_norm",
+        "model.decoder.final_layer_norm",
+        "model.norm",
+        "model.final_layernorm",
+    ):
         obj = hf
         try:
             for part in path.split("."):
@@ -71,7 +77,7 @@ def drive_by_hand(probe, adapter, windows, per_batch: int = 1):
 
     weights = ReplicateWeights(int(probe.options.get("replicates") or 200))
     for start in range(0, len(windows), per_batch):
-        batch = collate(windows[start:start + per_batch], adapter.pad_token_id, "cpu")
+        batch = collate(windows[start : start + per_batch], adapter.pad_token_id, "cpu")
         batch.replicate_weights = weights.for_windows(batch.doc_seeds)  # the document bootstrap, as the runner does
         store = {}
         hooks = [(h, lambda act, hook, h=h: store.__setitem__(h, probe.reduce(h, act, batch))) for h in probe.hook_points()]

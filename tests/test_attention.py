@@ -1,4 +1,5 @@
 """Attention kernels: sdpa unless a probe reads patterns, checked against eager once per model."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,10 @@ def test_norms_run_on_sdpa_unless_patterns_are_read(family, family_adapter):
     fast = _run(adapter, ["norms"])
     assert (fast.meta["attention"], fast.meta["attention_reason"]) == ("sdpa", "Hugging Face's default")
     patterns = _run(adapter, ["norms", ENTROPY])
-    assert (patterns.meta["attention"], patterns.meta["attention_reason"]) == ("eager", "a probe reads attention patterns or norm internals")
+    assert (patterns.meta["attention"], patterns.meta["attention_reason"]) == (
+        "eager",
+        "a probe reads attention patterns or norm internals",
+    )
     # TransformerLens keeps each layer's last pattern; dropped after each layer, eager memory stays flat in depth
     assert not [m for m in adapter.bridge.modules() if "_pattern" in vars(m)]
     again = _run(adapter, ["norms"])  # the same loaded model switches back
@@ -54,7 +58,9 @@ def test_sdpa_really_runs_and_patterns_come_back_with_eager(demo_adapter):
         fired = []
         assert demo_adapter.select_attention(reads_patterns)[0] == ("eager" if reads_patterns else "sdpa")
         with torch.inference_mode():
-            demo_adapter.forward(tokens, torch.ones_like(tokens), [("blocks.0.attn.hook_pattern", lambda a, hook: fired.append(1))])
+            demo_adapter.forward(
+                tokens, torch.ones_like(tokens), [("blocks.0.attn.hook_pattern", lambda a, hook: fired.append(1))]
+            )
         return bool(fired)
 
     assert not pattern_fires(False) and demo_adapter.hf_model.config._attn_implementation == "sdpa"

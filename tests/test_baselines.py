@@ -1,4 +1,5 @@
 """Null baselines (random-init, shuffled, no-bos) against independent computations, through save, resume and merge."""
+
 from __future__ import annotations
 
 import gc
@@ -47,8 +48,16 @@ SEEDS = 2
 
 
 def _options(probe_file, **extra):
-    return dict(probes=[str(probe_file)], texts=DOCS, batch_size=1, baselines=KINDS, baseline_seeds=SEEDS,
-                progress=False, plotlyjs="cdn", **extra)
+    return dict(
+        probes=[str(probe_file)],
+        texts=DOCS,
+        batch_size=1,
+        baselines=KINDS,
+        baseline_seeds=SEEDS,
+        progress=False,
+        plotlyjs="cdn",
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +86,7 @@ def whole(flaky, family_dir, tmp_path_factory):
 
     ModelAdapter.__init__ = counting
     try:
-        out = run_to_folder(str(family_dir("gpt2")), tmp_path_factory.mktemp("whole") / "run",
-                            **_options(flaky / "flaky.py"))
+        out = run_to_folder(str(family_dir("gpt2")), tmp_path_factory.mktemp("whole") / "run", **_options(flaky / "flaky.py"))
     finally:
         ModelAdapter.__init__ = original
     return out, alive_at_build
@@ -87,10 +95,12 @@ def whole(flaky, family_dir, tmp_path_factory):
 def test_shuffled_windows_keep_position0_and_permute_seeded_by_document(family_adapter):
     adapter = family_adapter("gpt2")
     for bos in (adapter.bos_token_id, None):
+
         def shuffled(docs, bos=bos):
             windows = list(iter_windows(docs, adapter.encode, 16, bos))
-            return {(docs[w.doc_index], tuple(w.tokens)): s.tokens
-                    for w, s in zip(windows, view_windows("shuffled", windows, bos))}
+            return {
+                (docs[w.doc_index], tuple(w.tokens)): s.tokens for w, s in zip(windows, view_windows("shuffled", windows, bos))
+            }
 
         forward, backward = shuffled(DOCS), shuffled(DOCS[::-1])
         assert forward == backward  # the same document gets the same permutation wherever it stands
@@ -113,8 +123,7 @@ def test_random_init_is_hf_initialiser_for_the_seed(family_dir, hf_model):
     torch.manual_seed(1)
     theirs = AutoModelForCausalLM.from_config(config)
     other_seed = random_init_hf_model(config, seed=2)
-    for (name, p), q, r, t in zip(ours.named_parameters(), theirs.parameters(), other_seed.parameters(),
-                                  trained.parameters()):
+    for (name, p), q, r, t in zip(ours.named_parameters(), theirs.parameters(), other_seed.parameters(), trained.parameters()):
         assert torch.equal(p, q), name
         if p.numel() > 1 and p.std() > 0:
             assert not torch.equal(p, t) and not torch.equal(p, r), name
@@ -152,8 +161,7 @@ def test_baseline_tables_equal_independent_computations(whole, family_dir, famil
     # shuffled: position 0 kept, the rest permuted (the permutation itself is checked above)
     shuffled = [shuffle_tokens(w) for w in bos_windows]
     _assert_norms_match(result.baselines["shuffled"]["norms"], _reference_norms(trained, shuffled), "shuffled")
-    _assert_norms_match(result.baselines["no-bos"]["norms"], _reference_norms(trained, [w[1:] for w in bos_windows]),
-                        "no-bos")
+    _assert_norms_match(result.baselines["no-bos"]["norms"], _reference_norms(trained, [w[1:] for w in bos_windows]), "no-bos")
     # random-init: both seeds' models, pooled over seeds (every seed sees the same tokens)
     per_seed = []
     for seed in range(SEEDS):
@@ -228,8 +236,10 @@ def test_failed_inside_a_baseline_then_resumed_equals_uninterrupted(whole, flaky
 def test_shards_then_merge_equal_single_run(whole, family_dir, tmp_path):
     from normprobe.api import merge_shards, run_to_folder
 
-    shards = [run_to_folder(str(family_dir("gpt2")), tmp_path / f"shard{i}", shard=(i, 2), **_options(_probe_file(whole)))
-              for i in range(2)]
+    shards = [
+        run_to_folder(str(family_dir("gpt2")), tmp_path / f"shard{i}", shard=(i, 2), **_options(_probe_file(whole)))
+        for i in range(2)
+    ]
     code = [_probe_file(whole)]
     merged = merge_shards(shards, tmp_path / "merged", plotlyjs="cdn", probe_modules=code)
     _assert_same_baselines(merged, whole[0])
@@ -260,8 +270,9 @@ def test_report_draws_each_baseline_dashed_with_its_band(family_adapter):
     from normprobe.report import figures_by_title, sections_for
     from normprobe.report.common import pooled_by
 
-    result = normprobe.run(family_adapter("gpt2"), texts=DOCS[:3], probes=["norms", "updates", "linesearch"],
-                           baselines=["shuffled"], progress=False)
+    result = normprobe.run(
+        family_adapter("gpt2"), texts=DOCS[:3], probes=["norms", "updates", "linesearch"], baselines=["shuffled"], progress=False
+    )
     shuffled = result.baselines["shuffled"]
 
     def dashed(fig, name):
@@ -276,34 +287,37 @@ def test_report_draws_each_baseline_dashed_with_its_band(family_adapter):
     line = dashed(by_title["Mean norm per layer"], "resid_pre (shuffled)")
     np.testing.assert_allclose(line.y, want, rtol=1e-6)
     lens = shuffled["updates"].drop_duplicates("layer").sort_values("layer")["lens_loss_mean"]
-    np.testing.assert_allclose(dashed(by_title["Logit-lens loss of the next token"], "lens loss (shuffled)").y, lens,
-                               rtol=1e-6)
+    np.testing.assert_allclose(dashed(by_title["Logit-lens loss of the next token"], "lens loss (shuffled)").y, lens, rtol=1e-6)
     block = shuffled["updates"][shuffled["updates"].component == "block"]["descent_cos_mean"]
     np.testing.assert_allclose(dashed(by_title["Descent alignment cos(Δ"], "block (shuffled)").y, block, rtol=1e-6)
     stars = result.meta["baselines"]["shuffled"]["findings"]["linesearch"]["alpha_star"]["block"]
-    np.testing.assert_allclose(dashed(by_title["Best step α* per layer"], "block (shuffled)").y, list(stars.values()),
-                               rtol=1e-6)
+    np.testing.assert_allclose(dashed(by_title["Best step α* per layer"], "block (shuffled)").y, list(stars.values()), rtol=1e-6)
     # a baseline table with its own interval columns gets a band; without them, none
-    assert not any(t.fill == "toself" and t.legendgroup == "baseline lens loss (shuffled)"
-                   for t in by_title["Logit-lens loss of the next token"].data)
-    shuffled["updates"] = shuffled["updates"].assign(lens_loss_ci_low=lambda f: f.lens_loss_mean - 0.5,
-                                                     lens_loss_ci_high=lambda f: f.lens_loss_mean + 0.5)
+    assert not any(
+        t.fill == "toself" and t.legendgroup == "baseline lens loss (shuffled)"
+        for t in by_title["Logit-lens loss of the next token"].data
+    )
+    shuffled["updates"] = shuffled["updates"].assign(
+        lens_loss_ci_low=lambda f: f.lens_loss_mean - 0.5, lens_loss_ci_high=lambda f: f.lens_loss_mean + 0.5
+    )
     figures = figures_by_title(sections_for(result))
     fig = next(f for t, f in figures.items() if t.startswith("Logit-lens loss"))
     band = [t for t in fig.data if t.fill == "toself" and t.legendgroup == "baseline lens loss (shuffled)"]
     assert len(band) == 1
-    np.testing.assert_allclose(band[0].y[:len(lens)], lens - 0.5, rtol=1e-6)
+    np.testing.assert_allclose(band[0].y[: len(lens)], lens - 0.5, rtol=1e-6)
 
 
 def test_cli_refuses_a_bad_baseline_in_one_line(tmp_path, capsys):
     from .test_cli import invoke
 
-    code, _, err = invoke(["run", "demo", "--baseline", "random-init", "--baseline", "bogus", "--out",
-                           str(tmp_path / "out")], capsys)
+    code, _, err = invoke(
+        ["run", "demo", "--baseline", "random-init", "--baseline", "bogus", "--out", str(tmp_path / "out")], capsys
+    )
     assert code == 1 and err.strip() == "normprobe: error: unknown --baseline 'bogus'; choose from random-init, shuffled, no-bos"
     assert not (tmp_path / "out").exists()
-    code, _, err = invoke(["run", "demo", "--baseline", "random-init", "--baseline-seeds", "0", "--out",
-                           str(tmp_path / "out")], capsys)
+    code, _, err = invoke(
+        ["run", "demo", "--baseline", "random-init", "--baseline-seeds", "0", "--out", str(tmp_path / "out")], capsys
+    )
     assert code == 1 and "--baseline-seeds must be at least 1" in err
 
 
@@ -317,8 +331,14 @@ def test_random_init_model_against_random_init_baseline_claims_almost_nothing(tm
     torch.manual_seed(1234)  # not one of the baseline's seeds
     AutoModelForCausalLM.from_config(factory(kind)).save_pretrained(tmp_path / "untrained")
     tokenizers_by_kind[kind].save_pretrained(tmp_path / "untrained")
-    result = normprobe.run(str(tmp_path / "untrained"), texts=DOCS, probes=["norms", "updates"], seq_len=32,
-                           baselines=["random-init"], progress=False)
+    result = normprobe.run(
+        str(tmp_path / "untrained"),
+        texts=DOCS,
+        probes=["norms", "updates"],
+        seq_len=32,
+        baselines=["random-init"],
+        progress=False,
+    )
     claims = result.claims
     tested = claims[claims["claim"].isin(["norm_growth", "descent"])]
     assert len(tested) >= 10 and "random_init_difference" in tested

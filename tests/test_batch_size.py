@@ -1,5 +1,6 @@
 """The automatic batch size: free memory minus a margin, at most half the machine unless --max-memory says
 otherwise; flat in depth and vocabulary; eager attention's rows counted; the reason recorded."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -12,8 +13,7 @@ GIB = 1 << 30
 
 
 def _model(device, **extra):
-    return SimpleNamespace(**{"d_model": 4096, "n_heads": 32, "device": device, "n_layers": 32,
-                              "d_vocab": 128_256, **extra})
+    return SimpleNamespace(**{"d_model": 4096, "n_heads": 32, "device": device, "n_layers": 32, "d_vocab": 128_256, **extra})
 
 
 def _windows_in(budget, window):
@@ -65,8 +65,18 @@ def test_max_memory_caps_the_batch_and_the_smallest_is_one_window(monkeypatch):
     assert low.batch_size == 1 and low.budget_bytes == 0
 
 
-@pytest.mark.parametrize("text, size", [("8GB", 8 * 10**9), ("8GiB", 8 * GIB), ("8g", 8 * GIB), ("1.5 GB", 15 * 10**8),
-                                        ("512MB", 512 * 10**6), ("300mib", 300 << 20), (4 << 20, 4 << 20)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("8GB", 8 * 10**9),
+        ("8GiB", 8 * GIB),
+        ("8g", 8 * GIB),
+        ("1.5 GB", 15 * 10**8),
+        ("512MB", 512 * 10**6),
+        ("300mib", 300 << 20),
+        (4 << 20, 4 << 20),
+    ],
+)
 def test_sizes_parse(text, size):
     assert memory.parse_size(text) == size
 
@@ -87,5 +97,7 @@ def test_the_model_readouts_backward_keeps_every_layer(monkeypatch):
     assert deep.window_bytes == per_token * 1024
     assert deep.batch_size == max(1, _windows_in(40 * GIB, per_token * 1024))
     shallow = _model("cuda:0", n_layers=2)
-    assert memory.choose_batch_size(shallow, 256, backward=True).batch_size > \
-        memory.choose_batch_size(model, 256, backward=True).batch_size
+    assert (
+        memory.choose_batch_size(shallow, 256, backward=True).batch_size
+        > memory.choose_batch_size(model, 256, backward=True).batch_size
+    )

@@ -2,6 +2,7 @@
 
 Skipped, with the reason, where Chromium or Playwright is missing; .ci/run installs Debian's chromium.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -12,10 +13,19 @@ import normprobe
 from normprobe.api import compare_to_folder
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
-PAYLOADS = ['<img src=x onerror="document.title=\'pwned\'"> hello world', "the end </script><script>window.pwned=1</script>",
-            '<a href="javascript:window.pwned=2">click me</a> and more text']
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PAYLOADS = [
+    '<img src=x onerror="document.title=\'pwned\'"> hello world',
+    "the end </script><script>window.pwned=1</script>",
+    '<a href="javascript:window.pwned=2">click me</a> and more text',
+]
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
 

@@ -1,4 +1,5 @@
 """The document bootstrap against a plain weighted loop, shard merges against one run, and claims' verdict rules."""
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,7 @@ def runs(demo_adapter):
 
     # one window per batch: a shard then runs each window exactly as the single run does (float32 forwards
     # depend on the batch they share), so only the float64 sums differ in order
-    options = dict(texts=DOCS, probes=PROBES, seq_len=SEQ_LEN, batch_size=1, replicates=B, alphas=[0, 0.5, 1, 2],
-                   progress=False)
+    options = dict(texts=DOCS, probes=PROBES, seq_len=SEQ_LEN, batch_size=1, replicates=B, alphas=[0, 0.5, 1, 2], progress=False)
     whole = normprobe.run(demo_adapter, **options)
     parts = [normprobe.run(demo_adapter, shard=(i, 2), **options) for i in range(2)]
     probes = [make_probe(cls, None, {"replicates": B, "alphas": [0, 0.5, 1, 2]}) for cls in resolve_probes(PROBES)]
@@ -73,8 +73,7 @@ def runs(demo_adapter):
         probe.setup(demo_adapter, SEQ_LEN)
     for part in parts:
         merge_state(demo_adapter, probes, part.probe_states["probes"], SEQ_LEN, None)
-    merged = Runner._result(probes, dict(whole.meta), {"docs": 0, "windows": 0, "tokens": 0, "batches": 0,
-                                                       "seconds": 0.0}, 0.0)
+    merged = Runner._result(probes, dict(whole.meta), {"docs": 0, "windows": 0, "tokens": 0, "batches": 0, "seconds": 0.0}, 0.0)
     return whole, merged
 
 
@@ -90,7 +89,7 @@ def test_norm_replicates_equal_a_plain_loop_over_documents_and_windows(runs, hf_
         weights = poisson_by_hand(doc, B)
         ids = token_ids(tokenizer, doc)[1:]
         for start in range(0, len(ids), SEQ_LEN - 1):
-            window = [bos] + ids[start:start + SEQ_LEN - 1]
+            window = [bos] + ids[start : start + SEQ_LEN - 1]
             for layer, h in enumerate(hf_residuals(hf, window)):
                 norms = h[1:].norm(dim=-1).sum().item()
                 num, den = sums.setdefault(layer, [np.zeros(B), np.zeros(B)])
@@ -109,21 +108,36 @@ def test_norm_replicates_equal_a_plain_loop_over_documents_and_windows(runs, hf_
 
 def test_shard_merge_gives_the_single_runs_intervals(runs):
     whole, merged = runs
-    for name in ("norms_replicates", "updates_replicates", "lens_loss_replicates", "line_search_replicates",
-                 "massive_replicates", "sink_replicates"):
+    for name in (
+        "norms_replicates",
+        "updates_replicates",
+        "lens_loss_replicates",
+        "line_search_replicates",
+        "massive_replicates",
+        "sink_replicates",
+    ):
         pd.testing.assert_frame_equal(merged[name], whole[name], check_exact=False, rtol=1e-9, atol=1e-12)
     a, b = whole.claims, merged.claims
     assert len(a) > 30 and list(a["verdict"]) == list(b["verdict"])
     for column in ("value", "ci_low", "ci_high", "check_ci_low", "check_ci_high"):
-        np.testing.assert_allclose(b[column].to_numpy(float), a[column].to_numpy(float), rtol=1e-9, atol=1e-12,
-                                   equal_nan=True, err_msg=column)
+        np.testing.assert_allclose(
+            b[column].to_numpy(float), a[column].to_numpy(float), rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=column
+        )
 
 
 def test_demo_claims_follow_the_verdict_rules_and_round_trip(runs, tmp_path):
     whole, _ = runs
     frame = whole.claims
-    assert {"norm_growth", "position0_ratio", "massive", "sink_mass", "frequency", "descent", "lens_loss_drop",
-            "alpha_star"} <= set(frame["claim"])
+    assert {
+        "norm_growth",
+        "position0_ratio",
+        "massive",
+        "sink_mass",
+        "frequency",
+        "descent",
+        "lens_loss_drop",
+        "alpha_star",
+    } <= set(frame["claim"])
     assert set(frame["verdict"]) <= {HOLDS, FAILS, UNDETERMINED}
     greater = frame[frame["direction"] == "greater"]
     held = greater[greater["verdict"] == HOLDS]
@@ -154,6 +168,7 @@ def demo_layers(result) -> int:
 
 
 # -- claims() on hand-made tables ----------------------------------------------------------------
+
 
 def norms_tables(stream_means: list[float], replicates: list[np.ndarray], first: float = 1.0) -> dict[str, pd.DataFrame]:
     """norms + norms_replicates for h_0..h_L with the given mean norms (positions >= 1) and replicates."""
@@ -215,13 +230,22 @@ def test_verdict_rule_branches():
 def updates_tables(lens: list[float], uniform: float = 5.0) -> dict[str, pd.DataFrame]:
     rows = [(l, c, 0.1, -0.2, loss, uniform) for l, loss in enumerate(lens[:-1]) for c in ("attn", "mlp", "block")]
     rows.append((len(lens) - 1, "output", np.nan, np.nan, lens[-1], uniform))
-    updates = pd.DataFrame(rows, columns=["layer", "component", "descent_cos_mean", "actual_change_mean",
-                                          "lens_loss_mean", "uniform_loss"])
-    reps = pd.DataFrame([(l, c, b, 0.1 + 0.01 * (b % 3), -0.2 + 0.01 * (b % 5)) for l in range(len(lens) - 1)
-                         for c in ("attn", "mlp", "block") for b in range(40)],
-                        columns=["layer", "component", "replicate", "descent_cos", "actual_change"])
-    lens_reps = pd.DataFrame([(l, b, loss + 0.01 * (b % 4)) for l, loss in enumerate(lens) for b in range(40)],
-                             columns=["layer", "replicate", "lens_loss"])
+    updates = pd.DataFrame(
+        rows, columns=["layer", "component", "descent_cos_mean", "actual_change_mean", "lens_loss_mean", "uniform_loss"]
+    )
+    reps = pd.DataFrame(
+        [
+            (l, c, b, 0.1 + 0.01 * (b % 3), -0.2 + 0.01 * (b % 5))
+            for l in range(len(lens) - 1)
+            for c in ("attn", "mlp", "block")
+            for b in range(40)
+        ],
+        columns=["layer", "component", "replicate", "descent_cos", "actual_change"],
+    )
+    lens_reps = pd.DataFrame(
+        [(l, b, loss + 0.01 * (b % 4)) for l, loss in enumerate(lens) for b in range(40)],
+        columns=["layer", "replicate", "lens_loss"],
+    )
     return {"updates": updates, "updates_replicates": reps, "lens_loss_replicates": lens_reps}
 
 
@@ -238,14 +262,22 @@ def test_descent_is_never_claimed_where_the_readout_is_not_meaningful():
 
 def test_alpha_star_is_undetermined_on_a_flat_line_or_at_the_grids_end():
     alphas = [0.0, 0.5, 1.0, 1.5, 2.0]
-    curves = {0: [5.0, 5.0002, 5.0001, 5.0003, 5.0002],  # flat: varies < 1e-3 nats
-              1: [5.0, 4.5, 4.2, 4.1, 4.0],  # minimum at the grid's end
-              2: [5.0, 4.5, 4.2, 4.5, 5.0]}  # a clear minimum at 1
+    curves = {
+        0: [5.0, 5.0002, 5.0001, 5.0003, 5.0002],  # flat: varies < 1e-3 nats
+        1: [5.0, 4.5, 4.2, 4.1, 4.0],  # minimum at the grid's end
+        2: [5.0, 4.5, 4.2, 4.5, 5.0],
+    }  # a clear minimum at 1
     rows = [(l, "block", a, 10, v) for l, vs in curves.items() for a, v in zip(alphas, vs)]
     table = pd.DataFrame(rows, columns=["layer", "component", "alpha", "count", "lens_loss_mean"])
-    reps = pd.DataFrame([(l, "block", a, b, v + 0.001 * b * (a - 1) ** 2) for l, vs in curves.items()
-                         for a, v in zip(alphas, vs) for b in range(30)],
-                        columns=["layer", "component", "alpha", "replicate", "lens_loss"])
+    reps = pd.DataFrame(
+        [
+            (l, "block", a, b, v + 0.001 * b * (a - 1) ** 2)
+            for l, vs in curves.items()
+            for a, v in zip(alphas, vs)
+            for b in range(30)
+        ],
+        columns=["layer", "component", "alpha", "replicate", "lens_loss"],
+    )
     frame = claims({"line_search": table, "line_search_replicates": reps}).set_index("layer")
     assert frame.loc[0, "verdict"] == UNDETERMINED and "varies by" in frame.loc[0, "note"]
     assert frame.loc[1, "verdict"] == UNDETERMINED and "grid's end" in frame.loc[1, "note"]
@@ -255,8 +287,17 @@ def test_alpha_star_is_undetermined_on_a_flat_line_or_at_the_grids_end():
 def test_frequency_needs_enough_types_and_token_counts_replace_the_corpus_counts():
     rng = np.random.default_rng(0)
     n = 40
-    by_token = pd.DataFrame({"site": "resid_pre", "layer": 0, "token_id": np.arange(n), "token": "t",
-                             "count": np.r_[np.full(n - 3, 6), [1, 2, 3]], "mean": rng.normal(size=n), "std": 0.0})
+    by_token = pd.DataFrame(
+        {
+            "site": "resid_pre",
+            "layer": 0,
+            "token_id": np.arange(n),
+            "token": "t",
+            "count": np.r_[np.full(n - 3, 6), [1, 2, 3]],
+            "mean": rng.normal(size=n),
+            "std": 0.0,
+        }
+    )
     counts = pd.DataFrame({"token_id": np.arange(n), "count": np.exp(-by_token["mean"].to_numpy() * 3)})
     alone = claims({"norms_by_token": by_token}).iloc[0]
     assert "from the probe corpus" in alone["note"] and alone["interval"].startswith("token types")

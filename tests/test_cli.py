@@ -1,4 +1,5 @@
 """The CLI end to end on the demo model, and every bad input: one line, non-zero exit, nothing written."""
+
 from __future__ import annotations
 
 import io
@@ -26,10 +27,11 @@ def test_help_is_fast_and_lazy():
     import sys
 
     started = time.time()
-    code = ("import sys\nfrom normprobe.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, 'transformer_lens' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code],
-                          capture_output=True, text=True)
+    code = (
+        "import sys\nfrom normprobe.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'transformer_lens' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "Usage" in proc.stdout
     assert proc.stdout.strip().endswith("False False")
     assert time.time() - started < 5  # generous; typically ~0.3 s
@@ -37,19 +39,28 @@ def test_help_is_fast_and_lazy():
 
 def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = invoke(["run", "demo", "--probe", "norms", "--probe", "updates", "--max-docs", "12",
-                                "--out", str(out), "--no-progress"], capsys)
+    code, stdout, err = invoke(
+        ["run", "demo", "--probe", "norms", "--probe", "updates", "--max-docs", "12", "--out", str(out), "--no-progress"], capsys
+    )
     assert code == 0, err
     assert err == "" and stdout == f"wrote {out}/ (report: {out / 'report.html'})\n"  # --no-progress: quiet
     names = {p.name for p in out.iterdir()}
-    assert names == {"run.json", "report.html", "norms.parquet", "norms_by_token.parquet", "updates.parquet",
-                     "updates_by_position.parquet", "updates_hist.parquet", "norms_replicates.parquet",
-                     "updates_replicates.parquet", "lens_loss_replicates.parquet"}
+    assert names == {
+        "run.json",
+        "report.html",
+        "norms.parquet",
+        "norms_by_token.parquet",
+        "updates.parquet",
+        "updates_by_position.parquet",
+        "updates_hist.parquet",
+        "norms_replicates.parquet",
+        "updates_replicates.parquet",
+        "lens_loss_replicates.parquet",
+    }
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["n_docs"] == 12 and meta["model"] == "demo"
     assert meta["n_layers"] == 4 and meta["family"] == "GPT-2" and set(meta["findings"]) == {"norms", "updates"}
-    assert {c["claim"] for c in meta["claims"]} == {"norm_growth", "position0_ratio", "frequency", "descent",
-                                                    "lens_loss_drop"}
+    assert {c["claim"] for c in meta["claims"]} == {"norm_growth", "position0_ratio", "frequency", "descent", "lens_loss_drop"}
     first = (out / "report.html").read_text()
     assert '<h2 id="claims">Claims</h2>' in first
     assert first.count("Plotly.newPlot") == 9
@@ -66,6 +77,7 @@ def test_probes_and_models_list(capsys):
     from normprobe.families import REFUSED, model_type_rows
 
     lines: dict[str, str] = {}
+    last = ""
     for line in out.splitlines():  # a refusal reason wraps onto lines indented past the model type
         if line.startswith(" " * 23) and lines:
             lines[last] += " " + line.strip()
@@ -149,17 +161,21 @@ def test_bad_input_one_line_error(extra, message, inputs, capsys):
     assert (inputs / "occupied" / "keep.txt").read_text() == "precious"
 
 
-@pytest.mark.parametrize("which, message", [
-    ("no-weights", "has no weights"),
-    ("corrupt", "looks corrupt"),
-    ("bloom", "architecture 'mamba' is not supported: state-space model (no attention blocks)"),
-    ("hub", "is not a local folder and is not in the Hugging Face cache"),
-])
+@pytest.mark.parametrize(
+    "which, message",
+    [
+        ("no-weights", "has no weights"),
+        ("corrupt", "looks corrupt"),
+        ("bloom", "architecture 'mamba' is not supported: state-space model (no attention blocks)"),
+        ("hub", "is not a local folder and is not in the Hugging Face cache"),
+    ],
+)
 def test_bad_models(which, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     no_weights, corrupt, bloom = _bad_folders(tmp_path)
-    model = {"no-weights": str(no_weights), "corrupt": str(corrupt), "bloom": str(bloom),
-             "hub": "no-such-org/no-such-model-xyz"}[which]
+    model = {"no-weights": str(no_weights), "corrupt": str(corrupt), "bloom": str(bloom), "hub": "no-such-org/no-such-model-xyz"}[
+        which
+    ]
     code, _, err = invoke(["run", model, "--out", str(tmp_path / "out"), "--no-progress"], capsys)
     assert code == 1
     lines = err.strip().splitlines()
@@ -210,16 +226,19 @@ def test_console_announces_loading_warns_once_and_logs_progress_once(tmp_path, c
 
     with safe_open(Path(normprobe.__file__).parent / "demo" / "model.safetensors", "pt") as weights:
         n_params = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
-    assert err.splitlines()[0] == (f"normprobe: loading demo (GPT-2, {n_params / 1e6:.2f}M parameters): "
-                                   f"float32 on {pick_device('auto')} ...")
-    summary = err.splitlines()[err.splitlines().index(next(l for l in err.splitlines() if l.startswith("probing: "))) + 1:]
+    assert err.splitlines()[0] == (
+        f"normprobe: loading demo (GPT-2, {n_params / 1e6:.2f}M parameters): float32 on {pick_device('auto')} ..."
+    )
+    summary = err.splitlines()[err.splitlines().index(next(l for l in err.splitlines() if l.startswith("probing: "))) + 1 :]
     # the summary is built from run.json's claims: the headline, one line for the norms probe, the caveat
     from normprobe.claims import NO_BASELINE_NOTE
 
     claims = meta["claims"]
     headline = next(c for c in claims if c["claim"] == "norm_growth" and c["layer"] is None)
-    assert summary[0].startswith(f"normprobe: norms headline: norm_growth at h_1..h_L per block (geometric) "
-                                 f"{headline['verdict']}") and f"{headline['value']:.3g} [" in summary[0]
+    assert (
+        summary[0].startswith(f"normprobe: norms headline: norm_growth at h_1..h_L per block (geometric) {headline['verdict']}")
+        and f"{headline['value']:.3g} [" in summary[0]
+    )
     held = sum(c["verdict"] == "holds" for c in claims if c["claim"] == "norm_growth")
     assert summary[1].startswith(f"normprobe: norms: norm_growth holds at {held} of ")
     assert summary[2:] == [f"normprobe: {NO_BASELINE_NOTE}"]
@@ -238,8 +257,9 @@ def test_log_progress_prints_the_last_line_once():
 
 def test_progress_total_becomes_what_the_corpus_held(tmp_path, capsys):
     """--max-tokens past the corpus: the last line counts what there was, not the limit asked for."""
-    code, _, err = invoke(["run", "demo", "--text", "a short text", "--max-tokens", "100000",
-                           "--out", str(tmp_path / "run")], capsys)
+    code, _, err = invoke(
+        ["run", "demo", "--text", "a short text", "--max-tokens", "100000", "--out", str(tmp_path / "run")], capsys
+    )
     assert code == 0, err
     n_tokens = json.loads((tmp_path / "run" / "run.json").read_text())["n_tokens"]
     line = next(l for l in err.splitlines() if l.startswith("probing: "))
@@ -264,8 +284,23 @@ def test_resume_command_swaps_out_for_resume():
 
 def test_run_two_models_writes_runs_and_comparison(tmp_path, capsys, family_dir):
     out = tmp_path / "both"
-    code, stdout, err = invoke(["run", "demo", str(family_dir("llama")), "--probe", "norms", "--probe", "updates",
-                                "--max-docs", "4", "--out", str(out), "--no-progress"], capsys)
+    code, stdout, err = invoke(
+        [
+            "run",
+            "demo",
+            str(family_dir("llama")),
+            "--probe",
+            "norms",
+            "--probe",
+            "updates",
+            "--max-docs",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     runs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert runs[0] == "1-demo" and runs[1].startswith("2-") and len(runs) == 2

@@ -1,4 +1,5 @@
 """Reading corpora: formats, fields, encodings, and the errors a user sees."""
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,15 @@ def test_txt_jsonl_csv_parquet(tmp_path):
     assert docs(tmp_path / "a.parquet") == ["p1", "p3"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "holds no documents"),
-    (b"  \n\t\n   \n", "holds no documents"),
-    (b"\x00\x01\x02binary\x00", "looks binary"),
-    (b"fine\ncaf\xe9\n", "line 2 is not valid utf-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "holds no documents"),
+        (b"  \n\t\n   \n", "holds no documents"),
+        (b"\x00\x01\x02binary\x00", "looks binary"),
+        (b"fine\ncaf\xe9\n", "line 2 is not valid utf-8"),
+    ],
+)
 def test_bad_text_files(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)

@@ -2,6 +2,7 @@
 
 A dataset must give exactly the statistics of the same texts given directly; errors name what exists.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,19 +41,23 @@ def test_saved_dataset_equals_the_same_texts(saved, tmp_path, capsys):
     args = ["--probe", "norms", "--probe", "updates", "--no-progress", "--seq-len", "16"]
     code, _, err = invoke(["run", "demo", "--dataset", str(saved / "dict"), "--out", str(tmp_path / "ds"), *args], capsys)
     assert code == 0, err
-    code, _, err = invoke(["run", "demo", *[x for t in KEPT for x in ("--text", t)], "--out", str(tmp_path / "t"), *args],
-                          capsys)
+    code, _, err = invoke(["run", "demo", *[x for t in KEPT for x in ("--text", t)], "--out", str(tmp_path / "t"), *args], capsys)
     assert code == 0, err
     meta = json.loads((tmp_path / "ds" / "run.json").read_text())
     assert meta["corpus"] == f"dataset {saved / 'dict'}, split train, field text" and meta["n_docs"] == len(KEPT)
     for table in ("norms", "norms_by_token", "updates", "updates_by_position", "updates_hist"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ds" / f"{table}.parquet"),
-                                      pd.read_parquet(tmp_path / "t" / f"{table}.parquet"), check_exact=True)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "ds" / f"{table}.parquet"),
+            pd.read_parquet(tmp_path / "t" / f"{table}.parquet"),
+            check_exact=True,
+        )
     assert meta["findings"] == json.loads((tmp_path / "t" / "run.json").read_text())["findings"]
 
 
-@pytest.mark.parametrize("dataset, extra", [("single", {}), ("files", {}), ("a.jsonl", {}), ("files/train-*.parquet", {}),
-                                             ("files", {"split": "test"})])
+@pytest.mark.parametrize(
+    "dataset, extra",
+    [("single", {}), ("files", {}), ("a.jsonl", {}), ("files/train-*.parquet", {}), ("files", {"split": "test"})],
+)
 def test_folders_files_and_globs_read_the_same_documents(saved, dataset, extra):
     runner = make_runner("demo", dataset=str(saved / dataset), **extra)
     want = ["held out text"] if extra else KEPT
@@ -65,16 +70,28 @@ def test_statistics_from_data_files_equal_texts(saved, demo_adapter):
     pd.testing.assert_frame_equal(from_files["norms"], from_texts["norms"], check_exact=True)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "{dict}", "--split", "validation"], "dataset {dict} has no split 'validation'; splits: train, test; choose one with --split"),
-    (["--dataset", "{dict}", "--text-field", "body"], "dataset {dict} (split train) has no column 'body'; columns: text, n; choose one with --text-field"),
-    (["--dataset", "{dict}", "--text-field", "n"], "column 'n' of dataset {dict} holds int64, not text; text columns: text"),
-    (["--dataset", "{files}", "--split", "dev"], "dataset {files} has no split 'dev'; splits: train, test"),
-    (["--dataset", "{dict}", "--dataset-config", "en"], "--dataset-config applies to Hub datasets; {dict} is a local disk dataset"),
-    (["--dataset", "./no/such/folder"], "dataset not found: ./no/such/folder is no file, folder or glob"),
-    (["--dataset", "{root}/*.csv"], "dataset not found: no files match {root}/*.csv"),
-    (["--dataset", "{dict}", "--text", "a"], "give one corpus: texts, an input file or a dataset"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--dataset", "{dict}", "--split", "validation"],
+            "dataset {dict} has no split 'validation'; splits: train, test; choose one with --split",
+        ),
+        (
+            ["--dataset", "{dict}", "--text-field", "body"],
+            "dataset {dict} (split train) has no column 'body'; columns: text, n; choose one with --text-field",
+        ),
+        (["--dataset", "{dict}", "--text-field", "n"], "column 'n' of dataset {dict} holds int64, not text; text columns: text"),
+        (["--dataset", "{files}", "--split", "dev"], "dataset {files} has no split 'dev'; splits: train, test"),
+        (
+            ["--dataset", "{dict}", "--dataset-config", "en"],
+            "--dataset-config applies to Hub datasets; {dict} is a local disk dataset",
+        ),
+        (["--dataset", "./no/such/folder"], "dataset not found: ./no/such/folder is no file, folder or glob"),
+        (["--dataset", "{root}/*.csv"], "dataset not found: no files match {root}/*.csv"),
+        (["--dataset", "{dict}", "--text", "a"], "give one corpus: texts, an input file or a dataset"),
+    ],
+)
 def test_bad_datasets_fail_in_one_line_before_loading(saved, tmp_path, capsys, monkeypatch, args, message):
     import normprobe.adapter as adapter
 

@@ -1,4 +1,5 @@
 """Long runs that survive faults: signals, resume, failing probes, partial folders, checkpoint round trips."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,22 @@ from hypothesis import given, settings
 from normprobe.cli import main
 from normprobe.stats import GroupedMoments
 
-RUN = [sys.executable, "-m", "normprobe", "run", "demo", "--probe", "norms", "--probe", "updates",
-       "--max-docs", "120", "--batch-size", "1", "--no-progress"]
+RUN = [
+    sys.executable,
+    "-m",
+    "normprobe",
+    "run",
+    "demo",
+    "--probe",
+    "norms",
+    "--probe",
+    "updates",
+    "--max-docs",
+    "120",
+    "--batch-size",
+    "1",
+    "--no-progress",
+]
 
 
 def _tables(folder):
@@ -36,8 +51,9 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_then_resume_equals_uninterrupted(sig, tmp_path, uninterrupted):
     out = tmp_path / "run"
-    proc = subprocess.Popen(RUN + ["--out", str(out), "--checkpoint-every", "3"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        RUN + ["--out", str(out), "--checkpoint-every", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists():
         assert proc.poll() is None, proc.stderr.read()
@@ -96,8 +112,26 @@ def test_failing_probe_marks_run_failed_and_keeps_checkpoint(tmp_path, capsys):
     probe_file = tmp_path / "flaky.py"
     probe_file.write_text(FLAKY)
     out = tmp_path / "run"
-    code, err = _invoke(["run", "demo", "--probe", "updates", "--probe", str(probe_file), "--batch-size", "1",
-                         "--max-docs", "20", "--checkpoint-every", "2", "--out", str(out), "--no-progress"], capsys)
+    code, err = _invoke(
+        [
+            "run",
+            "demo",
+            "--probe",
+            "updates",
+            "--probe",
+            str(probe_file),
+            "--batch-size",
+            "1",
+            "--max-docs",
+            "20",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 1
     assert err.strip().splitlines() == ["normprobe: error: probe 'flaky' raised ValueError: boom at batch 5"]
     meta = json.loads((out / "run.json").read_text())
@@ -113,9 +147,21 @@ def test_failing_probe_marks_run_failed_and_keeps_checkpoint(tmp_path, capsys):
 def test_resume_refuses_a_different_request(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    request = {"model": "demo", "resolved_model": "x", "revision": None, "dtype": "float32",
-               "probe_specs": ["norms"], "corpus": "texts", "corpus_sha256": "0", "seq_len": None,
-               "batch_size": None, "prepend_bos": True, "layers": None, "max_docs": 3, "max_tokens": None}
+    request = {
+        "model": "demo",
+        "resolved_model": "x",
+        "revision": None,
+        "dtype": "float32",
+        "probe_specs": ["norms"],
+        "corpus": "texts",
+        "corpus_sha256": "0",
+        "seq_len": None,
+        "batch_size": None,
+        "prepend_bos": True,
+        "layers": None,
+        "max_docs": 3,
+        "max_tokens": None,
+    }
     (out / "run.json").write_text(json.dumps({"status": "interrupted", "request": request}))
     torch.save({"probes": {}, "progress": {}}, out / "checkpoint.pt")
     code, err = _invoke(["run", "demo", "--text", "hello", "--resume", str(out), "--no-progress"], capsys)

@@ -3,6 +3,7 @@
 Each case ends in a correct result or one line on stderr, and no run.json says `running` after its
 process is gone, except after SIGKILL, where the dropped lock marks the run as dead.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,9 +95,11 @@ def test_a_live_run_refuses_writers_and_resume_and_report_says_it_runs(tmp_path)
     out = tmp_path / "run"
     live = start(*LONG_RUN, "--checkpoint-every", "1", "--out", str(out))
     wait_for(out / "checkpoint.pt", live)
-    others = [start("run", "demo", "--text", "hello", "--out", str(out), "--overwrite", "--no-progress"),
-              start(*LONG_RUN, "--checkpoint-every", "1", "--resume", str(out)),
-              start("report", str(out))]
+    others = [
+        start("run", "demo", "--text", "hello", "--out", str(out), "--overwrite", "--no-progress"),
+        start(*LONG_RUN, "--checkpoint-every", "1", "--resume", str(out)),
+        start("report", str(out)),
+    ]
     (w_code, w_err), (r_code, r_err), (p_code, p_err) = [finish(p) for p in others]
     assert live.poll() is None, "the live run ended before the others were refused; give it more documents"
     assert w_code == 1 and f"being written by another normprobe process (pid {live.pid})" in one_line(w_err)
@@ -169,13 +172,28 @@ def test_planted_pickles_never_run(tmp_path, capsys):
         shard = tmp_path / f"shard-{index}"
         shard.mkdir()
         request = {"model": "demo", "dtype": "float32", "probe_specs": ["norms"], "shard": [index, 2]}
-        (shard / "run.json").write_text(json.dumps({
-            "status": "complete", "tables": [], "probes": ["norms"], "findings": {}, "request": request,
-            "seq_len": 64, "n_tokens": 1, "n_windows": 1, "n_batches": 1, "n_docs": 1}))
+        (shard / "run.json").write_text(
+            json.dumps(
+                {
+                    "status": "complete",
+                    "tables": [],
+                    "probes": ["norms"],
+                    "findings": {},
+                    "request": request,
+                    "seq_len": 64,
+                    "n_tokens": 1,
+                    "n_windows": 1,
+                    "n_batches": 1,
+                    "n_docs": 1,
+                }
+            )
+        )
         torch.save({"norms": Planted(marker)}, shard / "state.pt")
         shards.append(str(shard))
-    procs = [start("run", "demo", "--text", "hi", "--resume", str(interrupted), "--no-progress"),
-             start("merge", *shards, "--out", str(tmp_path / "merged"))]
+    procs = [
+        start("run", "demo", "--text", "hi", "--resume", str(interrupted), "--no-progress"),
+        start("merge", *shards, "--out", str(tmp_path / "merged")),
+    ]
     b_code, b_err = in_process(["run", "demo", "--text", "hi", "--resume", str(wrong_shape), "--no-progress"], capsys)
     (a_code, a_err), (c_code, c_err) = [finish(p) for p in procs]
     assert not marker.exists()
@@ -193,23 +211,30 @@ def mount_tmpfs(mount: Path, size: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()}); needs root")
 
 
-@pytest.mark.parametrize("size, extra, where", [
-    ("48k", ["--checkpoint-every", "1"], "checkpoint"),  # norms' checkpoint (~70 KB) does not fit mid-run
-    ("1m", [], "report"),  # the tables fit, report.html (~4.7 MB with plotly.js) does not: the save fails
-])
+@pytest.mark.parametrize(
+    "size, extra, where",
+    [
+        ("48k", ["--checkpoint-every", "1"], "checkpoint"),  # norms' checkpoint (~70 KB) does not fit mid-run
+        ("1m", [], "report"),  # the tables fit, report.html (~4.7 MB with plotly.js) does not: the save fails
+    ],
+)
 def test_disk_full_is_one_line_marks_failed_and_leaves_no_temp_files(tmp_path, size, extra, where):
     disk = tmp_path / "disk"
     mount_tmpfs(disk, size)
     try:
         out = disk / "run"
-        code, err = cli("run", "demo", "--probe", "norms", "--max-docs", "3", "--batch-size", "1", *extra,
-                        "--out", str(out), "--no-progress")
+        code, err = cli(
+            "run", "demo", "--probe", "norms", "--max-docs", "3", "--batch-size", "1", *extra, "--out", str(out), "--no-progress"
+        )
         assert code == 1 and "No space left on device" in one_line(err)
         meta = json.loads((out / "run.json").read_text())
         assert meta["status"] == "failed" and "No space left on device" in meta["status_reason"]
         left = sorted(p.name for p in out.iterdir())
-        assert left == (["run.json"] if where == "checkpoint" else
-                        ["norms.parquet", "norms_by_token.parquet", "norms_replicates.parquet", "run.json"])
+        assert left == (
+            ["run.json"]
+            if where == "checkpoint"
+            else ["norms.parquet", "norms_by_token.parquet", "norms_replicates.parquet", "run.json"]
+        )
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
@@ -237,17 +262,30 @@ def test_tampered_folders_are_one_line_never_a_wrong_page(tmp_path, complete_run
     columns = copy("columns")
     pd.DataFrame({"x": [1.0]}).to_parquet(columns / "norms.parquet")
     # two through a fresh interpreter, the rest through the same `main` in this process (cheaper)
-    procs = {"truncated": start("report", str(truncated)),
-             "compare": start("compare", str(complete_run), str(deleted), "--out", str(tmp_path / "cmp"))}
-    said = {name: in_process(["report", str(folder)], capsys) for name, folder in
-            [("listed", listed), ("tables-text", tables_text), ("escape", escape), ("deleted", deleted),
-             ("columns", columns)]}
+    procs = {
+        "truncated": start("report", str(truncated)),
+        "compare": start("compare", str(complete_run), str(deleted), "--out", str(tmp_path / "cmp")),
+    }
+    said = {
+        name: in_process(["report", str(folder)], capsys)
+        for name, folder in [
+            ("listed", listed),
+            ("tables-text", tables_text),
+            ("escape", escape),
+            ("deleted", deleted),
+            ("columns", columns),
+        ]
+    }
     said.update({name: finish(proc) for name, proc in procs.items()})
-    expected = {"listed": "it holds a list, not an object", "tables-text": "'tables' must be a list of table names",
-                "escape": "'tables' must be a list of table names", "truncated": "norms.parquet cannot be read",
-                "deleted": "names table 'norms_by_token' but norms_by_token.parquet is missing",
-                "columns": "its tables do not hold what run.json says",
-                "compare": "names table 'norms_by_token' but norms_by_token.parquet is missing"}
+    expected = {
+        "listed": "it holds a list, not an object",
+        "tables-text": "'tables' must be a list of table names",
+        "escape": "'tables' must be a list of table names",
+        "truncated": "norms.parquet cannot be read",
+        "deleted": "names table 'norms_by_token' but norms_by_token.parquet is missing",
+        "columns": "its tables do not hold what run.json says",
+        "compare": "names table 'norms_by_token' but norms_by_token.parquet is missing",
+    }
     for name, phrase in expected.items():
         code, err = said[name]
         assert code == 1 and phrase in one_line(err), (name, err)
@@ -286,15 +324,18 @@ def test_hostile_inputs_are_one_line_before_the_model_loads(tmp_path, capsys):
     latin.write_bytes(b'text\n"caf\xe9"\n')
     numbers = tmp_path / "numbers.parquet"
     pd.DataFrame({"text": [1, 2, 3]}).to_parquet(numbers)
-    cases = {"fifo": (["--input", str(fifo)], "is not a regular file"),
-             "deep": (["--input", str(deep)], "line 1 is nested too deeply"),
-             "surrogate": (["--input", str(surrogate)], "line 2 field 'text' holds \\ud800"),
-             "argv": ([b"--text", b"caf\xff"], "text 1 holds \\udcff"),
-             "csv": (["--input", str(latin)], "is not valid utf-8; pass --encoding ENCODING or --errors replace"),
-             "numbers": (["--input", str(numbers)], "column 'text' holds int64 values, not text")}
+    cases = {
+        "fifo": (["--input", str(fifo)], "is not a regular file"),
+        "deep": (["--input", str(deep)], "line 1 is nested too deeply"),
+        "surrogate": (["--input", str(surrogate)], "line 2 field 'text' holds \\ud800"),
+        "argv": ([b"--text", b"caf\xff"], "text 1 holds \\udcff"),
+        "csv": (["--input", str(latin)], "is not valid utf-8; pass --encoding ENCODING or --errors replace"),
+        "numbers": (["--input", str(numbers)], "column 'text' holds int64 values, not text"),
+    }
     # the FIFO (which must not hang) and argv bytes through a fresh interpreter, the rest in this process
-    procs = {name: start("run", "demo", *cases[name][0], "--out", str(tmp_path / name), "--no-progress")
-             for name in ("fifo", "argv")}
+    procs = {
+        name: start("run", "demo", *cases[name][0], "--out", str(tmp_path / name), "--no-progress") for name in ("fifo", "argv")
+    }
     for name, (args, phrase) in cases.items():
         if name in procs:
             code, err = finish(procs[name], timeout=60)
@@ -355,8 +396,19 @@ def test_a_50_mb_line_with_max_tokens_is_fast_and_small(tmp_path):
     corpus = tmp_path / "line.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog " * 1_190_000 + "\n")  # 52 MB, one line
     started = time.time()
-    proc = start("run", "demo", "--probe", "norms", "--input", str(corpus), "--max-tokens", "500", "--out",
-                 str(tmp_path / "run"), "--no-progress")
+    proc = start(
+        "run",
+        "demo",
+        "--probe",
+        "norms",
+        "--input",
+        str(corpus),
+        "--max-tokens",
+        "500",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    )
     _, wait_status, usage = os.wait4(proc.pid, 0)
     seconds = time.time() - started
     err = proc.stderr.read().decode()
@@ -379,8 +431,11 @@ def test_lock_is_exclusive_reentrant_and_taken_over_when_stale(tmp_path):
     outer = FolderLock.acquire(folder)
     inner = FolderLock.acquire(folder)  # the same process again: a multi-run locks OUT, then compares into it
     assert live_holder(folder) == os.getpid() and (folder / LOCK_FILE).read_text() == f"{os.getpid()}\n"
-    holder = subprocess.run([sys.executable, "-c", "from normprobe.lock import FolderLock; import sys; "
-                             f"FolderLock.acquire({str(folder)!r})"], capture_output=True, text=True)
+    holder = subprocess.run(
+        [sys.executable, "-c", f"from normprobe.lock import FolderLock; import sys; FolderLock.acquire({str(folder)!r})"],
+        capture_output=True,
+        text=True,
+    )
     assert holder.returncode == 1 and f"(pid {os.getpid()})" in holder.stderr.strip().splitlines()[-1]
     inner.release()
     assert (folder / LOCK_FILE).exists()
@@ -406,9 +461,11 @@ def test_statistics_that_do_not_fit_the_probe_are_one_line(demo_adapter):
     probe.setup(demo_adapter, 16)
     good = probe.state_dict()
     restore_probe(probe, {"norms": good}, Path("checkpoint.pt"))  # its own statistics fit
-    for tampered, phrase in [({"norms": {"by_position": good["by_position"]}}, "KeyError: 'by_token'"),
-                             ({"norms": {**good, "by_position": {"count": torch.zeros(3)}}}, "ValueError"),
-                             ({"updates": good}, "holds no statistics for probe 'norms'")]:
+    for tampered, phrase in [
+        ({"norms": {"by_position": good["by_position"]}}, "KeyError: 'by_token'"),
+        ({"norms": {**good, "by_position": {"count": torch.zeros(3)}}}, "ValueError"),
+        ({"updates": good}, "holds no statistics for probe 'norms'"),
+    ]:
         with pytest.raises(NormprobeError, match=r"^checkpoint\.pt") as caught:
             restore_probe(probe, tampered, Path("checkpoint.pt"))
         assert phrase in str(caught.value) and "\n" not in str(caught.value)

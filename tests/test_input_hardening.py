@@ -3,6 +3,7 @@
 A dataset folder is data: the files its state.json, dataset_dict.json or README name must lie inside it,
 and the corpus fingerprint follows the bytes of every file read. Every refusal comes before the model loads.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ def digest(dataset: Path, **options) -> str:
     return make_runner("demo", dataset=str(dataset), **options).request()["corpus_sha256"]
 
 
-def bad_utf8_table() -> "pa.Table":
+def bad_utf8_table() -> pa.Table:
     """A text column whose second value holds the byte 0xE9 alone (Latin-1 é), which is not UTF-8."""
     raw = pa.array([TEXTS[0].encode(), b"caf\xe9 au lait", TEXTS[1].encode()], pa.binary())
     return pa.table({"text": raw.view(pa.string())})
@@ -83,10 +84,14 @@ def test_dataset_json_that_points_elsewhere_or_is_malformed_is_one_line(saved, t
         "list": (variant("list", [1, 2]), "holds list, not an object"),
         "string": (variant("string", {**original, "_data_files": arrow}), "'_data_files' must be a list"),
         "deep": (variant("deep", "[" * 100_000 + "]" * 100_000), "state.json is not valid JSON (RecursionError"),
-        "dotdot": (variant("dotdot", {**original, "_data_files": [{"filename": "../elsewhere.arrow"}]}),
-                   "names '../elsewhere.arrow', outside the dataset folder"),
-        "absolute": (variant("absolute", {**original, "_data_files": [{"filename": str(outside)}]}),
-                     f"names '{outside}', outside the dataset folder"),
+        "dotdot": (
+            variant("dotdot", {**original, "_data_files": [{"filename": "../elsewhere.arrow"}]}),
+            "names '../elsewhere.arrow', outside the dataset folder",
+        ),
+        "absolute": (
+            variant("absolute", {**original, "_data_files": [{"filename": str(outside)}]}),
+            f"names '{outside}', outside the dataset folder",
+        ),
         "split": (variant("split", split_names=["train", "../hostile-ds0/single"]), "outside the dataset folder"),
     }
     for name, (folder, phrase) in cases.items():
@@ -102,8 +107,9 @@ def test_a_readme_may_name_only_files_inside_its_folder(tmp_path, capsys, monkey
     pd.DataFrame({"text": ["outside the folder"]}).to_csv(tmp_path / "outside.csv", index=False)
 
     def readme(path: str) -> None:
-        (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n"
-                                          f"  - split: train\n    path: {path}\n---\n")
+        (folder / "README.md").write_text(
+            f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: {path}\n---\n"
+        )
 
     readme(".data/train.csv")  # a hidden file the folder listing skips, named by the README
     assert documents(folder) == TEXTS
@@ -123,8 +129,10 @@ def test_fingerprint_follows_the_arrow_bytes(saved, tmp_path):
     arrow = next(folder.glob("*.arrow"))
     data = arrow.read_bytes()
     arrow.write_bytes(data.replace(b"first document", b"final document"))  # same length, same fingerprint field
-    assert json.loads((folder / "state.json").read_text())["_fingerprint"] == \
-        json.loads((saved / "single" / "state.json").read_text())["_fingerprint"]
+    assert (
+        json.loads((folder / "state.json").read_text())["_fingerprint"]
+        == json.loads((saved / "single" / "state.json").read_text())["_fingerprint"]
+    )
     assert documents(folder)[0] == "The final document is short."
     assert digest(folder) != before
 
@@ -154,10 +162,12 @@ def test_undecodable_dataset_and_parquet_text_is_one_line_or_replaced(tmp_path, 
     pq.write_table(bad_utf8_table(), parquet_folder / "train.parquet")
     replaced = "caf\ufffd au lait"
     capsys.readouterr()  # save_to_disk's progress bar
-    for args, phrase in [(["--dataset", str(disk)], "row 2 holds bytes that are not valid UTF-8"),
-                         (["--dataset", str(data)], "pass --encoding ENCODING or --errors replace"),
-                         (["--dataset", str(parquet_folder)], "row 2 holds bytes that are not valid UTF-8"),
-                         (["--input", str(parquet)], "row 2 holds bytes that are not valid UTF-8")]:
+    for args, phrase in [
+        (["--dataset", str(disk)], "row 2 holds bytes that are not valid UTF-8"),
+        (["--dataset", str(data)], "pass --encoding ENCODING or --errors replace"),
+        (["--dataset", str(parquet_folder)], "row 2 holds bytes that are not valid UTF-8"),
+        (["--input", str(parquet)], "row 2 holds bytes that are not valid UTF-8"),
+    ]:
         code, err = cli(["run", "demo", *args, "--out", str(tmp_path / "x")], capsys, monkeypatch)
         assert code == 1 and phrase in one_line(err), (args, err)
         assert "Failed to read" not in caplog.text  # datasets' own log line would be a second line
@@ -172,9 +182,11 @@ def test_undecodable_dataset_and_parquet_text_is_one_line_or_replaced(tmp_path, 
 
 # -- 5. valid input accepted ------------------------------------------------------------------
 def test_utf16_files_are_read_with_their_encoding(tmp_path, capsys, monkeypatch):
-    files = {".txt": "\n".join(TEXTS) + "\n",
-             ".jsonl": "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in TEXTS),
-             ".csv": "text\n" + "".join(f'"{t}"\n' for t in TEXTS)}
+    files = {
+        ".txt": "\n".join(TEXTS) + "\n",
+        ".jsonl": "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in TEXTS),
+        ".csv": "text\n" + "".join(f'"{t}"\n' for t in TEXTS),
+    }
     for suffix, content in files.items():
         path = tmp_path / f"corpus{suffix}"
         path.write_bytes(content.encode("utf-16"))  # with a BOM; every ASCII character has a NUL byte

@@ -1,4 +1,5 @@
 """A tuned readout's diagnostics on the probe corpus (held-out CE, KL to the model's output) against a hand computation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,15 @@ TRAIN, PROBE = DOCS[:3], DOCS[3:]
 
 @pytest.fixture(scope="module")
 def lens(tmp_path_factory, family_adapter):
-    return train_lens(family_adapter("gpt2"), tmp_path_factory.mktemp("lens") / "lens", texts=TRAIN, steps=3,
-                      batch_size=2, seq_len=32, progress=False)
+    return train_lens(
+        family_adapter("gpt2"),
+        tmp_path_factory.mktemp("lens") / "lens",
+        texts=TRAIN,
+        steps=3,
+        batch_size=2,
+        seq_len=32,
+        progress=False,
+    )
 
 
 @torch.no_grad()
@@ -57,8 +65,7 @@ def test_diagnostics_equal_hand_computation_and_flag_in_sample(lens, family_adap
     assert_float32_close([found["heldout_ce_by_layer"][l] for l in layers], [ce[l] for l in layers], rel=1e-5)
     # KL is a difference of log-probabilities of about log(vocab) = 6 nats each, rounded in float32: ~1e-7 x 6
     # per token, however small the KL itself
-    np.testing.assert_allclose([found["kl_to_output_by_layer"][l] for l in layers], [kl[l] for l in layers],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([found["kl_to_output_by_layer"][l] for l in layers], [kl[l] for l in layers], rtol=1e-5, atol=1e-6)
     assert found["kl_to_output_by_layer"][layers[-1]] == pytest.approx(0, abs=1e-6)
     in_sample = normprobe.run(adapter, texts=TRAIN, probes=["norms"], readout=f"tuned:{lens}", progress=False)
     warning = [line for line in capfd.readouterr().err.splitlines() if "in-sample" in line]

@@ -1,4 +1,5 @@
 """`lens train`: a tiny trained lens beats the logit lens at layer 0, resumes exactly, loads in tuned-lens; the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -70,24 +71,45 @@ def test_trained_lens_loads_in_tuned_lens(demo_adapter, trained, hf_model, tuned
 
 def test_cli_trains_then_runs_linesearch_with_the_lens(tmp_path, capsys):
     lens = tmp_path / "lens"
-    code, out, err = invoke(["lens", "train", "demo", "--out", str(lens), "--steps", "2", "--batch-size", "1",
-                             "--seq-len", "16", "--device", "cpu"], capsys)
+    code, out, err = invoke(
+        ["lens", "train", "demo", "--out", str(lens), "--steps", "2", "--batch-size", "1", "--seq-len", "16", "--device", "cpu"],
+        capsys,
+    )
     assert code == 0, err
     # stderr is no terminal here: a loading line, then plain progress lines, never a redrawn bar
     assert "normprobe: loading demo (GPT-2" in err and "normprobe: loaded demo in " in err
     assert "\r" not in err and err.count("training lens: 2 steps of 2 (100%)") == 1
     assert {p.name for p in lens.iterdir()} == {"config.json", "params.pt", "training.json"}
     run = tmp_path / "run"
-    code, out, err = invoke(["run", "demo", "--probe", "linesearch", "--readout", f"tuned:{lens}", "--alphas", "0,1,2",
-                             "--max-docs", "3", "--out", str(run), "--no-progress", "--device", "cpu"], capsys)
+    code, out, err = invoke(
+        [
+            "run",
+            "demo",
+            "--probe",
+            "linesearch",
+            "--readout",
+            f"tuned:{lens}",
+            "--alphas",
+            "0,1,2",
+            "--max-docs",
+            "3",
+            "--out",
+            str(run),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     meta = json.loads((run / "run.json").read_text())
     assert meta["readout"]["kind"] == "tuned" and meta["request"]["alphas"] == [0.0, 1.0, 2.0]
     assert "tuned lens" in (run / "report.html").read_text()
     code, out, err = invoke(["lens", "train", "demo", "--out", str(lens), "--steps", "2", "--no-progress"], capsys)
     assert code == 1 and "not empty" in err and len(err.strip().splitlines()) == 1
-    code, out, err = invoke(["run", "demo", "--probe", "updates", "--readout", f"tuned:{tmp_path / 'none'}",
-                             "--out", str(tmp_path / "x")], capsys)
+    code, out, err = invoke(
+        ["run", "demo", "--probe", "updates", "--readout", f"tuned:{tmp_path / 'none'}", "--out", str(tmp_path / "x")], capsys
+    )
     assert code == 1 and "tuned lens folder not found" in err and not (tmp_path / "x").exists()
 
 

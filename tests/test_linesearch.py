@@ -1,4 +1,5 @@
 """The linesearch probe against a plain loop over Hugging Face modules, its merge, and α* refinement."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,11 @@ def _plain_line_search(hf, tokenizer, docs, alphas):
         for l, block in enumerate(hf.transformer.h):
             handles.append(block.attn.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("attn", l), o[0][0])))
             handles.append(block.mlp.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("mlp", l), o[0])))
-            handles.append(block.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("post", l), o[0][0] if isinstance(o, tuple) else o[0])))
+            handles.append(
+                block.register_forward_hook(
+                    lambda m, i, o, l=l: parts.__setitem__(("post", l), o[0][0] if isinstance(o, tuple) else o[0])
+                )
+            )
         with torch.no_grad():
             out = hf(torch.tensor([ids]), output_hidden_states=True)
             for handle in handles:
@@ -90,9 +95,13 @@ def test_alpha_star_is_the_vertex_of_a_parabola():
         assert star == pytest.approx(vertex, rel=1e-12) and not edge
     star, edge = refine_minimum(alphas, 5.0 - alphas)  # still falling at the end of the grid
     assert (star, edge) == (3.0, True)
-    rows = [{"layer": 0, "component": "block", "alpha": a, "count": 1, "lens_loss_mean": (a - 1.05) ** 2, "n_nonfinite": 0}
-            for a in alphas] + [{"layer": 1, "component": "block", "alpha": a, "count": 1,
-                                 "lens_loss_mean": (a - 1.7) ** 2, "n_nonfinite": 0} for a in alphas]
+    rows = [
+        {"layer": 0, "component": "block", "alpha": a, "count": 1, "lens_loss_mean": (a - 1.05) ** 2, "n_nonfinite": 0}
+        for a in alphas
+    ] + [
+        {"layer": 1, "component": "block", "alpha": a, "count": 1, "lens_loss_mean": (a - 1.7) ** 2, "n_nonfinite": 0}
+        for a in alphas
+    ]
     f = line_search_findings(pd.DataFrame(rows))
     assert f["alpha_star"]["block"] == pytest.approx({0: 1.05, 1: 1.7})
     assert f["alpha_star_near_one"]["block"] == [0]

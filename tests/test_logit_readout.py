@@ -1,4 +1,5 @@
 """The readout's written-out gradient against autograd in float64, for every logit post-processing, over many rows."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,15 @@ import torch
 from normprobe.logit_readout import ROW_CHUNK, LogitOp, Readout
 
 
-@pytest.mark.parametrize("op", [None, LogitOp("softcap", 2.0, "final_logit_softcapping"),
-                                LogitOp("scale", 0.5, "logit_scale"), LogitOp("divide", 4.0, "logits_scaling")])
+@pytest.mark.parametrize(
+    "op",
+    [
+        None,
+        LogitOp("softcap", 2.0, "final_logit_softcapping"),
+        LogitOp("scale", 0.5, "logit_scale"),
+        LogitOp("divide", 4.0, "logits_scaling"),
+    ],
+)
 def test_loss_and_grad_equal_autograd_in_float64(op):
     torch.manual_seed(0)
     d, vocab, n = 24, 300, 2 * ROW_CHUNK + 37  # more rows than one chunk, and a ragged last chunk

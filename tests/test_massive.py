@@ -1,4 +1,5 @@
 """The massive probe against Hugging Face hidden states and eager attention weights, plain loops in numpy."""
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -50,18 +51,25 @@ def reference_tables(docs, d_model, ratio):
                 cell["max"].append(magnitude.max())
                 cell["median"].append(np.median(magnitude))
                 cell["argmax"].append(int(magnitude.argmax()))
-                cell["norm"].append(np.sqrt((vector ** 2).sum()))
+                cell["norm"].append(np.sqrt((vector**2).sum()))
                 if site == "resid_pre":
-                    squares[(layer, "position0" if position == 0 else "rest")] += vector ** 2
+                    squares[(layer, "position0" if position == 0 else "rest")] += vector**2
                     if position >= 1 and magnitude.max() > ratio * np.median(magnitude):
                         crossed[(layer, ids[position])].append(magnitude.max())
         for layer, weights in enumerate(attentions):
             for head in range(weights.shape[0]):
                 for query in range(1, len(ids)):
                     sink[(layer, head)].append(weights[head, query, 0])
-    massive = {key: {"count": len(c["max"]), "max_abs_mean": np.mean(c["max"]), "median_abs_mean": np.mean(c["median"]),
-                     "max_dim_mode": min(Counter(c["argmax"]).items(), key=lambda kv: (-kv[1], kv[0]))[0],
-                     "norm_mean": np.mean(c["norm"])} for key, c in per_slot.items()}
+    massive = {
+        key: {
+            "count": len(c["max"]),
+            "max_abs_mean": np.mean(c["max"]),
+            "median_abs_mean": np.mean(c["median"]),
+            "max_dim_mode": min(Counter(c["argmax"]).items(), key=lambda kv: (-kv[1], kv[0]))[0],
+            "norm_mean": np.mean(c["norm"]),
+        }
+        for key, c in per_slot.items()
+    }
     top = {}
     for (layer, group), sq in squares.items():
         order = sorted(range(d_model), key=lambda i: (-sq[i], i))[:8]
@@ -73,8 +81,9 @@ def reference_tables(docs, d_model, ratio):
 
 def threshold_between(docs, quantile=0.8):
     """A max/median threshold in a clear gap between tokens' ratios, so float rounding cannot move a token across."""
-    ratios = np.sort(np.unique([np.abs(v).max() / np.median(np.abs(v))
-                                for _, states, _ in docs for h in states[:-1] for v in h[1:]]))
+    ratios = np.sort(
+        np.unique([np.abs(v).max() / np.median(np.abs(v)) for _, states, _ in docs for h in states[:-1] for v in h[1:]])
+    )
     i = int(quantile * len(ratios))
     while ratios[i + 1] - ratios[i] < 1e-3 * ratios[i]:
         i += 1
@@ -233,8 +242,15 @@ def test_checkpoint_then_resume_equals_uninterrupted(demo_adapter, tmp_path):
 
     flaky = tmp_path / "flaky.py"
     flaky.write_text(FLAKY)
-    options = dict(probes=["massive", str(flaky)], texts=DOCS, batch_size=1, checkpoint_every=2,
-                   massive_ratio=4.0, progress=False, plotlyjs="cdn")
+    options = dict(
+        probes=["massive", str(flaky)],
+        texts=DOCS,
+        batch_size=1,
+        checkpoint_every=2,
+        massive_ratio=4.0,
+        progress=False,
+        plotlyjs="cdn",
+    )
     with pytest.raises(NormprobeError, match="boom"):
         run_to_folder(demo_adapter, tmp_path / "run", **options)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
@@ -287,7 +303,8 @@ def test_report_section_draws_and_says_why_when_empty(demo_adapter):
     massive = result["massive"]
     row = massive[(massive.site == "resid_pre") & (massive.layer == 1) & (massive.position == 2)].iloc[0]
     assert heat.z[list(heat.y).index(1)][list(heat.x).index(2)] == pytest.approx(
-        np.log10(row.max_abs_mean / row.median_abs_mean), rel=1e-5)
+        np.log10(row.max_abs_mean / row.median_abs_mean), rel=1e-5
+    )
     again = render_massive(result.tables, result.findings["massive"], result.meta)
     assert [f.to_json() for f in figures] == [b.figure.to_json() for b in again.blocks if b.figure is not None]
     empty = {name: frame.iloc[:0] for name, frame in result.tables.items()}

@@ -1,4 +1,5 @@
 """No second copy of any weight, weights loaded in their dtype, the placement and the batch size recorded."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,10 @@ def _residuals(adapter, reads_patterns: bool | None) -> list[torch.Tensor]:
     if reads_patterns is not None:
         adapter.select_attention(reads_patterns)
     seen = {}
-    hooks = [(adapter.hook_name("resid_pre", l), lambda act, hook, l=l: seen.__setitem__(l, act.detach().clone()))
-             for l in range(adapter.n_layers)]
+    hooks = [
+        (adapter.hook_name("resid_pre", l), lambda act, hook, l=l: seen.__setitem__(l, act.detach().clone()))
+        for l in range(adapter.n_layers)
+    ]
     with torch.inference_mode():
         adapter.forward(IDS, torch.ones_like(IDS), hooks)
     return [seen[l] for l in range(adapter.n_layers)]
@@ -76,8 +79,16 @@ def test_bfloat16_checkpoint_loads_without_a_float32_copy(tmp_path, tokenizers_b
     from torch.utils._python_dispatch import TorchDispatchMode
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(tmp_path)
     tokenizers_by_kind["split"].save_pretrained(tmp_path)
@@ -104,8 +115,9 @@ def test_device_map_places_layers_across_memory_and_disk_exactly(tmp_path, famil
     folder = family_dir("llama")
     reference = hf_model(folder, "sdpa")
     own = _weight_bytes(reference)
-    adapter = normprobe.load_model(str(folder), device_map="auto", max_memory_per_device={"cpu": own // 2},
-                                   offload_folder=str(tmp_path / "offload"))
+    adapter = normprobe.load_model(
+        str(folder), device_map="auto", max_memory_per_device={"cpu": own // 2}, offload_folder=str(tmp_path / "offload")
+    )
     placement = adapter.placement()
     assert placement["device_map"] == "auto" and set(placement["weight_bytes_by_device"]) == {"cpu", "disk"}
     assert 0 < placement["weight_bytes_by_device"]["cpu"] <= own // 2
@@ -125,8 +137,23 @@ def test_run_json_records_placement_and_the_batch_size_with_its_reason(tmp_path,
     out = tmp_path / "run"
     cap = READOUT_BYTES + 5 * window_bytes(128, 4, 64, False) + 1000  # room for five windows of 64 tokens
     with pytest.raises(SystemExit) as exc:
-        main(["run", "demo", "--device-map", "auto", "--max-memory", str(cap), "--seq-len", "64", "--max-docs", "12",
-              "--out", str(out), "--no-progress"])
+        main(
+            [
+                "run",
+                "demo",
+                "--device-map",
+                "auto",
+                "--max-memory",
+                str(cap),
+                "--seq-len",
+                "64",
+                "--max-docs",
+                "12",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     assert exc.value.code == 0, capsys.readouterr().err
     meta = json.loads((out / "run.json").read_text())
     assert meta["batch_size"] == 5 and meta["memory_budget_bytes"] == cap
@@ -143,12 +170,15 @@ def test_run_json_records_placement_and_the_batch_size_with_its_reason(tmp_path,
     assert meta["options"]["max_memory"] == str(cap)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--max-memory", "8 bananas"], "--max-memory must be a size like 8GB"),
-    (["--max-memory", "0GB"], "--max-memory must be at least 1MiB"),
-    (["--device-map", "everywhere"], "--device-map must be one of auto"),
-    (["--device-map", "auto", "--device", "cpu"], "leave out --device cpu"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-memory", "8 bananas"], "--max-memory must be a size like 8GB"),
+        (["--max-memory", "0GB"], "--max-memory must be at least 1MiB"),
+        (["--device-map", "everywhere"], "--device-map must be one of auto"),
+        (["--device-map", "auto", "--device", "cpu"], "leave out --device cpu"),
+    ],
+)
 def test_bad_memory_options_fail_in_one_line_before_loading(extra, message, tmp_path, capsys, monkeypatch):
     import normprobe.adapter as adapter
     from normprobe.cli import main

@@ -6,6 +6,7 @@ gradients come from `retain_grad` on the block inputs and outputs and on resid_m
 norm before the MLP), and each ablation is a forward hook that replaces a block's output by its
 input, or a component's output by zeros.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,12 @@ PARTS = {
     "gpt2": (lambda hf: hf.transformer.h, lambda b: b.attn, lambda b: b.mlp, lambda b: b.ln_2),
     "llama": (lambda hf: hf.model.layers, lambda b: b.self_attn, lambda b: b.mlp, lambda b: b.post_attention_layernorm),
     "gpt_neox": (lambda hf: hf.gpt_neox.layers, lambda b: b.attention, lambda b: b.mlp, lambda b: None),
-    "gemma2": (lambda hf: hf.model.layers, lambda b: b.post_attention_layernorm, lambda b: b.post_feedforward_layernorm,
-               lambda b: b.pre_feedforward_layernorm),
+    "gemma2": (
+        lambda hf: hf.model.layers,
+        lambda b: b.post_attention_layernorm,
+        lambda b: b.post_feedforward_layernorm,
+        lambda b: b.pre_feedforward_layernorm,
+    ),
 }
 
 
@@ -45,6 +50,7 @@ def _replaced(output, value):
 
 def hf_token_losses(hf, ids: list[int], edit=None) -> torch.Tensor:
     """Per-token next-token loss of HF's own logits, with `edit` = (module, fn(input, output) -> output) hooked in."""
+
     def hook(module, args, kwargs, out):
         return edit[1](args[0] if args else kwargs.get("hidden_states"), out)
 
@@ -69,6 +75,7 @@ def hf_reference(hf, family: str, ids: list[int], ablate: bool = False) -> dict:
             tensor = _first(out) if output_side else args[0]
             tensor.retain_grad()
             seen[key] = tensor
+
         return hook
 
     for l, block in enumerate(layers):
@@ -96,15 +103,20 @@ def hf_reference(hf, family: str, ids: list[int], ablate: bool = False) -> dict:
         grads = {"attn": g_attn, "mlp": g_post, "block": g_post}
         for component, d in deltas.items():
             g = grads[component]
-            values = {"descent_cos": torch.nn.functional.cosine_similarity(d, -g, dim=-1),
-                      "predicted_change": (g * d).sum(-1), "update_norm": d.norm(dim=-1),
-                      "total_cos": torch.nn.functional.cosine_similarity(d, total.detach(), dim=-1)}
+            values = {
+                "descent_cos": torch.nn.functional.cosine_similarity(d, -g, dim=-1),
+                "predicted_change": (g * d).sum(-1),
+                "update_norm": d.norm(dim=-1),
+                "total_cos": torch.nn.functional.cosine_similarity(d, total.detach(), dim=-1),
+            }
             out[(l, component)] = values
         if ablate:
             block = layers[l]
-            edits = {"block": (block, lambda inp, o: _replaced(o, inp)),
-                     "attn": (attn_of(block), lambda inp, o: _replaced(o, torch.zeros_like(_first(o)))),
-                     "mlp": (mlp_of(block), lambda inp, o: _replaced(o, torch.zeros_like(_first(o))))}
+            edits = {
+                "block": (block, lambda inp, o: _replaced(o, inp)),
+                "attn": (attn_of(block), lambda inp, o: _replaced(o, torch.zeros_like(_first(o)))),
+                "mlp": (mlp_of(block), lambda inp, o: _replaced(o, torch.zeros_like(_first(o)))),
+            }
             for component, edit in edits.items():
                 out[(l, component)]["actual_change"] = loss.detach() - hf_token_losses(hf, ids, edit)
     return {"steps": out, "loss": loss.detach()}
@@ -123,6 +135,7 @@ def tiny_models(word_tokenizer):  # noqa: F811 - the fixture imported above
             adapter, reference = tiny_pair(family, word_tokenizer)
             made[family] = (adapter, reference.double())
         return made[family]
+
     return get
 
 
@@ -155,11 +168,20 @@ def test_rerun_of_the_unchanged_stream_is_the_model(tiny_models):
     batch = _batch(adapter, [list(range(2, 14)), list(range(20, 28))])
     streams = {}
     with torch.inference_mode():
-        adapter.forward(batch.tokens, batch.mask.long(),
-                        [(adapter.hook_name("resid_pre", l), lambda a, hook=None, l=l: streams.__setitem__(l, a.clone()))
-                         for l in range(adapter.n_layers)]
-                        + [(adapter.hook_name("resid_post", adapter.n_layers - 1),
-                            lambda a, hook=None: streams.__setitem__("out", a.clone()))])
+        adapter.forward(
+            batch.tokens,
+            batch.mask.long(),
+            [
+                (adapter.hook_name("resid_pre", l), lambda a, hook=None, l=l: streams.__setitem__(l, a.clone()))
+                for l in range(adapter.n_layers)
+            ]
+            + [
+                (
+                    adapter.hook_name("resid_post", adapter.n_layers - 1),
+                    lambda a, hook=None: streams.__setitem__("out", a.clone()),
+                )
+            ],
+        )
         for layer in range(adapter.n_layers):
             again = adapter.rerun_from(layer, streams[layer], batch.tokens, batch.mask.long())
             torch.testing.assert_close(again[batch.mask], streams["out"][batch.mask], rtol=0, atol=0)
@@ -182,8 +204,9 @@ def _plain_loop(hf, tokenizer, docs):
 
 def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
     docs = DOCS[:3]
-    result = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2,
-                           readout="model", ablate=True)
+    result = normprobe.run(
+        demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2, readout="model", ablate=True
+    )
     assert result.meta["readout"]["kind"] == "model"
     table = result["updates"].set_index(["layer", "component"])
     rows, loss = _plain_loop(copy.deepcopy(hf_model(DEMO_DIR)).double(), demo_adapter.tokenizer, docs)
@@ -202,8 +225,9 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
     without = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2, readout="model")
     steps = without["updates"][without["updates"].component != "output"]
     assert steps["actual_change_mean"].isna().all() and steps["predicted_change_mean"].notna().all()
-    np.testing.assert_allclose(steps["descent_cos_mean"], table.reset_index().query("component != 'output'")["descent_cos_mean"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        steps["descent_cos_mean"], table.reset_index().query("component != 'output'")["descent_cos_mean"], rtol=1e-6
+    )
     # what does not depend on the readout equals the logit readout's, next_cos included
     lens = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2)["updates"]
     lens = lens[lens.component != "output"]
@@ -213,17 +237,20 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
 
 def test_line_search_matches_hf_hooks(demo_adapter, hf_model):
     docs, alphas = DOCS[:2], [0.0, 1.0, 2.0]
-    table = normprobe.run(demo_adapter, texts=docs, probes=["linesearch"], progress=False, batch_size=2,
-                          readout="model", alphas=alphas)["line_search"]
+    table = normprobe.run(
+        demo_adapter, texts=docs, probes=["linesearch"], progress=False, batch_size=2, readout="model", alphas=alphas
+    )["line_search"]
     hf = copy.deepcopy(hf_model(DEMO_DIR)).double()
     want: dict[tuple, list] = {}
     for doc in docs:
         ids = token_ids(demo_adapter.tokenizer, doc)
         for l, block in enumerate(hf.transformer.h):
             for alpha in alphas:
-                edits = {"block": (block, lambda inp, o, a=alpha: _replaced(o, inp + a * (_first(o) - inp))),
-                         "attn": (block.attn, lambda inp, o, a=alpha: _replaced(o, a * _first(o))),
-                         "mlp": (block.mlp, lambda inp, o, a=alpha: _replaced(o, a * _first(o)))}
+                edits = {
+                    "block": (block, lambda inp, o, a=alpha: _replaced(o, inp + a * (_first(o) - inp))),
+                    "attn": (block.attn, lambda inp, o, a=alpha: _replaced(o, a * _first(o))),
+                    "mlp": (block.mlp, lambda inp, o, a=alpha: _replaced(o, a * _first(o))),
+                }
                 for component, edit in edits.items():
                     want.setdefault((l, component, alpha), []).append(hf_token_losses(hf, ids, edit))
     assert len(table) == len(want)
@@ -234,8 +261,9 @@ def test_line_search_matches_hf_hooks(demo_adapter, hf_model):
 
 
 # -- runs: shards, merge and resume give the single run's tables ------------------------------------
-RUN = dict(probes=["updates", "linesearch"], readout="model", ablate=True, alphas=[0.0, 1.0], layers=[1, 3],
-           batch_size=1, texts=DOCS[:4])
+RUN = dict(
+    probes=["updates", "linesearch"], readout="model", ablate=True, alphas=[0.0, 1.0], layers=[1, 3], batch_size=1, texts=DOCS[:4]
+)
 
 
 def _same_tables(got, want):
@@ -257,8 +285,10 @@ def test_shards_merge_and_resume_equal_a_single_run(demo_adapter, tmp_path, monk
     single = normprobe.run(demo_adapter, progress=False, **RUN)
     assert single.meta["readout"]["kind"] == "model" and single.meta["request"]["ablate"] is True
     shards = [normprobe.run(demo_adapter, progress=False, shard=(i, 2), **RUN) for i in range(2)]
-    probes = [make_probe(cls, RUN["layers"], {"readout": "model", "ablate": True, "alphas": RUN["alphas"]})
-              for cls in make_runner(demo_adapter, **RUN).probe_classes]
+    probes = [
+        make_probe(cls, RUN["layers"], {"readout": "model", "ablate": True, "alphas": RUN["alphas"]})
+        for cls in make_runner(demo_adapter, **RUN).probe_classes
+    ]
     for probe in probes:
         probe.setup(demo_adapter, single.meta["seq_len"])
     for shard in shards:

@@ -6,6 +6,7 @@ gradient equals autograd through HF's own final norm, head and logit post-proces
 outputs add up to the block's update; and the facts `normprobe models` prints are what the model
 shows. Also: every causal LM both libraries build is either supported or refused with a reason.
 """
+
 from __future__ import annotations
 
 import copy
@@ -111,8 +112,7 @@ def test_model_type_matches_hugging_face(model_type, word_tokenizer):
     assert _rel(h_last, hidden[L]) <= REL, (model_type, "output")
 
     # (b) lens loss at the output equals the loss of HF's own logits
-    hf_loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(), targets,
-                                                reduction="none")
+    hf_loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(), targets, reduction="none")
     flat = h_last.reshape(-1, adapter.d_model)
     torch.testing.assert_close(adapter.readout.loss(flat, targets), hf_loss.detach(), rtol=REL, atol=REL)
 
@@ -211,8 +211,7 @@ def test_refused_for_disagreeing_with_hugging_face_still_disagrees(model_type, w
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(config).eval()
     reference = copy.deepcopy(hf)
-    bridge = TransformerBridge.boot_transformers(word_tokenizer.name_or_path, hf_model=hf, device="cpu",
-                                                 tokenizer=word_tokenizer)
+    bridge = TransformerBridge.boot_transformers(word_tokenizer.name_or_path, hf_model=hf, device="cpu", tokenizer=word_tokenizer)
     ids = torch.randint(2, VOCAB, (2, 10), generator=torch.Generator().manual_seed(1))
     seen = {}
     names = [f"blocks.{l}.hook_resid_pre" for l in range(bridge.cfg.n_layers)]
@@ -224,11 +223,17 @@ def test_refused_for_disagreeing_with_hugging_face_still_disagrees(model_type, w
     assert worst > 1e-3, (model_type, worst)
 
 
-@pytest.mark.parametrize("model_type, reason", [
-    ("t5", "encoder-decoder"), ("llava", "vision-language wrapper: load its text model"),
-    ("ctrl", "TransformerLens 4 has no adapter for CTRLLMHeadModel"), ("gemma3", "load its text model (model_type gemma3_text)"),
-    ("mamba", "state-space model"), ("no-such-type", "unknown to Hugging Face transformers"),
-])
+@pytest.mark.parametrize(
+    "model_type, reason",
+    [
+        ("t5", "encoder-decoder"),
+        ("llava", "vision-language wrapper: load its text model"),
+        ("ctrl", "TransformerLens 4 has no adapter for CTRLLMHeadModel"),
+        ("gemma3", "load its text model (model_type gemma3_text)"),
+        ("mamba", "state-space model"),
+        ("no-such-type", "unknown to Hugging Face transformers"),
+    ],
+)
 def test_refusal_names_its_reason(model_type, reason):
     from normprobe.adapter import check_architecture
     from normprobe.errors import NormprobeError
@@ -246,8 +251,9 @@ def test_a_run_reads_out_the_model_loss(model_type, word_tokenizer):
     adapter, reference = tiny_pair(model_type, word_tokenizer)
     generator = torch.Generator().manual_seed(2)
     docs = [[int(i) for i in torch.randint(2, VOCAB, (n,), generator=generator)] for n in (9, 4, 13)]
-    updates = normprobe.run(adapter, texts=[" ".join(f"w{i}" for i in doc) for doc in docs], probes=["updates"],
-                            progress=False, batch_size=2)["updates"]
+    updates = normprobe.run(
+        adapter, texts=[" ".join(f"w{i}" for i in doc) for doc in docs], probes=["updates"], progress=False, batch_size=2
+    )["updates"]
     total, count = 0.0, 0
     for doc in docs:
         ids = torch.tensor([[word_tokenizer.bos_token_id, *doc]])

@@ -1,4 +1,5 @@
 """The norms probe against Hugging Face output_hidden_states, across batching, streaming and merging."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,9 @@ def test_mixed_length_batch_equals_documents_alone(demo_adapter):
     alone = [_run(demo_adapter, docs=[d]) for d in DOCS]
     merged = pd.concat([r["norms"] for r in alone])
     merged["weighted"] = merged["mean"] * merged["count"]
-    per_key = merged.groupby(["site", "layer", "position"]).agg(count=("count", "sum"), weighted=("weighted", "sum"),
-                                                                 min=("min", "min"), max=("max", "max"))
+    per_key = merged.groupby(["site", "layer", "position"]).agg(
+        count=("count", "sum"), weighted=("weighted", "sum"), min=("min", "min"), max=("max", "max")
+    )
     per_key["mean"] = per_key["weighted"] / per_key["count"]
     got = together["norms"].set_index(["site", "layer", "position"]).loc[per_key.index]
     np.testing.assert_array_equal(got["count"].values, per_key["count"].values)

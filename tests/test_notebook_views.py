@@ -2,6 +2,7 @@
 
 Expected values are recomputed here from the saved tables, not read from the code under test.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,16 @@ from normprobe.errors import NormprobeError
 from normprobe.report.export import _slug, static_copy, static_variants
 from tests.reference import assert_float32_close
 
-FIRST = ["The quick brown fox jumps over the lazy dog.", "Assignment statements are used to bind names to values.",
-         "Norms grow with depth in many models, and the first token is often an outlier."]
-SECOND = ["Every layer of a transformer adds an update to the residual stream of each token in the window.",
-          "A short one.", "The cat sat on the mat."]
+FIRST = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Assignment statements are used to bind names to values.",
+    "Norms grow with depth in many models, and the first token is often an outlier.",
+]
+SECOND = [
+    "Every layer of a transformer adds an update to the residual stream of each token in the window.",
+    "A short one.",
+    "The cat sat on the mat.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,10 @@ def test_html_summary_shows_model_tokens_status_and_findings_without_plotly(runs
     page = a._repr_html_()
     tokens = int(a["norms"].query("site == 'resid_pre' and layer == 0")["count"].sum())
     assert f"model demo (GPT-2, 4 layers, float32) · {tokens:,} tokens in 3 documents · status complete" in page
-    assert f"<td style=\"border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top\">{geometric_growth(a):.3g}</td>" in page
+    assert (
+        f"<td style=\"border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top\">{geometric_growth(a):.3g}</td>"
+        in page
+    )
     assert "Lens loss by layer" in page and "<script" not in page and len(page) < 30_000  # + the claims table
     for row in a.claims.head(3).to_dict("records"):
         assert f"{row['value']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" in page
@@ -141,8 +151,11 @@ def test_static_copy_drops_menus_and_keeps_the_data(runs):
 def test_static_variants_show_each_menu_choice_and_name_it(runs):
     """A still per choice of a selection menu, titled with the choice; the data each shows is what the menu would."""
     a, _ = runs
-    menus = [f for f in a.figures().values()
-             if f.layout.updatemenus and any(b.method == "update" for b in f.layout.updatemenus[0].buttons)]
+    menus = [
+        f
+        for f in a.figures().values()
+        if f.layout.updatemenus and any(b.method == "update" for b in f.layout.updatemenus[0].buttons)
+    ]
     assert menus
     for fig in menus:
         buttons = fig.layout.updatemenus[0].buttons
@@ -154,8 +167,11 @@ def test_static_variants_show_each_menu_choice_and_name_it(runs):
             visible = button.args[0].get("visible")
             if visible is not None:
                 assert [trace.visible for trace in still.data] == list(visible)
-    log_only = [f for f in a.figures().values()
-                if f.layout.updatemenus and all(b.method == "relayout" for m in f.layout.updatemenus for b in m.buttons)]
+    log_only = [
+        f
+        for f in a.figures().values()
+        if f.layout.updatemenus and all(b.method == "relayout" for m in f.layout.updatemenus for b in m.buttons)
+    ]
     assert log_only and all(len(static_variants(f)) == 1 for f in log_only)
 
 
@@ -167,8 +183,10 @@ def test_export_file_names_are_cut_between_words():
 
 def test_model_adapter_says_what_it_holds(demo_adapter):
     text = repr(demo_adapter)
-    assert text == (f"<ModelAdapter 'demo' ({demo_adapter.family.name}): {demo_adapter.n_layers} layers, "
-                    f"d_model {demo_adapter.d_model}, {demo_adapter.dtype} on {demo_adapter.device}>")
+    assert text == (
+        f"<ModelAdapter 'demo' ({demo_adapter.family.name}): {demo_adapter.n_layers} layers, "
+        f"d_model {demo_adapter.d_model}, {demo_adapter.dtype} on {demo_adapter.device}>"
+    )
     assert "object at" not in text
 
 

@@ -1,4 +1,5 @@
 """Half precision: bfloat16 and float16 runs agree with float32 (norms within 1%, alignments within 0.02)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_float16_overflow_is_counted_not_averaged(demo_adapter):
 
     probe = NormsProbe()
     probe.setup(demo_adapter, 8)
-    from normprobe.batching import collate, Window
+    from normprobe.batching import Window, collate
 
     batch = collate([Window(0, [0, 5, 6, 7])], demo_adapter.pad_token_id, "cpu")
     acts = {}
@@ -63,5 +64,8 @@ def test_bfloat16_norms_on_other_families(family, family_adapter):
     texts = DOCS * 2
     full = normprobe.run(family_adapter(family), texts=texts, probes=["norms"], progress=False)["norms"]
     half = normprobe.run(family_adapter(family, "bfloat16"), texts=texts, probes=["norms"], progress=False)["norms"]
-    pooled = lambda t: (t["mean"] * t["count"]).groupby([t["site"], t["layer"]]).sum() / t.groupby(["site", "layer"])["count"].sum()  # noqa: E731
+
+    def pooled(t):
+        return (t["mean"] * t["count"]).groupby([t["site"], t["layer"]]).sum() / t.groupby(["site", "layer"])["count"].sum()
+
     assert float((pooled(half) / pooled(full) - 1).abs().max()) < 0.01

@@ -1,4 +1,5 @@
 """The public probe API: example probes from probes/, registration, and hook checks."""
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,21 @@ def test_report_without_figures_carries_no_plotly(demo_adapter, tmp_path):
 def test_custom_probe_from_cli_with_report(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
-        main(["run", "demo", "--probe", ENTROPY, "--probe", f"{ALIGNMENT}:FinalAlignmentProbe", "--max-docs", "5",
-              "--out", str(out), "--no-progress"])
+        main(
+            [
+                "run",
+                "demo",
+                "--probe",
+                ENTROPY,
+                "--probe",
+                f"{ALIGNMENT}:FinalAlignmentProbe",
+                "--max-docs",
+                "5",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     assert exc.value.code == 0, capsys.readouterr().err
     meta = json.loads((out / "run.json").read_text())
     assert meta["probes"] == ["attention_entropy", "final_alignment"]

@@ -1,5 +1,6 @@
 """The readout's arithmetic: line losses from products against the full readout and float64 autograd, the
 first-order check from shared products, memory within one chunk, no readout for norms, --readout-sample."""
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,12 @@ class TanhNorm(torch.nn.Module):
 
 def _readout(norm_kind: str, op: LogitOp | None, d=24, vocab=300, weight_chunk=24 * 70):
     torch.manual_seed(0)
-    norm = {"layernorm": torch.nn.LayerNorm(d), "rmsnorm": RMSNorm(d, False), "rmsnorm_plus_one": RMSNorm(d, True),
-            "tanh": TanhNorm()}[norm_kind]
+    norm = {
+        "layernorm": torch.nn.LayerNorm(d),
+        "rmsnorm": RMSNorm(d, False),
+        "rmsnorm_plus_one": RMSNorm(d, True),
+        "tanh": TanhNorm(),
+    }[norm_kind]
     head = torch.nn.Linear(d, vocab, bias=norm_kind == "layernorm")
     with torch.no_grad():
         head.weight.mul_(8)  # logits of a few units, so soft-capping at 2 bends them
@@ -69,13 +74,25 @@ def _float64_losses(norm, head, op, h, deltas, alphas, targets):
     return lines, grad
 
 
-OPS = {"none": None, "softcap": LogitOp("softcap", 2.0, "final_logit_softcapping"),
-       "scale": LogitOp("scale", 0.5, "logit_scale"), "divide": LogitOp("divide", 4.0, "logits_scaling")}
+OPS = {
+    "none": None,
+    "softcap": LogitOp("softcap", 2.0, "final_logit_softcapping"),
+    "scale": LogitOp("scale", 0.5, "logit_scale"),
+    "divide": LogitOp("divide", 4.0, "logits_scaling"),
+}
 
 
-@pytest.mark.parametrize("norm_kind, op_name", [("layernorm", "none"), ("layernorm", "softcap"), ("rmsnorm", "scale"),
-                                                ("rmsnorm_plus_one", "softcap"), ("rmsnorm_plus_one", "divide"),
-                                                ("tanh", "none")])
+@pytest.mark.parametrize(
+    "norm_kind, op_name",
+    [
+        ("layernorm", "none"),
+        ("layernorm", "softcap"),
+        ("rmsnorm", "scale"),
+        ("rmsnorm_plus_one", "softcap"),
+        ("rmsnorm_plus_one", "divide"),
+        ("tanh", "none"),
+    ],
+)
 def test_line_losses_equal_full_readout_and_float64(norm_kind, op_name):
     op = OPS[op_name]
     readout, norm, head = _readout(norm_kind, op)
@@ -124,8 +141,7 @@ def test_tuned_lens_line_is_translated_line(demo_adapter, hf_model):
     with torch.no_grad():
         for i, a in enumerate(ALPHAS):
             x = h.double() + a * delta.double()
-            want = torch.nn.functional.cross_entropy(hf.lm_head(hf.transformer.ln_f(x + x @ A.T + b)), targets,
-                                                     reduction="none")
+            want = torch.nn.functional.cross_entropy(hf.lm_head(hf.transformer.ln_f(x + x @ A.T + b)), targets, reduction="none")
             torch.testing.assert_close(fast[i].double(), want, rtol=2e-6, atol=2e-6)
 
 
@@ -138,8 +154,9 @@ class LargestAllocation(torch.utils._python_dispatch.TorchDispatchMode):
         self.largest = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
         out = func(*args, **(kwargs or {}))
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
@@ -156,17 +173,20 @@ def test_readout_over_a_large_vocabulary_stays_within_one_chunk():
     h, targets = torch.randn(n, d), torch.randint(0, vocab, (n,))
     deltas = [torch.randn(n, d) for _ in range(3)]
     rows = chunk // d
-    for call, bound in ((lambda: readout.loss(h, targets), n * rows),
-                        (lambda: readout.line_losses(h, deltas, [0.0, 1.0, 2.0], targets), 4 * n * rows),
-                        (lambda: readout.loss_and_grad(h, targets), n * vocab)):  # the logits asked for, no more
+    for call, bound in (
+        (lambda: readout.loss(h, targets), n * rows),
+        (lambda: readout.line_losses(h, deltas, [0.0, 1.0, 2.0], targets), 4 * n * rows),
+        (lambda: readout.loss_and_grad(h, targets), n * vocab),
+    ):  # the logits asked for, no more
         with LargestAllocation() as mode:
             call()
         assert chunk <= mode.largest <= max(bound, chunk), mode.largest
         assert mode.largest < vocab * d // 4  # a float32 copy of W_U would be vocab x d
     # and the chunks add up to the whole: the loss equals one full float32 product
     z = 30 * torch.tanh((norm(h) @ head.weight.float().T) / 30)
-    torch.testing.assert_close(readout.loss(h, targets), torch.nn.functional.cross_entropy(z, targets, reduction="none"),
-                               rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(
+        readout.loss(h, targets), torch.nn.functional.cross_entropy(z, targets, reduction="none"), rtol=2e-6, atol=2e-6
+    )
 
 
 def test_norms_run_builds_no_readout(demo_adapter):

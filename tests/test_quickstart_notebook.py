@@ -1,4 +1,5 @@
 """The example notebook, executed top to bottom in a real Jupyter kernel: a raising cell fails the suite."""
+
 from __future__ import annotations
 
 import re
@@ -40,9 +41,13 @@ def test_quickstart_runs_in_a_kernel_of_this_interpreter(tmp_path):
     n_cells = len(nb.cells)
     # jupyter_client starts a kernelspec whose argv begins with "python" under sys.executable; check it did,
     # and that the kernel imports this checkout's normprobe (it inherits PYTHONPATH)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(
-        f"import sys, normprobe\nassert sys.executable == {sys.executable!r}, sys.executable\n"
-        f"assert normprobe.__file__ == {normprobe.__file__!r}, normprobe.__file__"))
+    nb.cells.insert(
+        0,
+        nbformat.v4.new_code_cell(
+            f"import sys, normprobe\nassert sys.executable == {sys.executable!r}, sys.executable\n"
+            f"assert normprobe.__file__ == {normprobe.__file__!r}, normprobe.__file__"
+        ),
+    )
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     cells = nb.cells[1:]
     assert len(cells) == n_cells and not list(tmp_path.iterdir())  # the notebook writes nothing
@@ -53,7 +58,9 @@ def test_quickstart_runs_in_a_kernel_of_this_interpreter(tmp_path):
     assert "status complete" in summary[0] and "plotly" not in summary[0].lower()
 
     printed = "".join(o.get("text", "") for o in cells[3].outputs if o.get("name") == "stdout")
-    assert "TqdmWarning" not in printed and all("TqdmWarning" not in o.get("text", "") for c in cells for o in c.get("outputs", []))
+    assert "TqdmWarning" not in printed and all(
+        "TqdmWarning" not in o.get("text", "") for c in cells for o in c.get("outputs", [])
+    )
     header, *rows = printed.splitlines()[:5]
     assert header.split() == ["layer", "value", "ci_low", "ci_high", "verdict"] and len(rows) == 4  # one per layer
     drop = re.search(r"to the output: ([0-9.]+) nats \[([0-9.]+), ([0-9.]+)\], (holds|does not hold|undetermined)", printed)

@@ -1,4 +1,5 @@
 """Readouts: the tuned readout against autograd through Hugging Face modules, and the tuned-lens format both ways."""
+
 from __future__ import annotations
 
 import copy
@@ -121,23 +122,24 @@ def test_tuned_lens_package_round_trip(tmp_path, demo_adapter, hf_model, tuned_l
     targets = torch.randint(0, demo_adapter.d_vocab, (9,))
     readout = make_readout(demo_adapter, f"tuned:{tmp_path / 'theirs'}")
     for layer in range(demo_adapter.n_layers):
-        torch.testing.assert_close(readout.loss(h, targets, layer), _tuned_lens_losses(theirs, h, targets, layer),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            readout.loss(h, targets, layer), _tuned_lens_losses(theirs, h, targets, layer), rtol=1e-5, atol=1e-5
+        )
 
     ours = save_lens(tmp_path / "ours", _random_translators(demo_adapter, seed=7), demo_adapter)
     loaded = tuned_lens.TunedLens.from_model_and_pretrained(hf, str(ours))
     assert loaded.config.unembed_hash == json.loads((ours / "config.json").read_text())["unembed_hash"]
     readout = make_readout(demo_adapter, f"tuned:{ours}")
     for layer in range(demo_adapter.n_layers):
-        torch.testing.assert_close(readout.loss(h, targets, layer), _tuned_lens_losses(loaded, h, targets, layer),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            readout.loss(h, targets, layer), _tuned_lens_losses(loaded, h, targets, layer), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_updates_with_tuned_readout_records_it(demo_adapter, random_lens, hf_model):
     """The lens loss at each layer is the mean tuned-readout loss of resid_pre (checked against the readout itself
     on hidden states from Hugging Face), and run.json names the readout."""
-    result = normprobe.run(demo_adapter, texts=DOCS[:3], probes=["updates"], progress=False,
-                           readout=f"tuned:{random_lens}")
+    result = normprobe.run(demo_adapter, texts=DOCS[:3], probes=["updates"], progress=False, readout=f"tuned:{random_lens}")
     assert result.meta["readout"]["kind"] == "tuned"
     assert result.meta["request"]["readout"] == f"tuned:{random_lens}"
     from .reference import hf_residuals, token_ids
@@ -163,5 +165,7 @@ def test_resume_compares_the_readout():
     with pytest.raises(NormprobeError, match="cannot resume: readout differs"):
         check_same_run(saved_before_readouts, {**now, "readout": "tuned:/x", "readout_params_sha256": "ab"})
     with pytest.raises(NormprobeError, match="readout_params_sha256 differs"):
-        check_same_run({**now, "readout": "tuned:/x", "readout_params_sha256": "ab"},
-                       {**now, "readout": "tuned:/x", "readout_params_sha256": "cd"})
+        check_same_run(
+            {**now, "readout": "tuned:/x", "readout_params_sha256": "ab"},
+            {**now, "readout": "tuned:/x", "readout_params_sha256": "cd"},
+        )

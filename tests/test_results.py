@@ -1,4 +1,5 @@
 """Round trips: save -> load -> equal; a report renders the same twice; corpus text stays text."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,11 @@ import pytest
 import normprobe
 from normprobe.results import RunResult
 
-PAYLOADS = ['<img src=x onerror="alert(1)"> hello', "end </script><script>alert(2)</script>",
-            '<a href="javascript:alert(3)">click</a> & more']
+PAYLOADS = [
+    '<img src=x onerror="alert(1)"> hello',
+    "end </script><script>alert(2)</script>",
+    '<a href="javascript:alert(3)">click</a> & more',
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,28 +81,73 @@ def test_large_model_report_stays_small(tmp_path):
     sites = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
     site, layer, position = (a.ravel() for a in np.meshgrid(sites, np.arange(L), np.arange(P), indexing="ij"))
     mean = rng.uniform(1, 100, len(site))
-    norms = pd.DataFrame({"site": site, "layer": layer, "position": position, "count": 50, "mean": mean,
-                          "std": mean / 10, "min": mean / 2, "max": mean * 2, "n_nonfinite": 0})
+    norms = pd.DataFrame(
+        {
+            "site": site,
+            "layer": layer,
+            "position": position,
+            "count": 50,
+            "mean": mean,
+            "std": mean / 10,
+            "min": mean / 2,
+            "max": mean * 2,
+            "n_nonfinite": 0,
+        }
+    )
     tok_layer, tok_id = (a.ravel() for a in np.meshgrid(np.arange(L), np.arange(V), indexing="ij"))
-    tokens = pd.DataFrame({"site": "resid_pre", "layer": tok_layer, "token_id": tok_id, "token": "tok",
-                           "count": rng.integers(1, 1000, len(tok_id)), "mean": rng.uniform(1, 100, len(tok_id)),
-                           "std": 1.0})
+    tokens = pd.DataFrame(
+        {
+            "site": "resid_pre",
+            "layer": tok_layer,
+            "token_id": tok_id,
+            "token": "tok",
+            "count": rng.integers(1, 1000, len(tok_id)),
+            "mean": rng.uniform(1, 100, len(tok_id)),
+            "std": 1.0,
+        }
+    )
     ul, uc = (a.ravel() for a in np.meshgrid(np.arange(L), COMPONENTS, indexing="ij"))
-    updates = pd.DataFrame({"layer": ul, "component": uc, "count": 1000, "update_norm_mean": 1.0, "rel_update_mean": 0.1,
-                            "lens_loss_mean": np.repeat(np.linspace(9, 3, L), 3), "descent_cos_mean": 0.05,
-                            "descent_cos_std": 0.1, "step_eta_mean": 0.1, "step_r2_mean": 0.01, "next_cos_mean": 0.2,
-                            "total_cos_mean": 0.3, "n_nonfinite": 0, "chance_cos_std": 1 / 64})
+    updates = pd.DataFrame(
+        {
+            "layer": ul,
+            "component": uc,
+            "count": 1000,
+            "update_norm_mean": 1.0,
+            "rel_update_mean": 0.1,
+            "lens_loss_mean": np.repeat(np.linspace(9, 3, L), 3),
+            "descent_cos_mean": 0.05,
+            "descent_cos_std": 0.1,
+            "step_eta_mean": 0.1,
+            "step_r2_mean": 0.01,
+            "next_cos_mean": 0.2,
+            "total_cos_mean": 0.3,
+            "n_nonfinite": 0,
+            "chance_cos_std": 1 / 64,
+        }
+    )
     bl, bp = (a.ravel() for a in np.meshgrid(np.arange(L), np.arange(P), indexing="ij"))
-    by_position = pd.DataFrame({"layer": bl, "position": bp, "count": 50, "lens_loss_mean": 5.0,
-                                "descent_cos_mean": rng.normal(0, 0.1, len(bl))})
+    by_position = pd.DataFrame(
+        {"layer": bl, "position": bp, "count": 50, "lens_loss_mean": 5.0, "descent_cos_mean": rng.normal(0, 0.1, len(bl))}
+    )
     hl, hc, hb = (a.ravel() for a in np.meshgrid(np.arange(L), COMPONENTS, np.arange(80), indexing="ij"))
     hist = pd.DataFrame({"layer": hl, "component": hc, "bin_left": -1 + hb / 40, "bin_right": -1 + (hb + 1) / 40, "count": 5})
-    tables = {"norms": norms, "norms_by_token": tokens, "updates": updates, "updates_by_position": by_position,
-              "updates_hist": hist}
-    result = RunResult(tables=tables, findings={"norms": norms_findings(norms, tokens), "updates": updates_findings(updates)},
-                       meta={"model": "synthetic-48", "probes": ["norms", "updates"], "status": "complete",
-                             "probe_tables": {"norms": ["norms", "norms_by_token"],
-                                              "updates": ["updates", "updates_by_position", "updates_hist"]}})
+    tables = {
+        "norms": norms,
+        "norms_by_token": tokens,
+        "updates": updates,
+        "updates_by_position": by_position,
+        "updates_hist": hist,
+    }
+    result = RunResult(
+        tables=tables,
+        findings={"norms": norms_findings(norms, tokens), "updates": updates_findings(updates)},
+        meta={
+            "model": "synthetic-48",
+            "probes": ["norms", "updates"],
+            "status": "complete",
+            "probe_tables": {"norms": ["norms", "norms_by_token"], "updates": ["updates", "updates_by_position", "updates_hist"]},
+        },
+    )
     size = result.to_html(tmp_path / "big.html").stat().st_size
     assert size < 15 * 1024 * 1024, size
     small = result.to_html(tmp_path / "cdn.html", plotlyjs="cdn").stat().st_size

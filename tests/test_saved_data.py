@@ -2,6 +2,7 @@
 
 Every case ends in a correct result or one line on stderr, through the CLI where a user meets it.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ from .test_hostile import Planted, mount_tmpfs
 REPO = Path(__file__).resolve().parents[1]
 ENTROPY = str(REPO / "probes" / "attention_entropy.py")
 ENTROPY_FIGURE = "Attention entropy per head"
-EVIL = "open({marker!r}, 'w').close()\nfrom normprobe.probes.norms import NormsProbe\n\n" \
-       "class Evil(NormsProbe):\n    name = 'attention_entropy'\n"
+EVIL = (
+    "open({marker!r}, 'w').close()\nfrom normprobe.probes.norms import NormsProbe\n\n"
+    "class Evil(NormsProbe):\n    name = 'attention_entropy'\n"
+)
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -133,12 +136,14 @@ def test_merge_never_imports_what_shards_name_and_takes_probe_module(entropy_run
         assert code == 1 and "normprobe never imports code that a saved folder names" in one_line(err)
         assert "--probe-module" in err
     assert not marker.exists() and not (tmp_path / "refused").exists()
-    code, err = cli(["merge", *map(str, shards), "--out", str(tmp_path / "merged"), "--probe-module", ENTROPY,
-                     "--plotlyjs", "cdn"], capsys)
+    code, err = cli(
+        ["merge", *map(str, shards), "--out", str(tmp_path / "merged"), "--probe-module", ENTROPY, "--plotlyjs", "cdn"], capsys
+    )
     assert code == 0, err
     merged, single = RunResult.load(tmp_path / "merged"), RunResult.load(whole)
-    pd.testing.assert_frame_equal(merged["attention_entropy"], single["attention_entropy"], check_exact=False,
-                                  rtol=1e-6, atol=1e-6)
+    pd.testing.assert_frame_equal(
+        merged["attention_entropy"], single["attention_entropy"], check_exact=False, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_a_shard_state_must_be_its_own_runs(entropy_runs, tmp_path, capsys):
@@ -174,8 +179,9 @@ def make_lens(folder: Path, demo_adapter, change=None) -> Path:
     from normprobe.readouts import new_translators, save_lens
 
     if "zero" not in _LENS:
-        _LENS["zero"] = save_lens(folder.parent / "zero-lens", new_translators(demo_adapter.d_model, demo_adapter.n_layers),
-                                  demo_adapter)
+        _LENS["zero"] = save_lens(
+            folder.parent / "zero-lens", new_translators(demo_adapter.d_model, demo_adapter.n_layers), demo_adapter
+        )
     shutil.copytree(_LENS["zero"], folder)
     if change is not None:
         state = torch.load(folder / "params.pt", weights_only=True)
@@ -187,6 +193,7 @@ def _poisoned(value):
     def change(state):
         state["2.weight"][3, 5] = value
         return state
+
     return change
 
 
@@ -205,8 +212,24 @@ def test_lens_files_that_are_not_a_lens_are_one_line(demo_adapter, tmp_path, cap
         out = tmp_path / f"run-{name}"
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a complex lens once printed torch's casting warning
-            code, err = cli(["run", "demo", "--probe", "updates", "--readout", f"tuned:{lens}", "--text", "a b c",
-                             "--out", str(out), "--no-progress", "--device", "cpu"], capsys)
+            code, err = cli(
+                [
+                    "run",
+                    "demo",
+                    "--probe",
+                    "updates",
+                    "--readout",
+                    f"tuned:{lens}",
+                    "--text",
+                    "a b c",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ],
+                capsys,
+            )
         assert code == 1 and phrase in one_line(err), (name, err)
         assert not out.exists()  # nothing written, nothing left `running`
     assert not marker.exists()
@@ -216,8 +239,10 @@ def test_lens_files_that_are_not_a_lens_are_one_line(demo_adapter, tmp_path, cap
     os.symlink(tmp_path / "loop2", loop)
     os.symlink(loop, tmp_path / "loop2")
     for lens, phrase in [(deep, "config.json: RecursionError"), (loop, "cannot be opened")]:
-        code, err = cli(["run", "demo", "--probe", "updates", "--readout", f"tuned:{lens}", "--text", "a",
-                         "--out", str(tmp_path / "x")], capsys)
+        code, err = cli(
+            ["run", "demo", "--probe", "updates", "--readout", f"tuned:{lens}", "--text", "a", "--out", str(tmp_path / "x")],
+            capsys,
+        )
         assert code == 1 and phrase in one_line(err), err
     assert not (tmp_path / "x").exists()
 
@@ -280,28 +305,31 @@ def test_lens_resume_refuses_another_corpus_and_damaged_checkpoints(demo_adapter
 
     texts = tmp_path / "texts"
     checkpoint_for(texts, demo_adapter, Corpus(texts=["one text", "two texts"]))
-    code, err = cli(["lens", "train", "demo", "--out", str(texts), "--resume", "--text", "one text", "--text", "other",
-                     *LENS_ARGS], capsys)
+    code, err = cli(
+        ["lens", "train", "demo", "--out", str(texts), "--resume", "--text", "one text", "--text", "other", *LENS_ARGS], capsys
+    )
     assert code == 1 and "cannot resume: the corpus differs (texts" in one_line(err)
     corpus_file = tmp_path / "corpus.txt"
     corpus_file.write_text("first line\nsecond line\n")
     from_file = tmp_path / "file"
     checkpoint_for(from_file, demo_adapter, Corpus(input=InputSpec(corpus_file)))
     corpus_file.write_text("first line\nsecond line, edited\n")
-    code, err = cli(["lens", "train", "demo", "--out", str(from_file), "--resume", "--input", str(corpus_file),
-                     *LENS_ARGS], capsys)
+    code, err = cli(
+        ["lens", "train", "demo", "--out", str(from_file), "--resume", "--input", str(corpus_file), *LENS_ARGS], capsys
+    )
     assert code == 1 and "cannot resume: the corpus differs" in one_line(err)
     wrong_size = tmp_path / "wrong-size"
     checkpoint_for(wrong_size, demo_adapter, Corpus(texts=["one text"]))
     state = torch.load(wrong_size / "lens_checkpoint.pt", weights_only=True)
     state["translators"]["0.weight"] = torch.zeros(3, 3)
     torch.save(state, wrong_size / "lens_checkpoint.pt")
-    code, err = cli(["lens", "train", "demo", "--out", str(wrong_size), "--resume", "--text", "one text", *LENS_ARGS],
-                    capsys)
+    code, err = cli(["lens", "train", "demo", "--out", str(wrong_size), "--resume", "--text", "one text", *LENS_ARGS], capsys)
     assert code == 1 and "0.weight has shape (3, 3), not (128, 128)" in one_line(err), err
     marker = tmp_path / "PWNED"
-    for name, content, phrase in [("list", [1, 2], "is not a normprobe lens checkpoint"),
-                                  ("pickle", {"identity": Planted(marker)}, "loaded as data only")]:
+    for name, content, phrase in [
+        ("list", [1, 2], "is not a normprobe lens checkpoint"),
+        ("pickle", {"identity": Planted(marker)}, "loaded as data only"),
+    ]:
         out = tmp_path / name
         out.mkdir()
         torch.save(content, out / "lens_checkpoint.pt")
@@ -312,17 +340,27 @@ def test_lens_resume_refuses_another_corpus_and_damaged_checkpoints(demo_adapter
 
 def test_lens_train_takes_the_folder_lock(demo_adapter, tmp_path, capsys):
     out = make_lens(tmp_path / "lens", demo_adapter)  # a lens folder that a live `lens train` is writing
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from normprobe.lock import FolderLock; "
-                               f"FolderLock.acquire({str(out)!r}); print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from normprobe.lock import FolderLock; "
+            f"FolderLock.acquire({str(out)!r}); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".normprobe.lock"}
         code, err = cli(["lens", "train", "demo", "--out", str(out), "--overwrite", *LENS_ARGS], capsys)
         assert code == 1 and f"being written by another normprobe process (pid {holder.pid})" in one_line(err)
-        code, err = cli(["run", "demo", "--probe", "updates", "--readout", f"tuned:{out}", "--text", "a",
-                         "--out", str(tmp_path / "run")], capsys)
+        code, err = cli(
+            ["run", "demo", "--probe", "updates", "--readout", f"tuned:{out}", "--text", "a", "--out", str(tmp_path / "run")],
+            capsys,
+        )
         assert code == 1 and f"is being written by another normprobe process (pid {holder.pid})" in one_line(err)
     finally:
         holder.communicate("")
@@ -373,11 +411,26 @@ def test_first_signal_is_answered_at_once_and_a_second_stops_now(tmp_path, capfd
     probe = tmp_path / "signalled.py"
     probe.write_text(SIGNALLED)
     out = tmp_path / "run"
-    code, err = cli(["run", "demo", "--probe", str(probe), "--max-docs", "20", "--batch-size", "1",
-                     "--checkpoint-every", "1", "--out", str(out), "--no-progress"], capfd)
+    code, err = cli(
+        [
+            "run",
+            "demo",
+            "--probe",
+            str(probe),
+            "--max-docs",
+            "20",
+            "--batch-size",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capfd,
+    )
     assert code == 130, err
-    assert err.splitlines()[0] == ("normprobe: SIGTERM received: will stop after the current batch; "
-                                   "a second signal stops it now")
+    assert err.splitlines()[0] == ("normprobe: SIGTERM received: will stop after the current batch; a second signal stops it now")
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "interrupted" and "aborted by a second signal" in meta["status_reason"]
     assert load_checkpoint(out / "checkpoint.pt")["progress"]["batches"] == 2  # the last whole batch's checkpoint

@@ -1,4 +1,5 @@
 """Scale-out: torchrun on the CPU (gloo) and --shard/merge equal a single-process run."""
+
 from __future__ import annotations
 
 import json
@@ -72,11 +73,17 @@ def test_failing_rank_is_named_not_hung(tmp_path):
     probe = tmp_path / "fails.py"
     probe.write_text(FAILS_ON_RANK_1)
     out = tmp_path / "out"
-    proc = subprocess.run(TORCHRUN + ["demo", "--probe", str(probe), "--max-docs", "12", "--no-progress", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        TORCHRUN + ["demo", "--probe", str(probe), "--max-docs", "12", "--no-progress", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
-    assert "normprobe: error: rank 1 failed: RuntimeError: disk on fire" in proc.stderr or \
-           "normprobe: error: probe 'rank_one_fails' raised RuntimeError: disk on fire" in proc.stderr
+    assert (
+        "normprobe: error: rank 1 failed: RuntimeError: disk on fire" in proc.stderr
+        or "normprobe: error: probe 'rank_one_fails' raised RuntimeError: disk on fire" in proc.stderr
+    )
     assert "rank 1 failed" in proc.stderr
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
 

@@ -1,4 +1,5 @@
 """Probes that stream layers: what a pass holds at once does not grow with depth, and failures are named."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,9 @@ def deep_and_shallow(tmp_path_factory, tokenizers_by_kind):
     for depth in (2, 12):
         torch.manual_seed(depth)
         folder = tmp_path_factory.mktemp(f"depth{depth}")
-        GPT2LMHeadModel(GPT2Config(vocab_size=384, n_positions=64, n_embd=32, n_layer=depth, n_head=4,
-                                   bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+        GPT2LMHeadModel(
+            GPT2Config(vocab_size=384, n_positions=64, n_embd=32, n_layer=depth, n_head=4, bos_token_id=0, eos_token_id=0)
+        ).save_pretrained(folder)
         tokenizers_by_kind["shared"].save_pretrained(folder)
         folders[depth] = normprobe.load_model(str(folder), device="cpu")
     return folders
@@ -38,6 +40,7 @@ def _most_held(model, probes, monkeypatch) -> int:
             inner(activation, hook)
             held = self._reduced.get("updates", {})
             most["updates"] = max(most["updates"], len(held))
+
         return hook
 
     monkeypatch.setattr(HookedPass, "_make_hook", counting)
@@ -88,8 +91,7 @@ def test_updates_driven_by_hand_equals_the_streaming_run(demo_adapter):
     probe = UpdatesProbe()
     probe.setup(demo_adapter, 64)
     by_hand = drive_by_hand(probe, demo_adapter, windows, per_batch=2).result()["updates"]
-    streamed = normprobe.run(demo_adapter, texts=DOCS, probes=["updates"], seq_len=64, batch_size=2,
-                             progress=False)["updates"]
+    streamed = normprobe.run(demo_adapter, texts=DOCS, probes=["updates"], seq_len=64, batch_size=2, progress=False)["updates"]
     assert list(by_hand["count"]) == list(streamed["count"]) and by_hand["count"].sum() > 0
     for column in by_hand.columns:
         if by_hand[column].dtype.kind == "f":

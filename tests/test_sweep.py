@@ -1,4 +1,5 @@
 """The outer loop: sweeps over training checkpoints of a tiny model trained inside the fixture."""
+
 from __future__ import annotations
 
 import json
@@ -12,25 +13,52 @@ import pytest
 
 import normprobe
 from normprobe.cli import main
-
-from .reference import assert_float32_close
 from normprobe.errors import NormprobeError
 from normprobe.sweep import plan, step_of
 
+from .reference import assert_float32_close
+
 REPO = Path(__file__).resolve().parents[1]
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Assignment statements bind names to values.",
-         "Every layer adds an update to the residual stream.", "A short one."]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Assignment statements bind names to values.",
+    "Every layer adds an update to the residual stream.",
+    "A short one.",
+]
 
 
 @pytest.fixture(scope="session")
 def trained_checkpoints(tmp_path_factory):
     """A 2-layer GPT-2 trained for 30 steps by the demo's own script, saved at steps 0, 10, 20 and 30."""
     root = tmp_path_factory.mktemp("training")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train_demo.py"), "--out", str(root / "final"),
-                           "--checkpoint-dir", str(root / "ckpts"), "--steps", "30", "--save-every", "10",
-                           "--n-layer", "2", "--d-model", "32", "--vocab-size", "300", "--batch-size", "4",
-                           "--seq-len", "32"], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train_demo.py"),
+            "--out",
+            str(root / "final"),
+            "--checkpoint-dir",
+            str(root / "ckpts"),
+            "--steps",
+            "30",
+            "--save-every",
+            "10",
+            "--n-layer",
+            "2",
+            "--d-model",
+            "32",
+            "--vocab-size",
+            "300",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return root / "ckpts"
 
@@ -60,8 +88,9 @@ def test_sweep_over_local_checkpoints_equals_single_runs(trained_checkpoints, tm
     html = (out / "report.html").read_text()
     assert "normprobe over training" in html and html.count("Plotly.newPlot") == 7
     for step in (0, 10, 20):
-        single = normprobe.run(str(trained_checkpoints / f"step-{step}"), texts=TEXTS, probes=["norms", "updates"],
-                               progress=False)
+        single = normprobe.run(
+            str(trained_checkpoints / f"step-{step}"), texts=TEXTS, probes=["norms", "updates"], progress=False
+        )
         for name in ("norms", "updates"):
             saved = pd.read_parquet(out / f"step-{step}" / f"{name}.parquet")
             assert list(saved.columns) == list(single[name].columns) and len(saved) == len(single[name])

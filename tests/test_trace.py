@@ -7,6 +7,7 @@
 - the `updates` probe of a run on the same text (trace and run read the same readout);
 - round trips, the CLI's exit codes and one-line errors.
 """
+
 from __future__ import annotations
 
 import copy
@@ -232,8 +233,26 @@ def test_cli_writes_the_folder(tmp_path, capsys):
     docs = tmp_path / "docs.txt"
     docs.write_text("\n".join(DOCS[:3]) + "\n")
     out = tmp_path / "out"
-    code, stdout, err = invoke(["trace", "demo", "--input", str(docs), "--max-docs", "2", "--max-tokens", "6",
-                                "--top-k", "3", "--out", str(out), "--no-progress", "--device", "cpu"], capsys)
+    code, stdout, err = invoke(
+        [
+            "trace",
+            "demo",
+            "--input",
+            str(docs),
+            "--max-docs",
+            "2",
+            "--max-tokens",
+            "6",
+            "--top-k",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert stdout == f"wrote {out}/ (trace: {out / 'trace.html'})\n" and err == ""
     meta = json.loads((out / "run.json").read_text())
@@ -243,17 +262,20 @@ def test_cli_writes_the_folder(tmp_path, capsys):
     assert len(table) == 2 * 5 * 6 and all(len(t) == 3 for t in table["top_ids"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--text", "  "], "text 1 is empty or only whitespace"),
-    (["--text", "a", "--top-k", "0"], "--top-k must be a whole number of at least 1"),
-    (["--text", "a", "--max-tokens", "0"], "--max-tokens must be"),
-    (["--text", "a", "--top-k", "5000"], "--top-k 5000 is more than demo's vocabulary of 2048"),
-    (["--input", "nowhere.txt"], "input file not found"),
-    (["--text", "a", "--input", "x.txt"], "not both"),
-    ([], "give the text to trace"),
-    (["--text", "a", "--readout", "tuned"], "logit or tuned:DIR"),
-    (["--text", "a", "--dtype", "int8"], "unknown dtype"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--text", "  "], "text 1 is empty or only whitespace"),
+        (["--text", "a", "--top-k", "0"], "--top-k must be a whole number of at least 1"),
+        (["--text", "a", "--max-tokens", "0"], "--max-tokens must be"),
+        (["--text", "a", "--top-k", "5000"], "--top-k 5000 is more than demo's vocabulary of 2048"),
+        (["--input", "nowhere.txt"], "input file not found"),
+        (["--text", "a", "--input", "x.txt"], "not both"),
+        ([], "give the text to trace"),
+        (["--text", "a", "--readout", "tuned"], "logit or tuned:DIR"),
+        (["--text", "a", "--dtype", "int8"], "unknown dtype"),
+    ],
+)
 def test_cli_bad_input_is_one_line_before_loading(tmp_path, capsys, monkeypatch, args, message):
     import normprobe.adapter as adapter
 

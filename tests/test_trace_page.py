@@ -1,5 +1,6 @@
 """trace.html in a real headless Chromium: it renders without errors, the buttons switch the metric, and a token
 that is markup shows as text. Skipped, like tests/test_browser.py, where Chromium or Playwright is missing."""
+
 from __future__ import annotations
 
 import pytest
@@ -55,8 +56,9 @@ def test_page_renders_buttons_switch_and_markup_stays_text(browser, hostile, tmp
 
     value, title = shown()
     assert title == "target log-prob" and value == pytest.approx(table.loc[(1, 2), "target_logprob"], rel=1e-6)
-    for index, (metric, label) in enumerate([("entropy", "entropy (nats)"), ("norm", "norm ‖h‖"),
-                                             ("descent_cos", "descent cos"), ("delta_loss", "Δloss")], start=1):
+    for index, (metric, label) in enumerate(
+        [("entropy", "entropy (nats)"), ("norm", "norm ‖h‖"), ("descent_cos", "descent cos"), ("delta_loss", "Δloss")], start=1
+    ):
         page.locator(".updatemenu-button").nth(index).click()
         page.wait_for_timeout(100)
         value, title = shown()

@@ -1,4 +1,5 @@
 """The updates probe against autograd, analytic gradients, Hugging Face losses and a slow per-token loop."""
+
 from __future__ import annotations
 
 import math
@@ -104,7 +105,9 @@ def _slow_reference(adapter, docs):
         parts = {}
         handles = []
         for l, block in enumerate(hf.transformer.h):
-            handles.append(block.attn.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("attn", l), o[0][0].detach())))
+            handles.append(
+                block.attn.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("attn", l), o[0][0].detach()))
+            )
             handles.append(block.mlp.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("mlp", l), o[0].detach())))
         captured = {}
         handles.append(norm.register_forward_pre_hook(lambda m, a: captured.setdefault("hL", a[0][0].detach())))
@@ -127,8 +130,10 @@ def _slow_reference(adapter, docs):
                 deltas = {"attn": parts[("attn", l)][t], "mlp": parts[("mlp", l)][t], "block": hs[l + 1][t] - hs[l][t]}
                 for c, d in deltas.items():
                     cos = float(torch.dot(d, -g) / (d.norm() * g.norm()))
-                    r = rows.setdefault((l, c), {"cos": [], "norm": [], "rel": [], "eta": [], "total": [], "next": [],
-                                                 "predicted": [], "actual": []})
+                    r = rows.setdefault(
+                        (l, c),
+                        {"cos": [], "norm": [], "rel": [], "eta": [], "total": [], "next": [], "predicted": [], "actual": []},
+                    )
                     with torch.no_grad():
                         stepped = torch.nn.functional.cross_entropy(head(norm(h + d))[None], target[None])
                     r["predicted"].append(float(torch.dot(g, d)))
@@ -167,7 +172,9 @@ def test_matches_slow_reference_on_demo_model(demo_adapter):
             assert got["next_cos_mean"] == pytest.approx(np.mean(r["next"]), abs=1e-5)
         else:
             assert math.isnan(got["next_cos_mean"])
-    assert table.loc[(demo_adapter.n_layers, "output")]["lens_loss_mean"] == pytest.approx(np.mean(lens[demo_adapter.n_layers]), rel=1e-5)
+    assert table.loc[(demo_adapter.n_layers, "output")]["lens_loss_mean"] == pytest.approx(
+        np.mean(lens[demo_adapter.n_layers]), rel=1e-5
+    )
     hist = result["updates_hist"]
     assert hist.groupby(["layer", "component"])["count"].sum().eq(len(rows[(0, "block")]["cos"])).all()
 

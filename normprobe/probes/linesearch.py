@@ -5,6 +5,7 @@ the loss at h_l + αΔ is read through layer l's readout for every α of a grid.
 step the loss falls from α = 0, and the α that minimises it says whether the step has the size the
 model learned (α* near 1) or is too short (α* > 1) or too long (α* < 1).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..probe import Probe
 from ..bootstrap import DEFAULT_REPLICATES
+from ..probe import Probe
 from ..stats import GroupedMoments, ReplicateSums, token_windows
 
 COMPONENTS = ("attn", "mlp", "block")
@@ -26,8 +27,15 @@ class LineSearchProbe(Probe):
     name = "linesearch"
     description = "lens loss along h_l + αΔ for a grid of α per layer and component; the best step α* and whether it is near 1"
 
-    def __init__(self, layers: list[int] | None = None, alphas: list[float] | None = None, readout: str = "logit",
-                 vocab_chunk: int = 1 << 24, readout_sample: float = 1.0, **options: Any):
+    def __init__(
+        self,
+        layers: list[int] | None = None,
+        alphas: list[float] | None = None,
+        readout: str = "logit",
+        vocab_chunk: int = 1 << 24,
+        readout_sample: float = 1.0,
+        **options: Any,
+    ):
         super().__init__(layers, readout=readout, alphas=alphas, readout_sample=readout_sample, **options)
         self.readout_sample = readout_sample  # share of tokens read (normprobe.sampling)
         self._mask_of: tuple[Any, torch.Tensor] | None = None
@@ -44,12 +52,15 @@ class LineSearchProbe(Probe):
         self._vocab = model.d_vocab
         self._slots = {l: slot for slot, l in enumerate(self._layers)}
         self._hooks = {
-            l: {"pre": model.hook_name("resid_pre", l), "post": model.hook_name("resid_post", l),
-                "attn": model.hook_name("attn_out", l), "mlp": model.hook_name("mlp_out", l)}
+            l: {
+                "pre": model.hook_name("resid_pre", l),
+                "post": model.hook_name("resid_post", l),
+                "attn": model.hook_name("attn_out", l),
+                "mlp": model.hook_name("mlp_out", l),
+            }
             for l in self._layers
         }
-        self.losses = GroupedMoments(len(self._layers) * len(COMPONENTS) * len(self.alphas), model.device,
-                                     track_extremes=False)
+        self.losses = GroupedMoments(len(self._layers) * len(COMPONENTS) * len(self.alphas), model.device, track_extremes=False)
         self._n_replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
         self.replicates = ReplicateSums(self.losses.n_groups, self._n_replicates, model.device)
 
@@ -73,8 +84,7 @@ class LineSearchProbe(Probe):
         from ..model_objective import line_search_losses
 
         index = {alpha: a for a, alpha in enumerate(self.alphas)}
-        for layer, component, alpha, loss in line_search_losses(self._model, batch, self._layers, self.alphas,
-                                                                self.vocab_chunk):
+        for layer, component, alpha, loss in line_search_losses(self._model, batch, self._layers, self.alphas, self.vocab_chunk):
             group = self._group(self._slots[layer], COMPONENTS.index(component), index[alpha])
             self.losses.add(torch.full((loss.shape[0],), group, device=loss.device), loss)
 
@@ -94,12 +104,12 @@ class LineSearchProbe(Probe):
             return
         slot, hooks = self._slots[layer], self._hooks[layer]
         h = activations[hooks["pre"]]
-        deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
-                  "block": activations[hooks["post"]] - h}
+        deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]], "block": activations[hooks["post"]] - h}
         windows = token_windows(self._read(batch))  # each read token's window, for its document's bootstrap weights
         # every (component, α) from one product of each vocabulary chunk with h and each Δ (Readout.line_losses)
-        losses = chunked_line_losses(self._readout, h, [deltas[c] for c in COMPONENTS], self.alphas, targets, layer,
-                                     self.vocab_chunk)
+        losses = chunked_line_losses(
+            self._readout, h, [deltas[c] for c in COMPONENTS], self.alphas, targets, layer, self.vocab_chunk
+        )
         for c in range(len(COMPONENTS)):
             for a in range(len(self.alphas)):
                 groups = torch.full((n,), self._group(slot, c, a), device=losses.device)
@@ -113,13 +123,12 @@ class LineSearchProbe(Probe):
             if all(name in activations for name in hooks.values()):
                 self.update_layer(layer, {name: activations[name] for name in hooks.values()}, batch)
 
-    def merge(self, other: "LineSearchProbe") -> None:
+    def merge(self, other: LineSearchProbe) -> None:
         self.losses.merge(other.losses)
         self.replicates.merge(other.replicates)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"losses": self.losses.state_dict(), "alphas": list(self.alphas),
-                "replicates": self.replicates.state_dict()}
+        return {"losses": self.losses.state_dict(), "alphas": list(self.alphas), "replicates": self.replicates.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["alphas"]) != list(self.alphas):
@@ -130,25 +139,29 @@ class LineSearchProbe(Probe):
 
     def result(self) -> dict[str, pd.DataFrame]:
         n_a, n_c = len(self.alphas), len(COMPONENTS)
-        frame = pd.DataFrame({
-            "layer": np.repeat(self._layers, n_c * n_a).astype(np.int64),
-            "component": np.tile(np.repeat(COMPONENTS, n_a), len(self._layers)),
-            "alpha": np.tile(np.asarray(self.alphas, dtype=float), len(self._layers) * n_c),
-            "count": self.losses.count.cpu().numpy().astype(np.int64),
-            "lens_loss_mean": self.losses.mean().cpu().numpy(),
-            "n_nonfinite": self.losses.nonfinite.cpu().numpy().astype(np.int64),
-            **_document_intervals(self.replicates),
-        })
+        frame = pd.DataFrame(
+            {
+                "layer": np.repeat(self._layers, n_c * n_a).astype(np.int64),
+                "component": np.tile(np.repeat(COMPONENTS, n_a), len(self._layers)),
+                "alpha": np.tile(np.asarray(self.alphas, dtype=float), len(self._layers) * n_c),
+                "count": self.losses.count.cpu().numpy().astype(np.int64),
+                "lens_loss_mean": self.losses.mean().cpu().numpy(),
+                "n_nonfinite": self.losses.nonfinite.cpu().numpy().astype(np.int64),
+                **_document_intervals(self.replicates),
+            }
+        )
         # a row whose every value was non-finite stays, with count 0 and its n_nonfinite: never dropped silently
         frame = frame[(frame["count"] > 0) | (frame["n_nonfinite"] > 0)].reset_index(drop=True)
         n_b, n_groups = self._n_replicates, self.losses.n_groups
-        replicates = pd.DataFrame({
-            "layer": np.repeat(self._layers, n_c * n_a * n_b).astype(np.int64),
-            "component": np.tile(np.repeat(COMPONENTS, n_a * n_b), len(self._layers)),
-            "alpha": np.tile(np.repeat(np.asarray(self.alphas, dtype=float), n_b), len(self._layers) * n_c),
-            "replicate": np.tile(np.arange(n_b), n_groups).astype(np.int64),
-            "lens_loss": self.replicates.means().cpu().numpy().reshape(-1),
-        })
+        replicates = pd.DataFrame(
+            {
+                "layer": np.repeat(self._layers, n_c * n_a * n_b).astype(np.int64),
+                "component": np.tile(np.repeat(COMPONENTS, n_a * n_b), len(self._layers)),
+                "alpha": np.tile(np.repeat(np.asarray(self.alphas, dtype=float), n_b), len(self._layers) * n_c),
+                "replicate": np.tile(np.arange(n_b), n_groups).astype(np.int64),
+                "lens_loss": self.replicates.means().cpu().numpy().reshape(-1),
+            }
+        )
         return {"line_search": frame, "line_search_replicates": replicates}
 
     @classmethod
@@ -172,7 +185,7 @@ def refine_minimum(alphas: np.ndarray, losses: np.ndarray) -> tuple[float, bool]
     i = int(np.nanargmin(losses))
     if i == 0 or i == len(alphas) - 1:
         return float(alphas[i]), True
-    (x0, x1, x2), (y0, y1, y2) = alphas[i - 1:i + 2], losses[i - 1:i + 2]
+    (x0, x1, x2), (y0, y1, y2) = alphas[i - 1 : i + 2], losses[i - 1 : i + 2]
     numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
     denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
     if denominator == 0 or not np.isfinite(denominator):

@@ -6,6 +6,7 @@ at the first token (Sun et al. 2024, "Massive Activations"), and heads park atte
 median |h_i| (numpy's: the mean of the two middle values when d_model is even) and ||h||;
 per layer the squared norm per dimension; per head the attention weight on key position 0.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,9 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..bootstrap import DEFAULT_REPLICATES
 from ..options import DEFAULT_MASSIVE_RATIO
 from ..probe import Probe
-from ..bootstrap import DEFAULT_REPLICATES
 from ..stats import GroupedMoments, ReplicateSums, token_windows
 from .norms import spearman
 
@@ -43,10 +44,11 @@ class SparseSums:
         keys = torch.cat([self.keys, keys.to(self.keys.device, torch.int64)])
         values = torch.cat([self.sums, values.to(self.sums.device, torch.float64)])
         self.keys, slot = torch.unique(keys, return_inverse=True)
-        self.sums = torch.zeros((len(self.keys), values.shape[1]), dtype=torch.float64,
-                                device=values.device).index_add_(0, slot, values)
+        self.sums = torch.zeros((len(self.keys), values.shape[1]), dtype=torch.float64, device=values.device).index_add_(
+            0, slot, values
+        )
 
-    def merge(self, other: "SparseSums") -> None:
+    def merge(self, other: SparseSums) -> None:
         self.add(other.keys, other.sums)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -95,7 +97,7 @@ class TopCounts:
         kept = counts > 0
         self.keys, self.counts = keys[kept], counts[kept]
 
-    def merge(self, other: "TopCounts") -> None:
+    def merge(self, other: TopCounts) -> None:
         self.add(other.keys, other.counts)
 
     def mode(self, n_cells: int) -> np.ndarray:
@@ -173,22 +175,28 @@ class MassiveProbe(Probe):
             return activation[..., 0].transpose(1, 2)[real].float()  # [N, heads]
         magnitude = activation.float().abs()
         largest, where = magnitude.max(dim=-1)
-        reduced = {"max": largest, "argmax": where, "median": numpy_median(magnitude),
-                   "norm": torch.linalg.vector_norm(magnitude, dim=-1)}
+        reduced = {
+            "max": largest,
+            "argmax": where,
+            "median": numpy_median(magnitude),
+            "norm": torch.linalg.vector_norm(magnitude, dim=-1),
+        }
         if hook_name in self._pre:
             first = batch.mask & (batch.positions == 0)
             squares = magnitude.square_()
-            reduced["squares"] = torch.stack([squares[first].sum(0, dtype=torch.float64),
-                                              squares[real].sum(0, dtype=torch.float64)])
+            reduced["squares"] = torch.stack(
+                [squares[first].sum(0, dtype=torch.float64), squares[real].sum(0, dtype=torch.float64)]
+            )
         return reduced
 
     def update(self, activations: dict[str, Any], batch) -> None:
         mask = batch.mask
         positions = batch.positions[mask]
         n_slots = len(self._slots)
-        per_token = {key: torch.stack([activations[h][key][mask] for *_, h in self._slots])
-                     for key in ("max", "argmax", "median", "norm")}  # each [slots, N]
-        groups = (torch.arange(n_slots, device=positions.device)[:, None] * self._seq_len + positions[None, :])
+        per_token = {
+            key: torch.stack([activations[h][key][mask] for *_, h in self._slots]) for key in ("max", "argmax", "median", "norm")
+        }  # each [slots, N]
+        groups = torch.arange(n_slots, device=positions.device)[:, None] * self._seq_len + positions[None, :]
         self.max_abs.add(groups.reshape(-1), per_token["max"].reshape(-1))
         self.median_abs.add(groups.reshape(-1), per_token["median"].reshape(-1))
         self.norm.add(groups.reshape(-1), per_token["norm"].reshape(-1))
@@ -234,7 +242,7 @@ class MassiveProbe(Probe):
         values = torch.stack([torch.ones_like(largest[slot, token]), largest[slot, token]], dim=1)
         self.massive_tokens.add(keys, values)
 
-    def merge(self, other: "MassiveProbe") -> None:
+    def merge(self, other: MassiveProbe) -> None:
         for name in ("max_abs", "median_abs", "norm", "sink"):
             getattr(self, name).merge(getattr(other, name))
         self.max_dims.merge(other.max_dims)
@@ -244,8 +252,10 @@ class MassiveProbe(Probe):
         self.sink_replicates.merge(other.sink_replicates)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {name: getattr(self, name).state_dict()
-                 for name in ("max_abs", "median_abs", "norm", "sink", "max_dims", "massive_tokens")}
+        state = {
+            name: getattr(self, name).state_dict()
+            for name in ("max_abs", "median_abs", "norm", "sink", "max_dims", "massive_tokens")
+        }
         state["squares"] = self.squares.detach().cpu().clone()
         state["position0_replicates"] = self.position0_replicates.state_dict()
         state["sink_replicates"] = self.sink_replicates.state_dict()
@@ -263,48 +273,58 @@ class MassiveProbe(Probe):
 
     # -- tables ----------------------------------------------------------------
     def result(self) -> dict[str, pd.DataFrame]:
-        return {"massive": self._massive_table(), "top_dims": self._top_dims_table(),
-                "attention_sink": self._sink_table(), "massive_tokens": self._massive_tokens_table(),
-                **self._replicate_tables()}
+        return {
+            "massive": self._massive_table(),
+            "top_dims": self._top_dims_table(),
+            "attention_sink": self._sink_table(),
+            "massive_tokens": self._massive_tokens_table(),
+            **self._replicate_tables(),
+        }
 
     def _replicate_tables(self) -> dict[str, pd.DataFrame]:
         n_b = self._n_replicates
         first = self.position0_replicates.means().cpu().numpy().reshape(len(self._slots), 2, n_b)
-        massive = pd.DataFrame({
-            "site": np.repeat([s for s, _, _ in self._slots], n_b),
-            "layer": np.repeat([l for _, l, _ in self._slots], n_b).astype(np.int64),
-            "replicate": np.tile(np.arange(n_b), len(self._slots)).astype(np.int64),
-            "max_abs_mean": first[:, 0].reshape(-1),
-            "median_abs_mean": first[:, 1].reshape(-1),
-            "massive_ratio": self.massive_ratio,
-        })
+        massive = pd.DataFrame(
+            {
+                "site": np.repeat([s for s, _, _ in self._slots], n_b),
+                "layer": np.repeat([l for _, l, _ in self._slots], n_b).astype(np.int64),
+                "replicate": np.tile(np.arange(n_b), len(self._slots)).astype(np.int64),
+                "max_abs_mean": first[:, 0].reshape(-1),
+                "median_abs_mean": first[:, 1].reshape(-1),
+                "massive_ratio": self.massive_ratio,
+            }
+        )
         sink = self.sink_replicates.means().cpu().numpy().reshape(len(self._layers), 2, n_b)
-        sinks = pd.DataFrame({
-            "layer": np.repeat(self._layers, n_b).astype(np.int64),
-            "replicate": np.tile(np.arange(n_b), len(self._layers)).astype(np.int64),
-            "sink_mass": sink[:, 0].reshape(-1),
-            "uniform_mass": sink[:, 1].reshape(-1),
-        })
+        sinks = pd.DataFrame(
+            {
+                "layer": np.repeat(self._layers, n_b).astype(np.int64),
+                "replicate": np.tile(np.arange(n_b), len(self._layers)).astype(np.int64),
+                "sink_mass": sink[:, 0].reshape(-1),
+                "uniform_mass": sink[:, 1].reshape(-1),
+            }
+        )
         return {"massive_replicates": massive, "sink_replicates": sinks}
 
     def _massive_table(self) -> pd.DataFrame:
         n_slots, width = len(self._slots), self._seq_len
-        frame = pd.DataFrame({
-            "site": np.repeat([s for s, _, _ in self._slots], width),
-            "layer": np.repeat([l for _, l, _ in self._slots], width).astype(np.int64),
-            "position": np.tile(np.arange(width), n_slots).astype(np.int64),
-            "count": self.max_abs.count.cpu().numpy().astype(np.int64),
-            "max_abs_mean": self.max_abs.mean().cpu().numpy(),
-            "median_abs_mean": self.median_abs.mean().cpu().numpy(),
-            "max_dim_mode": self.max_dims.mode(n_slots * width),
-            "norm_mean": self.norm.mean().cpu().numpy(),
-        })
+        frame = pd.DataFrame(
+            {
+                "site": np.repeat([s for s, _, _ in self._slots], width),
+                "layer": np.repeat([l for _, l, _ in self._slots], width).astype(np.int64),
+                "position": np.tile(np.arange(width), n_slots).astype(np.int64),
+                "count": self.max_abs.count.cpu().numpy().astype(np.int64),
+                "max_abs_mean": self.max_abs.mean().cpu().numpy(),
+                "median_abs_mean": self.median_abs.mean().cpu().numpy(),
+                "max_dim_mode": self.max_dims.mode(n_slots * width),
+                "norm_mean": self.norm.mean().cpu().numpy(),
+            }
+        )
         return frame[frame["count"] > 0].reset_index(drop=True)
 
     def _top_dims_table(self) -> pd.DataFrame:
         rows = []
         squares = self.squares.cpu().numpy()
-        for i, hook in enumerate(self._pre):
+        for i in range(len(self._pre)):
             layer = self._slots[i][1]
             for g, group in enumerate(GROUPS):
                 total = squares[i, g].sum()
@@ -314,16 +334,19 @@ class MassiveProbe(Probe):
                 for rank, dim in enumerate(dims, start=1):
                     rows.append((layer, group, rank, int(dim), float(squares[i, g, dim] / total)))
         return pd.DataFrame(rows, columns=["layer", "group", "rank", "dim", "share"]).astype(
-            {"layer": np.int64, "rank": np.int64, "dim": np.int64})
+            {"layer": np.int64, "rank": np.int64, "dim": np.int64}
+        )
 
     def _sink_table(self) -> pd.DataFrame:
-        frame = pd.DataFrame({
-            "layer": np.repeat(self._layers, self._heads).astype(np.int64),
-            "head": np.tile(np.arange(self._heads), len(self._layers)).astype(np.int64),
-            "count": self.sink.count.cpu().numpy().astype(np.int64),
-            "sink_mass_mean": self.sink.mean().cpu().numpy(),
-            "sink_mass_std": self.sink.std().cpu().numpy(),
-        })
+        frame = pd.DataFrame(
+            {
+                "layer": np.repeat(self._layers, self._heads).astype(np.int64),
+                "head": np.tile(np.arange(self._heads), len(self._layers)).astype(np.int64),
+                "count": self.sink.count.cpu().numpy().astype(np.int64),
+                "sink_mass_mean": self.sink.mean().cpu().numpy(),
+                "sink_mass_std": self.sink.std().cpu().numpy(),
+            }
+        )
         return frame[frame["count"] > 0].reset_index(drop=True)
 
     def _massive_tokens_table(self) -> pd.DataFrame:
@@ -332,13 +355,15 @@ class MassiveProbe(Probe):
         slot, token_ids = keys // self._vocab, keys % self._vocab
         unique_ids = np.unique(token_ids)
         text = dict(zip(unique_ids.tolist(), self._token_text(unique_ids.tolist())))
-        return pd.DataFrame({
-            "layer": np.array([self._slots[i][1] for i in slot], dtype=np.int64),
-            "token_id": token_ids.astype(np.int64),
-            "token": [text[i] for i in token_ids.tolist()],
-            "count": sums[:, 0].astype(np.int64),
-            "max_abs_mean": sums[:, 1] / np.maximum(sums[:, 0], 1),
-        })
+        return pd.DataFrame(
+            {
+                "layer": np.array([self._slots[i][1] for i in slot], dtype=np.int64),
+                "token_id": token_ids.astype(np.int64),
+                "token": [text[i] for i in token_ids.tolist()],
+                "count": sums[:, 0].astype(np.int64),
+                "max_abs_mean": sums[:, 1] / np.maximum(sums[:, 0], 1),
+            }
+        )
 
     def findings(self, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:  # type: ignore[override]
         """From the tables and this run's --massive-ratio (recorded in run.json's request)."""
@@ -356,8 +381,11 @@ def massive_findings(tables: dict[str, pd.DataFrame], massive_ratio: float = DEF
     massive, top, sink = tables["massive"], tables["top_dims"], tables["attention_sink"]
     out: dict[str, Any] = {"massive_ratio": float(massive_ratio)}
     first = massive[massive["position"] == 0].set_index(["site", "layer"])
-    ratio0 = {key: float(first.loc[key, "max_abs_mean"] / first.loc[key, "median_abs_mean"])
-              for key in _stream(massive) if key in first.index}
+    ratio0 = {
+        key: float(first.loc[key, "max_abs_mean"] / first.loc[key, "median_abs_mean"])
+        for key in _stream(massive)
+        if key in first.index
+    }
     out["position0_max_median_ratio"] = {l: r for (s, l), r in ratio0.items() if s == "resid_pre"}
     out["output_position0_max_median_ratio"] = next((r for (s, _), r in ratio0.items() if s == "resid_post"), None)
     crossing = next(((s, l) for (s, l), r in ratio0.items() if r > massive_ratio), None)
@@ -366,7 +394,9 @@ def massive_findings(tables: dict[str, pd.DataFrame], massive_ratio: float = DEF
         site, layer = crossing
         ranked = top[(top["layer"] == layer) & (top["group"] == "position0")].sort_values("rank")
         out["first_massive"] = {
-            "site": site, "layer": layer, "ratio": ratio0[crossing],
+            "site": site,
+            "layer": layer,
+            "ratio": ratio0[crossing],
             "max_dim_mode": int(first.loc[crossing, "max_dim_mode"]),
             "top_dims": [int(d) for d in ranked["dim"].head(2)] if site == "resid_pre" else [],
         }
@@ -377,8 +407,9 @@ def massive_findings(tables: dict[str, pd.DataFrame], massive_ratio: float = DEF
     out["sink_mass_by_layer"] = {int(l): float(v) for l, v in by_layer.items()}
     # what the sink mass would be if every query attended uniformly to its t + 1 keys
     queries = massive[(massive["site"] == "resid_pre") & (massive["position"] > 0)].drop_duplicates("position")
-    out["sink_mass_uniform"] = float((queries["count"] / (queries["position"] + 1)).sum() / queries["count"].sum()) \
-        if len(queries) else float("nan")
+    out["sink_mass_uniform"] = (
+        float((queries["count"] / (queries["position"] + 1)).sum() / queries["count"].sum()) if len(queries) else float("nan")
+    )
     norm_ratio = _position0_norm_ratio(massive)
     out["position0_norm_ratio"] = norm_ratio
     both = [l for l in out["sink_mass_by_layer"] if l in norm_ratio]

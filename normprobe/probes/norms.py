@@ -1,4 +1,5 @@
 """`norms`: the L2 norm of every token's vector at every residual site and layer."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +8,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..probe import Probe
 from ..bootstrap import DEFAULT_REPLICATES
+from ..probe import Probe
 from ..stats import GroupedMoments, ReplicateSums, token_windows
 
 POSITION_GROUPS = ("position0", "rest")  # the replicate table's position groups: position 0, positions >= 1
@@ -16,7 +17,9 @@ POSITION_GROUPS = ("position0", "rest")  # the replicate table's position groups
 
 class NormsProbe(Probe):
     name = "norms"
-    description = "L2 norm of each token's vector per (site, layer, position), with growth, position-0, position and frequency findings"
+    description = (
+        "L2 norm of each token's vector per (site, layer, position), with growth, position-0, position and frequency findings"
+    )
 
     def setup(self, model, seq_len: int) -> None:
         layers = self.selected_layers(model.n_layers)
@@ -59,8 +62,9 @@ class NormsProbe(Probe):
             later_group = (positions > 0).long()
             slots = torch.arange(len(self._token_slots), device=stream.device)[:, None] * len(POSITION_GROUPS)
             windows = token_windows(mask).expand(len(self._token_slots), -1)
-            self.replicates.add((slots + later_group[None, :]).reshape(-1), stream.reshape(-1), windows.reshape(-1),
-                                batch.replicate_weights)
+            self.replicates.add(
+                (slots + later_group[None, :]).reshape(-1), stream.reshape(-1), windows.reshape(-1), batch.replicate_weights
+            )
         # Position 0 (BOS where there is one) is analysed on its own, not in the frequency table.
         later = mask & (batch.positions > 0)
         token_ids = batch.tokens[later]
@@ -68,14 +72,17 @@ class NormsProbe(Probe):
         offsets = torch.arange(len(self._token_slots), device=norms.device)[:, None] * self._vocab
         self.by_token.add((offsets + token_ids[None, :]).reshape(-1), norms.reshape(-1))
 
-    def merge(self, other: "NormsProbe") -> None:
+    def merge(self, other: NormsProbe) -> None:
         self.by_position.merge(other.by_position)
         self.by_token.merge(other.by_token)
         self.replicates.merge(other.replicates)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"by_position": self.by_position.state_dict(), "by_token": self.by_token.state_dict(),
-                "replicates": self.replicates.state_dict()}
+        return {
+            "by_position": self.by_position.state_dict(),
+            "by_token": self.by_token.state_dict(),
+            "replicates": self.replicates.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.by_position.load_state_dict(state["by_position"])
@@ -86,17 +93,19 @@ class NormsProbe(Probe):
     def result(self) -> dict[str, pd.DataFrame]:
         m = self.by_position
         n_slots, width = len(self._slots), self._seq_len
-        frame = pd.DataFrame({
-            "site": np.repeat([s for s, _, _ in self._slots], width),
-            "layer": np.repeat([l for _, l, _ in self._slots], width).astype(np.int64),
-            "position": np.tile(np.arange(width), n_slots).astype(np.int64),
-            "count": m.count.cpu().numpy().astype(np.int64),
-            "mean": m.mean().cpu().numpy(),
-            "std": m.std().cpu().numpy(),
-            "min": m.minimum.cpu().numpy(),
-            "max": m.maximum.cpu().numpy(),
-            "n_nonfinite": m.nonfinite.cpu().numpy().astype(np.int64),
-        })
+        frame = pd.DataFrame(
+            {
+                "site": np.repeat([s for s, _, _ in self._slots], width),
+                "layer": np.repeat([l for _, l, _ in self._slots], width).astype(np.int64),
+                "position": np.tile(np.arange(width), n_slots).astype(np.int64),
+                "count": m.count.cpu().numpy().astype(np.int64),
+                "mean": m.mean().cpu().numpy(),
+                "std": m.std().cpu().numpy(),
+                "min": m.minimum.cpu().numpy(),
+                "max": m.maximum.cpu().numpy(),
+                "n_nonfinite": m.nonfinite.cpu().numpy().astype(np.int64),
+            }
+        )
         frame = frame[(frame["count"] > 0) | (frame["n_nonfinite"] > 0)].reset_index(drop=True)
         t = self.by_token
         vocab = self._vocab
@@ -105,34 +114,42 @@ class NormsProbe(Probe):
         slot_index, token_ids = keep // vocab, keep % vocab
         unique_ids = np.unique(token_ids)
         text = dict(zip(unique_ids.tolist(), self._token_text(unique_ids.tolist())))
-        tokens = pd.DataFrame({
-            "site": [self._token_slots[i][0] for i in slot_index],
-            "layer": np.array([self._token_slots[i][1] for i in slot_index], dtype=np.int64),
-            "token_id": token_ids.astype(np.int64),
-            "token": [text[i] for i in token_ids.tolist()],
-            "count": counts[keep],
-            "mean": t.mean().cpu().numpy()[keep],
-            "std": t.std().cpu().numpy()[keep],
-        })
+        tokens = pd.DataFrame(
+            {
+                "site": [self._token_slots[i][0] for i in slot_index],
+                "layer": np.array([self._token_slots[i][1] for i in slot_index], dtype=np.int64),
+                "token_id": token_ids.astype(np.int64),
+                "token": [text[i] for i in token_ids.tolist()],
+                "count": counts[keep],
+                "mean": t.mean().cpu().numpy()[keep],
+                "std": t.std().cpu().numpy()[keep],
+            }
+        )
         out = {"norms": frame, "norms_by_token": tokens, "norms_replicates": self._replicate_table()}
         if self._external_counts is not None:  # --token-counts: the counts of the types this run saw
             seen = [int(i) for i in unique_ids if int(i) in self._external_counts]
-            out["token_counts"] = pd.DataFrame({"token_id": np.array(seen, dtype=np.int64),
-                                                "count": np.array([self._external_counts[i] for i in seen], dtype=float)})
+            out["token_counts"] = pd.DataFrame(
+                {
+                    "token_id": np.array(seen, dtype=np.int64),
+                    "count": np.array([self._external_counts[i] for i in seen], dtype=float),
+                }
+            )
         return out
 
     def _replicate_table(self) -> pd.DataFrame:
         """Per (site, layer) of h_0..h_L, position group and replicate: the summed weight and the weighted mean norm."""
         n_b, n_g = self._replicates, len(POSITION_GROUPS)
         n = len(self._token_slots) * n_g
-        return pd.DataFrame({
-            "site": np.repeat([s for s, _, _ in self._token_slots], n_g * n_b),
-            "layer": np.repeat([l for _, l, _ in self._token_slots], n_g * n_b).astype(np.int64),
-            "position_group": np.tile(np.repeat(POSITION_GROUPS, n_b), len(self._token_slots)),
-            "replicate": np.tile(np.arange(n_b), n).astype(np.int64),
-            "weight": self.replicates.weight.cpu().numpy().reshape(-1),
-            "mean": self.replicates.means().cpu().numpy().reshape(-1),
-        })
+        return pd.DataFrame(
+            {
+                "site": np.repeat([s for s, _, _ in self._token_slots], n_g * n_b),
+                "layer": np.repeat([l for _, l, _ in self._token_slots], n_g * n_b).astype(np.int64),
+                "position_group": np.tile(np.repeat(POSITION_GROUPS, n_b), len(self._token_slots)),
+                "replicate": np.tile(np.arange(n_b), n).astype(np.int64),
+                "weight": self.replicates.weight.cpu().numpy().reshape(-1),
+                "mean": self.replicates.means().cpu().numpy().reshape(-1),
+            }
+        )
 
     @classmethod
     def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
@@ -176,7 +193,7 @@ def growth_summary(means: pd.Series) -> dict[str, Any]:
     slope, intercept = np.polyfit(layers, logs, 1)
     residual = logs - (slope * layers + intercept)
     total = ((logs - logs.mean()) ** 2).sum()
-    r2 = float(1 - (residual ** 2).sum() / total) if total > 0 else float("nan")
+    r2 = float(1 - (residual**2).sum() / total) if total > 0 else float("nan")
     return {"geometric": geometric, "fit": float(np.exp(slope)), "fit_r2": r2}
 
 

@@ -5,6 +5,7 @@ g = dCE/dh at h_l is the exact float32 gradient of the next-token cross-entropy 
 through the run's readout (`--readout`: the logit lens, or a tuned lens; see normprobe.readouts).
 The first-order check compares g·Δ with loss(h_l + Δ) - loss(h_l), both through layer l's readout.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,13 +15,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..probe import Probe
 from ..bootstrap import DEFAULT_REPLICATES
+from ..probe import Probe
 from ..stats import GroupedMoments, ReplicateSums, token_windows
 
 COMPONENTS = ("attn", "mlp", "block")
-METRICS = ("update_norm", "rel_update", "descent_cos", "step_eta", "step_r2", "next_cos", "total_cos",
-           "predicted_change", "actual_change")
+METRICS = (
+    "update_norm",
+    "rel_update",
+    "descent_cos",
+    "step_eta",
+    "step_r2",
+    "next_cos",
+    "total_cos",
+    "predicted_change",
+    "actual_change",
+)
 HIST_BINS = 80
 REPLICATED = ("descent_cos", "predicted_change", "actual_change")  # metrics with document-bootstrap replicates
 
@@ -48,8 +58,15 @@ class UpdatesProbe(Probe):
     name = "updates"
     description = "per-layer updates of the residual stream: size, logit-lens loss, alignment with -dCE/dh, step fit, consistency"
 
-    def __init__(self, layers: list[int] | None = None, vocab_chunk: int = 1 << 24, readout: str = "logit",
-                 ablate: bool = False, readout_sample: float = 1.0, **options: Any):
+    def __init__(
+        self,
+        layers: list[int] | None = None,
+        vocab_chunk: int = 1 << 24,
+        readout: str = "logit",
+        ablate: bool = False,
+        readout_sample: float = 1.0,
+        **options: Any,
+    ):
         super().__init__(layers, readout=readout, ablate=ablate, readout_sample=readout_sample, **options)
         self.vocab_chunk = vocab_chunk  # at most this many logits (tokens x vocab) in memory at once
         self.readout_spec = readout
@@ -74,8 +91,12 @@ class UpdatesProbe(Probe):
         self._seq_len = seq_len
         last = model.n_layers - 1
         self._hooks = {
-            l: {"pre": model.hook_name("resid_pre", l), "post": model.hook_name("resid_post", l),
-                "attn": model.hook_name("attn_out", l), "mlp": model.hook_name("mlp_out", l)}
+            l: {
+                "pre": model.hook_name("resid_pre", l),
+                "post": model.hook_name("resid_post", l),
+                "attn": model.hook_name("attn_out", l),
+                "mlp": model.hook_name("mlp_out", l),
+            }
             for l in self._layers
         }
         self._slot = {layer: slot for slot, layer in enumerate(self._layers)}
@@ -179,8 +200,7 @@ class UpdatesProbe(Probe):
             return
         self._start_batch(batch, activations)
         for layer in sorted({self._model.layer_of_hook(name) for name in activations}):
-            self.update_layer(layer, {n: a for n, a in activations.items() if self._model.layer_of_hook(n) == layer},
-                              batch)
+            self.update_layer(layer, {n: a for n, a in activations.items() if self._model.layer_of_hook(n) == layer}, batch)
 
     def _replicate(self, name: str, row: int, values: torch.Tensor) -> None:
         self.replicated[name].add(self._group(row), values, self._windows, self._window_weights)
@@ -201,8 +221,7 @@ class UpdatesProbe(Probe):
         slot = self._slot[layer]
         hooks = self._hooks[layer]
         h = activations[hooks["pre"]]
-        deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]],
-                  "block": activations[hooks["post"]] - h}
+        deltas = {"attn": activations[hooks["attn"]], "mlp": activations[hooks["mlp"]], "block": activations[hooks["post"]] - h}
         reuse_next_loss = self._readout_is_layer_independent and (layer + 1 in self._slot or layer == self._n_layers - 1)
         stepped = [c for c in COMPONENTS if not (c == "block" and reuse_next_loss)]
         # the loss and gradient at h and the losses at h + Δ from the same products (Readout.loss_grad_and_steps)
@@ -243,10 +262,14 @@ class UpdatesProbe(Probe):
 
     # -- merging and state -----------------------------------------------
     def _all_moments(self) -> dict[str, GroupedMoments]:
-        return {**self.moments, "lens": self.lens, "lens_by_position": self.lens_by_position,
-                "cos_by_position": self.cos_by_position}
+        return {
+            **self.moments,
+            "lens": self.lens,
+            "lens_by_position": self.lens_by_position,
+            "cos_by_position": self.cos_by_position,
+        }
 
-    def merge(self, other: "UpdatesProbe") -> None:
+    def merge(self, other: UpdatesProbe) -> None:
         mine, theirs = self._all_moments(), other._all_moments()
         for key, moments in mine.items():
             moments.merge(theirs[key])
@@ -274,27 +297,34 @@ class UpdatesProbe(Probe):
         rows = len(self._layers) * n_c
         layers = np.repeat(self._layers, n_c).astype(np.int64)
         lens_mean = self.lens.mean().cpu().numpy()
-        frame = pd.DataFrame({
-            "layer": layers,
-            "component": np.tile(COMPONENTS, len(self._layers)),
-            "count": self.moments["descent_cos"].count.cpu().numpy().astype(np.int64),
-            "update_norm_mean": self.moments["update_norm"].mean().cpu().numpy(),
-            "rel_update_mean": self.moments["rel_update"].mean().cpu().numpy(),
-            "lens_loss_mean": np.repeat(lens_mean[:-1], n_c),
-            "descent_cos_mean": self.moments["descent_cos"].mean().cpu().numpy(),
-            "descent_cos_std": self.moments["descent_cos"].std().cpu().numpy(),
-            "step_eta_mean": self.moments["step_eta"].mean().cpu().numpy(),
-            "step_r2_mean": self.moments["step_r2"].mean().cpu().numpy(),
-            "next_cos_mean": _mean_or_nan(self.moments["next_cos"]),
-            "total_cos_mean": self.moments["total_cos"].mean().cpu().numpy(),
-            "predicted_change_mean": self.moments["predicted_change"].mean().cpu().numpy(),
-            "actual_change_mean": _mean_or_nan(self.moments["actual_change"]),  # null: the model readout without ablate
-            "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
-            **_document_intervals(self.replicated, ("descent_cos", "actual_change")),
-        })
+        frame = pd.DataFrame(
+            {
+                "layer": layers,
+                "component": np.tile(COMPONENTS, len(self._layers)),
+                "count": self.moments["descent_cos"].count.cpu().numpy().astype(np.int64),
+                "update_norm_mean": self.moments["update_norm"].mean().cpu().numpy(),
+                "rel_update_mean": self.moments["rel_update"].mean().cpu().numpy(),
+                "lens_loss_mean": np.repeat(lens_mean[:-1], n_c),
+                "descent_cos_mean": self.moments["descent_cos"].mean().cpu().numpy(),
+                "descent_cos_std": self.moments["descent_cos"].std().cpu().numpy(),
+                "step_eta_mean": self.moments["step_eta"].mean().cpu().numpy(),
+                "step_r2_mean": self.moments["step_r2"].mean().cpu().numpy(),
+                "next_cos_mean": _mean_or_nan(self.moments["next_cos"]),
+                "total_cos_mean": self.moments["total_cos"].mean().cpu().numpy(),
+                "predicted_change_mean": self.moments["predicted_change"].mean().cpu().numpy(),
+                "actual_change_mean": _mean_or_nan(self.moments["actual_change"]),  # null: the model readout without ablate
+                "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
+                **_document_intervals(self.replicated, ("descent_cos", "actual_change")),
+            }
+        )
         output = {c: np.nan for c in frame.columns}
-        output.update(layer=self._n_layers, component="output", count=int(self.lens.count[-1]),
-                      lens_loss_mean=float(lens_mean[-1]), n_nonfinite=int(self.lens.nonfinite[-1]))
+        output.update(
+            layer=self._n_layers,
+            component="output",
+            count=int(self.lens.count[-1]),
+            lens_loss_mean=float(lens_mean[-1]),
+            n_nonfinite=int(self.lens.nonfinite[-1]),
+        )
         frame = pd.concat([frame, pd.DataFrame([output])], ignore_index=True)
         frame["count"] = frame["count"].astype(np.int64)
         frame["n_nonfinite"] = frame["n_nonfinite"].astype(np.int64)
@@ -309,42 +339,49 @@ class UpdatesProbe(Probe):
         lens_pos = self.lens_by_position
         cos_pos = self.cos_by_position
         cos_mean = np.concatenate([cos_pos.mean().cpu().numpy(), np.full(width, np.nan)])
-        by_position = pd.DataFrame({
-            "layer": np.repeat(slots, width).astype(np.int64),
-            "position": np.tile(np.arange(width), len(slots)).astype(np.int64),
-            "count": lens_pos.count.cpu().numpy().astype(np.int64),
-            "lens_loss_mean": lens_pos.mean().cpu().numpy(),
-            "descent_cos_mean": cos_mean,
-        })
+        by_position = pd.DataFrame(
+            {
+                "layer": np.repeat(slots, width).astype(np.int64),
+                "position": np.tile(np.arange(width), len(slots)).astype(np.int64),
+                "count": lens_pos.count.cpu().numpy().astype(np.int64),
+                "lens_loss_mean": lens_pos.mean().cpu().numpy(),
+                "descent_cos_mean": cos_mean,
+            }
+        )
         by_position = by_position[by_position["count"] > 0].reset_index(drop=True)
 
         hist = self.histogram.cpu().numpy()
         edges = np.linspace(-1, 1, HIST_BINS + 1)
-        histogram = pd.DataFrame({
-            "layer": np.repeat(layers, HIST_BINS),
-            "component": np.repeat(np.tile(COMPONENTS, len(self._layers)), HIST_BINS),
-            "bin_left": np.tile(edges[:-1], rows),
-            "bin_right": np.tile(edges[1:], rows),
-            "count": hist.reshape(-1).astype(np.int64),
-        })
-        return {"updates": frame, "updates_by_position": by_position, "updates_hist": histogram,
-                **self._replicate_tables()}
+        histogram = pd.DataFrame(
+            {
+                "layer": np.repeat(layers, HIST_BINS),
+                "component": np.repeat(np.tile(COMPONENTS, len(self._layers)), HIST_BINS),
+                "bin_left": np.tile(edges[:-1], rows),
+                "bin_right": np.tile(edges[1:], rows),
+                "count": hist.reshape(-1).astype(np.int64),
+            }
+        )
+        return {"updates": frame, "updates_by_position": by_position, "updates_hist": histogram, **self._replicate_tables()}
 
     def _replicate_tables(self) -> dict[str, pd.DataFrame]:
         """Per (layer, component) and replicate, the weighted mean descent cosine and loss changes; per layer
         (the output as layer n_layers) and replicate, the weighted mean lens loss."""
         n_b, n_c = self._n_replicates, len(COMPONENTS)
-        steps = pd.DataFrame({
-            "layer": np.repeat(self._layers, n_c * n_b).astype(np.int64),
-            "component": np.tile(np.repeat(COMPONENTS, n_b), len(self._layers)),
-            "replicate": np.tile(np.arange(n_b), len(self._layers) * n_c).astype(np.int64),
-            **{m: self.replicated[m].means().cpu().numpy().reshape(-1) for m in REPLICATED},
-        })
-        lens = pd.DataFrame({
-            "layer": np.repeat(self._layers + [self._n_layers], n_b).astype(np.int64),
-            "replicate": np.tile(np.arange(n_b), len(self._layers) + 1).astype(np.int64),
-            "lens_loss": self.replicated["lens"].means().cpu().numpy().reshape(-1),
-        })
+        steps = pd.DataFrame(
+            {
+                "layer": np.repeat(self._layers, n_c * n_b).astype(np.int64),
+                "component": np.tile(np.repeat(COMPONENTS, n_b), len(self._layers)),
+                "replicate": np.tile(np.arange(n_b), len(self._layers) * n_c).astype(np.int64),
+                **{m: self.replicated[m].means().cpu().numpy().reshape(-1) for m in REPLICATED},
+            }
+        )
+        lens = pd.DataFrame(
+            {
+                "layer": np.repeat(self._layers + [self._n_layers], n_b).astype(np.int64),
+                "replicate": np.tile(np.arange(n_b), len(self._layers) + 1).astype(np.int64),
+                "lens_loss": self.replicated["lens"].means().cpu().numpy().reshape(-1),
+            }
+        )
         return {"updates_replicates": steps, "lens_loss_replicates": lens}
 
     @classmethod
@@ -373,10 +410,7 @@ def updates_findings(updates: pd.DataFrame) -> dict[str, Any]:
     half_width = 1.96 * steps["descent_cos_std"] / np.sqrt(steps["count"].clip(lower=1))
     steps["ci_low"] = steps["descent_cos_mean"] - half_width
     steps["ci_high"] = steps["descent_cos_mean"] + half_width
-    positive = {
-        c: [int(l) for l in rows.loc[rows["ci_low"] > 0, "layer"]]
-        for c, rows in steps.groupby("component", sort=False)
-    }
+    positive = {c: [int(l) for l in rows.loc[rows["ci_low"] > 0, "layer"]] for c, rows in steps.groupby("component", sort=False)}
     lens = updates.drop_duplicates("layer").sort_values("layer")
     losses = lens["lens_loss_mean"].to_numpy(dtype=float)
     drops = -np.diff(losses)
@@ -415,8 +449,9 @@ def _meaningful_readout(lens: pd.DataFrame) -> dict[str, Any]:
         "uniform_loss": uniform,
         "readout_not_meaningful_layers": [int(l) for l in lens.loc[above, "layer"]],
         "first_meaningful_layer": int(first["layer"]) if first is not None else None,
-        "lens_loss_drop_from_first_meaningful": (float(first["lens_loss_mean"] - lens["lens_loss_mean"].iloc[-1])
-                                                 if first is not None else float("nan")),
+        "lens_loss_drop_from_first_meaningful": (
+            float(first["lens_loss_mean"] - lens["lens_loss_mean"].iloc[-1]) if first is not None else float("nan")
+        ),
     }
 
 
@@ -424,7 +459,9 @@ def _first_order(steps: pd.DataFrame) -> dict[str, Any]:
     """Per layer, the mean loss change a step makes against the change its linear picture g·Δ predicts."""
     if "predicted_change_mean" not in steps:
         return {}
-    return {"first_order": {
-        c: {int(r.layer): [float(r.predicted_change_mean), float(r.actual_change_mean)] for r in rows.itertuples()}
-        for c, rows in steps.groupby("component", sort=False)
-    }}
+    return {
+        "first_order": {
+            c: {int(r.layer): [float(r.predicted_change_mean), float(r.actual_change_mean)] for r in rows.itertuples()}
+            for c, rows in steps.groupby("component", sort=False)
+        }
+    }

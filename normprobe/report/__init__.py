@@ -1,7 +1,9 @@
 """Reports: pure functions from a run's tables and findings to one self-contained HTML page."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .common import Block, Section
 from .page import render_page
@@ -64,8 +66,12 @@ def sections_for(result: Any, probe_modules: list | None = None) -> list[Section
         tables = {n: result.tables[n] for n in owners.get(probe_name, []) if n in result.tables}
         meta = result.meta
         if baselines:  # each baseline's copy of this probe's tables, for its dashed lines
-            meta = {**meta, "baseline_tables": {kind: {n: t[n] for n in owners.get(probe_name, []) if n in t}
-                                                for kind, t in baselines.items()}}
+            meta = {
+                **meta,
+                "baseline_tables": {
+                    kind: {n: t[n] for n in owners.get(probe_name, []) if n in t} for kind, t in baselines.items()
+                },
+            }
         probe_class = None if probe_name in _renderers() else saved_probe_class(probe_name, given, required=False)
         render = renderer_for(probe_name, probe_class)
         sections.append(render(tables, result.findings.get(probe_name, {}), meta))
@@ -80,8 +86,12 @@ def finding_rows(result: Any) -> list[tuple[str, str, str]]:
     from .norms import norms_findings_rows
     from .updates import updates_findings_rows
 
-    known = {"norms": norms_findings_rows, "updates": updates_findings_rows, "massive": massive_findings_rows,
-             "linesearch": line_search_findings_rows}
+    known = {
+        "norms": norms_findings_rows,
+        "updates": updates_findings_rows,
+        "massive": massive_findings_rows,
+        "linesearch": line_search_findings_rows,
+    }
     rows = []
     for probe_name in result.meta.get("probes", list(result.findings)):
         make_rows = known.get(probe_name, generic_findings_rows)
@@ -110,9 +120,16 @@ def figures_by_title(sections: list[Section]) -> dict[str, Any]:
 def render_report(result: Any, plotlyjs: str = "inline", probe_modules: list | None = None) -> str:
     from .claims import claims_html
 
-    return render_page(result.meta, sections_for(result, probe_modules), plotlyjs=plotlyjs,
-                       preface=claims_html(result.claims))
+    return render_page(result.meta, sections_for(result, probe_modules), plotlyjs=plotlyjs, preface=claims_html(result.claims))
 
 
-__all__ = ["Block", "Section", "figures_by_title", "finding_rows", "register_renderer", "render_report", "renderer_for",
-           "sections_for"]
+__all__ = [
+    "Block",
+    "Section",
+    "figures_by_title",
+    "finding_rows",
+    "register_renderer",
+    "render_report",
+    "renderer_for",
+    "sections_for",
+]

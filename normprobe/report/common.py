@@ -1,4 +1,5 @@
 """Shared pieces for renderers: a light template, escaping, point budgets, empty-figure notes."""
+
 from __future__ import annotations
 
 import html
@@ -12,14 +13,18 @@ import plotly.graph_objects as go
 HEATMAP_BUDGET = 40_000  # cells per heatmap trace; larger grids are averaged down in position
 MENU_LAYERS = 16  # figures with a per-layer menu offer at most this many layers, evenly spaced
 
-TEMPLATE = go.layout.Template(layout=dict(
-    font=dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=13),
-    plot_bgcolor="white", paper_bgcolor="white", colorway=[
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"],
-    xaxis=dict(gridcolor="#e5e5e5", zerolinecolor="#bbbbbb", linecolor="#888", showline=True),
-    yaxis=dict(gridcolor="#e5e5e5", zerolinecolor="#bbbbbb", linecolor="#888", showline=True),
-    margin=dict(l=70, r=30, t=96, b=60), hovermode="closest",
-))
+TEMPLATE = go.layout.Template(
+    layout=dict(
+        font=dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=13),
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        colorway=["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"],
+        xaxis=dict(gridcolor="#e5e5e5", zerolinecolor="#bbbbbb", linecolor="#888", showline=True),
+        yaxis=dict(gridcolor="#e5e5e5", zerolinecolor="#bbbbbb", linecolor="#888", showline=True),
+        margin=dict(l=70, r=30, t=96, b=60),
+        hovermode="closest",
+    )
+)
 
 
 @dataclass
@@ -57,17 +62,34 @@ def empty_figure(title: str, reason: str) -> go.Figure:
     fig = figure(title, "", "", height=220)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.add_annotation(text=esc(f"No data: {reason}"), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font=dict(size=15, color="#666"))
+    fig.add_annotation(
+        text=esc(f"No data: {reason}"),
+        showarrow=False,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        font=dict(size=15, color="#666"),
+    )
     return fig
 
 
 def log_toggle(axis: str = "yaxis", x: float = 1.0, y: float = 1.02) -> dict:
     """A pair of buttons switching one axis between linear and log scale."""
     name = axis[0]
-    return dict(type="buttons", direction="right", x=x, y=y, xanchor="right", yanchor="bottom", showactive=True,
-                buttons=[dict(label=f"{name}: linear", method="relayout", args=[{f"{axis}.type": "linear"}]),
-                         dict(label=f"{name}: log", method="relayout", args=[{f"{axis}.type": "log"}])])
+    return dict(
+        type="buttons",
+        direction="right",
+        x=x,
+        y=y,
+        xanchor="right",
+        yanchor="bottom",
+        showactive=True,
+        buttons=[
+            dict(label=f"{name}: linear", method="relayout", args=[{f"{axis}.type": "linear"}]),
+            dict(label=f"{name}: log", method="relayout", args=[{f"{axis}.type": "log"}]),
+        ],
+    )
 
 
 def integer_axis(fig: go.Figure, axis: str, values) -> None:
@@ -99,16 +121,16 @@ def spans_orders(values: pd.Series | np.ndarray) -> bool:
 
 def pooled_by(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Combine (count, mean, std) rows into one row per key: the exact pooled mean and std."""
-    f = frame.assign(_sum=frame["mean"] * frame["count"],
-                     _sq=(frame["std"] ** 2 + frame["mean"] ** 2) * frame["count"])
+    f = frame.assign(_sum=frame["mean"] * frame["count"], _sq=(frame["std"] ** 2 + frame["mean"] ** 2) * frame["count"])
     g = f.groupby(keys, sort=True)[["count", "_sum", "_sq"]].sum().reset_index()
     g["mean"] = g["_sum"] / g["count"]
     g["std"] = np.sqrt(np.clip(g["_sq"] / g["count"] - g["mean"] ** 2, 0, None))
     return g.drop(columns=["_sum", "_sq"])
 
 
-def grid_within_budget(frame: pd.DataFrame, row: str, col: str, value: str,
-                       budget: int = HEATMAP_BUDGET) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def grid_within_budget(
+    frame: pd.DataFrame, row: str, col: str, value: str, budget: int = HEATMAP_BUDGET
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """A (row x col) grid of count-weighted means, with columns merged in equal bins to fit the budget.
 
     Returns rows, column starts, values and the bin width (1 when nothing was merged).
@@ -116,8 +138,7 @@ def grid_within_budget(frame: pd.DataFrame, row: str, col: str, value: str,
     rows = np.sort(frame[row].unique())
     n_cols = int(frame[col].max()) + 1 if len(frame) else 0
     width = max(1, int(np.ceil(len(rows) * n_cols / budget))) if n_cols else 1
-    binned = frame.assign(_bin=(frame[col] // width) * width,
-                          _w=frame[value] * frame["count"])
+    binned = frame.assign(_bin=(frame[col] // width) * width, _w=frame[value] * frame["count"])
     g = binned.groupby([row, "_bin"])[["_w", "count"]].sum()
     means = (g["_w"] / g["count"]).unstack("_bin")
     means = means.reindex(index=rows)

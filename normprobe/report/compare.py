@@ -1,7 +1,9 @@
 """One page overlaying several saved runs: models, sizes, checkpoints, corpora or dtypes side by side."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,9 +12,9 @@ import plotly.graph_objects as go
 from .common import TEMPLATE, Block, Section, empty_figure, esc, figure, integer_axis, log_toggle
 from .curves import descent_curve, lens_loss_curve, position0_curve, residual_norm_curve
 from .headline import headline_numbers
+from .linesearch import line_search_findings_rows
 from .norms import norms_findings_rows
 from .page import metadata_rows, render_page
-from .linesearch import line_search_findings_rows
 from .updates import updates_findings_rows
 
 FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows, "linesearch": line_search_findings_rows}
@@ -21,19 +23,36 @@ FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows, 
 def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray], log_y: bool) -> None:
     """Buttons switching every trace between relative depth (layer / n_layers) and layer index."""
     menus = [
-        dict(type="buttons", direction="right", x=0.72, y=1.02, xanchor="right", yanchor="bottom", showactive=True,
-             buttons=[dict(label="relative depth", method="update",
-                           args=[{"x": [list(map(float, x)) for x in relative_x]}, {"xaxis.title.text": "layer / n_layers"}]),
-                      dict(label="layer index", method="update",
-                           args=[{"x": [list(map(float, x)) for x in layer_x]}, {"xaxis.title.text": "layer"}])]),
+        dict(
+            type="buttons",
+            direction="right",
+            x=0.72,
+            y=1.02,
+            xanchor="right",
+            yanchor="bottom",
+            showactive=True,
+            buttons=[
+                dict(
+                    label="relative depth",
+                    method="update",
+                    args=[{"x": [list(map(float, x)) for x in relative_x]}, {"xaxis.title.text": "layer / n_layers"}],
+                ),
+                dict(
+                    label="layer index",
+                    method="update",
+                    args=[{"x": [list(map(float, x)) for x in layer_x]}, {"xaxis.title.text": "layer"}],
+                ),
+            ],
+        ),
     ]
     if log_y:
         menus.append(log_toggle("yaxis"))
     fig.update_layout(updatemenus=menus)
 
 
-def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.ndarray, int]], reason: str,
-             log_y: bool = True) -> go.Figure:
+def _overlay(
+    title: str, y_title: str, series: list[tuple[str, np.ndarray, np.ndarray, int]], reason: str, log_y: bool = True
+) -> go.Figure:
     """series: (label, layers, values, n_layers) per run; x starts as relative depth. `log_y`: a quantity that
     is positive by nature (norms, ratios, losses) gets a log-axis button; a cosine does not."""
     series = [s for s in series if len(s[1])]
@@ -45,9 +64,16 @@ def _overlay(title: str, y_title: str, series: list[tuple[str, np.ndarray, np.nd
         relative = np.asarray(layers, dtype=float) / n_layers
         layer_x.append(np.asarray(layers, dtype=float))
         relative_x.append(relative)
-        fig.add_trace(go.Scatter(x=relative, y=values, mode="lines+markers", name=esc(label),
-                                 customdata=np.asarray(layers),
-                                 hovertemplate=f"{esc(label)}<br>layer %{{customdata}}<br>%{{y:.4g}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=relative,
+                y=values,
+                mode="lines+markers",
+                name=esc(label),
+                customdata=np.asarray(layers),
+                hovertemplate=f"{esc(label)}<br>layer %{{customdata}}<br>%{{y:.4g}}<extra></extra>",
+            )
+        )
     _depth_toggle(fig, layer_x, relative_x, log_y)
     return fig
 
@@ -62,31 +88,51 @@ def _series(runs, curve) -> list[tuple[str, np.ndarray, np.ndarray, int]]:
 
 
 def _norm_growth(runs) -> go.Figure:
-    return _overlay("Mean norm of the residual stream h_0..h_L", "mean L2 norm", _series(runs, residual_norm_curve),
-                    "no run has the norms probe")
+    return _overlay(
+        "Mean norm of the residual stream h_0..h_L",
+        "mean L2 norm",
+        _series(runs, residual_norm_curve),
+        "no run has the norms probe",
+    )
 
 
 def _position0(runs) -> go.Figure:
-    return _overlay("Position-0 outlier: norm at position 0 over the median of later positions", "ratio",
-                    _series(runs, position0_curve), "no run has the norms probe with a position 0 and later positions")
+    return _overlay(
+        "Position-0 outlier: norm at position 0 over the median of later positions",
+        "ratio",
+        _series(runs, position0_curve),
+        "no run has the norms probe with a position 0 and later positions",
+    )
 
 
 def _lens_loss(runs) -> go.Figure:
-    return _overlay("Logit-lens loss over depth (last point: the model's output)", "cross-entropy (nats)",
-                    _series(runs, lens_loss_curve), "no run has the updates probe")
+    return _overlay(
+        "Logit-lens loss over depth (last point: the model's output)",
+        "cross-entropy (nats)",
+        _series(runs, lens_loss_curve),
+        "no run has the updates probe",
+    )
 
 
 def _descent(runs) -> go.Figure:
     series = _series(runs, descent_curve)
-    fig = _overlay("Descent alignment of the block update, cos(Δ, -dCE/dh)", "mean cosine", series,
-                   "no run has the updates probe", log_y=False)
+    fig = _overlay(
+        "Descent alignment of the block update, cos(Δ, -dCE/dh)",
+        "mean cosine",
+        series,
+        "no run has the updates probe",
+        log_y=False,
+    )
     if series:
         fig.add_hline(y=0, line=dict(color="#888", width=1))
     return fig
 
 
-DIFFERENCE_CURVES = (("mean norm of h_l", residual_norm_curve), ("lens loss (nats)", lens_loss_curve),
-                     ("descent cosine of the block update", descent_curve))
+DIFFERENCE_CURVES = (
+    ("mean norm of h_l", residual_norm_curve),
+    ("lens loss (nats)", lens_loss_curve),
+    ("descent cosine of the block update", descent_curve),
+)
 
 
 def difference_table(runs) -> pd.DataFrame:
@@ -119,22 +165,33 @@ def _difference_figure(runs) -> tuple[go.Figure, str]:
     title = f"Difference from the first run: each run minus {first}, per layer"
     table = difference_table(runs)
     left_out = [label for label, r in runs[1:] if r.meta.get("n_layers") != runs[0][1].meta.get("n_layers")]
-    note = (f" Left out, being of another depth than the first run: {', '.join(left_out)}." if left_out else "")
+    note = f" Left out, being of another depth than the first run: {', '.join(left_out)}." if left_out else ""
     if table.empty:
         return empty_figure(title, "no other run of the first run's depth shares a curve with it"), note
     quantities = [q for q, _ in DIFFERENCE_CURVES if q in set(table["quantity"])]
-    fig = make_subplots(rows=len(quantities), cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=[esc(f"Δ {q}") for q in quantities])
+    fig = make_subplots(
+        rows=len(quantities), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=[esc(f"Δ {q}") for q in quantities]
+    )
     colours = TEMPLATE.layout.colorway
     for row, quantity in enumerate(quantities, start=1):
         for i, (label, _) in enumerate(runs[1:], start=1):
             part = table[(table["quantity"] == quantity) & (table["run"] == label)]
             if part.empty:
                 continue
-            fig.add_trace(go.Scatter(x=part["layer"], y=part["difference"], mode="lines+markers", name=esc(label),
-                                     legendgroup=esc(label), showlegend=row == 1, line=dict(color=colours[i % len(colours)]),
-                                     hovertemplate=f"{esc(label)} − {esc(first)}<br>layer %{{x}}<br>Δ %{{y:.4g}}<extra></extra>"),
-                          row=row, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["layer"],
+                    y=part["difference"],
+                    mode="lines+markers",
+                    name=esc(label),
+                    legendgroup=esc(label),
+                    showlegend=row == 1,
+                    line=dict(color=colours[i % len(colours)]),
+                    hovertemplate=f"{esc(label)} − {esc(first)}<br>layer %{{x}}<br>Δ %{{y:.4g}}<extra></extra>",
+                ),
+                row=row,
+                col=1,
+            )
         fig.add_hline(y=0, line=dict(color="#888", width=1), row=row, col=1)
     fig.update_layout(template=TEMPLATE, title=dict(text=esc(title), x=0.01), height=260 * len(quantities) + 120)
     fig.update_xaxes(title_text="layer", row=len(quantities), col=1)
@@ -180,8 +237,9 @@ def _side_by_side(runs) -> str:
 def _runs_table(runs) -> str:
     keys = ("model", "family", "n_layers", "d_model", "dtype", "corpus", "n_tokens", "status")
     head = "".join(f"<th>{esc(label)}</th>" for label, _ in runs)
-    body = "".join(f"<tr><td>{esc(k)}</td>{''.join(f'<td>{esc(r.meta.get(k, chr(8212)))}</td>' for _, r in runs)}</tr>"
-                   for k in keys)
+    body = "".join(
+        f"<tr><td>{esc(k)}</td>{''.join(f'<td>{esc(r.meta.get(k, chr(8212)))}</td>' for _, r in runs)}</tr>" for k in keys
+    )
     return f"<h2 id=\"runs\">Runs</h2><table><tr><th></th>{head}</tr>{body}</table>"
 
 
@@ -197,25 +255,52 @@ def unique_labels(labels: Sequence[str]) -> list[str]:
 def comparison_sections(results: Sequence[Any], labels: Sequence[str]) -> list[Section]:
     runs = list(zip(unique_labels(list(labels)), results))
     difference, note = _difference_figure(runs)
-    return [Section(title="Comparison", anchor="comparison", findings=[], blocks=[
-        Block(html=_side_by_side(runs), caption="Each run's findings, side by side; headline numbers first, "
-                                                "with each run minus the first."),
-        Block(figure=_norm_growth(runs), caption="Runs of different depth line up on relative depth; the buttons switch to layer index."),
-        Block(figure=_position0(runs)),
-        Block(figure=_lens_loss(runs)),
-        Block(figure=_descent(runs)),
-        Block(figure=difference, caption="Each run minus the first: curves that lie on top of each other above "
-                                         "come apart here." + esc(note)),
-    ])]
+    return [
+        Section(
+            title="Comparison",
+            anchor="comparison",
+            findings=[],
+            blocks=[
+                Block(
+                    html=_side_by_side(runs),
+                    caption="Each run's findings, side by side; headline numbers first, with each run minus the first.",
+                ),
+                Block(
+                    figure=_norm_growth(runs),
+                    caption="Runs of different depth line up on relative depth; the buttons switch to layer index.",
+                ),
+                Block(figure=_position0(runs)),
+                Block(figure=_lens_loss(runs)),
+                Block(figure=_descent(runs)),
+                Block(
+                    figure=difference,
+                    caption="Each run minus the first: curves that lie on top of each other above come apart here." + esc(note),
+                ),
+            ],
+        )
+    ]
 
 
 def render_comparison(results: Sequence[Any], labels: Sequence[str], plotlyjs: str = "inline") -> str:
     runs = list(zip(unique_labels(list(labels)), results))
     statuses = {r.meta.get("status", "complete") for _, r in runs}
-    meta = {"status": "complete" if statuses == {"complete"} else "partial",
-            "status_reason": "at least one run is not complete", "model": ", ".join(l for l, _ in runs)}
-    details = "".join(f"<h3>{esc(label)}</h3>" + "<table>" + "".join(
-        f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in metadata_rows(r.meta)) + "</table>" for label, r in runs)
-    return render_page(meta, comparison_sections(results, labels), plotlyjs=plotlyjs,
-                       title=f"normprobe comparison: {' vs '.join(l for l, _ in runs)}",
-                       preface=_runs_table(runs), appendix=f'<h2 id="details">Each run\'s metadata</h2>{details}')
+    meta = {
+        "status": "complete" if statuses == {"complete"} else "partial",
+        "status_reason": "at least one run is not complete",
+        "model": ", ".join(l for l, _ in runs),
+    }
+    details = "".join(
+        f"<h3>{esc(label)}</h3>"
+        + "<table>"
+        + "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in metadata_rows(r.meta))
+        + "</table>"
+        for label, r in runs
+    )
+    return render_page(
+        meta,
+        comparison_sections(results, labels),
+        plotlyjs=plotlyjs,
+        title=f"normprobe comparison: {' vs '.join(l for l, _ in runs)}",
+        preface=_runs_table(runs),
+        appendix=f'<h2 id="details">Each run\'s metadata</h2>{details}',
+    )

@@ -2,6 +2,7 @@
 
 Each returns (layers, values) as arrays, or (None, None) when the run lacks the probe.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,7 +1,9 @@
 """The evolution report: findings and curves of a checkpoint sweep against training step."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -15,8 +17,13 @@ from .page import render_page
 def evolution_findings(runs: Sequence[tuple[int, Any]]) -> dict[str, Any]:
     """Per-checkpoint headline numbers, and how they move together over training."""
     steps = [step for step, _ in runs]
-    out: dict[str, Any] = {"steps": steps, "growth_geometric": [], "position0_ratio_max": [], "model_loss": [],
-                           "descent_cos_block_mean": []}
+    out: dict[str, Any] = {
+        "steps": steps,
+        "growth_geometric": [],
+        "position0_ratio_max": [],
+        "model_loss": [],
+        "descent_cos_block_mean": [],
+    }
     for _, result in runs:
         norms = result.findings.get("norms", {})
         out["growth_geometric"].append((norms.get("growth") or {}).get("geometric"))
@@ -54,8 +61,9 @@ def _vs_step(title: str, y_title: str, steps, values, reason: str, log_y: bool =
         return empty_figure(title, reason)
     fig = figure(title, "training step", y_title)
     x, y = zip(*points)
-    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=esc(y_title),
-                             hovertemplate="step %{x}<br>%{y:.4g}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(x=x, y=y, mode="lines+markers", name=esc(y_title), hovertemplate="step %{x}<br>%{y:.4g}<extra></extra>")
+    )
     # a log y-axis only for quantities positive by nature, not for cosines
     fig.update_layout(updatemenus=[log_toggle("xaxis", x=0.78)] + ([log_toggle("yaxis")] if log_y else []))
     return fig
@@ -69,8 +77,16 @@ def _curves(title: str, y_title: str, runs, extract, reason: str) -> go.Figure:
     fig = figure(title, "layer", y_title)
     colours = sample_colorscale("Viridis", list(np.linspace(0, 0.9, len(curves))))
     for (step, layers, values), colour in zip(curves, colours):
-        fig.add_trace(go.Scatter(x=layers, y=values, mode="lines+markers", name=f"step {step}", line=dict(color=colour),
-                                 hovertemplate=f"step {step}<br>layer %{{x}}<br>%{{y:.4g}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=values,
+                mode="lines+markers",
+                name=f"step {step}",
+                line=dict(color=colour),
+                hovertemplate=f"step {step}<br>layer %{{x}}<br>%{{y:.4g}}<extra></extra>",
+            )
+        )
     integer_axis(fig, "x", curves[0][1])
     return fig
 
@@ -83,33 +99,93 @@ def render_evolution(runs: Sequence[tuple[int, Any]], plotlyjs: str = "inline", 
     rows = [
         ("Checkpoints (training steps)", ", ".join(map(str, steps))),
         ("First step where the position-0 outlier ratio exceeds 2", _fmt(f["first_step_position0_ratio_above_2"])),
-        ("Correlation across checkpoints of model loss and mean descent alignment (Pearson)", _fmt(f.get("loss_vs_descent_pearson"))),
+        (
+            "Correlation across checkpoints of model loss and mean descent alignment (Pearson)",
+            _fmt(f.get("loss_vs_descent_pearson")),
+        ),
         ("Same, Spearman", _fmt(f.get("loss_vs_descent_spearman"))),
     ]
-    for key, label in (("model_loss", "Model loss"), ("growth_geometric", "Norm growth per layer (geometric)"),
-                       ("position0_ratio_max", "Position-0 outlier ratio (max over layers)"),
-                       ("descent_cos_block_mean", "Mean descent alignment of block updates")):
+    for key, label in (
+        ("model_loss", "Model loss"),
+        ("growth_geometric", "Norm growth per layer (geometric)"),
+        ("position0_ratio_max", "Position-0 outlier ratio (max over layers)"),
+        ("descent_cos_block_mean", "Mean descent alignment of block updates"),
+    ):
         rows.append((f"{label} by step", ", ".join(f"{s}: {_fmt(v)}" for s, v in zip(steps, f[key]))))
-    section = Section(title="Over training", anchor="evolution", findings=rows, blocks=[
-        Block(figure=_vs_step("Model loss at each checkpoint", "cross-entropy (nats)", steps, f["model_loss"], no_updates),
-              caption="The log-x button hides step 0."),
-        Block(figure=_vs_step("Norm growth factor per layer (geometric mean of ratios)", "growth per layer", steps,
-                              f["growth_geometric"], no_norms)),
-        Block(figure=_vs_step("Position-0 outlier ratio (largest over layers)", "ratio", steps,
-                              f["position0_ratio_max"], no_norms)),
-        Block(figure=_vs_step("Mean descent alignment of the block update", "mean cos(Δ, -dCE/dh)", steps,
-                              f["descent_cos_block_mean"], no_updates, log_y=False)),
-        Block(figure=_curves("Mean norm of the residual stream h_0..h_L, one line per checkpoint", "mean L2 norm",
-                             runs, residual_norm_curve, no_norms)),
-        Block(figure=_curves("Logit-lens loss over depth, one line per checkpoint", "cross-entropy (nats)", runs, lens_loss_curve,
-                             no_updates)),
-        Block(figure=_curves("Descent alignment of the block update per layer, one line per checkpoint", "mean cosine",
-                             runs, descent_curve, no_updates)),
-    ])
+    section = Section(
+        title="Over training",
+        anchor="evolution",
+        findings=rows,
+        blocks=[
+            Block(
+                figure=_vs_step("Model loss at each checkpoint", "cross-entropy (nats)", steps, f["model_loss"], no_updates),
+                caption="The log-x button hides step 0.",
+            ),
+            Block(
+                figure=_vs_step(
+                    "Norm growth factor per layer (geometric mean of ratios)",
+                    "growth per layer",
+                    steps,
+                    f["growth_geometric"],
+                    no_norms,
+                )
+            ),
+            Block(
+                figure=_vs_step(
+                    "Position-0 outlier ratio (largest over layers)", "ratio", steps, f["position0_ratio_max"], no_norms
+                )
+            ),
+            Block(
+                figure=_vs_step(
+                    "Mean descent alignment of the block update",
+                    "mean cos(Δ, -dCE/dh)",
+                    steps,
+                    f["descent_cos_block_mean"],
+                    no_updates,
+                    log_y=False,
+                )
+            ),
+            Block(
+                figure=_curves(
+                    "Mean norm of the residual stream h_0..h_L, one line per checkpoint",
+                    "mean L2 norm",
+                    runs,
+                    residual_norm_curve,
+                    no_norms,
+                )
+            ),
+            Block(
+                figure=_curves(
+                    "Logit-lens loss over depth, one line per checkpoint",
+                    "cross-entropy (nats)",
+                    runs,
+                    lens_loss_curve,
+                    no_updates,
+                )
+            ),
+            Block(
+                figure=_curves(
+                    "Descent alignment of the block update per layer, one line per checkpoint",
+                    "mean cosine",
+                    runs,
+                    descent_curve,
+                    no_updates,
+                )
+            ),
+        ],
+    )
     first = runs[0][1].meta
     name = name or first.get("model")
-    meta = {"model": name, "status": "complete", "family": first.get("family"),
-            "n_layers": first.get("n_layers"), "d_model": first.get("d_model"), "corpus": first.get("corpus"),
-            "n_tokens": first.get("n_tokens"), "dtype": first.get("dtype"), "probes": first.get("probes"),
-            "checkpoints": ", ".join(str(s) for s in steps)}
+    meta = {
+        "model": name,
+        "status": "complete",
+        "family": first.get("family"),
+        "n_layers": first.get("n_layers"),
+        "d_model": first.get("d_model"),
+        "corpus": first.get("corpus"),
+        "n_tokens": first.get("n_tokens"),
+        "dtype": first.get("dtype"),
+        "probes": first.get("probes"),
+        "checkpoints": ", ".join(str(s) for s in steps),
+    }
     return render_page(meta, [section], plotlyjs=plotlyjs, title=f"normprobe over training: {name}")

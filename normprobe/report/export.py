@@ -1,4 +1,5 @@
 """Static images of a report's figures (PNG or SVG) through kaleido and a local Chromium."""
+
 from __future__ import annotations
 
 import re
@@ -83,6 +84,8 @@ def export_figures(sections: list[Any], folder: Path, fmt: str) -> list[Path]:
     try:
         pio.write_images(figures, paths, format=fmt, width=1100, height=520)
     except Exception as exc:  # noqa: BLE001 - kaleido's failures (no browser) become one line
-        raise NormprobeError(f"static export failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-                             "kaleido needs Chrome or Chromium installed") from None
+        raise NormprobeError(
+            f"static export failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+            "kaleido needs Chrome or Chromium installed"
+        ) from None
     return paths

@@ -1,4 +1,5 @@
 """The section of a probe without a registered renderer: its findings, its own figures, table previews."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ def _probe_figures(probe_class: type | None, tables: dict[str, pd.DataFrame]) ->
     if not tables:
         return []
     if probe_class is None:
-        return [Block(html="<p><small>Drawn from the saved tables only: a saved run never names code to import. "
-                           "Pass the probe's code with --probe-module to use its own figures.</small></p>")]
+        return [
+            Block(
+                html="<p><small>Drawn from the saved tables only: a saved run never names code to import. "
+                "Pass the probe's code with --probe-module to use its own figures.</small></p>"
+            )
+        ]
     draw = getattr(probe_class, "figures", None)
     if draw is None:
         return []
@@ -34,8 +39,13 @@ def generic_findings_rows(findings: dict[str, Any]) -> list[tuple[str, str]]:
     return [(str(k), json.dumps(v, default=str)[:300]) for k, v in findings.items()]
 
 
-def render_generic(probe_name: str, tables: dict[str, pd.DataFrame], findings: dict[str, Any],
-                   meta: dict[str, Any], probe_class: type | None = None) -> Section:
+def render_generic(
+    probe_name: str,
+    tables: dict[str, pd.DataFrame],
+    findings: dict[str, Any],
+    meta: dict[str, Any],
+    probe_class: type | None = None,
+) -> Section:
     rows = generic_findings_rows(findings)
     blocks = _probe_figures(probe_class, tables)
     for name, frame in tables.items():

@@ -3,6 +3,7 @@
 The comparison page takes differences of these numbers; the console prints the summary after a run,
 built from the run's claims (normprobe.claims) so that it says only what its tests support.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,14 +47,16 @@ def headline_numbers(result: Any) -> dict[str, float | None]:
     if norms is not None:
         out["norms: growth per layer, h_0..h_L (geometric)"] = _number((norms.get("growth") or {}).get("geometric"))
         out["norms: growth per layer, positions ≥ 1 (geometric)"] = _number(
-            (norms.get("growth_excluding_position0") or {}).get("geometric"))
+            (norms.get("growth_excluding_position0") or {}).get("geometric")
+        )
         out["norms: largest position-0 outlier ratio"] = _number(norms.get("position0_ratio_max"))
     updates = result.findings.get("updates")
     if updates is not None:
         out["updates: model loss (nats)"] = model_loss(result)
         out["updates: lens loss drop, first layer to output (nats)"] = _number(updates.get("lens_loss_total_drop"))
         out["updates: lens loss drop, first meaningful layer to output (nats)"] = _number(
-            updates.get("lens_loss_drop_from_first_meaningful"))
+            updates.get("lens_loss_drop_from_first_meaningful")
+        )
         out["updates: mean descent cosine of block updates"] = block_descent_mean(result)
     return out
 
@@ -63,8 +66,11 @@ def _g(value: float | None, digits: int = 4) -> str:
 
 
 def _generic_line(name: str, f: dict[str, Any]) -> str:
-    scalars = [f"{k} {_g(_number(v)) if _number(v) is not None else json.dumps(v, default=str)[:40]}"
-               for k, v in f.items() if isinstance(v, (int, float, str, bool))][:3]
+    scalars = [
+        f"{k} {_g(_number(v)) if _number(v) is not None else json.dumps(v, default=str)[:40]}"
+        for k, v in f.items()
+        if isinstance(v, (int, float, str, bool))
+    ][:3]
     return f"{name}: {', '.join(scalars) or 'no scalar findings'}"
 
 
@@ -85,5 +91,5 @@ def summary_lines(result: Any, limit: int = SUMMARY_LINES) -> list[str]:
         if name not in with_claims:
             lines.append(_generic_line(name, result.findings.get(name, {})))
     if len(lines) > limit:
-        lines = lines[:limit - 1] + [f"... and {len(lines) - limit + 1} more lines; see the report's claims table"]
+        lines = lines[: limit - 1] + [f"... and {len(lines) - limit + 1} more lines; see the report's claims table"]
     return lines

@@ -1,4 +1,5 @@
 """Figures for the linesearch probe, from its table alone."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,12 +24,20 @@ def line_search_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     for component, stars in (f.get("alpha_star") or {}).items():
         rows.append((f"Best step α* on the line h_l + αΔ ({component}), by layer", _by_layer(stars)))
         near = (f.get("alpha_star_near_one") or {}).get(component, [])
-        rows.append((f"Layers whose {component} α* point estimate lies within {_fmt(tolerance)} of 1 (its interval: "
-                     "the claims table)", ", ".join(map(str, near)) or "none"))
+        rows.append(
+            (
+                f"Layers whose {component} α* point estimate lies within {_fmt(tolerance)} of 1 (its interval: the claims table)",
+                ", ".join(map(str, near)) or "none",
+            )
+        )
         edge = (f.get("alpha_star_at_grid_edge") or {}).get(component, [])
         if edge:
-            rows.append((f"Layers whose {component} α* is at the end of the grid (the minimum may lie beyond it)",
-                         ", ".join(map(str, edge))))
+            rows.append(
+                (
+                    f"Layers whose {component} α* is at the end of the grid (the minimum may lie beyond it)",
+                    ", ".join(map(str, edge)),
+                )
+            )
     rows.append(("α grid", ", ".join(_fmt(a) for a in f.get("alphas", [])) or "n/a"))
     rows.append(("Non-finite losses (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
     return rows
@@ -55,9 +64,16 @@ def loss_curves(table: pd.DataFrame, component: str) -> go.Figure:
         line = rows[rows["layer"] == layer].sort_values("alpha")
         base = line.loc[line["alpha"] == 0.0, "lens_loss_mean"]
         offset = float(base.iloc[0]) if len(base) else 0.0
-        fig.add_trace(go.Scatter(x=f32(line["alpha"]), y=f32(line["lens_loss_mean"] - offset), mode="lines+markers",
-                                 name=f"layer {layer}", customdata=f32(line["lens_loss_mean"]),
-                                 hovertemplate=f"layer {layer}<br>α %{{x}}<br>change %{{y:.4f}}<br>loss %{{customdata:.4f}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=f32(line["alpha"]),
+                y=f32(line["lens_loss_mean"] - offset),
+                mode="lines+markers",
+                name=f"layer {layer}",
+                customdata=f32(line["lens_loss_mean"]),
+                hovertemplate=f"layer {layer}<br>α %{{x}}<br>change %{{y:.4f}}<br>loss %{{customdata:.4f}}<extra></extra>",
+            )
+        )
     fig.add_vline(x=1.0, line=dict(color="#888", width=1, dash="dot"))
     return fig
 
@@ -72,14 +88,27 @@ def alpha_star_figure(findings: dict[str, Any], baselines: dict[str, dict[str, A
     for component, values in stars.items():
         layers = np.array([int(k) for k in values], dtype=int)
         all_layers.extend(layers.tolist())
-        fig.add_trace(go.Scatter(x=layers, y=f32(list(values.values())), mode="lines+markers", name=component,
-                                 line=dict(color=COMPONENT_COLOURS.get(component)),
-                                 hovertemplate=f"{component}<br>layer %{{x}}<br>α* %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=f32(list(values.values())),
+                mode="lines+markers",
+                name=component,
+                line=dict(color=COMPONENT_COLOURS.get(component)),
+                hovertemplate=f"{component}<br>layer %{{x}}<br>α* %{{y:.3f}}<extra></extra>",
+            )
+        )
     for kind, found in (baselines or {}).items():
         for component, values in (found.get("alpha_star") or {}).items():
             if values:
-                add_baseline(fig, kind, np.array([int(k) for k in values]), list(values.values()),
-                             f"{component} ({kind})", visible=component == "block")
+                add_baseline(
+                    fig,
+                    kind,
+                    np.array([int(k) for k in values]),
+                    list(values.values()),
+                    f"{component} ({kind})",
+                    visible=component == "block",
+                )
     fig.add_hline(y=1.0, line=dict(color="#888", width=1, dash="dot"))
     integer_axis(fig, "x", sorted(set(all_layers)))
     return fig
@@ -88,7 +117,10 @@ def alpha_star_figure(findings: dict[str, Any], baselines: dict[str, dict[str, A
 def render_line_search(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
     table = tables.get("line_search", pd.DataFrame(columns=["layer", "component", "alpha", "count", "lens_loss_mean"]))
     return Section(
-        title="Line search along each update", anchor="linesearch",
-        findings=[("Readout", readout_label(meta))] + line_search_findings_rows(findings), notes=list(NOTES),
+        title="Line search along each update",
+        anchor="linesearch",
+        findings=[("Readout", readout_label(meta))] + line_search_findings_rows(findings),
+        notes=list(NOTES),
         blocks=[Block(figure=alpha_star_figure(findings, baseline_findings(meta, "linesearch")))]
-        + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")])
+        + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")],
+    )

@@ -1,4 +1,5 @@
 """Figures for the massive probe, from its tables alone."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,10 @@ def massive_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     first = f.get("first_massive")
     if first:
         dims = ", ".join(map(str, first.get("top_dims") or [])) or "n/a"
-        where = f"{first['site']} of layer {first['layer']}: ratio {_fmt(first['ratio'])}, " \
-                f"most often largest in dim {first['max_dim_mode']}, top-2 dims by share {dims}"
+        where = (
+            f"{first['site']} of layer {first['layer']}: ratio {_fmt(first['ratio'])}, "
+            f"most often largest in dim {first['max_dim_mode']}, top-2 dims by share {dims}"
+        )
     else:
         where = "none: position 0 never exceeds it"
     return [
@@ -34,9 +37,11 @@ def massive_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         ("Share of later tokens' squared norm in their top 2 dimensions", _by_layer(f.get("rest_top2_share"), 2)),
         ("Mean attention on key position 0 (queries at positions ≥ 1), by layer", _by_layer(f.get("sink_mass_by_layer"), 2)),
         ("The same under uniform attention (mean of 1/(t+1) over those queries)", _fmt(f.get("sink_mass_uniform"), 2)),
-        (f"Correlation across layers of position 0's norm ratio with sink mass (Pearson, Spearman; descriptive only"
-         f"{' over fewer than 8 layers' if len(f.get('sink_mass_by_layer') or {}) < 8 else ''}, never a claim)",
-         f"{_fmt(f.get('sink_vs_norm_ratio_pearson'), 2)}, {_fmt(f.get('sink_vs_norm_ratio_spearman'), 2)}"),
+        (
+            f"Correlation across layers of position 0's norm ratio with sink mass (Pearson, Spearman; descriptive only"
+            f"{' over fewer than 8 layers' if len(f.get('sink_mass_by_layer') or {}) < 8 else ''}, never a claim)",
+            f"{_fmt(f.get('sink_vs_norm_ratio_pearson'), 2)}, {_fmt(f.get('sink_vs_norm_ratio_spearman'), 2)}",
+        ),
         (f"Token types with max/median above {_fmt(threshold)} at positions ≥ 1", str(f.get("n_massive_token_types", 0))),
     ]
 
@@ -51,13 +56,28 @@ def ratio_heatmap(massive: pd.DataFrame) -> go.Figure:
     ratio = np.divide(top, middle, out=np.full_like(top, np.nan), where=middle > 0)
     fig = figure(title, "position in window", "layer (h_0..h_L)", height=480)
     where = f"positions %{{x}}..%{{x}}+{width - 1}" if width > 1 else "position %{x}"
-    fig.add_trace(go.Heatmap(x=cols, y=rows, z=f32(np.log10(ratio)), customdata=f32(ratio), colorscale="Magma",
-                             colorbar=dict(title="log10 ratio"),
-                             hovertemplate=f"layer %{{y}}<br>{where}<br>max/median %{{customdata:.4g}}<extra></extra>"))
+    fig.add_trace(
+        go.Heatmap(
+            x=cols,
+            y=rows,
+            z=f32(np.log10(ratio)),
+            customdata=f32(ratio),
+            colorscale="Magma",
+            colorbar=dict(title="log10 ratio"),
+            hovertemplate=f"layer %{{y}}<br>{where}<br>max/median %{{customdata:.4g}}<extra></extra>",
+        )
+    )
     integer_axis(fig, "y", rows)
     if width > 1:
-        fig.add_annotation(text=f"positions pooled in bins of {width} to fit the point budget", x=0, y=-0.18,
-                           xref="paper", yref="paper", showarrow=False, font=dict(size=11, color="#666"))
+        fig.add_annotation(
+            text=f"positions pooled in bins of {width} to fit the point budget",
+            x=0,
+            y=-0.18,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font=dict(size=11, color="#666"),
+        )
     return fig
 
 
@@ -68,9 +88,19 @@ def sink_heatmap(sink: pd.DataFrame) -> go.Figure:
     grid = sink.pivot(index="layer", columns="head", values="sink_mass_mean").sort_index()
     counts = sink.pivot(index="layer", columns="head", values="count").reindex_like(grid)
     fig = figure(title, "query head", "layer", height=440)
-    fig.add_trace(go.Heatmap(x=grid.columns.to_numpy(), y=grid.index.to_numpy(), z=f32(grid.to_numpy()), zmin=0, zmax=1,
-                             colorscale="Viridis", colorbar=dict(title="weight"), customdata=counts.to_numpy(),
-                             hovertemplate="layer %{y}, head %{x}<br>mean weight on key 0 %{z:.3f}<br>queries %{customdata}<extra></extra>"))
+    fig.add_trace(
+        go.Heatmap(
+            x=grid.columns.to_numpy(),
+            y=grid.index.to_numpy(),
+            z=f32(grid.to_numpy()),
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            colorbar=dict(title="weight"),
+            customdata=counts.to_numpy(),
+            hovertemplate="layer %{y}, head %{x}<br>mean weight on key 0 %{z:.3f}<br>queries %{customdata}<extra></extra>",
+        )
+    )
     integer_axis(fig, "y", grid.index)
     fig.update_xaxes(dtick=1)
     return fig
@@ -86,12 +116,23 @@ def top_dims_bars(top: pd.DataFrame) -> go.Figure:
     for i, layer in enumerate(layers):
         for group, label in (("position0", "position 0"), ("rest", "positions ≥ 1")):
             rows = top[(top["layer"] == layer) & (top["group"] == group)].sort_values("rank")
-            fig.add_trace(go.Bar(x=rows["rank"].to_numpy(), y=f32(rows["share"]), name=f"{label}", visible=(i == 0),
-                                 marker_color=colours[group], text=[f"d{d}" for d in rows["dim"]], textposition="outside",
-                                 hovertemplate=f"layer {layer}, {label}<br>rank %{{x}}: %{{text}}<br>share %{{y:.3f}}<extra></extra>"))
+            fig.add_trace(
+                go.Bar(
+                    x=rows["rank"].to_numpy(),
+                    y=f32(rows["share"]),
+                    name=f"{label}",
+                    visible=(i == 0),
+                    marker_color=colours[group],
+                    text=[f"d{d}" for d in rows["dim"]],
+                    textposition="outside",
+                    hovertemplate=f"layer {layer}, {label}<br>rank %{{x}}: %{{text}}<br>share %{{y:.3f}}<extra></extra>",
+                )
+            )
     n = len(fig.data)
-    buttons = [dict(label=f"layer {l}", method="update", args=[{"visible": [j // 2 == i for j in range(n)]}])
-               for i, l in enumerate(layers)]
+    buttons = [
+        dict(label=f"layer {l}", method="update", args=[{"visible": [j // 2 == i for j in range(n)]}])
+        for i, l in enumerate(layers)
+    ]
     fig.update_layout(barmode="group", updatemenus=[dict(buttons=buttons, x=1.0, y=1.02, xanchor="right", yanchor="bottom")])
     fig.update_xaxes(dtick=1)
     return fig
@@ -102,21 +143,33 @@ def massive_tokens_block(tokens: pd.DataFrame | None, threshold: Any) -> Block:
         return Block(html=f"<p>No token at positions ≥ 1 had max/median |h_i| above {esc(_fmt(threshold))}.</p>")
     shown = tokens.sort_values(["count", "max_abs_mean"], ascending=False).head(TOKENS_SHOWN)
     table = shown.to_html(index=False, escape=True, border=0, classes="data", float_format=lambda v: f"{v:.4g}")
-    return Block(html=f"<h3>Tokens with massive activations at positions ≥ 1 <small>(max/median above {esc(_fmt(threshold))}; "
-                      f"{len(tokens)} (layer, token) rows, the {len(shown)} most frequent shown)</small></h3>{table}")
+    return Block(
+        html=f"<h3>Tokens with massive activations at positions ≥ 1 <small>(max/median above {esc(_fmt(threshold))}; "
+        f"{len(tokens)} (layer, token) rows, the {len(shown)} most frequent shown)</small></h3>{table}"
+    )
 
 
 def render_massive(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
     massive = tables.get("massive", pd.DataFrame(columns=MASSIVE_COLUMNS))
     bos = "position 0 is BOS" if meta.get("prepend_bos") else "no BOS was prepended; position 0 is the first text token"
     return Section(
-        title="Where the norm lives: massive activations and attention sinks", anchor="massive",
+        title="Where the norm lives: massive activations and attention sinks",
+        anchor="massive",
         findings=massive_findings_rows(findings),
         blocks=[
-            Block(figure=ratio_heatmap(massive),
-                  caption=f"Mean over tokens of max |h_i| divided by the mean of median |h_i|; {esc(bos)}."),
-            Block(figure=sink_heatmap(tables.get("attention_sink", pd.DataFrame(columns=["layer", "head", "count", "sink_mass_mean"])))),
-            Block(figure=top_dims_bars(tables.get("top_dims", pd.DataFrame(columns=["layer", "group", "rank", "dim", "share"]))),
-                  caption="Use the menu to pick a layer."),
+            Block(
+                figure=ratio_heatmap(massive),
+                caption=f"Mean over tokens of max |h_i| divided by the mean of median |h_i|; {esc(bos)}.",
+            ),
+            Block(
+                figure=sink_heatmap(
+                    tables.get("attention_sink", pd.DataFrame(columns=["layer", "head", "count", "sink_mass_mean"]))
+                )
+            ),
+            Block(
+                figure=top_dims_bars(tables.get("top_dims", pd.DataFrame(columns=["layer", "group", "rank", "dim", "share"]))),
+                caption="Use the menu to pick a layer.",
+            ),
             massive_tokens_block(tables.get("massive_tokens"), findings.get("massive_ratio")),
-        ])
+        ],
+    )

@@ -1,4 +1,5 @@
 """Figures for the norms probe, from its tables alone."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +9,20 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .baselines import BASELINE_NOTE, add_baseline, baseline_frames, interval
-from .common import (Block, Section, empty_figure, esc, f32, figure, grid_within_budget, integer_axis, log_toggle,
-                     pooled_by, spans_orders, spread_layers)
+from .common import (
+    Block,
+    Section,
+    empty_figure,
+    esc,
+    f32,
+    figure,
+    grid_within_budget,
+    integer_axis,
+    log_toggle,
+    pooled_by,
+    spans_orders,
+    spread_layers,
+)
 
 SITE_ORDER = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
@@ -32,14 +45,19 @@ def norms_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         ("Norm growth per layer, h_0..h_L (geometric mean of ratios)", _fmt(g.get("geometric"))),
         ("Norm growth per layer, exponential fit (R²)", f"{_fmt(g.get('fit'))} (R² {_fmt(g.get('fit_r2'))})"),
         ("Norm growth per layer, positions ≥ 1 only (geometric)", _fmt(g0.get("geometric"))),
-        ("Norm growth ratio ||h_l+1|| / ||h_l|| by layer", ", ".join(f"L{k}: {_fmt(v)}" for k, v in (f.get("growth_ratio_by_layer") or {}).items()) or "n/a"),
+        (
+            "Norm growth ratio ||h_l+1|| / ||h_l|| by layer",
+            ", ".join(f"L{k}: {_fmt(v)}" for k, v in (f.get("growth_ratio_by_layer") or {}).items()) or "n/a",
+        ),
         ("Largest position-0 outlier ratio (norm at 0 / median of others)", _fmt(f.get("position0_ratio_max"))),
     ]
     ratio = f.get("position0_ratio") or {}
     if ratio:
         rows.append(("Position-0 ratio by layer", ", ".join(f"L{k}: {_fmt(v)}" for k, v in ratio.items())))
-    for key, label in (("position_spearman", "Spearman ρ(norm, position ≥ 1) by layer"),
-                       ("frequency_spearman", "Spearman ρ(norm, log token frequency) by layer")):
+    for key, label in (
+        ("position_spearman", "Spearman ρ(norm, position ≥ 1) by layer"),
+        ("frequency_spearman", "Spearman ρ(norm, log token frequency) by layer"),
+    ):
         values = f.get(key) or {}
         if values:
             rows.append((label, ", ".join(f"L{k}: {_fmt(v, 2)}" for k, v in values.items())))
@@ -61,18 +79,38 @@ def heatmap(norms: pd.DataFrame) -> go.Figure:
             if scale == "log10":
                 z = np.log10(np.where(z > 0, z, np.nan))
             where = f"positions %{{x}}..%{{x}}+{width - 1}" if width > 1 else "position %{x}"
-            fig.add_trace(go.Heatmap(
-                x=cols, y=rows, z=z, colorscale="Viridis", visible=(scale == "linear" and i == 0),
-                name=f"{site} {scale}", colorbar=dict(title="norm" if scale == "linear" else "log10 norm"),
-                hovertemplate=f"{site}<br>layer %{{y}}<br>{where}<br>{'mean norm' if scale == 'linear' else 'log10 mean norm'} %{{z:.4g}}<extra></extra>"))
+            fig.add_trace(
+                go.Heatmap(
+                    x=cols,
+                    y=rows,
+                    z=z,
+                    colorscale="Viridis",
+                    visible=(scale == "linear" and i == 0),
+                    name=f"{site} {scale}",
+                    colorbar=dict(title="norm" if scale == "linear" else "log10 norm"),
+                    hovertemplate=(
+                        f"{site}<br>layer %{{y}}<br>{where}<br>"
+                        f"{'mean norm' if scale == 'linear' else 'log10 mean norm'} %{{z:.4g}}<extra></extra>"
+                    ),
+                )
+            )
     n = len(fig.data)
-    buttons = [dict(label=trace.name, method="update", args=[{"visible": [j == k for j in range(n)]}])
-               for k, trace in enumerate(fig.data)]
+    buttons = [
+        dict(label=trace.name, method="update", args=[{"visible": [j == k for j in range(n)]}])
+        for k, trace in enumerate(fig.data)
+    ]
     fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, y=1.02, xanchor="right", yanchor="bottom")])
     integer_axis(fig, "y", norms["layer"].unique())
     if widest > 1:
-        fig.add_annotation(text=f"positions averaged in bins of {widest} to fit the point budget",
-                           x=0, y=-0.18, xref="paper", yref="paper", showarrow=False, font=dict(size=11, color="#666"))
+        fig.add_annotation(
+            text=f"positions averaged in bins of {widest} to fit the point budget",
+            x=0,
+            y=-0.18,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font=dict(size=11, color="#666"),
+        )
     return fig
 
 
@@ -85,21 +123,49 @@ def norm_per_layer(norms: pd.DataFrame, baselines: dict[str, pd.DataFrame] | Non
     for site in [s for s in SITE_ORDER if s in set(pooled["site"])]:
         rows = pooled[pooled["site"] == site]
         colour = fig.layout.template.layout.colorway[SITE_ORDER.index(site)]
-        fig.add_trace(go.Scatter(x=np.concatenate([rows["layer"], rows["layer"][::-1]]),
-                                 y=np.concatenate([rows["mean"] + rows["std"], (rows["mean"] - rows["std"]).clip(lower=0)[::-1]]),
-                                 fill="toself", line=dict(width=0), fillcolor=colour, opacity=0.15, hoverinfo="skip",
-                                 showlegend=False, legendgroup=site))
-        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["mean"], name=site, mode="lines+markers", legendgroup=site,
-                                 line=dict(color=colour), customdata=np.stack([rows["std"], rows["count"]], axis=1),
-                                 hovertemplate=f"{site}<br>layer %{{x}}<br>mean %{{y:.4g}}<br>std %{{customdata[0]:.3g}}<br>tokens %{{customdata[1]}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([rows["layer"], rows["layer"][::-1]]),
+                y=np.concatenate([rows["mean"] + rows["std"], (rows["mean"] - rows["std"]).clip(lower=0)[::-1]]),
+                fill="toself",
+                line=dict(width=0),
+                fillcolor=colour,
+                opacity=0.15,
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=site,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=rows["layer"],
+                y=rows["mean"],
+                name=site,
+                mode="lines+markers",
+                legendgroup=site,
+                line=dict(color=colour),
+                customdata=np.stack([rows["std"], rows["count"]], axis=1),
+                hovertemplate=(
+                    f"{site}<br>layer %{{x}}<br>mean %{{y:.4g}}<br>"
+                    f"std %{{customdata[0]:.3g}}<br>tokens %{{customdata[1]}}<extra></extra>"
+                ),
+            )
+        )
     for kind, frame in (baselines or {}).items():
         if frame.empty:
             continue
         by_layer = pooled_by(frame, ["site", "layer"])
         for site in [s for s in SITE_ORDER if s in set(by_layer["site"])]:
             rows = by_layer[by_layer["site"] == site]
-            add_baseline(fig, kind, rows["layer"], rows["mean"], f"{site} ({kind})", interval(rows, "mean"),
-                         visible=site in ("resid_pre", "resid_post"))
+            add_baseline(
+                fig,
+                kind,
+                rows["layer"],
+                rows["mean"],
+                f"{site} ({kind})",
+                interval(rows, "mean"),
+                visible=site in ("resid_pre", "resid_post"),
+            )
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
     integer_axis(fig, "x", pooled["layer"].unique())
     if spans_orders(pooled["mean"]):
@@ -117,10 +183,19 @@ def norm_by_position(norms: pd.DataFrame) -> go.Figure:
     shown = {layers[0], layers[len(layers) // 2], layers[-1]}
     for layer in layers:
         rows = pre[pre["layer"] == layer]
-        fig.add_trace(go.Scatter(x=rows["position"].to_numpy(np.int32), y=f32(rows["mean"]), mode="lines",
-                                 name=f"layer {layer}", visible=True if layer in shown else "legendonly",
-                                 customdata=rows["count"].to_numpy(np.int32),
-                                 hovertemplate=f"layer {layer}<br>position %{{x}}<br>mean norm %{{y:.4g}}<br>tokens %{{customdata}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=rows["position"].to_numpy(np.int32),
+                y=f32(rows["mean"]),
+                mode="lines",
+                name=f"layer {layer}",
+                visible=True if layer in shown else "legendonly",
+                customdata=rows["count"].to_numpy(np.int32),
+                hovertemplate=(
+                    f"layer {layer}<br>position %{{x}}<br>mean norm %{{y:.4g}}<br>tokens %{{customdata}}<extra></extra>"
+                ),
+            )
+        )
     fig.update_layout(updatemenus=[log_toggle("yaxis"), log_toggle("xaxis", x=0.78)])
     if spans_orders(pre["mean"]):
         fig.update_yaxes(type="log")
@@ -143,20 +218,43 @@ def norm_by_frequency(tokens: pd.DataFrame | None) -> go.Figure:
         rows = pre[pre["layer"] == layer]
         if len(rows) > TOKENS_PER_LAYER:
             rows, trimmed = rows.nlargest(TOKENS_PER_LAYER, "count"), True
-        fig.add_trace(go.Scatter(
-            x=rows["count"].to_numpy(np.int32), y=f32(rows["mean"]), mode="markers", name=f"layer {layer}",
-            visible=(i == len(layers) - 1),
-            marker=dict(size=5, opacity=0.6), cliponaxis=False, text=[esc(t) for t in rows["token"]], customdata=rows["token_id"],
-            hovertemplate=f"token %{{text}} (id %{{customdata}})<br>layer {layer}<br>count %{{x}}<br>mean norm %{{y:.4g}}<extra></extra>"))
-    buttons = [dict(label=f"layer {l}", method="update", args=[{"visible": [j == i for j in range(len(layers))]}])
-               for i, l in enumerate(layers)]
+        fig.add_trace(
+            go.Scatter(
+                x=rows["count"].to_numpy(np.int32),
+                y=f32(rows["mean"]),
+                mode="markers",
+                name=f"layer {layer}",
+                visible=(i == len(layers) - 1),
+                marker=dict(size=5, opacity=0.6),
+                cliponaxis=False,
+                text=[esc(t) for t in rows["token"]],
+                customdata=rows["token_id"],
+                hovertemplate=(
+                    f"token %{{text}} (id %{{customdata}})<br>layer {layer}<br>"
+                    f"count %{{x}}<br>mean norm %{{y:.4g}}<extra></extra>"
+                ),
+            )
+        )
+    buttons = [
+        dict(label=f"layer {l}", method="update", args=[{"visible": [j == i for j in range(len(layers))]}])
+        for i, l in enumerate(layers)
+    ]
     # counts start at 1: the log axis starts there too, not at Plotly's padded 0.6
     fig.update_xaxes(type="log", range=[0, np.log10(max(2, int(pre["count"].max()))) * 1.03])
-    fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02, xanchor="right", yanchor="bottom")])
+    fig.update_layout(
+        updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02, xanchor="right", yanchor="bottom")]
+    )
     if trimmed:
-        fig.add_annotation(text=f"drawn: up to {TOKENS_PER_LAYER} most frequent token types of up to {len(layers)} layers; "
-                                "norms_by_token.parquet has all",
-                           x=0, y=-0.18, xref="paper", yref="paper", showarrow=False, font=dict(size=11, color="#666"))
+        fig.add_annotation(
+            text=f"drawn: up to {TOKENS_PER_LAYER} most frequent token types of up to {len(layers)} layers; "
+            "norms_by_token.parquet has all",
+            x=0,
+            y=-0.18,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font=dict(size=11, color="#666"),
+        )
     return fig
 
 
@@ -165,11 +263,17 @@ def render_norms(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta
     tokens = tables.get("norms_by_token")
     bos = "position 0 is BOS" if meta.get("prepend_bos") else "no BOS was prepended; position 0 is the first text token"
     return Section(
-        title="Token norms", anchor="norms", findings=norms_findings_rows(findings), notes=list(NORMS_NOTES),
+        title="Token norms",
+        anchor="norms",
+        findings=norms_findings_rows(findings),
+        notes=list(NORMS_NOTES),
         blocks=[
             Block(figure=heatmap(norms), caption=f"Count-weighted mean over all windows; {esc(bos)}."),
-            Block(figure=norm_per_layer(norms, baseline_frames(meta, "norms")),
-                  caption=BASELINE_NOTE if meta.get("baseline_tables") else ""),
+            Block(
+                figure=norm_per_layer(norms, baseline_frames(meta, "norms")),
+                caption=BASELINE_NOTE if meta.get("baseline_tables") else "",
+            ),
             Block(figure=norm_by_position(norms), caption="Click legend entries to show more layers."),
             Block(figure=norm_by_frequency(tokens), caption="Hover a point for its token. Use the menu to pick a layer."),
-        ])
+        ],
+    )

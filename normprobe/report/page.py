@@ -1,11 +1,11 @@
 """Assemble sections into one HTML page: findings first, a table of contents, plotly.js at most once."""
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
 from .common import Section, esc
-
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#222;background:#fafafa}
@@ -15,7 +15,8 @@ nav{background:#fff;border:1px solid #ddd;padding:10px 16px;border-radius:6px}
 nav a{margin-right:16px}table{border-collapse:collapse;background:#fff;font-size:.92rem}
 td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f0f0f0}.figure{background:#fff;border:1px solid #e2e2e2;border-radius:6px;margin:16px 0;padding:6px}
-.caption{color:#555;font-size:.88rem;margin:4px 8px}.partial{background:#fff3cd;border:1px solid #e0c060;padding:10px;border-radius:6px}
+.caption{color:#555;font-size:.88rem;margin:4px 8px}
+.partial{background:#fff3cd;border:1px solid #e0c060;padding:10px;border-radius:6px}
 small{color:#666}
 """
 
@@ -38,15 +39,40 @@ def _table(rows: list[tuple[str, str]], head: tuple[str, ...] = ("finding", "val
 
 
 def _figure_html(fig, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"responsive": True, "displaylogo": False})
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True, "displaylogo": False})
 
 
-META_KEYS = ("model", "resolved_model", "family", "model_type", "n_layers", "d_model", "n_heads", "d_vocab",
-             "norm_type", "logit_postprocessing", "block", "block_outputs", "positional", "tied_unembedding",
-             "dtype", "device", "attention", "corpus", "n_docs",
-             "n_windows", "n_tokens", "seq_len", "batch_size", "prepend_bos", "seconds", "created", "status",
-             "probes", "checkpoints")
+META_KEYS = (
+    "model",
+    "resolved_model",
+    "family",
+    "model_type",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_vocab",
+    "norm_type",
+    "logit_postprocessing",
+    "block",
+    "block_outputs",
+    "positional",
+    "tied_unembedding",
+    "dtype",
+    "device",
+    "attention",
+    "corpus",
+    "n_docs",
+    "n_windows",
+    "n_tokens",
+    "seq_len",
+    "batch_size",
+    "prepend_bos",
+    "seconds",
+    "created",
+    "status",
+    "probes",
+    "checkpoints",
+)
 
 
 def metadata_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
@@ -58,24 +84,37 @@ def metadata_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "inline",
-                title: str | None = None, preface: str = "", appendix: str | None = None) -> str:
+def render_page(
+    meta: dict[str, Any],
+    sections: list[Section],
+    plotlyjs: str = "inline",
+    title: str | None = None,
+    preface: str = "",
+    appendix: str | None = None,
+) -> str:
     title = title or f"normprobe: {meta.get('model', 'run')}"
     parts = [f"<h1>{esc(title)}</h1>"]
     status = meta.get("status", "complete")
     if status != "complete":
         reason = meta.get("status_reason") or ""
-        parts.append(f'<p class="partial"><b>Partial run</b>: status is {esc(status)}. {esc(reason)} '
-                     "This page shows only what was saved.</p>")
-    toc = (['<a href="#claims">Claims</a>'] if 'id="claims"' in preface else []) + \
-        (['<a href="#findings">Findings</a>'] if any(s.findings for s in sections) else []) + [f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections]
+        parts.append(
+            f'<p class="partial"><b>Partial run</b>: status is {esc(status)}. {esc(reason)} '
+            "This page shows only what was saved.</p>"
+        )
+    toc = (
+        (['<a href="#claims">Claims</a>'] if 'id="claims"' in preface else [])
+        + (['<a href="#findings">Findings</a>'] if any(s.findings for s in sections) else [])
+        + [f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections]
+    )
     toc.append('<a href="#metadata">Run metadata</a>' if appendix is None else '<a href="#details">Metadata</a>')
     parts.append(f"<nav>{''.join(toc)}</nav>")
     parts.append(preface)
     if any(s.findings for s in sections):
         parts.append('<h2 id="findings">Findings</h2>')
         for section in sections:
-            parts.append(f"<h3>{esc(section.title)}</h3>{_table(section.findings) if section.findings else '<p>No findings.</p>'}")
+            parts.append(
+                f"<h3>{esc(section.title)}</h3>{_table(section.findings) if section.findings else '<p>No findings.</p>'}"
+            )
             if section.notes:
                 parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in section.notes) + "</ul>")
     n_fig = 0
@@ -96,7 +135,9 @@ def render_page(meta: dict[str, Any], sections: list[Section], plotlyjs: str = "
         options = meta.get("options")
         if options:
             parts.append(f"<p><small>options: {esc(json.dumps(options, default=str))}</small></p>")
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style>{_plotly_script(plotlyjs) if n_fig else ''}</head><body><main>{''.join(parts)}</main>"
-            "</body></html>\n")
+    return (
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+        f"<style>{STYLE}</style>{_plotly_script(plotlyjs) if n_fig else ''}</head><body><main>{''.join(parts)}</main>"
+        "</body></html>\n"
+    )

@@ -5,6 +5,7 @@ the readout's top-1 token, the hover its top-k with probabilities) and, beside i
 axis, a summary strip of the mean norm and mean descent cos over the document's positions.
 Every piece of token text goes through `esc`, so a token that looks like markup shows as text.
 """
+
 from __future__ import annotations
 
 import html
@@ -38,7 +39,7 @@ def plotly_text(text: Any, limit: int | None = None) -> str:
     Plotly's cell text shows the entity &quot; literally, and inside its JSON they need no escaping."""
     text = str(text)
     if limit is not None and len(text) > limit:
-        text = text[:limit - 1] + "…"
+        text = text[: limit - 1] + "…"
     return html.escape(text, quote=False)
 
 
@@ -67,16 +68,27 @@ def _range(grid: np.ndarray, diverging: bool) -> tuple[float, float]:
 def _style(metric: str, grid: np.ndarray) -> dict[str, Any]:
     label, scale, reverse, diverging = METRICS[metric]
     low, high = _range(grid, diverging)
-    return {"z": [_as_lists(grid)], "colorscale": [scale], "reversescale": [reverse], "zmin": [low], "zmax": [high],
-            "colorbar.title.text": [esc(label)],
-            "hovertemplate": [f"%{{hovertext}}<br><b>{esc(label)}</b>: %{{z:.4g}}<extra></extra>"]}
+    return {
+        "z": [_as_lists(grid)],
+        "colorscale": [scale],
+        "reversescale": [reverse],
+        "zmin": [low],
+        "zmax": [high],
+        "colorbar.title.text": [esc(label)],
+        "hovertemplate": [f"%{{hovertext}}<br><b>{esc(label)}</b>: %{{z:.4g}}<extra></extra>"],
+    }
 
 
 def _hover(frame: pd.DataFrame, n_layers: int, n_positions: int) -> list[list[str]]:
     hover = [[""] * n_positions for _ in range(n_layers + 1)]
     tokens: dict[int, str] = dict(zip(frame["position"].tolist(), frame["token"].tolist()))
-    rows = zip(frame["layer"].tolist(), frame["position"].tolist(), frame["token"].tolist(),
-               frame["top_tokens"].tolist(), frame["top_logprobs"].tolist())
+    rows = zip(
+        frame["layer"].tolist(),
+        frame["position"].tolist(),
+        frame["token"].tolist(),
+        frame["top_tokens"].tolist(),
+        frame["top_logprobs"].tolist(),
+    )
     for layer, position, token, top_tokens, top_logprobs in rows:
         target = tokens.get(position + 1)
         name = "output" if layer == n_layers else f"layer {layer}"
@@ -103,11 +115,22 @@ def trace_figure(frame: pd.DataFrame, metric: str, meta: dict[str, Any]) -> go.F
     show_text = (n_layers + 1) * n_positions <= CELL_TEXT_MAX
     style = _style(metric, grids[metric])
     heatmap = dict(
-        type="heatmap", x=list(range(n_positions)), y=layers, z=style["z"][0],
-        hovertext=_hover(frame, n_layers, n_positions), textfont=dict(size=9), colorscale=style["colorscale"][0],
-        reversescale=style["reversescale"][0], zmin=style["zmin"][0], zmax=style["zmax"][0], zauto=False,
-        hovertemplate=style["hovertemplate"][0], xgap=1, ygap=1,
-        colorbar=dict(title=dict(text=style["colorbar.title.text"][0]), x=1.0, len=0.9))
+        type="heatmap",
+        x=list(range(n_positions)),
+        y=layers,
+        z=style["z"][0],
+        hovertext=_hover(frame, n_layers, n_positions),
+        textfont=dict(size=9),
+        colorscale=style["colorscale"][0],
+        reversescale=style["reversescale"][0],
+        zmin=style["zmin"][0],
+        zmax=style["zmax"][0],
+        zauto=False,
+        hovertemplate=style["hovertemplate"][0],
+        xgap=1,
+        ygap=1,
+        colorbar=dict(title=dict(text=style["colorbar.title.text"][0]), x=1.0, len=0.9),
+    )
     if show_text:
         heatmap.update(text=top1, texttemplate="%{text}")
     counts = np.bincount(frame["layer"].to_numpy(), minlength=n_layers + 1)
@@ -116,31 +139,75 @@ def trace_figure(frame: pd.DataFrame, metric: str, meta: dict[str, Any]) -> go.F
         warnings.simplefilter("ignore", RuntimeWarning)  # a one-token text has no cos at all
         mean_cos = np.nanmean(grids["descent_cos"][:n_layers], axis=1)
     cos_list = [None if not math.isfinite(v) else float(v) for v in mean_cos]
-    norm_bar = dict(type="bar", x=mean_norm.tolist(), y=layers, orientation="h", marker=dict(color="#7f7f7f"),
-                    showlegend=False, xaxis="x2", yaxis="y", customdata=counts.tolist(),
-                    hovertemplate="layer %{y}: mean norm %{x:.4g} over %{customdata} positions<extra></extra>")
-    cos_bar = dict(type="bar", x=cos_list, y=layers[:n_layers], orientation="h", showlegend=False, xaxis="x3",
-                   yaxis="y", marker=dict(color=["#2166ac" if (v or 0) > 0 else "#b2182b" for v in cos_list]),
-                   customdata=(counts[:n_layers] - 1).tolist(),
-                   hovertemplate="layer %{y}: mean descent cos %{x:.3f} over %{customdata} positions<extra></extra>")
+    norm_bar = dict(
+        type="bar",
+        x=mean_norm.tolist(),
+        y=layers,
+        orientation="h",
+        marker=dict(color="#7f7f7f"),
+        showlegend=False,
+        xaxis="x2",
+        yaxis="y",
+        customdata=counts.tolist(),
+        hovertemplate="layer %{y}: mean norm %{x:.4g} over %{customdata} positions<extra></extra>",
+    )
+    cos_bar = dict(
+        type="bar",
+        x=cos_list,
+        y=layers[:n_layers],
+        orientation="h",
+        showlegend=False,
+        xaxis="x3",
+        yaxis="y",
+        marker=dict(color=["#2166ac" if (v or 0) > 0 else "#b2182b" for v in cos_list]),
+        customdata=(counts[:n_layers] - 1).tolist(),
+        hovertemplate="layer %{y}: mean descent cos %{x:.3f} over %{customdata} positions<extra></extra>",
+    )
     buttons = [dict(label=esc(METRICS[m][0]), method="restyle", args=[_style(m, grids[m]), [0]]) for m in METRICS]
-    ticks = list(range(n_positions)) if n_positions <= TICKS_MAX else \
-        list(range(0, n_positions, math.ceil(n_positions / TICKS_MAX)))
+    ticks = (
+        list(range(n_positions)) if n_positions <= TICKS_MAX else list(range(0, n_positions, math.ceil(n_positions / TICKS_MAX)))
+    )
     tokens = dict(zip(frame["position"], frame["token"]))
     title = f"{meta.get('model', 'model')}, {meta.get('readout', {}).get('label', 'logit lens')}: every layer, every position"
     strip_title = dict(xref="paper", yref="paper", y=1.0, yanchor="bottom", showarrow=False, font=dict(size=13))
     layout = dict(
-        template=TEMPLATE, title=dict(text=esc(title), x=0.01), height=min(900, max(380, 150 + 30 * (n_layers + 1))),
-        margin=dict(l=70, r=30, t=100, b=110), bargap=0.15,
-        xaxis=dict(domain=[0, 0.72], tickvals=ticks, ticktext=[plotly_text(tokens.get(p, ""), TICK_CHARS) for p in ticks],
-                   tickangle=-60, title=dict(text=esc("input token (position)")), showgrid=False),
-        xaxis2=dict(domain=[0.74, 0.86], zeroline=True), xaxis3=dict(domain=[0.88, 1.0], zeroline=True),
-        yaxis=dict(tickvals=layers, ticktext=[str(l) for l in layers[:-1]] + ["out"], title=dict(text=esc("layer")),
-                   showgrid=False),
-        annotations=[dict(text=esc("mean ‖h‖"), x=0.80, **strip_title),
-                     dict(text=esc("mean descent cos"), x=0.94, **strip_title)],
-        updatemenus=[dict(type="buttons", direction="right", x=0.0, y=1.02, xanchor="left", yanchor="bottom",
-                          showactive=True, active=list(METRICS).index(metric), buttons=buttons, pad=dict(t=0, b=0))])
+        template=TEMPLATE,
+        title=dict(text=esc(title), x=0.01),
+        height=min(900, max(380, 150 + 30 * (n_layers + 1))),
+        margin=dict(l=70, r=30, t=100, b=110),
+        bargap=0.15,
+        xaxis=dict(
+            domain=[0, 0.72],
+            tickvals=ticks,
+            ticktext=[plotly_text(tokens.get(p, ""), TICK_CHARS) for p in ticks],
+            tickangle=-60,
+            title=dict(text=esc("input token (position)")),
+            showgrid=False,
+        ),
+        xaxis2=dict(domain=[0.74, 0.86], zeroline=True),
+        xaxis3=dict(domain=[0.88, 1.0], zeroline=True),
+        yaxis=dict(
+            tickvals=layers, ticktext=[str(l) for l in layers[:-1]] + ["out"], title=dict(text=esc("layer")), showgrid=False
+        ),
+        annotations=[
+            dict(text=esc("mean ‖h‖"), x=0.80, **strip_title),
+            dict(text=esc("mean descent cos"), x=0.94, **strip_title),
+        ],
+        updatemenus=[
+            dict(
+                type="buttons",
+                direction="right",
+                x=0.0,
+                y=1.02,
+                xanchor="left",
+                yanchor="bottom",
+                showactive=True,
+                active=list(METRICS).index(metric),
+                buttons=buttons,
+                pad=dict(t=0, b=0),
+            )
+        ],
+    )
     return go.Figure(dict(data=[heatmap, norm_bar, cos_bar], layout=layout), skip_invalid=False)
 
 
@@ -151,7 +218,8 @@ def _caption(meta: dict[str, Any]) -> str:
         "descent cos is cos(h_{l+1} − h_l, −∇ loss) for the next token and Δloss the readout's loss at h_{l+1} "
         "minus at h_l (negative: the block moved towards the target); both are empty on the last position, "
         "which has no target. The strip on the right averages norm and descent cos over this document's positions: "
-        "one text, no interval; a run over a corpus gives intervals.")
+        "one text, no interval; a run over a corpus gives intervals."
+    )
 
 
 def document_label(meta: dict[str, Any], doc: int) -> str:
@@ -166,9 +234,13 @@ def render_trace_page(table: pd.DataFrame, meta: dict[str, Any], plotlyjs: str =
     sections = []
     for doc in sorted(table["doc"].unique()):
         frame = table[table["doc"] == doc]
-        sections.append(Section(title=document_label(meta, int(doc)), anchor=f"doc-{int(doc)}",
-                                blocks=[Block(figure=trace_figure(frame, "target_logprob", meta),
-                                              caption=_caption(meta))]))
+        sections.append(
+            Section(
+                title=document_label(meta, int(doc)),
+                anchor=f"doc-{int(doc)}",
+                blocks=[Block(figure=trace_figure(frame, "target_logprob", meta), caption=_caption(meta))],
+            )
+        )
     shown = {k: v for k, v in meta.items() if k not in ("texts", "token_ids")}
     return render_page(shown, sections, plotlyjs=plotlyjs, title=f"normprobe trace: {meta.get('model', 'model')}")
 
@@ -194,9 +266,11 @@ def notebook_html(table: pd.DataFrame, meta: dict[str, Any]) -> str:
     more = len(frame["position"].unique()) - len(positions)
     note = f" (first {len(positions)} of {len(positions) + more} positions)" if more > 0 else ""
     n_docs = meta.get("n_docs", 1)
-    return (f"<div><b>normprobe trace</b>: {esc(meta.get('model'))}, {esc(meta.get('readout', {}).get('label'))}, "
-            f"{esc(n_docs)} document(s), {esc(meta.get('n_tokens'))} tokens. Top-1 token per layer (rows) and input "
-            f"position (columns) of document 0{esc(note)}; blue: the target's probability."
-            f'<table style="border-collapse:collapse"><tr><th style="{style}">layer</th>{head}</tr>{"".join(body)}'
-            "</table><small>.figure(metric) draws the heatmap, .table holds the data, .save(dir) writes the page."
-            "</small></div>")
+    return (
+        f"<div><b>normprobe trace</b>: {esc(meta.get('model'))}, {esc(meta.get('readout', {}).get('label'))}, "
+        f"{esc(n_docs)} document(s), {esc(meta.get('n_tokens'))} tokens. Top-1 token per layer (rows) and input "
+        f"position (columns) of document 0{esc(note)}; blue: the target's probability."
+        f'<table style="border-collapse:collapse"><tr><th style="{style}">layer</th>{head}</tr>{"".join(body)}'
+        "</table><small>.figure(metric) draws the heatmap, .table holds the data, .save(dir) writes the page."
+        "</small></div>"
+    )

@@ -1,4 +1,5 @@
 """Figures for the updates probe, from its tables alone."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,22 +38,43 @@ def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     means = f.get("descent_cos_mean") or {}
     for component, by_layer in means.items():
-        rows.append((f"Mean descent cosine cos(Δ, -dCE/dh) of the {component} update, by layer (verdicts: the "
-                     "claims table, over documents and against baselines)",
-                     ", ".join(f"L{l}: {_fmt(v, 2)}" for l, v in by_layer.items()) or "n/a"))
+        rows.append(
+            (
+                f"Mean descent cosine cos(Δ, -dCE/dh) of the {component} update, by layer (verdicts: the "
+                "claims table, over documents and against baselines)",
+                ", ".join(f"L{l}: {_fmt(v, 2)}" for l, v in by_layer.items()) or "n/a",
+            )
+        )
     rows.append(("Chance level of a cosine in d_model dimensions (std of cos for a random direction)", _fmt(chance)))
-    rows.append(("Lens loss by layer, nats (whether it falls: the claims table's lens_loss_drop)",
-                 ", ".join(f"L{l}: {_fmt(v)}" for l, v in (f.get("lens_loss") or {}).items()) or "n/a"))
+    rows.append(
+        (
+            "Lens loss by layer, nats (whether it falls: the claims table's lens_loss_drop)",
+            ", ".join(f"L{l}: {_fmt(v)}" for l, v in (f.get("lens_loss") or {}).items()) or "n/a",
+        )
+    )
     rows.append(("Lens loss, first layer to model output (total drop)", _fmt(f.get("lens_loss_total_drop"))))
     if "uniform_loss" in f:
-        rows.append(("Layers where the readout is not meaningful (lens loss above log V = "
-                     f"{_fmt(f['uniform_loss'])}, a uniform guess)", ", ".join(map(str, f.get("readout_not_meaningful_layers") or [])) or "none"))
+        rows.append(
+            (
+                "Layers where the readout is not meaningful (lens loss above log V = "
+                f"{_fmt(f['uniform_loss'])}, a uniform guess)",
+                ", ".join(map(str, f.get("readout_not_meaningful_layers") or [])) or "none",
+            )
+        )
         first = f.get("first_meaningful_layer")
-        rows.append((f"Lens loss, first meaningful layer ({first if first is not None else 'none'}) to model output (drop)",
-                     _fmt(f.get("lens_loss_drop_from_first_meaningful"))))
+        rows.append(
+            (
+                f"Lens loss, first meaningful layer ({first if first is not None else 'none'}) to model output (drop)",
+                _fmt(f.get("lens_loss_drop_from_first_meaningful")),
+            )
+        )
     for component, by_layer in (f.get("first_order") or {}).items():
-        rows.append((f"First-order check ({component}): predicted g·Δ / actual loss change, by layer",
-                     ", ".join(f"L{l}: {_fmt(p)} / {_fmt(a)}" for l, (p, a) in by_layer.items()) or "n/a"))
+        rows.append(
+            (
+                f"First-order check ({component}): predicted g·Δ / actual loss change, by layer",
+                ", ".join(f"L{l}: {_fmt(p)} / {_fmt(a)}" for l, (p, a) in by_layer.items()) or "n/a",
+            )
+        )
     rows.append(("Non-finite values (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
     return rows
 
@@ -63,14 +85,22 @@ def lens_loss_curve(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] | 
     if lens.empty:
         return empty_figure(title, "no token had a next token")
     fig = figure(title, "layer (n_layers = model output)", "cross-entropy (nats)")
-    fig.add_trace(go.Scatter(x=lens["layer"], y=lens["lens_loss_mean"], mode="lines+markers", name="lens loss",
-                             customdata=lens["count"],
-                             hovertemplate="layer %{x}<br>loss %{y:.4f}<br>tokens %{customdata}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=lens["layer"],
+            y=lens["lens_loss_mean"],
+            mode="lines+markers",
+            name="lens loss",
+            customdata=lens["count"],
+            hovertemplate="layer %{x}<br>loss %{y:.4f}<br>tokens %{customdata}<extra></extra>",
+        )
+    )
     for kind, frame in (baselines or {}).items():
         rows = frame.drop_duplicates("layer").sort_values("layer")
         if not rows.empty:
-            add_baseline(fig, kind, rows["layer"], rows["lens_loss_mean"], f"lens loss ({kind})",
-                         interval(rows, "lens_loss_mean"))
+            add_baseline(
+                fig, kind, rows["layer"], rows["lens_loss_mean"], f"lens loss ({kind})", interval(rows, "lens_loss_mean")
+            )
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
     integer_axis(fig, "x", lens["layer"])
     return fig
@@ -84,10 +114,18 @@ def descent_alignment(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] 
     fig = figure(title, "layer", "mean cosine")
     chance = float(steps["chance_cos_std"].iloc[0])
     layers = np.sort(steps["layer"].unique())
-    fig.add_trace(go.Scatter(x=np.concatenate([layers, layers[::-1]]),
-                             y=np.concatenate([np.full(len(layers), 1.96 * chance), np.full(len(layers), -1.96 * chance)]),
-                             fill="toself", fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), mode="lines",
-                             name="one token, random direction (±1.96/√d)", hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=np.concatenate([layers, layers[::-1]]),
+            y=np.concatenate([np.full(len(layers), 1.96 * chance), np.full(len(layers), -1.96 * chance)]),
+            fill="toself",
+            fillcolor="rgba(120,120,120,0.18)",
+            line=dict(width=0),
+            mode="lines",
+            name="one token, random direction (±1.96/√d)",
+            hoverinfo="skip",
+        )
+    )
     for component, rows in steps.groupby("component", sort=False):
         if "descent_cos_ci_low" in rows and rows["descent_cos_ci_low"].notna().any():  # over documents
             low, high = rows["descent_cos_ci_low"], rows["descent_cos_ci_high"]
@@ -96,18 +134,45 @@ def descent_alignment(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] 
             low, high = rows["descent_cos_mean"] - spread, rows["descent_cos_mean"] + spread
         half = (high - low) / 2
         colour = COMPONENT_COLOURS.get(component)
-        fig.add_trace(go.Scatter(x=np.concatenate([rows["layer"], rows["layer"][::-1]]),
-                                 y=np.concatenate([high, low[::-1]]),
-                                 fill="toself", fillcolor=colour, opacity=0.2, line=dict(width=0), hoverinfo="skip",
-                                 showlegend=False, legendgroup=component))
-        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["descent_cos_mean"], mode="lines+markers", name=component,
-                                 line=dict(color=colour), legendgroup=component,
-                                 customdata=np.stack([half, rows["count"]], axis=1),
-                                 hovertemplate=f"{component}<br>layer %{{x}}<br>mean cos %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>tokens %{{customdata[1]}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([rows["layer"], rows["layer"][::-1]]),
+                y=np.concatenate([high, low[::-1]]),
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.2,
+                line=dict(width=0),
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=component,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=rows["layer"],
+                y=rows["descent_cos_mean"],
+                mode="lines+markers",
+                name=component,
+                line=dict(color=colour),
+                legendgroup=component,
+                customdata=np.stack([half, rows["count"]], axis=1),
+                hovertemplate=(
+                    f"{component}<br>layer %{{x}}<br>mean cos %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>"
+                    f"tokens %{{customdata[1]}}<extra></extra>"
+                ),
+            )
+        )
     for kind, frame in (baselines or {}).items():
         for component, rows in frame[frame["component"] != "output"].groupby("component", sort=False):
-            add_baseline(fig, kind, rows["layer"], rows["descent_cos_mean"], f"{component} ({kind})",
-                         interval(rows, "descent_cos_mean"), visible=component == "block")
+            add_baseline(
+                fig,
+                kind,
+                rows["layer"],
+                rows["descent_cos_mean"],
+                f"{component} ({kind})",
+                interval(rows, "descent_cos_mean"),
+                visible=component == "block",
+            )
     fig.add_hline(y=0, line=dict(color="#888", width=1))
     integer_axis(fig, "x", layers)
     return fig
@@ -122,9 +187,19 @@ def alignment_heatmap(by_position: pd.DataFrame) -> go.Figure:
     fig = figure(title, "position in window", "layer", height=460)
     where = f"positions %{{x}}..%{{x}}+{width - 1}" if width > 1 else "position %{x}"
     bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
-    fig.add_trace(go.Heatmap(x=cols, y=layers, z=z, colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound,
-                             colorbar=dict(title="cos"),
-                             hovertemplate=f"layer %{{y}}<br>{where}<br>mean cos %{{z:.4f}}<extra></extra>"))
+    fig.add_trace(
+        go.Heatmap(
+            x=cols,
+            y=layers,
+            z=z,
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar=dict(title="cos"),
+            hovertemplate=f"layer %{{y}}<br>{where}<br>mean cos %{{z:.4f}}<extra></extra>",
+        )
+    )
     integer_axis(fig, "y", layers)
     return fig
 
@@ -141,16 +216,27 @@ def alignment_histogram(hist: pd.DataFrame | None) -> go.Figure:
             rows = hist[(hist["layer"] == layer) & (hist["component"] == component)]
             centres = (rows["bin_left"] + rows["bin_right"]) / 2
             # step outlines, not translucent bars: overlapping bars blend into colours no legend entry has
-            fig.add_trace(go.Scatter(x=centres, y=rows["count"], mode="lines", line_shape="hvh",
-                                 name=component, line=dict(color=COMPONENT_COLOURS.get(component), width=2),
-                                 visible=(layer == layers[-1]),
-                                 hovertemplate=f"{component}, layer {layer}<br>cos %{{x:.3f}}<br>tokens %{{y}}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=centres,
+                    y=rows["count"],
+                    mode="lines",
+                    line_shape="hvh",
+                    name=component,
+                    line=dict(color=COMPONENT_COLOURS.get(component), width=2),
+                    visible=(layer == layers[-1]),
+                    hovertemplate=f"{component}, layer {layer}<br>cos %{{x:.3f}}<br>tokens %{{y}}<extra></extra>",
+                )
+            )
     per_layer = len(components)
     n = len(fig.data)
-    buttons = [dict(label=f"layer {l}", method="update",
-                    args=[{"visible": [i // per_layer == k for i in range(n)]}]) for k, l in enumerate(layers)]
-    fig.update_layout(updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02,
-                                                           xanchor="right", yanchor="bottom")])
+    buttons = [
+        dict(label=f"layer {l}", method="update", args=[{"visible": [i // per_layer == k for i in range(n)]}])
+        for k, l in enumerate(layers)
+    ]
+    fig.update_layout(
+        updatemenus=[dict(buttons=buttons, active=len(layers) - 1, x=1.0, y=1.02, xanchor="right", yanchor="bottom")]
+    )
     return fig
 
 
@@ -161,10 +247,20 @@ def update_norms(updates: pd.DataFrame) -> go.Figure:
         return empty_figure(title, "no update was measured")
     fig = figure(title, "layer", "mean ||Δ||")
     for component, rows in steps.groupby("component", sort=False):
-        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["update_norm_mean"], mode="lines+markers", name=component,
-                                 line=dict(color=COMPONENT_COLOURS.get(component)),
-                                 customdata=np.stack([rows["rel_update_mean"], rows["step_eta_mean"]], axis=1),
-                                 hovertemplate=f"{component}<br>layer %{{x}}<br>mean ||Δ|| %{{y:.4g}}<br>mean ||Δ||/||h|| %{{customdata[0]:.3g}}<br>mean step η %{{customdata[1]:.3g}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=rows["layer"],
+                y=rows["update_norm_mean"],
+                mode="lines+markers",
+                name=component,
+                line=dict(color=COMPONENT_COLOURS.get(component)),
+                customdata=np.stack([rows["rel_update_mean"], rows["step_eta_mean"]], axis=1),
+                hovertemplate=(
+                    f"{component}<br>layer %{{x}}<br>mean ||Δ|| %{{y:.4g}}<br>"
+                    f"mean ||Δ||/||h|| %{{customdata[0]:.3g}}<br>mean step η %{{customdata[1]:.3g}}<extra></extra>"
+                ),
+            )
+        )
     fig.update_layout(updatemenus=[log_toggle("yaxis")])
     integer_axis(fig, "x", steps["layer"].unique())
     if spans_orders(steps["update_norm_mean"]):
@@ -175,16 +271,27 @@ def update_norms(updates: pd.DataFrame) -> go.Figure:
 def render_updates(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
     updates = tables.get("updates", pd.DataFrame(columns=["layer", "component", "count", "lens_loss_mean"]))
     return Section(
-        title="Inner-loop updates", anchor="updates", findings=[("Readout", readout_label(meta))] + updates_findings_rows(findings),
+        title="Inner-loop updates",
+        anchor="updates",
+        findings=[("Readout", readout_label(meta))] + updates_findings_rows(findings),
         notes=list(UPDATES_NOTES),
         blocks=[
-            Block(figure=lens_loss_curve(updates, baseline_frames(meta, "updates")),
-                  caption=BASELINE_NOTE if meta.get("baseline_tables") else ""),
-            Block(figure=descent_alignment(updates, baseline_frames(meta, "updates")),
-                  caption="Grey: where 95% of single tokens' cosines with a random direction fall (±1.96/√d_model). "
-                          "A mean over N tokens of random cosines would fall within ±1.96/√(d_model·N), far narrower: "
-                          "judge a layer's mean by its confidence band, a single token by the grey band."),
-            Block(figure=alignment_heatmap(tables.get("updates_by_position", pd.DataFrame(columns=["layer", "position", "count", "descent_cos_mean"])))),
+            Block(
+                figure=lens_loss_curve(updates, baseline_frames(meta, "updates")),
+                caption=BASELINE_NOTE if meta.get("baseline_tables") else "",
+            ),
+            Block(
+                figure=descent_alignment(updates, baseline_frames(meta, "updates")),
+                caption="Grey: where 95% of single tokens' cosines with a random direction fall (±1.96/√d_model). "
+                "A mean over N tokens of random cosines would fall within ±1.96/√(d_model·N), far narrower: "
+                "judge a layer's mean by its confidence band, a single token by the grey band.",
+            ),
+            Block(
+                figure=alignment_heatmap(
+                    tables.get("updates_by_position", pd.DataFrame(columns=["layer", "position", "count", "descent_cos_mean"]))
+                )
+            ),
             Block(figure=alignment_histogram(tables.get("updates_hist"))),
             Block(figure=update_norms(updates)),
-        ])
+        ],
+    )
