@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import NormprobeError
-from .families import REFUSED, SHORT_NAMES, family_for
+from .families import REFUSED, SHORT_NAMES, Family, family_for
 from .jsonio import read_json
 from .logit_readout import Readout, describe_norm, line_algebra_text, logit_op_from_config, norm_form
 
@@ -75,7 +75,7 @@ def resolve_source(
     name: str, revision: str | None = None, checkpoint_index: int | None = None, checkpoint_value: int | None = None
 ) -> ModelSource:
     """Turn a user's model name into a source and check what can be checked without loading."""
-    extra = dict(revision=revision, checkpoint_index=checkpoint_index, checkpoint_value=checkpoint_value)
+    extra: dict[str, Any] = dict(revision=revision, checkpoint_index=checkpoint_index, checkpoint_value=checkpoint_value)
     if name == "demo":
         return ModelSource(name, "demo", str(DEMO_DIR), **extra)
     path = Path(name).expanduser()
@@ -148,7 +148,7 @@ def _check_hub_reachable(source: ModelSource) -> dict | None:
         from huggingface_hub import try_to_load_from_cache
         from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return
+        return None
     cached = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
     if isinstance(cached, str):
         config = json.loads(Path(cached).read_text())
@@ -288,8 +288,11 @@ class ModelAdapter:
         self.hf_config = self.hf_model.config
         # TransformerLens gives a tokenizer without BOS the EOS as BOS; keep the model's own tokenizer instead.
         self.tokenizer = tokenizer if tokenizer is not None else bridge.tokenizer
-        self.family = family_for(self.hf_config.model_type)
         check_architecture(self.hf_config.model_type, f"model {source.location}")
+        family = family_for(self.hf_config.model_type)
+        if family is None:  # check_architecture refuses what no family covers; this keeps the type honest
+            raise NormprobeError(f"model {source.location}: no family covers model type {self.hf_config.model_type!r}")
+        self.family: Family = family
         self.n_layers = int(bridge.cfg.n_layers)
         self.d_model = int(bridge.cfg.d_model)
         self.d_vocab = int(self._head().weight.shape[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def _render_checked(result: RunResult, path: Path, folder: Path, plotlyjs: str) 
 
 
 def merge_shards(
-    folders: list[str | Path],
+    folders: Sequence[str | Path],
     out: str | Path,
     overwrite: bool = False,
     plotlyjs: str = "inline",
@@ -156,7 +157,7 @@ def merge_shards(
 
 
 def _merge_into(
-    folders: list[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str, probe_modules: list | None = None
+    folders: Sequence[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str, probe_modules: list | None = None
 ) -> Path:
     from .adapter import load_model
     from .registry import classes_by_name, saved_probe_class
@@ -199,17 +200,21 @@ def _merge_into(
     from .lens_diagnostics import LensDiagnosticsProbe, is_tuned, record_diagnostics
 
     given = classes_by_name(probe_modules)
-    probe_classes = [
-        LensDiagnosticsProbe
-        if name == LensDiagnosticsProbe.name
-        else saved_probe_class(name, given, required=True, where=str(folders[0]))
-        for name in metas[0]["probes"]
-    ]
+    probe_classes: list[type] = []
+    for name in metas[0]["probes"]:
+        found = (
+            LensDiagnosticsProbe
+            if name == LensDiagnosticsProbe.name
+            else saved_probe_class(name, given, required=True, where=str(folders[0]))
+        )
+        if found is None:  # required=True raises first; this keeps the type honest
+            raise NormprobeError(f"{folders[0]}: no code for probe {name!r}")
+        probe_classes.append(found)
     # Read (as data only) and check every state against its folder's run.json before the model loads.
     states = [(Path(f) / STATE_FILE, load_shard_state(Path(f) / STATE_FILE, meta)) for f, meta in zip(folders, metas)]
     from .baseline_passes import merge_shard_baselines, read_shard_baselines
 
-    baseline_states = read_shard_baselines(folders, metas)
+    baseline_states = read_shard_baselines(list(folders), metas)
     check_lens_digest(first)
     model = load_model(first["model"], device=device, dtype=first["dtype"], revision=first.get("revision"))
     options = {
@@ -245,7 +250,7 @@ def _merge_into(
     return result.save(out, overwrite=True, plotlyjs=plotlyjs)
 
 
-def compare(runs: list[Any], labels: list[str] | None = None):
+def compare(runs: list[Any], labels: list[str] | None = None) -> Any:
     """Overlay runs (RunResults or run folders) and return a `Comparison`; `.save(folder)` writes its page."""
     from .comparison import Comparison
 
@@ -253,7 +258,11 @@ def compare(runs: list[Any], labels: list[str] | None = None):
 
 
 def compare_to_folder(
-    folders: list[str | Path], out: str | Path, labels: list[str] | None = None, plotlyjs: str = "inline", overwrite: bool = False
+    folders: Sequence[str | Path],
+    out: str | Path,
+    labels: list[str] | None = None,
+    plotlyjs: str = "inline",
+    overwrite: bool = False,
 ) -> Path:
     """Render one report overlaying saved runs into OUT/report.html (the `compare` command).
 

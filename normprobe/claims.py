@@ -414,8 +414,9 @@ def _difference(model: Estimate, base: Estimate | None) -> tuple[float, float, f
         return nan, nan, nan, nan, nan, nan
     b_low, b_high = base.ci()
     diff = model.value - base.value
-    if _has_replicates(model.replicates) and _has_replicates(base.replicates) and len(model.replicates) == len(base.replicates):
-        d_low, d_high = percentile_interval(model.replicates - base.replicates)
+    mine, theirs = model.replicates, base.replicates
+    if mine is not None and theirs is not None and _has_replicates(mine) and _has_replicates(theirs) and len(mine) == len(theirs):
+        d_low, d_high = percentile_interval(mine - theirs)
     else:
         m_low, m_high = model.ci()
         spread = math.hypot((m_high - m_low) / 2, (b_high - b_low) / 2)  # independent, normal approximation

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -234,7 +234,7 @@ def run(
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
     from .sweep import looks_like_checkpoints, plan, run_sweep
 
-    common = dict(
+    common: dict[str, Any] = dict(
         texts=text,
         input=input,
         dataset=dataset,
@@ -510,7 +510,7 @@ def _fail(message: str, code: int) -> None:
 
 
 # typer may vendor its own click; find its base exception classes from what it exports.
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_CLICK_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def resume_command(argv: list[str], folder: Path) -> str:

@@ -200,7 +200,9 @@ class Readout:
         torch = self._torch
         op = self.logit_op
         n = targets.shape[0]
-        lse = torch.logsumexp(torch.stack([torch.logsumexp(z, dim=-1) for z in parts]), dim=0) if parts else None
+        if not parts:
+            raise ValueError("no logits to read out: the vocabulary is empty")
+        lse = torch.logsumexp(torch.stack([torch.logsumexp(z, dim=-1) for z in parts]), dim=0)
         z_t = torch.empty(n, device=targets.device)
         grad_y = torch.zeros(n, width, device=targets.device)
         rows_index = torch.arange(n, device=targets.device)
@@ -222,10 +224,9 @@ class Readout:
     # -- along a line -----------------------------------------------------------------
     def _bias_logits_chunks(self):
         """C = W_U b + b_U per vocabulary chunk, or None where both are absent."""
-        form = self.form
-        has_norm_bias = form is not None and form.bias is not None
+        norm_bias = self.form.bias if self.form is not None else None
         for start, rows, bias in self.chunks():
-            c = rows @ form.bias if has_norm_bias else None
+            c = rows @ norm_bias if norm_bias is not None else None
             if bias is not None:
                 c = bias if c is None else c + bias
             yield start, rows, c
@@ -249,6 +250,8 @@ class Readout:
         """Losses [K, A, N] along the lines h + αΔ_k."""
         torch = self._torch
         form, op = self.form, self.logit_op
+        if form is None:
+            raise ValueError("no line algebra without a norm form; line_losses reads out in full")
         n, k = h.shape[0], len(deltas)
         alpha = torch.tensor(alphas, dtype=torch.float64, device=h.device)
         c_h = form.centred(h)

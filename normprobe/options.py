@@ -138,6 +138,8 @@ class Corpus:
         if self._opened is None:
             from .hfcorpus import open_dataset
 
+            if self.dataset is None:
+                raise ValueError("this corpus names no dataset")
             self._opened = open_dataset(self.dataset)
         return self._opened
 

@@ -69,7 +69,7 @@ class Probe:
         """Accumulate statistics from one batch's reduced activations."""
         raise NotImplementedError
 
-    def merge(self, other: Probe) -> None:
+    def merge(self, other: Any) -> None:
         """Fold another instance's statistics into this one."""
         raise NotImplementedError
 

@@ -56,7 +56,7 @@ class ReadoutSpec:
 
     def describe(self) -> dict[str, Any]:
         """What run.json records, and what resume compares (a retrained lens is another readout)."""
-        if self.kind in ("logit", "model"):
+        if self.kind in ("logit", "model") or self.path is None:
             return {"kind": self.kind}
         config = read_lens_config(self.path)
         return {
@@ -113,7 +113,7 @@ def parse_readout(spec: str | ReadoutSpec | None) -> ReadoutSpec:
 def check_lens_fits_config(spec: str | ReadoutSpec | None, model_config: dict | None, model_name: str) -> None:
     """Refuse, before the model loads, a lens whose depth or width differs from the model's config.json."""
     spec = parse_readout(spec)
-    if spec.kind != "tuned" or not model_config:
+    if spec.kind != "tuned" or spec.path is None or not model_config:
         return
     lens = read_lens_config(spec.path)
     width = next((model_config[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(model_config.get(k), int)), None)
@@ -261,10 +261,10 @@ def make_readout(model, spec: str | ReadoutSpec | None = "logit"):
             from .model_objective import ModelObjective
 
             cached[spec] = ModelObjective(model)
+        elif spec.kind == "tuned" and spec.path is not None:
+            cached[spec] = TunedReadout(model, load_translators(spec.path, model))
         else:
-            cached[spec] = (
-                LogitReadout(model) if spec.kind == "logit" else TunedReadout(model, load_translators(spec.path, model))
-            )
+            cached[spec] = LogitReadout(model)
     return cached[spec]
 
 

@@ -107,6 +107,8 @@ def _load_file(spec: str):
         raise NormprobeError(f"probe file not found: {path}")
     module_name = f"normprobe_user_probe_{path.stem}"
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise NormprobeError(f"probe file {path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module
     try:
@@ -158,7 +160,7 @@ def classes_by_name(probe_modules: list | None) -> dict[str, type]:
     """The probe classes the user named (FILE.py[:Class], module:Class, or classes), keyed by their `name`."""
     if not probe_modules:
         return {}
-    return {cls.name: cls for cls in resolve_probes(list(probe_modules))}
+    return {getattr(cls, "name", cls.__name__): cls for cls in resolve_probes(list(probe_modules))}
 
 
 def saved_probe_class(name: str, given: dict[str, type], *, required: bool, where: str = "") -> type | None:

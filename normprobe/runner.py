@@ -587,7 +587,7 @@ def make_runner(
 
         check_lens_fits_config(readout, config, model)
         bad = [l for l in (layers or []) if n_layers is not None and l >= n_layers]
-        if bad:
+        if bad and n_layers is not None:
             raise NormprobeError(f"invalid layer index {bad[0]}: {model} has layers 0..{n_layers - 1}")
     return runner
 

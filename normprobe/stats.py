@@ -26,8 +26,8 @@ class GroupedMoments:
         self.total = torch.zeros(n_groups, **f64)
         self.m2 = torch.zeros(n_groups, **f64)
         self.nonfinite = torch.zeros(n_groups, **f64)
-        self.minimum = torch.full((n_groups,), float("inf"), **f64) if track_extremes else None
-        self.maximum = torch.full((n_groups,), float("-inf"), **f64) if track_extremes else None
+        self.minimum: Any = torch.full((n_groups,), float("inf"), **f64) if track_extremes else None
+        self.maximum: Any = torch.full((n_groups,), float("-inf"), **f64) if track_extremes else None
 
     def add(self, groups: torch.Tensor, values: torch.Tensor) -> None:
         """Add values [N] (any float dtype) to their groups [N] (int64).

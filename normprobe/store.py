@@ -185,6 +185,8 @@ class RunFolder:
                     pass  # not empty, or already gone
 
     def _mark_if_possible(self, status: str, reason: str) -> None:
+        if self.meta is None:
+            return
         try:
             self.mark(self.meta, status, reason)
         except OSError:
@@ -261,7 +263,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def restore_probe(probe: Any, states: Any, path: Path) -> None:
+def restore_probe(probe: Any, states: Any, path: Path | str) -> None:
     """Load one probe's saved statistics; a missing or ill-fitting entry is one line naming the probe."""
     if not isinstance(states, dict) or not isinstance(states.get(probe.name), dict):
         raise NormprobeError(f"{path} holds no statistics for probe {probe.name!r}")

@@ -32,7 +32,7 @@ def read_token_counts(path: str | Path) -> dict[int, float]:
             raise NormprobeError(f"--token-counts {path} is not a JSON object of token id -> count") from None
         lines = [(str(k), str(v)) for k, v in items]
     else:
-        lines = [tuple(_SPLIT.split(line.strip())) for line in text.splitlines() if line.strip()]
+        lines = [tuple(_SPLIT.split(line.strip())) for line in text.splitlines() if line.strip()]  # type: ignore[misc]
     for number, pair in enumerate(lines, start=1):
         try:
             token_id, count = int(pair[0]), float(pair[1])

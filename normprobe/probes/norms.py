@@ -38,12 +38,11 @@ class NormsProbe(Probe):
         self._replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
         self.replicates = ReplicateSums(len(self._token_slots) * len(POSITION_GROUPS), self._replicates, device)
         path = self.options.get("token_counts")
+        self._external_counts: dict[int, float] | None = None
         if path is not None:
             from ..token_counts import read_token_counts
 
             self._external_counts = read_token_counts(path)
-        else:
-            self._external_counts = None
 
     def hook_points(self) -> list[str]:
         return sorted({h for *_, h in self._slots} | {h for *_, h in self._token_slots})

@@ -174,7 +174,7 @@ class UpdatesProbe(Probe):
         self._targets = batch.next_tokens[self._read(batch)]
         self._positions = batch.positions[self._read(batch)]
         self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # the layer before, for next_cos
-        self._pending_block = None  # block actual_change waiting for the next layer's lens loss
+        self._pending_block: tuple[int, Any] | None = None  # block actual_change waiting for the next layer's lens loss
         self._windows = token_windows(self._read(batch))  # each read token's window, for its bootstrap weights
         self._window_weights = batch.replicate_weights
         if self._targets.numel():

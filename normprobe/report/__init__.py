@@ -92,7 +92,7 @@ def finding_rows(result: Any) -> list[tuple[str, str, str]]:
         "massive": massive_findings_rows,
         "linesearch": line_search_findings_rows,
     }
-    rows = []
+    rows: list = []
     for probe_name in result.meta.get("probes", list(result.findings)):
         make_rows = known.get(probe_name, generic_findings_rows)
         rows.extend((probe_name, k, v) for k, v in make_rows(result.findings.get(probe_name, {})))
