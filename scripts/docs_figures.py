@@ -96,21 +96,84 @@ def quickstart() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def claims_table(claims: list[dict]) -> str:
-    """The demo's claims as a markdown table: claim, where, value [CI], verdict."""
-    lines = ["| claim | layer | component | value [95% CI over documents] | verdict |", "| --- | --- | --- | --- | --- |"]
-    for row in claims:
+def _number(value) -> str:
+    return "–" if value is None or value != value else f"{value:.3g}"
 
-        def number(key: str) -> str:
-            value = row.get(key)
-            return "–" if value is None else f"{value:.4g}"
 
-        where = "" if row.get("layer") is None else str(row["layer"])
-        lines.append(
-            f"| {row.get('claim')} | {where} | {row.get('component') or ''} | "
-            f"{number('value')} [{number('ci_low')}, {number('ci_high')}] | {row.get('verdict')} |"
-        )
+def _interval(row: dict, prefix: str = "") -> str:
+    value = row.get(f"{prefix}value" if prefix else "value")
+    low, high = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
+    return f"{_number(value)} [{_number(low)}, {_number(high)}]"
+
+
+def claims_table(claims: list[dict], kinds: list[str] = (), keep=lambda row: True) -> str:
+    """Claims as a markdown table: claim, layer, component, value [CI], each baseline and the difference, verdict."""
+    head = ["claim", "layer", "component", "value [95% CI]"]
+    for kind in kinds:
+        head += [f"{kind} [CI]", f"model − {kind} [CI]"]
+    lines = ["| " + " | ".join(head + ["verdict"]) + " |", "|" + " --- |" * (len(head) + 1)]
+    for row in filter(keep, claims):
+        cells = [
+            str(row.get("claim")),
+            "" if row.get("layer") is None else str(row["layer"]),
+            str(row.get("component") or ""),
+            _interval(row),
+        ]
+        for kind in kinds:
+            key = kind.replace("-", "_") + "_"
+            cells += [
+                _interval(row, key),
+                f"{_number(row.get(key + 'difference'))} "
+                f"[{_number(row.get(key + 'difference_ci_low'))}, {_number(row.get(key + 'difference_ci_high'))}]",
+            ]
+        lines.append("| " + " | ".join(cells + [str(row.get("verdict"))]) + " |")
     return "\n".join(lines) + f"\n\n({machine()}.)\n"
+
+
+def headline(row: dict) -> bool:
+    """The rows the README shows: norm growth per step, the block's descent, the lens-loss drop to the output."""
+    return (
+        row.get("claim") == "norm_growth"
+        or (row.get("claim") == "descent" and row.get("component") == "block")
+        or (row.get("claim") == "lens_loss_drop" and row.get("component") == "to output")
+    )
+
+
+def with_baselines() -> None:
+    """The demo against its random-init and shuffled baselines: the table the README and the claims page show."""
+    work = Path(tempfile.mkdtemp(prefix="normprobe-docs-"))
+    try:
+        out = work / "demo"
+        command = [
+            str(BIN / "normprobe"),
+            "run",
+            "demo",
+            "--probe",
+            "norms",
+            "--probe",
+            "updates",
+            "--baseline",
+            "random-init",
+            "--baseline",
+            "shuffled",
+            "--max-docs",
+            "80",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+        timed(command, work)
+        claims = json.loads((out / "run.json").read_text())["claims"]
+        kinds = ["random-init", "shuffled"]
+        write("demo-claims-baselines", claims_table(claims, kinds))
+        table = claims_table(claims, kinds, keep=headline)
+        readme = ROOT / "README.md"
+        start, end = "<!-- demo-claims:start -->\n", "<!-- demo-claims:end -->"
+        text = readme.read_text()
+        readme.write_text(text[: text.index(start) + len(start)] + table + text[text.index(end) :])
+        print("rewrote the README's demo claims")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def benchmark(name: str) -> None:
@@ -130,6 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_quickstart:
         quickstart()
+        with_baselines()
     for name in list(BENCHMARKS) if args.bench == ["all"] else args.bench:
         benchmark(name)
 

@@ -196,3 +196,72 @@ def test_dir_lists_lazy_names_and_import_stays_light():
     assert {"run", "load_model", "compare", "Comparison", "RunResult"} <= set(dir(normprobe))
     code = "import sys, normprobe; dir(normprobe); print('torch' in sys.modules, 'plotly' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == ["False", "False"]
+
+
+def test_norm_by_position_shows_every_layer_of_a_shallow_model_and_six_of_a_deep_one():
+    import pandas as pd
+
+    from normprobe.report.norms import norm_by_position
+
+    def table(n_layers):
+        return pd.DataFrame(
+            [
+                {"site": "resid_pre", "layer": l, "position": p, "count": 3, "mean": 1.0 + l + p}
+                for l in range(n_layers)
+                for p in range(4)
+            ]
+        )
+
+    shallow = norm_by_position(table(4))
+    assert [t.visible for t in shallow.data] == [True] * 4
+    deep = norm_by_position(table(24))
+    shown = [int(t.name.split()[1]) for t in deep.data if t.visible is True]
+    assert shown[0] == 0 and shown[-1] == 23 and len(shown) == 6
+
+
+def test_line_search_curves_offer_a_per_layer_scale():
+    import numpy as np
+    import pandas as pd
+
+    from normprobe.report.linesearch import loss_curves
+
+    alphas = [0.0, 0.5, 1.0, 2.0]
+    losses = {0: [23.0, 10.0, 5.0, 6.0], 1: [4.0, 3.9, 3.8, 3.95]}  # layer 0 dwarfs layer 1 in nats
+    table = pd.DataFrame(
+        [
+            {"layer": l, "component": "block", "alpha": a, "lens_loss_mean": v}
+            for l, values in losses.items()
+            for a, v in zip(alphas, values)
+        ]
+    )
+    fig = loss_curves(table, "block")
+    nats, scaled = (b.args[0]["y"] for b in fig.layout.updatemenus[0].buttons)
+    for layer, values in losses.items():
+        change = np.asarray(values) - values[0]
+        np.testing.assert_allclose(nats[layer], change, rtol=1e-6)
+        np.testing.assert_allclose(scaled[layer], change / np.abs(change).max(), rtol=1e-6)
+
+
+def test_findings_tables_write_layers_as_L_and_zero_counts_as_none():
+    from normprobe.report.norms import norms_findings_rows
+    from normprobe.report.updates import updates_findings_rows
+
+    rows = dict(
+        updates_findings_rows(
+            {"uniform_loss": 7.6, "readout_not_meaningful_layers": [0, 2], "first_meaningful_layer": 1, "n_nonfinite": 0}
+        )
+    )
+    assert rows[next(k for k in rows if k.startswith("Layers where the readout"))] == "L0, L2"
+    assert any("first meaningful layer (L1)" in k for k in rows)
+    assert rows["Non-finite values (excluded from every statistic)"] == "none"
+    assert dict(norms_findings_rows({"n_nonfinite": 1234}))["Non-finite norms (excluded from every statistic)"] == "1,234"
+
+
+def test_comparison_findings_name_each_headline_number_once(runs):
+    from normprobe.report.compare import side_by_side_rows
+
+    _, rows = side_by_side_rows([("a", runs[0]), ("b", runs[1])])
+    labels = [row[0].lower() for row in rows]
+    assert sum("growth per layer, h_0..h_l" in label for label in labels) == 1
+    assert sum("position-0 outlier ratio" in label for label in labels) == 1
+    assert sum("first layer to output" in label or "first layer to model output" in label for label in labels) == 1

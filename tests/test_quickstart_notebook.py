@@ -53,7 +53,7 @@ def test_quickstart_runs_in_a_kernel_of_this_interpreter(tmp_path):
     assert len(cells) == n_cells and not list(tmp_path.iterdir())  # the notebook writes nothing
     by_source = {c.source.splitlines()[-1]: c for c in cells if c.cell_type == "code"}
 
-    summary = _outputs(by_source["result   # a compact summary: model, tokens, status and every finding"], "text/html")
+    summary = _outputs(by_source["result  # a compact summary: model, tokens, status and every finding"], "text/html")
     assert len(summary) == 1 and "model demo (GPT-2, 4 layers, float32)" in summary[0]
     assert "status complete" in summary[0] and "plotly" not in summary[0].lower()
 

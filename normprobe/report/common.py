@@ -45,6 +45,11 @@ class Section:
     notes: list[str] = field(default_factory=list)  # one sentence each, shown under the findings, on how to read them
 
 
+def count_text(value: Any) -> str:
+    """A count in a findings table: 'none' for zero, so it never reads like layer 0 (layers are written L0, L1...)."""
+    return "none" if not value else f"{int(value):,}"
+
+
 def esc(text: Any) -> str:
     """Escape text for HTML and for Plotly's own tag-aware text rendering."""
     return html.escape(str(text), quote=True)

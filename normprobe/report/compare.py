@@ -207,6 +207,16 @@ def _plain(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.6g}"
 
 
+# findings rows that repeat a headline number (shown first, with differences): left out of the text rows
+SHOWN_AS_HEADLINE = (
+    "Norm growth per layer, h_0..h_L",
+    "Norm growth per layer, positions ≥ 1 only",
+    "Largest position-0 outlier ratio",
+    "Lens loss, first layer to model output",
+    "Lens loss, first meaningful layer",
+)
+
+
 def side_by_side_rows(runs) -> tuple[list[str], list[list[str]]]:
     """Header and rows: each finding per run; headline numbers first, with each run minus the first."""
     labels = [label for label, _ in runs]
@@ -222,6 +232,8 @@ def side_by_side_rows(runs) -> tuple[list[str], list[list[str]]]:
         for probe, make_rows in FINDING_ROWS.items():
             if probe in result.findings:
                 for finding, value in make_rows(result.findings[probe]):
+                    if finding.startswith(SHOWN_AS_HEADLINE):
+                        continue
                     text.setdefault(f"{probe}: {finding}", [""] * len(runs))[i] = value
     rows.extend([key, *values, *[""] * (len(runs) - 1)] for key, values in text.items())
     return head, rows

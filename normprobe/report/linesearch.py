@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .baselines import add_baseline, baseline_findings
-from .common import Block, Section, empty_figure, f32, figure, integer_axis, spread_layers
+from .common import Block, Section, count_text, empty_figure, f32, figure, integer_axis, spread_layers
 from .norms import _fmt
 from .updates import COMPONENT_COLOURS, readout_label
 
@@ -39,7 +39,7 @@ def line_search_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
     rows.append(("α grid", ", ".join(_fmt(a) for a in f.get("alphas", [])) or "n/a"))
-    rows.append(("Non-finite losses (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
+    rows.append(("Non-finite losses (excluded from every statistic)", count_text(f.get("n_nonfinite", 0))))
     return rows
 
 
@@ -60,14 +60,19 @@ def loss_curves(table: pd.DataFrame, component: str) -> go.Figure:
         return empty_figure(title, "no update was measured")
     fig = figure(title, "α (multiple of the update)", "lens loss minus loss at α = 0 (nats)")
     layers = spread_layers(sorted(rows["layer"].unique()))
+    in_nats, per_layer = [], []
     for layer in layers:
         line = rows[rows["layer"] == layer].sort_values("alpha")
         base = line.loc[line["alpha"] == 0.0, "lens_loss_mean"]
         offset = float(base.iloc[0]) if len(base) else 0.0
+        change = line["lens_loss_mean"].to_numpy(float) - offset
+        largest = float(np.nanmax(np.abs(change))) if np.isfinite(change).any() else 0.0
+        in_nats.append(f32(change))
+        per_layer.append(f32(change / largest if largest > 0 else change))
         fig.add_trace(
             go.Scatter(
                 x=f32(line["alpha"]),
-                y=f32(line["lens_loss_mean"] - offset),
+                y=in_nats[-1],
                 mode="lines+markers",
                 name=f"layer {layer}",
                 customdata=f32(line["lens_loss_mean"]),
@@ -75,6 +80,26 @@ def loss_curves(table: pd.DataFrame, component: str) -> go.Figure:
             )
         )
     fig.add_vline(x=1.0, line=dict(color="#888", width=1, dash="dot"))
+    # one layer's change can dwarf the others' (the logit lens at layer 0): a per-layer scale shows each shape
+    scale = "lens loss change ÷ that layer's largest |change|"
+    fig.update_layout(
+        updatemenus=[
+            dict(
+                buttons=[
+                    dict(
+                        label="nats",
+                        method="update",
+                        args=[{"y": in_nats}, {"yaxis.title.text": "lens loss minus loss at α = 0 (nats)"}],
+                    ),
+                    dict(label="per-layer scale", method="update", args=[{"y": per_layer}, {"yaxis.title.text": scale}]),
+                ],
+                x=1.0,
+                y=1.02,
+                xanchor="right",
+                yanchor="bottom",
+            )
+        ]
+    )
     return fig
 
 

@@ -12,6 +12,7 @@ from .baselines import BASELINE_NOTE, add_baseline, baseline_frames, interval
 from .common import (
     Block,
     Section,
+    count_text,
     empty_figure,
     esc,
     f32,
@@ -25,6 +26,8 @@ from .common import (
 )
 
 SITE_ORDER = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+SHOWN_LAYERS = 6  # curves drawn at first in the norm-by-position figure
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -61,7 +64,7 @@ def norms_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         values = f.get(key) or {}
         if values:
             rows.append((label, ", ".join(f"L{k}: {_fmt(v, 2)}" for k, v in values.items())))
-    rows.append(("Non-finite norms (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
+    rows.append(("Non-finite norms (excluded from every statistic)", count_text(f.get("n_nonfinite", 0))))
     return rows
 
 
@@ -180,7 +183,12 @@ def norm_by_position(norms: pd.DataFrame) -> go.Figure:
         return empty_figure(title, "no resid_pre norms were measured")
     fig = figure(title, "position in window", "mean L2 norm")
     layers = sorted(pre["layer"].unique())
-    shown = {layers[0], layers[len(layers) // 2], layers[-1]}
+    # every layer of a shallow model; six spread over depth for a deep one (the legend shows the rest)
+    shown = (
+        set(layers)
+        if len(layers) <= SHOWN_LAYERS
+        else {layers[round(i * (len(layers) - 1) / (SHOWN_LAYERS - 1))] for i in range(SHOWN_LAYERS)}
+    )
     for layer in layers:
         rows = pre[pre["layer"] == layer]
         fig.add_trace(

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .baselines import BASELINE_NOTE, add_baseline, baseline_frames, interval
-from .common import Block, Section, empty_figure, figure, grid_within_budget, integer_axis, log_toggle, spans_orders
+from .common import Block, Section, count_text, empty_figure, figure, grid_within_budget, integer_axis, log_toggle, spans_orders
 from .norms import _fmt
 
 COMPONENT_COLOURS = {"attn": "#1f77b4", "mlp": "#d62728", "block": "#2ca02c"}
@@ -58,13 +58,13 @@ def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 "Layers where the readout is not meaningful (lens loss above log V = "
                 f"{_fmt(f['uniform_loss'])}, a uniform guess)",
-                ", ".join(map(str, f.get("readout_not_meaningful_layers") or [])) or "none",
+                ", ".join(f"L{l}" for l in f.get("readout_not_meaningful_layers") or []) or "none",
             )
         )
         first = f.get("first_meaningful_layer")
         rows.append(
             (
-                f"Lens loss, first meaningful layer ({first if first is not None else 'none'}) to model output (drop)",
+                f"Lens loss, first meaningful layer ({f'L{first}' if first is not None else 'none'}) to model output (drop)",
                 _fmt(f.get("lens_loss_drop_from_first_meaningful")),
             )
         )
@@ -75,7 +75,7 @@ def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
                 ", ".join(f"L{l}: {_fmt(p)} / {_fmt(a)}" for l, (p, a) in by_layer.items()) or "n/a",
             )
         )
-    rows.append(("Non-finite values (excluded from every statistic)", str(f.get("n_nonfinite", 0))))
+    rows.append(("Non-finite values (excluded from every statistic)", count_text(f.get("n_nonfinite", 0))))
     return rows
 
 
