@@ -75,15 +75,9 @@ def quickstart() -> None:
             f"({machine()}).\n"
         )
         write("quickstart-time", sentence)
-        console = done.stderr.replace(str(out), "reports/demo").replace(str(work), ".")
-        write(
-            "demo-console",
-            "```\n$ normprobe run demo --probe norms --probe updates --out reports/demo\n"
-            + console.strip()
-            + "\n"
-            + done.stdout.strip()
-            + "\n```\n",
-        )
+        console = (done.stderr.strip() + "\n" + done.stdout.strip()).replace(str(out), "reports/demo")
+        command_line = "$ normprobe run demo --probe norms --probe updates --out reports/demo"
+        write("demo-console", f"```\n{command_line}\n{console.replace(str(work), '.')}\n```\n")
         meta = json.loads((out / "run.json").read_text())
         if meta.get("claims"):
             write("demo-claims", claims_table(meta["claims"]))
