@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/docs_figures.py                 # the demo's quick start: time, console, claims
     .venv/bin/python scripts/docs_figures.py --bench NAME    # also run benchmarks/NAME.py and keep what it prints
+    .venv/bin/python scripts/docs_figures.py --no-quickstart --suite 3   # time the README's test command
 
 Each figure goes to docs/generated/<name>.md, which the docs include; the README's quick-start time
 is rewritten between its `quickstart-time` markers. Every file names the machine it was measured on.
@@ -170,6 +171,34 @@ def with_baselines() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def suite(repeats: int) -> None:
+    """The README's test command in fresh clones of this checkout's HEAD, `repeats` times: wall and CPU time each."""
+    import re
+
+    runs = []
+    for _ in range(repeats):
+        clone = Path(tempfile.mkdtemp(prefix="normprobe-suite-")) / "clone"
+        try:
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+            readme = (clone / "README.md").read_text()
+            command = readme.split("<!-- test-command -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip()
+            wall, cpu, done = timed(["bash", "-euo", "pipefail", "-c", command], clone)
+            counts = re.findall(r"^(\d+ passed.*) in [0-9.]+s", done.stdout, re.M)
+            runs.append(f"{wall:.0f} s wall, {cpu:.0f} s CPU ({counts[-1] if counts else 'no test count found'})")
+            print(runs[-1])
+        finally:
+            shutil.rmtree(clone.parent, ignore_errors=True)
+    sentence = (
+        f"The README's test command (install, lint, format, types, docs and tests) from a fresh clone, "
+        f"{repeats} time{'s' if repeats > 1 else ''} in a row: " + "; ".join(runs) + f" ({machine()}).\n"
+    )
+    write("suite-cost", sentence)
+    readme = ROOT / "README.md"
+    start, end = "<!-- suite-cost:start -->\n", "<!-- suite-cost:end -->"
+    text = readme.read_text()
+    readme.write_text(text[: text.index(start) + len(start)] + sentence + text[text.index(end) :])
+
+
 def benchmark(name: str) -> None:
     script = ROOT / "benchmarks" / f"{name}.py"
     if not script.exists():
@@ -184,6 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="append", default=[], help="also run benchmarks/NAME.py (repeatable; 'all')")
     parser.add_argument("--no-quickstart", action="store_true")
+    parser.add_argument("--suite", type=int, default=0, metavar="N", help="also time the README's test command N times")
     args = parser.parse_args()
     if not args.no_quickstart:
         quickstart()

@@ -30,7 +30,7 @@ RUN = [
     "--probe",
     "updates",
     "--max-docs",
-    "120",
+    "60",  # 60 one-window batches: the signal lands at the first checkpoint (batch 3), long before the end
     "--batch-size",
     "1",
     "--no-progress",
