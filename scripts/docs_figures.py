@@ -218,6 +218,8 @@ def main() -> None:
     if not args.no_quickstart:
         quickstart()
         with_baselines()
+    if args.suite:
+        suite(args.suite)
     for name in list(BENCHMARKS) if args.bench == ["all"] else args.bench:
         benchmark(name)
 
