@@ -133,11 +133,6 @@ class UpdatesProbe(Probe):
         # Only tokens with a next token (in the sample) matter; keep them as float32 rows [N, d].
         return activation[self._read(batch)].float()
 
-    def _loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..readouts import chunked_loss_and_grad
-
-        return chunked_loss_and_grad(self._readout, h, targets, layer, self.vocab_chunk, self._vocab)
-
     def _loss_grad_and_steps(self, h, deltas, targets, layer: int):
         from ..readouts import chunked_loss_grad_and_steps
 
