@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import NormprobeError
+from .errors import NormprobeError, did_you_mean
 from .families import REFUSED, SHORT_NAMES, Family, family_for
 from .jsonio import read_json
 from .logit_readout import Readout, describe_norm, line_algebra_text, logit_op_from_config, norm_form
@@ -71,6 +71,22 @@ def parse_device_map(device_map: str | None, device: str = "auto") -> str | None
     return device_map
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a likely typo of `demo` or a short name at once, without loading or asking the Hub.
+
+    A name is refused only when it is not `demo`, a short name, a short name's Hub id or an existing path,
+    has no '/', and is close (difflib) to `demo` or a short name: `demmo`, `pythia70m`. Any other name
+    without '/' may be a Hub id (`gpt2`, `distilgpt2`) and is left to the Hub or its cache.
+    """
+    if name == "demo" or name in SHORT_NAMES or "/" in name or os.sep in name or name in SHORT_NAMES.values():
+        return
+    if Path(name).expanduser().exists():
+        return
+    hint = did_you_mean(name, ["demo", *SHORT_NAMES])
+    if hint:
+        raise NormprobeError(f"model {name!r} is not demo, a short name (`normprobe models` lists them) or a local folder{hint}")
+
+
 def resolve_source(
     name: str, revision: str | None = None, checkpoint_index: int | None = None, checkpoint_value: int | None = None
 ) -> ModelSource:
@@ -83,6 +99,7 @@ def resolve_source(
         if not path.is_dir():
             raise NormprobeError(f"model path {name} is not a folder (expected a Hugging Face model folder)")
         return ModelSource(name, "local", str(path), **extra)
+    check_model_name(name)
     hub_id = SHORT_NAMES.get(name, name)
     if name.count("/") > 1 or not name.strip():
         raise NormprobeError(f"model {name!r} is neither an existing folder nor a Hub name like 'gpt2' or 'org/model'")

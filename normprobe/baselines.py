@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import NormprobeError
+from .errors import NormprobeError, did_you_mean
 
 if TYPE_CHECKING:
     from .batching import Window
@@ -41,7 +41,8 @@ def check_baselines(baselines: Iterable[str] | None, seeds: int, prepend_bos: bo
     kinds = list(baselines or [])
     for kind in kinds:
         if kind not in DESCRIPTIONS:
-            raise NormprobeError(f"unknown --baseline {kind!r}; choose from {', '.join(BASELINE_KINDS)}")
+            hint = did_you_mean(str(kind), BASELINE_KINDS, 0.6)
+            raise NormprobeError(f"unknown --baseline {kind!r}; choose from {', '.join(BASELINE_KINDS)}{hint}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NormprobeError(f"--baseline-seeds must be at least 1 (got {seeds!r})")
     if "no-bos" in kinds and not prepend_bos:

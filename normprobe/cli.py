@@ -224,15 +224,14 @@ def run(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and status lines on stderr.")] = True,
 ) -> None:
     """Run probes over a corpus and write tables, run.json and report.html."""
-    from .api import export_images, run_to_folder
     from .distributed import parse_shard
+    from .options import check_run
 
     _check_format(format)
     if errors not in ("strict", "replace"):
         raise NormprobeError(f"--errors must be strict or replace, not {errors!r}")
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    from .sweep import looks_like_checkpoints, plan, run_sweep
 
     common: dict[str, Any] = dict(
         texts=text,
@@ -265,6 +264,11 @@ def run(
         replicates=replicates,
         readout_sample=readout_sample,
     )
+    # every mistake that can be seen without torch is refused before the model, the API or torch is imported
+    check_run(models, probe, shard=parse_shard(shard), device_map=device_map, n_devices=n_devices, **common)
+    from .api import export_images, run_to_folder
+    from .sweep import looks_like_checkpoints, plan, run_sweep
+
     if checkpoints is not None or looks_like_checkpoints(models):
         if shard is not None:
             raise NormprobeError("--shard does not combine with a checkpoint sweep")
@@ -400,9 +404,10 @@ def models() -> None:
     for model_type, reason in sorted(REFUSED.items()):
         typer.echo(textwrap.fill(reason, width, initial_indent=f"  {model_type:<20} ", subsequent_indent=" " * 23))
     typer.echo("Short names:")
+    typer.echo(f"  {'demo':<24} built in: a 4-layer GPT-2 shipped with normprobe, no download (`normprobe run demo`)")
     for short, hub in SHORT_NAMES.items():
         typer.echo(f"  {short:<24} {hub}")
-    typer.echo("Also: demo (built in), any local Hugging Face folder, any Hub id of a supported model type.")
+    typer.echo("Also: any local Hugging Face folder, any Hub id of a supported model type.")
 
 
 @app.command()
@@ -437,7 +442,10 @@ def trace(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Status lines on stderr.")] = True,
 ) -> None:
     """Trace texts through every layer: the lens table with norms, update norms, descent cos and loss changes."""
+    from .adapter import check_model_name
     from .tracing import trace_to_folder
+
+    check_model_name(model)
 
     folder = trace_to_folder(
         model,
@@ -483,7 +491,10 @@ def lens_train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
     """Train a tuned lens (tuned-lens's recipe) on a corpus (default: the built-in sample)."""
+    from .adapter import check_model_name
     from .lens_training import train_lens
+
+    check_model_name(model)
 
     folder = train_lens(
         model,

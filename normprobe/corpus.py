@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import codecs
+import hashlib
 import io
 import json
 import sysconfig
@@ -398,3 +399,18 @@ class _Utf8Stream(io.RawIOBase):
     def close(self) -> None:
         self._file.close()
         super().close()
+
+
+def corpus_digest(texts: list[str] | None, path: Path | None, text_field: str, encoding: str, errors: str) -> str:
+    """sha256 of what decides the documents: the file's bytes (streamed) or the texts, and how they are read."""
+    digest = hashlib.sha256(f"{text_field}\0{encoding}\0{errors}\0".encode())
+    if path is not None:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    elif texts is not None:
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    else:
+        digest.update(b"<built-in sample>")
+    return digest.hexdigest()

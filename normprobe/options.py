@@ -1,13 +1,18 @@
-"""What a run is asked to do: its options and its corpus, validated before any model loads."""
+"""What a run is asked to do: its options and its corpus, validated before any model loads.
+
+Options are data: this module parses and checks them without importing torch, transformers or
+TransformerLens (and without the readouts or the run store), so a mistake is one line at once.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from .corpus import InputSpec, as_text, iter_documents, sample_documents, validate_input
+from .corpus import InputSpec, as_text, corpus_digest, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
 from .memory import READOUT_CHUNK as READOUT_CHUNK  # model_objective reads the chunk from here
@@ -86,7 +91,7 @@ class RunOptions:
             )
         from .adapter import parse_device_map, parse_dtype
         from .memory import parse_size
-        from .readouts import parse_readout
+        from .readout_spec import parse_readout
         from .sampling import check_fraction
 
         check_fraction(self.readout_sample)
@@ -168,8 +173,6 @@ class Corpus:
 
     def digest(self) -> str:
         """sha256 of what decides the documents; resume refuses a corpus whose digest changed."""
-        from .store import corpus_digest
-
         if self.dataset is not None:
             return self.opened_dataset().digest()
         spec = self.input
@@ -187,3 +190,32 @@ class Corpus:
         if self.texts is not None:
             return (t for t in self.texts if t.strip())
         return iter(sample_documents())
+
+
+def check_run(models: Sequence[str], probes: Sequence[Any], **run_kwargs: Any) -> None:
+    """Check a run's request as `normprobe.run` takes it, before torch is imported: model and probe names,
+    every option, and a corpus of texts or a file (a dataset is opened later, once).
+
+    `run_kwargs` are `run`'s keyword options; those that are not RunOptions (the output, progress) are ignored.
+    """
+    from .adapter import check_model_name
+    from .registry import check_probe_names
+
+    for model in models:
+        if isinstance(model, str):
+            check_model_name(model)
+    check_probe_names(list(probes))
+    if sum(run_kwargs.get(k) is not None for k in ("texts", "input", "dataset")) > 1:
+        raise NormprobeError("give one corpus: texts, an input file or a dataset")
+    every = run_kwargs.get("checkpoint_every")
+    if every is not None and every < 1:
+        raise NormprobeError(f"--checkpoint-every must be at least 1 (got {every})")
+    names = {f.name for f in fields(RunOptions)}
+    RunOptions(**{k: v for k, v in run_kwargs.items() if k in names}).validate()
+    texts, path = run_kwargs.get("texts"), run_kwargs.get("input")
+    if path is not None:
+        keys = ("text_field", "encoding", "errors")
+        spec = InputSpec(Path(path), *(run_kwargs.get(k, d) for k, d in zip(keys, ("text", "utf-8", "strict"))))
+        Corpus(input=spec).validate()
+    elif texts is not None:
+        Corpus(texts=texts).validate()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .errors import NormprobeError
+from .errors import NormprobeError, did_you_mean
 
 ENTRY_POINT_GROUP = "normprobe.probes"
 
@@ -122,6 +122,22 @@ def _load_file(spec: str):
     return _single_probe_class(module, str(path))
 
 
+def is_probe_name(spec: str) -> bool:
+    """A registered name, as opposed to a file (`path.py[:Class]`) or `package.module:Class`."""
+    return not (spec.endswith(".py") or ".py:" in spec or ":" in spec)
+
+
+def check_probe_names(specs: list) -> None:
+    """Refuse an unknown probe name without importing any probe (files and module:Class are checked on import)."""
+    entries = registered_probes()
+    for spec in specs:
+        if isinstance(spec, str) and is_probe_name(spec) and spec not in entries:
+            raise NormprobeError(
+                f"unknown probe {spec!r}; available: {', '.join(sorted(entries))} (or a FILE.py / module:Class)"
+                + did_you_mean(spec, entries, 0.6)
+            )
+
+
 def resolve_probe(spec: str):
     """The probe class for a name, a file (`path.py` or `path.py:Class`) or `package.module:Class`."""
     from .probe import Probe
@@ -132,8 +148,7 @@ def resolve_probe(spec: str):
         cls = _load_target(spec, spec)
     else:
         entries = registered_probes()
-        if spec not in entries:
-            raise NormprobeError(f"unknown probe {spec!r}; available: {', '.join(sorted(entries))} (or a FILE.py / module:Class)")
+        check_probe_names([spec])
         cls = _load_target(entries[spec].target, entries[spec].origin)
     if not (inspect.isclass(cls) and issubclass(cls, Probe)):
         raise NormprobeError(f"{spec!r} is not a normprobe Probe subclass")

@@ -58,21 +58,6 @@ FINGERPRINT_DEFAULTS = {
 }
 
 
-def corpus_digest(texts: list[str] | None, path: Path | None, text_field: str, encoding: str, errors: str) -> str:
-    """sha256 of what decides the documents: the file's bytes (streamed) or the texts, and how they are read."""
-    digest = hashlib.sha256(f"{text_field}\0{encoding}\0{errors}\0".encode())
-    if path is not None:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    elif texts is not None:
-        for text in texts:
-            digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
-    else:
-        digest.update(b"<built-in sample>")
-    return digest.hexdigest()
-
-
 class RunFolder:
     """The output folder of one run and its life cycle: lock, signals, status, checkpoints.
 

@@ -83,8 +83,10 @@ def documents_to_trace(
 
     if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1):
         raise NormprobeError(f"--max-docs must be a whole number of at least 1 (got {max_docs!r})")
-    if (texts is None) == (input is None):
-        raise NormprobeError("give the text to trace: --text TEXT (repeatable) or --input FILE, not both")
+    if texts is None and input is None:
+        raise NormprobeError("give the text to trace: --text TEXT (repeatable) or --input FILE")
+    if texts is not None and input is not None:
+        raise NormprobeError("give the text to trace with --text or with --input, not both")
     if input is not None:
         spec = InputSpec(Path(input), text_field, encoding, errors)
         validate_input(spec)

@@ -271,7 +271,7 @@ def test_cli_writes_the_folder(tmp_path, capsys):
         (["--text", "a", "--top-k", "5000"], "--top-k 5000 is more than demo's vocabulary of 2048"),
         (["--input", "nowhere.txt"], "input file not found"),
         (["--text", "a", "--input", "x.txt"], "not both"),
-        ([], "give the text to trace"),
+        ([], "give the text to trace: --text TEXT (repeatable) or --input FILE\n"),
         (["--text", "a", "--readout", "tuned"], "logit or tuned:DIR"),
         (["--text", "a", "--dtype", "int8"], "unknown dtype"),
     ],
