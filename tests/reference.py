@@ -10,6 +10,33 @@ import torch
 # float32 results reached along different paths (thread counts, batch shapes, processes) differ in their
 # last bits: about 1e-7 of a value per operation, a few times that after a reduction.
 FLOAT32_REL = 1e-6
+EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7
+# A difference a - b of float32 results carries the rounding of its terms, not of itself: each loss is a
+# log-sum-exp over the vocabulary of dot products over d_model, rounded differently by other kernels,
+# thread counts and batch shapes (tens of eps of the loss in the worst case), however small a - b is.
+DIFFERENCE_ULPS = 64
+
+
+def difference_atol(*terms, ulps: float = DIFFERENCE_ULPS):
+    """Absolute tolerance of a difference of float32 quantities: `ulps` eps32 of the sum of its terms' sizes
+    (elementwise for arrays; NaN terms, where there is no difference, give NaN)."""
+    return ulps * EPS32 * sum(np.abs(np.asarray(t, dtype=float)) for t in terms)
+
+
+def assert_difference_close(got, want, atol, rel: float = FLOAT32_REL, what: str = "") -> None:
+    """Equal to float32 rounding where `got` and `want` are differences of float32 quantities: within `atol`
+    (from `difference_atol`, elementwise) plus `rel` of the value; NaN where both are NaN."""
+    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    atol = np.broadcast_to(np.asarray(atol, dtype=float), want.shape)
+    nan = np.isnan(got) & np.isnan(want)
+    ok = nan | (np.abs(got - want) <= np.nan_to_num(atol) + rel * np.abs(want))
+    if not ok.all():
+        worst = int(np.argmax(np.where(ok, 0, np.abs(got - want) - atol)))
+        tolerance = atol.flat[worst] + rel * abs(want.flat[worst])
+        raise AssertionError(
+            f"{what}: {int((~ok).sum())} of {ok.size} differ beyond the float32 rounding of their terms; "
+            f"e.g. {got.flat[worst]!r} against {want.flat[worst]!r} (tolerance {tolerance:.3g})"
+        )
 
 
 def assert_float32_close(got, want, rel: float = FLOAT32_REL, what: str = "") -> None:
