@@ -67,8 +67,7 @@ def export_figures(sections: list[Any], folder: Path, fmt: str) -> list[Path]:
     if fmt not in ("png", "svg"):
         raise NormprobeError(f"unknown --format {fmt!r}; use html, png or svg")
     try:
-        import kaleido  # noqa: F401
-        import plotly.io as pio
+        import kaleido
     except ImportError:
         raise NormprobeError("--format png/svg needs kaleido: pip install 'normprobe[export]'") from None
     figures, paths = [], []
@@ -81,8 +80,12 @@ def export_figures(sections: list[Any], folder: Path, fmt: str) -> list[Path]:
             figures.append(still)
             name = f"{number:02d}-{_slug(section.anchor)}-{_slug(title)}" + (f"-{_slug(choice)}" if choice else "")
             paths.append(target / f"{name}.{fmt}")
+    size = dict(format=fmt, width=1100, height=520)
+    specs = [dict(fig=fig.to_dict(), path=path, opts=size) for fig, path in zip(figures, paths)]
     try:
-        pio.write_images(figures, paths, format=fmt, width=1100, height=520)
+        # No MathJax (the figures hold no TeX; kaleido would fetch it from a CDN) and no timeout per image (a
+        # loaded machine is slow, not wrong): the export depends only on the local Chromium.
+        kaleido.write_fig_from_object_sync(specs, kopts=dict(mathjax=False, timeout=None))
     except Exception as exc:  # noqa: BLE001 - kaleido's failures (no browser) become one line
         raise NormprobeError(
             f"static export failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
