@@ -602,19 +602,57 @@ def run(
 ):
     """Run probes over a corpus and return a `RunResult`.
 
-    `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a loaded `ModelAdapter`.
-    The corpus is `texts` (one document each), an `input` file, a Hugging Face `dataset` (a Hub name, a
-    `save_to_disk` folder, or a folder or glob of data files; with `dataset_config` and `split`), or else the
-    built-in sample. Options: input, dataset, dataset_config, split, text_field, encoding, errors, batch_size,
-    seq_len, max_docs, max_tokens, prepend_bos, layers, device, dtype, shard=(i, n),
-    massive_ratio (the massive probe's threshold), readout ("logit", "model" or "tuned:DIR"), alphas (linesearch's
-    α grid), ablate (under readout="model", updates reruns the network without each update for actual_change),
-    max_memory ("8GB": a cap on normprobe's own working set, which sets the automatic batch size),
-    device_map ("auto": spread the model over the devices there are; see docs/memory.md),
-    baselines (a list of "random-init", "shuffled", "no-bos": null baselines through the same probes, windows and
-    batches, in `RunResult.baselines`; see docs/baselines.md) and baseline_seeds (random-init models, default 3),
-    replicates (B of the document bootstrap, default 200), bootstrap_unit (see normprobe.bootstrap),
-    token_counts (a file of token id -> count for the frequency claim, see normprobe.token_counts),
-    readout_sample (the share of tokens, chosen by document, whose updates and linesearch statistics are computed).
+    Every argument is checked before the model loads; a mistake raises one `NormprobeError` line.
+
+    Args:
+        model: A name or folder (`demo`, `gpt2-small`, `./my-model`, a Hub id) or a loaded `ModelAdapter`.
+        texts: The corpus as documents, one string each. Else `input`, `dataset`, or the built-in sample.
+        probes: Probe names (`normprobe probes` lists them), `FILE.py[:Class]`, `module:Class`, or Probe classes.
+        progress: Show a progress bar and status lines on stderr.
+        **options: The keyword options below, each as in `normprobe run --OPTION`.
+
+    Other Parameters:
+        input (str | Path): A corpus file: .txt (a document per line), .jsonl, .csv or .parquet.
+        dataset (str): A Hugging Face dataset: a Hub name (streamed), a `save_to_disk` folder, or a folder
+            or glob of data files.
+        dataset_config (str): The configuration of a Hub `dataset`.
+        split (str): The split of `dataset` (default "train").
+        text_field (str): The field or column holding the text in .jsonl, .csv, .parquet or a dataset (default "text").
+        encoding (str): The text encoding of `input` (default "utf-8").
+        errors (str): On undecodable bytes: "strict" (stop; the default) or "replace".
+        batch_size (int): Windows per batch (default: from free memory, see `max_memory`).
+        seq_len (int): Window length in tokens (default: min(1024, the model's context)).
+        max_docs (int): Stop after this many documents.
+        max_tokens (int): Stop after this many tokens.
+        prepend_bos (bool): Start every window with BOS when the tokenizer has one (default True).
+        layers (list[int]): The layers to probe (default: all).
+        device (str): "auto" (the default), "cpu", "cuda", "cuda:1" or "mps".
+        dtype (str): "float32" (the default), "bfloat16" or "float16".
+        shard (tuple[int, int]): (i, n): only the documents i mod n; `merge_shards` combines the n runs.
+        device_map (str): Spread one model over the devices there are: "auto", "balanced", "balanced_low_0"
+            or "sequential" (see the memory page).
+        n_devices (int): Split one model across this many GPUs.
+        revision (str): A Hub revision (branch, tag or commit) of `model`.
+        checkpoint_value (int): The training step of this checkpoint, recorded in run.json (checkpoint sweeps set it).
+        massive_ratio (float): The massive probe's threshold on max / median |h_i| (default 100).
+        readout (str): How updates and linesearch read h: "logit" (the logit lens; the default), "tuned:DIR"
+            (a tuned lens) or "model" (the model's own loss).
+        alphas (list[float]): The linesearch probe's step sizes α.
+        ablate (bool): Under readout="model", updates reruns the network without each update for actual_change.
+        max_memory (str | int): A cap on normprobe's own working set ("8GB", or bytes), which sets the
+            automatic batch size.
+        baselines (list[str]): Null baselines through the same probes, windows and batches: "random-init",
+            "shuffled", "no-bos" (in `RunResult.baselines`; see the baselines page).
+        baseline_seeds (int): Random-init models, one per seed (default 3).
+        replicates (int): B, the document bootstrap's replicates behind every interval (default 200).
+        bootstrap_unit (str): A unit whose seeded Poisson(1) weights multiply every document's (the runner
+            sets it for each random-init seed; see normprobe.bootstrap).
+        token_counts (str | Path): A file of token id -> count that replaces the corpus's counts in the
+            frequency claim (see normprobe.token_counts).
+        readout_sample (float): The share of tokens (a seeded hash of document and place) whose updates and
+            linesearch statistics are computed (default 1: every token).
+
+    Returns:
+        RunResult: the tables, findings, claims and metadata of the run.
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)
