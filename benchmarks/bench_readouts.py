@@ -8,7 +8,7 @@ Measures, on a model (default: the demo) and the first --docs documents of the b
     (three components), the rest is the forward pass and the α = 0 loss.
 Times are the median of --repeats runs after one warm-up. Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_readouts.py                  # the demo model, well under a minute
+    .venv/bin/python benchmarks/bench_readouts.py                  # the demo model
     .venv/bin/python benchmarks/bench_readouts.py --model gpt2     # any model normprobe loads
 """
 
