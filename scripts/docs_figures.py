@@ -3,6 +3,7 @@
     .venv/bin/python scripts/docs_figures.py                 # the demo's quick start: time, console, claims
     .venv/bin/python scripts/docs_figures.py --bench NAME    # also run benchmarks/NAME.py and keep what it prints
     .venv/bin/python scripts/docs_figures.py --no-quickstart --suite 3   # time the README's test command
+    .venv/bin/python scripts/docs_figures.py --no-quickstart --probe-examples   # only each probe page's example
 
 Each figure goes to docs/generated/<name>.md, which the docs include; the README's quick-start time
 is rewritten between its `quickstart-time` markers. Every file names the machine it was measured on.
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -81,7 +83,7 @@ def quickstart() -> None:
         write("demo-console", f"```\n{command_line}\n{console.replace(str(work), '.')}\n```\n")
         meta = json.loads((out / "run.json").read_text())
         if meta.get("claims"):
-            write("demo-claims", claims_table(meta["claims"]))
+            write("demo-claims", claims_table(meta["claims"], command=shown(command, out, "reports/demo")))
         readme = ROOT / "README.md"
         start, end = "<!-- quickstart-time:start -->\n", "<!-- quickstart-time:end -->"
         text = readme.read_text()
@@ -101,8 +103,15 @@ def _interval(row: dict, prefix: str = "") -> str:
     return f"{_number(value)} [{_number(low)}, {_number(high)}]"
 
 
-def claims_table(claims: list[dict], kinds: list[str] = (), keep=lambda row: True) -> str:
-    """Claims as a markdown table: claim, layer, component, value [CI], each baseline and the difference, verdict."""
+def shown(command: list[str], out: Path, shown_out: str) -> str:
+    """The command as a reader would type it: `normprobe ...`, the output folder under reports/, no --no-progress."""
+    words = ["normprobe", *command[1:]]
+    return shlex.join(shown_out if w == str(out) else w for w in words if w != "--no-progress")
+
+
+def claims_table(claims: list[dict], kinds: list[str] = (), keep=lambda row: True, command: str = "") -> str:
+    """Claims as a markdown table: claim, layer, component, value [CI], each baseline and the difference, verdict;
+    after the command that produced them, where given."""
     head = ["claim", "layer", "component", "value [95% CI]"]
     for kind in kinds:
         head += [f"{kind} [CI]", f"model − {kind} [CI]"]
@@ -122,7 +131,8 @@ def claims_table(claims: list[dict], kinds: list[str] = (), keep=lambda row: Tru
                 f"[{_number(row.get(key + 'difference_ci_low'))}, {_number(row.get(key + 'difference_ci_high'))}]",
             ]
         lines.append("| " + " | ".join(cells + [str(row.get("verdict"))]) + " |")
-    return "\n".join(lines) + f"\n\n({machine()}.)\n"
+    made_by = f"From `{command}`:\n\n" if command else ""
+    return made_by + "\n".join(lines) + f"\n\n({machine()}.)\n"
 
 
 def headline(row: dict) -> bool:
@@ -160,13 +170,69 @@ def with_baselines() -> None:
         timed(command, work)
         claims = json.loads((out / "run.json").read_text())["claims"]
         kinds = ["random-init", "shuffled"]
-        write("demo-claims-baselines", claims_table(claims, kinds))
-        table = claims_table(claims, kinds, keep=headline)
+        made_by = shown(command, out, "reports/demo-baselines")
+        write("demo-claims-baselines", claims_table(claims, kinds, command=made_by))
+        table = claims_table(claims, kinds, keep=headline, command=made_by)
         readme = ROOT / "README.md"
         start, end = "<!-- demo-claims:start -->\n", "<!-- demo-claims:end -->"
         text = readme.read_text()
         readme.write_text(text[: text.index(start) + len(start)] + table + text[text.index(end) :])
         print("rewrote the README's demo claims")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# probe -> (its main table, the rows a probe page shows, as a pandas query, and the columns)
+PROBE_EXAMPLES: dict[str, tuple[str, str, list[str]]] = {
+    "norms": ("norms", "site == 'resid_pre' and position == 1", ["site", "layer", "position", "count", "mean", "std"]),
+    "updates": (
+        "updates",
+        "component == 'block'",
+        ["layer", "component", "count", "update_norm_mean", "lens_loss_mean", "descent_cos_mean", "actual_change_mean"],
+    ),
+    "linesearch": (
+        "line_search",
+        "component == 'block' and layer == 1",
+        ["layer", "component", "alpha", "count", "lens_loss_mean"],
+    ),
+    "massive": (
+        "massive",
+        "site == 'resid_pre' and position == 0",
+        ["site", "layer", "position", "max_abs_mean", "median_abs_mean", "max_dim_mode", "norm_mean"],
+    ),
+}
+
+
+def load_note() -> str:
+    """'; a load average of L on N cores: ...' where other work shared the machine, else ''."""
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load < cores:
+        return ""
+    return f"; a load average of {load:.1f} on {cores} cores: the timings printed are not representative"
+
+
+def probe_examples() -> None:
+    """Each probe page's example: one probe on the demo, what the run prints, and rows of its main table."""
+    import pandas as pd
+
+    work = Path(tempfile.mkdtemp(prefix="normprobe-docs-"))
+    try:
+        for probe, (table, query, columns) in PROBE_EXAMPLES.items():
+            out = work / probe
+            command = [str(BIN / "normprobe"), "run", "demo", "--probe", probe, "--max-docs", "40", "--out", str(out)]
+            _, _, done = timed(command, work)
+            folder = f"reports/demo-{probe}"
+            console = (done.stderr.strip() + "\n" + done.stdout.strip()).replace(str(out), folder)
+            rows = pd.read_parquet(out / f"{table}.parquet").query(query)[columns]
+            code = f'pandas.read_parquet("{folder}/{table}.parquet").query("{query}")'
+            write(
+                f"probe-{probe}",
+                f"```\n$ {shown(command, out, folder)}\n{console}\n```\n\n"
+                f"Rows of its main table, `{code}`:\n\n"
+                f"```\n{rows.to_string(index=False, float_format=lambda v: f'{v:.4g}')}\n```\n\n"
+                f"({machine()}{load_note()}.)\n",
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -214,10 +280,13 @@ def main() -> None:
     parser.add_argument("--bench", action="append", default=[], help="also run benchmarks/NAME.py (repeatable; 'all')")
     parser.add_argument("--no-quickstart", action="store_true")
     parser.add_argument("--suite", type=int, default=0, metavar="N", help="also time the README's test command N times")
+    parser.add_argument("--probe-examples", action="store_true", help="also each probe page's example on the demo")
     args = parser.parse_args()
     if not args.no_quickstart:
         quickstart()
         with_baselines()
+    if args.probe_examples or not args.no_quickstart:
+        probe_examples()
     if args.suite:
         suite(args.suite)
     for name in list(BENCHMARKS) if args.bench == ["all"] else args.bench:
