@@ -87,3 +87,16 @@ def test_the_api_reference_documents_every_option_of_run():
     documented = re.findall(r"^        (\w+) \(", section, re.M)
     options = [name for name, p in inspect.signature(make_runner).parameters.items() if p.kind is p.KEYWORD_ONLY]
     assert sorted(documented) == sorted(options)
+
+
+def test_the_test_command_writes_only_inside_the_clone_and_ci_runs_every_test():
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    command = readme.split("<!-- test-command -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip()
+    words = shlex.split(command)
+    assert [w for w in words if w.startswith("/") or "/tmp" in w] == []  # no fixed path outside the clone
+    assert "-d site" in command and "--basetemp=.pytest-tmp" in command
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "site/" in ignored and ".pytest-tmp/" in ignored
+    assert "export NORMPROBE_REQUIRE_ALL=1" in (ROOT / ".ci" / "run").read_text()
