@@ -39,6 +39,9 @@ MISTAKES = [
     (["run", "demo", "--input", "/no/such/file.txt"], "input file not found"),
     (["run", "demo", "--text", "  "], "every text given is empty"),
     (["trace", "demmo", "--text", "a"], "did you mean demo?"),
+    (["trace", "demo"], "give the text to trace: --text TEXT (repeatable) or --input FILE"),
+    (["trace", "demo", "--text", "a", "--top-k", "0"], "--top-k must be a whole number of at least 1"),
+    (["trace", "demo", "--text", "a", "--readout", "model"], "--readout model has none"),
     (["lens", "train", "demmo", "--out", "lens"], "did you mean demo?"),
 ]
 
