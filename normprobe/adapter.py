@@ -6,7 +6,6 @@ no weight centring), so every norm measured is a norm of the model's real hidden
 
 from __future__ import annotations
 
-import json
 import operator
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -151,7 +150,7 @@ def _check_hub_reachable(source: ModelSource) -> dict | None:
         return None
     cached = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
     if isinstance(cached, str):
-        config = json.loads(Path(cached).read_text())
+        config = read_json(Path(cached), f"{cached} is missing")
         check_architecture(config.get("model_type"), f"model {source.location}")
         return config
     if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not _hub_resolvable():

@@ -153,7 +153,7 @@ class RunFolder:
         from .interrupt import StopRequests
 
         if self.stops is None:
-            self.stops = StopRequests().__enter__()
+            self.stops = StopRequests(on_abort=self._abort_now).__enter__()
         self.meta = meta
         self.mark(meta, "running")
 
@@ -183,6 +183,18 @@ class RunFolder:
                     self.path.rmdir()
                 except OSError:
                     pass  # not empty, or already gone
+
+    def _abort_now(self) -> None:
+        """A second signal the main thread could not act on (a long batch): record it before the process ends."""
+        meta = dict(self.meta or {})  # a copy: the main thread may still be changing its own
+        if meta.get("status") == "running":
+            self._mark_if_possible_on(meta, "interrupted", "aborted by a second signal; the last checkpoint is kept")
+
+    def _mark_if_possible_on(self, meta: dict[str, Any], status: str, reason: str) -> None:
+        try:
+            self.mark(meta, status, reason)
+        except OSError:
+            pass
 
     def _mark_if_possible(self, status: str, reason: str) -> None:
         if self.meta is None:

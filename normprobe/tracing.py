@@ -513,11 +513,12 @@ def rerender_trace(folder: Path, out: Path | None = None, plotlyjs: str = "inlin
 
 
 def is_trace_folder(folder: str | Path) -> bool:
-    import json
+
+    from .jsonio import read_json
 
     try:
-        return json.loads((Path(folder) / RUN_FILE).read_text()).get("kind") == KIND
-    except (OSError, ValueError, AttributeError):
+        return read_json(Path(folder) / RUN_FILE, "").get("kind") == KIND
+    except (NormprobeError, AttributeError):
         return False
 
 
