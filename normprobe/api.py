@@ -169,6 +169,7 @@ def _merge_into(
     metas = [RunFolder(Path(f)).read_meta() for f in folders]
     for folder, meta in zip(folders, metas):
         check_run_json(meta, Path(folder))
+        RunResult.load(folder)  # every table and baseline folder checked, as report and compare check them
     for folder, meta in zip(folders, metas):
         if meta.get("status") != "complete" or not (Path(folder) / STATE_FILE).is_file():
             raise NormprobeError(f"{folder} is not a complete shard run (run it with --shard I/N)")
@@ -226,6 +227,9 @@ def _merge_into(
         "token_counts": first.get("token_counts_file"),
         "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"]),
     }
+    from .memory import check_replicates
+
+    check_replicates(options["replicates"], model.n_layers, 1 + len(first.get("baselines") or []), None)
     probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:

@@ -118,8 +118,11 @@ class Runner(BaselinePasses):
                 f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
                 f"using {model.n_ctx}"
             )
+        from .memory import check_replicates
         from .readouts import make_readout
 
+        # the bootstrap's replicates are allocated by the probes' setup: a bound first (docs/security.md)
+        check_replicates(opts.replicates, model.n_layers, 1 + len(opts.baselines or []), opts.max_memory_bytes)
         make_readout(model, opts.readout)  # a lens for another model fails here, in one line
         probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
         hooks = []

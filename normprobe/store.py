@@ -159,7 +159,7 @@ class RunFolder:
 
     def finish(self, result: Any, plotlyjs: str = "inline") -> None:
         """Save the result (run.json last, saying complete) and drop the checkpoint."""
-        result.save(self.path, overwrite=True, plotlyjs=plotlyjs)
+        result.save(self.path, overwrite=True, plotlyjs=plotlyjs, in_place=True)
         self.meta = result.meta
         self.remove_checkpoint()
 

@@ -13,7 +13,6 @@ lazily exported function `normprobe.trace` with the module.)
 from __future__ import annotations
 
 import functools
-import shutil
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -441,34 +440,19 @@ class Trace:
         """Write trace.parquet, trace.html and run.json (last) into `out`; a non-empty `out` needs `overwrite`."""
         import json
 
-        from .lock import FolderLock
-        from .results import _json_safe, _parquet_bytes, check_output_dir, write_atomic
+        from .results import _json_safe, _parquet_bytes, write_atomic, write_folder
+
+        def write(folder: Path) -> None:
+            write_atomic(folder / TABLE_FILE, _parquet_bytes(self.table))
+            self.to_html(folder / PAGE_FILE, plotlyjs=plotlyjs)
+            body = {**self.meta, "tables": ["trace"]}
+            write_atomic(folder / RUN_FILE, (json.dumps(_json_safe(body), indent=2) + "\n").encode("utf-8"))
 
         out = Path(out)
-        check_output_dir(out, overwrite)
-        created = not out.exists()
-        written: list[Path] = []
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            with FolderLock.acquire(out):
-                check_output_dir(out, overwrite)  # again, now that no other writer can start
-                (out / RUN_FILE).unlink(missing_ok=True)  # a replaced folder is no trace until the new run.json
-                written.append(out / TABLE_FILE)
-                write_atomic(out / TABLE_FILE, _parquet_bytes(self.table))
-                written.append(out / PAGE_FILE)
-                self.to_html(out / PAGE_FILE, plotlyjs=plotlyjs)
-                body = {**self.meta, "tables": ["trace"]}
-                write_atomic(out / RUN_FILE, (json.dumps(_json_safe(body), indent=2) + "\n").encode("utf-8"))
-        except BaseException as exc:
-            # a folder without its run.json is not a trace: take back what this call wrote
-            for path in written:
-                path.unlink(missing_ok=True)
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise NormprobeError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
-            raise
-        return out
+        try:  # a non-empty `out` (a run's folder, an older trace) is replaced whole once the trace is complete
+            return write_folder(out, overwrite, write)
+        except OSError as exc:
+            raise NormprobeError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
 
     @classmethod
     def load(cls, folder: str | Path) -> Trace:
@@ -476,18 +460,20 @@ class Trace:
         import pandas as pd
 
         from .jsonio import read_json
+        from .verify import check_trace, read_table
 
         folder = Path(folder)
         meta = read_json(folder / RUN_FILE, f"{folder} holds no {RUN_FILE}; is it a normprobe trace folder?")
         if not isinstance(meta, dict) or meta.get("kind") != KIND:
             raise NormprobeError(f"{folder / RUN_FILE} is not a trace's run.json")
-        try:
-            table = pd.read_parquet(folder / TABLE_FILE)
-        except Exception as exc:  # noqa: BLE001 - any unreadable table is one message
-            raise NormprobeError(f"cannot read {folder / TABLE_FILE}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        check_trace(meta, pd.DataFrame(columns=list(COLUMNS)), folder, table_too=False)  # before the table is read
+        if not (folder / TABLE_FILE).is_file():
+            raise NormprobeError(f"{folder} is damaged: {TABLE_FILE} is missing")
+        table = read_table(folder, folder / TABLE_FILE)
         missing = [c for c in COLUMNS if c not in table.columns]
         if missing:
             raise NormprobeError(f"{folder / TABLE_FILE} lacks the column {missing[0]!r}; the folder is damaged")
+        check_trace(meta, table, folder)  # every row where run.json's documents and layers say: no huge grids later
         meta.pop("tables", None)
         return cls(table=table, meta=meta)
 
