@@ -230,6 +230,9 @@ def _merge_into(
     from .memory import check_replicates
 
     check_replicates(options["replicates"], model.n_layers, 1 + len(first.get("baselines") or []), None)
+    from .readouts import make_readout
+
+    make_readout(model, options["readout"], bool(first.get("allow_foreign_lens")))  # as the shards were run
     probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:

@@ -123,7 +123,7 @@ class Runner(BaselinePasses):
 
         # the bootstrap's replicates are allocated by the probes' setup: a bound first (docs/security.md)
         check_replicates(opts.replicates, model.n_layers, 1 + len(opts.baselines or []), opts.max_memory_bytes)
-        make_readout(model, opts.readout)  # a lens for another model fails here, in one line
+        make_readout(model, opts.readout, opts.allow_foreign_lens)  # a lens for another model fails here, in one line
         probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
         hooks = []
         for probe in probes:
@@ -174,7 +174,8 @@ class Runner(BaselinePasses):
         from .readouts import parse_readout
 
         spec = parse_readout(self.options.readout)
-        return {**spec.describe(), "label": spec.label}
+        foreign = {"foreign_lens_allowed": True} if spec.kind == "tuned" and self.options.allow_foreign_lens else {}
+        return {**spec.describe(), "label": spec.label, **foreign}
 
     def execute(
         self,
@@ -442,6 +443,7 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
         "alphas": opts.alphas,
         "ablate": opts.ablate,
         "readout_sample": opts.readout_sample,
+        "allow_foreign_lens": opts.allow_foreign_lens,
     }
 
 
@@ -546,6 +548,7 @@ def make_runner(
     bootstrap_unit: str | None = None,
     token_counts: str | Path | None = None,
     readout_sample: float = 1.0,
+    allow_foreign_lens: bool = False,
 ) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
@@ -575,6 +578,7 @@ def make_runner(
         replicates=replicates,
         bootstrap_unit=bootstrap_unit,
         token_counts=str(token_counts) if token_counts is not None else None,
+        allow_foreign_lens=bool(allow_foreign_lens),
     )
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
@@ -589,6 +593,10 @@ def make_runner(
         from .readouts import check_lens_fits_config
 
         check_lens_fits_config(readout, config, model)
+        if n_layers is not None:  # the bootstrap's bound, before the model loads (docs/security.md)
+            from .memory import check_replicates
+
+            check_replicates(replicates, n_layers, 1 + len(options.baselines or []), options.max_memory_bytes)
         bad = [l for l in (layers or []) if n_layers is not None and l >= n_layers]
         if bad and n_layers is not None:
             raise NormprobeError(f"invalid layer index {bad[0]}: {model} has layers 0..{n_layers - 1}")
@@ -618,6 +626,7 @@ def run(
     batches, in `RunResult.baselines`; see docs/baselines.md) and baseline_seeds (random-init models, default 3),
     replicates (B of the document bootstrap, default 200), bootstrap_unit (see normprobe.bootstrap),
     token_counts (a file of token id -> count for the frequency claim, see normprobe.token_counts),
-    readout_sample (the share of tokens, chosen by document, whose updates and linesearch statistics are computed).
+    readout_sample (the share of tokens, chosen by document, whose updates and linesearch statistics are computed),
+    allow_foreign_lens (use a tuned lens trained for another model; run.json records it).
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

@@ -140,13 +140,15 @@ def trace(
     prepend_bos: bool = True,
     device: str = "auto",
     dtype: str = "float32",
+    allow_foreign_lens: bool = False,
 ) -> Trace:
     """Trace texts through every layer of a model and return a `Trace` (`.table`, `.figure()`, `.save()`).
 
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a `ModelAdapter` from
     `normprobe.load_model`, which is reused: tracing ten prompts loads the model once. `text` is one
     string or a list (one trace each, told apart by the `doc` column). `readout` is `logit` (the logit
-    lens) or `tuned:DIR` (a tuned lens); `max_tokens` caps each document's tokens, BOS included.
+    lens) or `tuned:DIR` (a tuned lens; one trained for another model needs `allow_foreign_lens`);
+    `max_tokens` caps each document's tokens, BOS included.
     """
     from .readouts import parse_readout
 
@@ -160,6 +162,7 @@ def trace(
         prepend_bos=prepend_bos,
         device=device,
         dtype=dtype,
+        allow_foreign_lens=allow_foreign_lens,
     )
 
 
@@ -174,6 +177,7 @@ def trace_documents(
     device: str = "auto",
     dtype: str = "float32",
     source: str = "texts",
+    allow_foreign_lens: bool = False,
 ) -> Trace:
     import pandas as pd
     import torch
@@ -184,7 +188,7 @@ def trace_documents(
     spec = _traceable(parse_readout(readout))
     adapter = _model_for(model, spec, device, dtype)
     started = time.time()  # the trace itself, not the model's load
-    reader = make_readout(adapter, spec)  # a lens for another model fails here, in one line
+    reader = make_readout(adapter, spec, allow_foreign_lens)  # a lens for another model fails here, in one line
     if not callable(getattr(reader, "logits", None)):
         raise NormprobeError(f"readout {spec.kind!r} gives no logits, so it cannot be traced")
     if top_k > adapter.d_vocab:
@@ -206,7 +210,12 @@ def trace_documents(
         "dtype": adapter.dtype,
         "device": str(adapter.device),
         "attention": attention[0],
-        "readout": {**spec.describe(), "label": spec.label, "text": spec.text},
+        "readout": {
+            **spec.describe(),
+            "label": spec.label,
+            "text": spec.text,
+            **({"foreign_lens_allowed": True} if spec.kind == "tuned" and allow_foreign_lens else {}),
+        },
         "top_k": top_k,
         "max_tokens": max_tokens,
         "prepend_bos": prepend_bos,
@@ -527,6 +536,7 @@ def trace_to_folder(
     overwrite: bool = False,
     plotlyjs: str = "inline",
     progress: bool = True,
+    allow_foreign_lens: bool = False,
 ) -> Path:
     """The `trace` command: validate everything before the model loads, trace, save the folder."""
     from .adapter import parse_dtype, pick_device, resolve_source, validate_source
@@ -561,6 +571,7 @@ def trace_to_folder(
         device=device,
         dtype=dtype,
         source=str(input) if input is not None else "texts",
+        allow_foreign_lens=allow_foreign_lens,
     )
     say(
         f"traced {result.meta['n_docs']} document(s), {result.meta['n_tokens']} tokens, in {result.meta['seconds']:.1f} s",
