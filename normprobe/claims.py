@@ -508,6 +508,9 @@ def claims(tables: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.Da
             if estimate.undetermined:
                 decided = UNDETERMINED
                 notes.insert(0, estimate.undetermined)
+            elif estimate.value != estimate.value:  # NaN: an empty cell (issue 32), never read as a zero
+                decided = UNDETERMINED
+                notes.insert(0, _no_value_note(layer, tables))
             if any(not (lo == lo and hi == hi) for lo, hi in differences):
                 if decided == HOLDS:
                     decided = UNDETERMINED
@@ -519,6 +522,15 @@ def claims(tables: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.Da
     if len(frame):
         frame["layer"] = frame["layer"].astype("Int64")
     return frame
+
+
+def _no_value_note(layer: Any, tables: dict[str, pd.DataFrame]) -> str:
+    """Why a claim has no value at a layer: its readout was non-finite at every token there, or nothing was read."""
+    from .stats import nonfinite_layers
+
+    if any(layer in layers for layers in nonfinite_layers(tables).values()):
+        return f"every value read at layer {layer} was non-finite (no finite token)"
+    return "no finite value at this layer"
 
 
 def _replicate_count(estimates: dict[tuple, Estimate]) -> int:

@@ -397,6 +397,10 @@ class Runner(BaselinePasses):
             index, count = self.options.shard
             done = {**done, "docs": len(range(index, done["docs"], count))}
         result = self._result(probes, meta, done, seconds)
+        broken = result.meta.get("nonfinite_layers") or {}
+        if broken:
+            where = "; ".join(f"{table} layer(s) {', '.join(map(str, layers))}" for table, layers in broken.items())
+            warn(f"every value read was non-finite at {where}: those cells are empty (NaN) and their claims undetermined")
         if self.options.shard is not None:
             from .store import shard_state
 
@@ -428,6 +432,12 @@ class Runner(BaselinePasses):
             "n_batches": done["batches"],
             "seconds": round(done["seconds"] + seconds, 3),
         }
+        from .stats import nonfinite_layers
+
+        meta.pop("nonfinite_layers", None)
+        broken = nonfinite_layers(tables)  # recorded and said in one line: an empty cell is no zero
+        if broken:
+            meta["nonfinite_layers"] = broken
         # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
         return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
 
