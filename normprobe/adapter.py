@@ -466,7 +466,12 @@ class ModelAdapter:
         return getattr(self.tokenizer, "bos_token_id", None)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of text as text: a literal "<|endoftext|>" in a document is characters, never the BOS token
+        (only the runner puts BOS at position 0, so the no-bos baseline really has none)."""
+        try:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        except TypeError:  # a tokenizer without the option
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def token_strings(self, ids: Iterable[int]) -> list[str]:
         return [self.tokenizer.decode([i]) for i in ids]

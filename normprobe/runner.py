@@ -397,6 +397,11 @@ class Runner(BaselinePasses):
             index, count = self.options.shard
             done = {**done, "docs": len(range(index, done["docs"], count))}
         result = self._result(probes, meta, done, seconds)
+        if self.options.readout_sample < 1 and _nothing_read(result.tables):
+            warn(
+                f"--readout-sample {self.options.readout_sample:g} sampled no token of the {done['tokens']}: "
+                "the readout statistics (updates, linesearch) are empty; raise it"
+            )
         broken = result.meta.get("nonfinite_layers") or {}
         if broken:
             where = "; ".join(f"{table} layer(s) {', '.join(map(str, layers))}" for table, layers in broken.items())
@@ -440,6 +445,25 @@ class Runner(BaselinePasses):
             meta["nonfinite_layers"] = broken
         # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
         return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
+
+
+MANY_SEEDS = 24  # --baseline-seeds above this says what it will cost before anything runs
+
+
+def _say_baseline_cost(options: RunOptions) -> None:
+    kinds = options.baselines or []
+    if "random-init" in kinds and options.baseline_seeds > MANY_SEEDS:
+        passes = 1 + options.baseline_seeds + len([k for k in kinds if k != "random-init"])
+        warn(
+            f"--baseline-seeds {options.baseline_seeds}: each random-init seed is one more model built and one more "
+            f"full pass over the corpus, so this run makes {passes} passes, about {passes} times the time of the run alone"
+        )
+
+
+def _nothing_read(tables: dict[str, Any]) -> bool:
+    """The readout probes ran and no token reached their statistics (all counts 0, none non-finite)."""
+    read = [tables[n] for n in ("updates", "line_search") if n in tables and "count" in tables[n].columns]
+    return bool(read) and all(int(t["count"].sum()) == 0 and int(t.get("n_nonfinite", t["count"]).sum()) == 0 for t in read)
 
 
 def readout_request(opts: RunOptions) -> dict[str, Any]:
@@ -592,6 +616,7 @@ def make_runner(
     )
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
+    _say_baseline_cost(options)
     if isinstance(model, str):
         from .adapter import config_n_layers, resolve_source, validate_source
 
