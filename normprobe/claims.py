@@ -505,12 +505,12 @@ def claims(tables: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.Da
                 differences.append((values[4], values[5]))
             decided = verdict(kind.direction, null, ci, differences, min_effect, check)
             notes = [estimate.note] if estimate.note else []
-            if estimate.undetermined:
-                decided = UNDETERMINED
-                notes.insert(0, estimate.undetermined)
-            elif estimate.value != estimate.value:  # NaN: an empty cell (issue 32), never read as a zero
+            if estimate.value != estimate.value:  # NaN: an empty cell (issue 32), never read as a zero; the cause first
                 decided = UNDETERMINED
                 notes.insert(0, _no_value_note(layer, tables))
+            elif estimate.undetermined:
+                decided = UNDETERMINED
+                notes.insert(0, estimate.undetermined)
             if any(not (lo == lo and hi == hi) for lo, hi in differences):
                 if decided == HOLDS:
                     decided = UNDETERMINED

@@ -264,10 +264,16 @@ class RunResult(FigureViews):
         return json.dumps(_json_safe(body), indent=2, sort_keys=False) + "\n"
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
+        import warnings
+
         from .report import render_report
 
         path = Path(path)
-        write_atomic(path, render_report(self, plotlyjs=plotlyjs).encode("utf-8"))
+        with warnings.catch_warnings():
+            # empty cells are NaN: numpy's "mean of empty slice" and the like are no news to the reader
+            warnings.simplefilter("ignore", RuntimeWarning)
+            page = render_report(self, plotlyjs=plotlyjs)
+        write_atomic(path, page.encode("utf-8"))
         return path
 
     @classmethod
