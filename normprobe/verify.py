@@ -233,7 +233,7 @@ def check_baseline_identity(folder: Path, kind: str, body: dict[str, Any], requi
         raise NormprobeError(f"{path} is damaged: it holds {_kind(saved)}, not an object")
     for key, value in baseline_identity(kind, body).items():
         if saved.get(key) != value:
-            what = {"kind": "kind", "request_sha256": "request (model, corpus, options)"}.get(key, key)
+            what = {"request_sha256": "request (model, corpus, options)", "corpus_sha256": "corpus (sha256)"}.get(key, key)
             raise NormprobeError(
                 f"{path} belongs to another baseline or run: its {what} ({saved.get(key)!r}) is not this run's ({value!r})"
             )
