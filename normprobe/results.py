@@ -250,14 +250,18 @@ class RunResult(FigureViews):
         body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings, "claims": claims_records(self.claims)}
         body.pop("table_sha256", None)  # only digests of the tables written with this run.json
         if digests is not None:
-            body["table_sha256"] = digests.get("", {})
+            body["table_sha256"] = dict(sorted(digests.get("", {}).items()))
         if self.baselines or "baselines" in self.meta:
             records = dict(self.meta.get("baselines") or {})
             body["baselines"] = {
                 kind: {
                     **{k: v for k, v in (records.get(kind) or {}).items() if k != "table_sha256"},
                     "tables": sorted(self.baselines.get(kind, {})),
-                    **({"table_sha256": digests.get(kind, {})} if digests is not None and kind in self.baselines else {}),
+                    **(
+                        {"table_sha256": dict(sorted(digests.get(kind, {}).items()))}
+                        if digests is not None and kind in self.baselines
+                        else {}
+                    ),
                 }
                 for kind in dict.fromkeys([*records, *self.baselines])
             }
