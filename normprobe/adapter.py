@@ -283,6 +283,7 @@ class ModelAdapter:
         self.source = source
         self.device = device
         self.dtype = dtype
+        self.random_init = False  # a random-init baseline's model (normprobe.baselines): a lens is checked on the trained one
         self.hf_model = bridge.original_model
         self.hf_config = self.hf_model.config
         # TransformerLens gives a tokenizer without BOS the EOS as BOS; keep the model's own tokenizer instead.

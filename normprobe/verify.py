@@ -205,7 +205,8 @@ def baseline_identity(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """What ties a baselines/<kind>/ folder to its run: the kind, the model, the corpus and the request."""
     from .store import request_digest
 
-    request = body.get("request") if isinstance(body.get("request"), dict) else {}
+    given = body.get("request")
+    request: dict[str, Any] = given if isinstance(given, dict) else {}
     return {
         "format": "normprobe baseline 1",
         "kind": kind,
