@@ -50,6 +50,7 @@ class StopRequests:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested is not None:
+            self._done.set()  # the main thread acts on it itself: the watcher stands down
             raise KeyboardInterrupt  # second signal: abort at once
         self.requested = signal.Signals(signum).name
         # Said at once: a batch can take minutes (a large model in bfloat16 on a CPU). os.write, not print:
@@ -105,7 +106,7 @@ class StopRequests:
                 return
             seen += sum(1 for b in data if b in wanted)
         if self._done.wait(ABORT_GRACE):
-            return  # the main thread acted on it
+            return  # the main thread's handler ran (or the run ended): it stops the run itself
         self.abort()
 
     def abort(self) -> None:
