@@ -295,8 +295,12 @@ def compare_to_folder(
         raise NormprobeError(f"cannot create {out}: {exc.strerror or exc}") from None
     with FolderLock.acquire(out):
         check_output_dir(out, overwrite)  # again, now that no other writer can start
+        import warnings
+
         try:
-            return comparison.save(out, plotlyjs=plotlyjs)
+            with warnings.catch_warnings():  # empty cells are NaN: numpy's empty-slice warnings are no news
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return comparison.save(out, plotlyjs=plotlyjs)
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise NormprobeError(
                 f"cannot compare: a run's tables do not hold what its run.json says ({type(exc).__name__}: {str(exc)[:200]})"
