@@ -432,7 +432,9 @@ def test_report_on_nan_tables_prints_no_python_warnings(runs, tmp_path, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, err = cli(["report", str(folder)], capsys)
-    assert code == 0 and err == "", err
+        assert code == 0 and err == "", err
+        code, err = cli(["compare", str(main), str(folder), "--out", str(tmp_path / "cmp")], capsys)
+        assert code == 0 and err == "", err
     assert [str(w.message) for w in caught] == []
 
 
