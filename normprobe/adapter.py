@@ -6,7 +6,6 @@ no weight centring), so every norm measured is a norm of the model's real hidden
 
 from __future__ import annotations
 
-import json
 import operator
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -168,7 +167,7 @@ def _check_hub_reachable(source: ModelSource) -> dict | None:
         return None
     cached = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
     if isinstance(cached, str):
-        config = json.loads(Path(cached).read_text())
+        config = read_json(Path(cached), f"{cached} is missing")
         check_architecture(config.get("model_type"), f"model {source.location}")
         return config
     if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not _hub_resolvable():
@@ -301,6 +300,7 @@ class ModelAdapter:
         self.source = source
         self.device = device
         self.dtype = dtype
+        self.random_init = False  # a random-init baseline's model (normprobe.baselines): a lens is checked on the trained one
         self.hf_model = bridge.original_model
         self.hf_config = self.hf_model.config
         # TransformerLens gives a tokenizer without BOS the EOS as BOS; keep the model's own tokenizer instead.
@@ -484,7 +484,12 @@ class ModelAdapter:
         return getattr(self.tokenizer, "bos_token_id", None)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of text as text: a literal "<|endoftext|>" in a document is characters, never the BOS token
+        (only the runner puts BOS at position 0, so the no-bos baseline really has none)."""
+        try:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        except TypeError:  # a tokenizer without the option
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def token_strings(self, ids: Iterable[int]) -> list[str]:
         return [self.tokenizer.decode([i]) for i in ids]

@@ -169,6 +169,7 @@ def _merge_into(
     metas = [RunFolder(Path(f)).read_meta() for f in folders]
     for folder, meta in zip(folders, metas):
         check_run_json(meta, Path(folder))
+        RunResult.load(folder)  # every table and baseline folder checked, as report and compare check them
     for folder, meta in zip(folders, metas):
         if meta.get("status") != "complete" or not (Path(folder) / STATE_FILE).is_file():
             raise NormprobeError(f"{folder} is not a complete shard run (run it with --shard I/N)")
@@ -226,6 +227,12 @@ def _merge_into(
         "token_counts": first.get("token_counts_file"),
         "readout_sample": first.get("readout_sample", FINGERPRINT_DEFAULTS["readout_sample"]),
     }
+    from .memory import check_replicates
+
+    check_replicates(options["replicates"], model.n_layers, 1 + len(first.get("baselines") or []), None)
+    from .readouts import make_readout
+
+    make_readout(model, options["readout"], bool(first.get("allow_foreign_lens")))  # as the shards were run
     probes = [make_probe(cls, first.get("layers"), options) for cls in probe_classes]
     seq_len = metas[0]["seq_len"]
     for probe in probes:
@@ -288,8 +295,12 @@ def compare_to_folder(
         raise NormprobeError(f"cannot create {out}: {exc.strerror or exc}") from None
     with FolderLock.acquire(out):
         check_output_dir(out, overwrite)  # again, now that no other writer can start
+        import warnings
+
         try:
-            return comparison.save(out, plotlyjs=plotlyjs)
+            with warnings.catch_warnings():  # empty cells are NaN: numpy's empty-slice warnings are no news
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return comparison.save(out, plotlyjs=plotlyjs)
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise NormprobeError(
                 f"cannot compare: a run's tables do not hold what its run.json says ({type(exc).__name__}: {str(exc)[:200]})"

@@ -231,7 +231,7 @@ class BaselinePasses:
             if done["state"] is not None:
                 from .store import shard_state
 
-                result.baseline_states = {**(result.baseline_states or {}), kind: shard_state(result.meta, done["state"])}
+                result.baseline_states = {**(result.baseline_states or {}), kind: shard_state(result.meta, done["state"], kind)}
         result.meta["baselines"] = records
 
 
@@ -247,7 +247,7 @@ def read_shard_baselines(folders: list, metas: list[dict]) -> dict[str, list]:
         if missing is not None:
             raise NormprobeError(f"{missing} is missing: the shard ran --baseline {kind} but kept no statistics for it")
         # each carries its run's identity, like the model's state.pt: one copied from another run is refused
-        states[kind] = [(p, load_shard_state(p, meta)) for p, meta in zip(paths, metas)]
+        states[kind] = [(p, load_shard_state(p, meta, kind)) for p, meta in zip(paths, metas)]
     return states
 
 

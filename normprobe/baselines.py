@@ -139,4 +139,6 @@ def random_init_adapter(config: Any, tokenizer: Any, seed: int, name: str, devic
     from .adapter import ModelAdapter
 
     hf_model = random_init_hf_model(config, seed, dtype).to(device)
-    return ModelAdapter.from_hf_model(hf_model, tokenizer, name=f"{name} (random init, seed {seed})", device=device)
+    adapter = ModelAdapter.from_hf_model(hf_model, tokenizer, name=f"{name} (random init, seed {seed})", device=device)
+    adapter.random_init = True  # a tuned lens is checked against the trained model, whose pass comes first
+    return adapter

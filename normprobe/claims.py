@@ -463,8 +463,11 @@ def baseline_slug(kind: str) -> str:
 
 def claims(tables: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.DataFrame]] | None = None) -> pd.DataFrame:
     """One row per claim (and layer, component), with values, intervals, baselines and verdicts."""
+    from .stats import nonfinite_layers
+
     baselines = baselines or {}
     context = readout_context(tables)
+    nonfinite = {layer for layers in nonfinite_layers(tables).values() for layer in layers}  # issue 32
     rows = []
     for name in CLAIM_ORDER:
         kind = KINDS[name]
@@ -505,9 +508,16 @@ def claims(tables: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.Da
                 differences.append((values[4], values[5]))
             decided = verdict(kind.direction, null, ci, differences, min_effect, check)
             notes = [estimate.note] if estimate.note else []
-            if estimate.undetermined:
+            empty = estimate.value != estimate.value  # NaN: an empty cell (issue 32), never read as a zero
+            if empty and layer in nonfinite:
+                decided = UNDETERMINED
+                notes.insert(0, f"every value read at layer {layer} was non-finite (no finite token)")
+            elif estimate.undetermined:
                 decided = UNDETERMINED
                 notes.insert(0, estimate.undetermined)
+            elif empty:
+                decided = UNDETERMINED
+                notes.insert(0, "no finite value at this layer")
             if any(not (lo == lo and hi == hi) for lo, hi in differences):
                 if decided == HOLDS:
                     decided = UNDETERMINED

@@ -180,6 +180,9 @@ def run(
     alphas: Annotated[
         str | None, typer.Option(help="linesearch step sizes α, e.g. 0,0.5,1,2 (default 0,0.25,0.5,0.75,1,1.25,1.5,2,3).")
     ] = None,
+    allow_foreign_lens: Annotated[
+        bool, typer.Option(help="Use a tuned lens trained for another model (its unembed_hash differs); run.json records it.")
+    ] = False,
     readout_sample: Annotated[
         float,
         typer.Option(
@@ -263,6 +266,7 @@ def run(
         token_counts=token_counts,
         replicates=replicates,
         readout_sample=readout_sample,
+        allow_foreign_lens=allow_foreign_lens,
     )
     # every mistake that can be seen without torch is refused before the model, the API or torch is imported
     check_run(models, probe, shard=parse_shard(shard), device_map=device_map, n_devices=n_devices, **common)
@@ -430,6 +434,9 @@ def trace(
     readout: Annotated[
         str, typer.Option(help="How each layer is read: logit (the logit lens) or tuned:DIR (a tuned-lens folder).")
     ] = "logit",
+    allow_foreign_lens: Annotated[
+        bool, typer.Option(help="Use a tuned lens trained for another model (its unembed_hash differs); run.json records it.")
+    ] = False,
     top_k: Annotated[int, typer.Option(help="Top tokens kept per layer and position.")] = 5,
     prepend_bos: Annotated[
         bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start each document with BOS when the tokenizer has one.")
@@ -458,6 +465,7 @@ def trace(
         max_docs=max_docs,
         max_tokens=max_tokens,
         readout=readout,
+        allow_foreign_lens=allow_foreign_lens,
         top_k=top_k,
         prepend_bos=prepend_bos,
         device=device,

@@ -1,21 +1,59 @@
-"""Reading the JSON files normprobe depends on (run.json, config.json), with one-line errors."""
+"""Reading the files normprobe depends on (run.json, config.json, tables), with one-line errors.
+
+Every file read from a folder goes through `read_bytes`: a regular file only (a link to /dev/zero,
+a FIFO or a device is refused before a byte is read), at most a stated size, read once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from .errors import NormprobeError
 
+JSON_LIMIT = 64 << 20  # run.json, config.json, dataset metadata: normprobe writes kilobytes
+TABLE_LIMIT = 8 << 30  # one parquet table of a run or a trace
 
-def read_json(path: Path, missing: str) -> Any:
-    """The parsed file; `missing` is the message when it does not exist."""
-    if not path.is_file():
-        raise NormprobeError(missing)
+
+def read_bytes(path: Path, limit: int = JSON_LIMIT) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; anything else is one line naming the file."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
-        raise NormprobeError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
     except OSError as exc:
         raise NormprobeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NormprobeError(f"{path} is not a regular file (a device, a pipe or a link to one); refused")
+        if info.st_size > limit:
+            raise NormprobeError(f"{path} is {info.st_size} bytes, more than the {limit} normprobe reads from such a file")
+        chunks, total = [], 0
+        while True:  # read no more than the limit, even if the file grows while it is read
+            block = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not block:
+                break
+            chunks.append(block)
+            total += len(block)
+            if total > limit:
+                raise NormprobeError(f"{path} is more than the {limit} bytes normprobe reads from such a file")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise NormprobeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, missing: str, limit: int = JSON_LIMIT) -> Any:
+    """The parsed file; `missing` is the message when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise NormprobeError(missing)
+    data = read_bytes(path, limit)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        raise NormprobeError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None

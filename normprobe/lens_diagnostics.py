@@ -8,7 +8,6 @@ records the training corpus's sha256 in the lens folder's training.json, beside 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,8 +29,11 @@ def lens_training_digest(readout: str) -> str | None:
     if spec.kind != "tuned" or spec.path is None:
         return None
     try:
-        found = json.loads((Path(spec.path) / TRAINING_FILE).read_text()).get("corpus_sha256")
-    except (OSError, ValueError, AttributeError):
+        from .errors import NormprobeError
+        from .jsonio import read_json
+
+        found = read_json(Path(spec.path) / TRAINING_FILE, "").get("corpus_sha256")
+    except (NormprobeError, AttributeError):
         return None
     return found if isinstance(found, str) else None
 

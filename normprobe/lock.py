@@ -98,8 +98,10 @@ class FolderLock:
 def read_holder(folder: Path) -> int | None:
     """The pid written in the folder's lock file, if any."""
     try:
-        return int((Path(folder) / LOCK_FILE).read_text().strip())
-    except (OSError, ValueError):
+        from .jsonio import read_bytes
+
+        return int(read_bytes(Path(folder) / LOCK_FILE, 64).decode().strip())
+    except (OSError, ValueError, NormprobeError):
         return None
 
 

@@ -188,3 +188,29 @@ def choose_batch_size(
     elif fits > MAX_WINDOWS:
         reason = f"{MAX_WINDOWS} windows, the most per batch, within {format_size(budget)}: {why}"
     return BatchChoice(size, reason, budget, one)
+
+
+# The document bootstrap keeps, per replicate and layer, a weight and a weighted sum (float64) for up to
+# REPLICATE_GROUPS_PER_LAYER groups over all probes, and its tables and claims then hold each as a row of
+# about REPLICATE_ROW_BYTES: the bound below keeps all of it within a quarter of the host's memory budget.
+REPLICATE_GROUPS_PER_LAYER = 32
+REPLICATE_ROW_BYTES = 2 * 8 + 64
+REPLICATE_SHARE = 4
+
+
+def replicate_bound(n_layers: int, passes: int, max_memory: int | None) -> tuple[int, str]:
+    """The most `--replicates` a run of `n_layers` layers and `passes` passes (the model's and each baseline's)
+    may ask for: a quarter of the host's memory budget over the bytes each replicate takes."""
+    budget, why = memory_budget("cpu", max_memory)
+    per_replicate = (n_layers + 1) * REPLICATE_GROUPS_PER_LAYER * REPLICATE_ROW_BYTES * max(1, passes)
+    return max(2, budget // REPLICATE_SHARE // per_replicate), f"a quarter of {format_size(budget)} ({why})"
+
+
+def check_replicates(replicates: int, n_layers: int, passes: int, max_memory: int | None) -> None:
+    """Refuse, before anything is allocated, a bootstrap larger than the memory budget holds."""
+    bound, why = replicate_bound(n_layers, passes, max_memory)
+    if replicates > bound:
+        raise NormprobeError(
+            f"--replicates {replicates} needs more memory than the run may use: with {n_layers} layers and "
+            f"{passes} pass(es) at most {bound} replicates fit {why}"
+        )

@@ -51,6 +51,7 @@ class RunOptions:
     bootstrap_unit: str | None = None
     token_counts: str | None = None  # a file of token id -> count for the frequency claim (normprobe.token_counts)
     readout_sample: float = 1.0  # share of tokens whose readout statistics are computed (normprobe.sampling)
+    allow_foreign_lens: bool = False  # use a tuned lens whose unembed_hash is not the model's (recorded in run.json)
 
     @property
     def max_memory_bytes(self) -> int | None:

@@ -82,12 +82,9 @@ def parse_readout(spec: str | ReadoutSpec | None) -> ReadoutSpec:
 
 
 def read_lens_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
-        raise NormprobeError(
-            f"cannot read {Path(path) / CONFIG_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-        ) from None
+    from .jsonio import read_json
+
+    config = read_json(Path(path) / CONFIG_FILE, f"tuned lens folder {path} has no {CONFIG_FILE}")
     if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("d_model", "num_hidden_layers")):
         raise NormprobeError(
             f"{Path(path) / CONFIG_FILE} is not a tuned-lens config (needs integer d_model and num_hidden_layers)"

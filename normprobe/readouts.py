@@ -162,8 +162,11 @@ READOUT_CACHE = "_readouts"  # the adapter's own attribute: a readout refers bac
 # cache outside the model would keep every model alive; kept on the model, the cycle goes with it
 
 
-def make_readout(model, spec: str | ReadoutSpec | None = "logit"):
-    """The readout for a loaded model, built once per (model, spec); a lens for another model is refused."""
+def make_readout(model, spec: str | ReadoutSpec | None = "logit", allow_foreign: bool = False):
+    """The readout for a loaded model, built once per (model, spec); a lens for another model is refused
+    (its recorded unembed_hash is not this model's) unless `allow_foreign` (--allow-foreign-lens).
+
+    The runner, trace and merge build it first, so the probes' own calls find it in the cache."""
     spec = parse_readout(spec)
     cached = model.__dict__.setdefault(READOUT_CACHE, {})
     if spec not in cached:
@@ -172,7 +175,7 @@ def make_readout(model, spec: str | ReadoutSpec | None = "logit"):
 
             cached[spec] = ModelObjective(model)
         elif spec.kind == "tuned" and spec.path is not None:
-            cached[spec] = TunedReadout(model, load_translators(spec.path, model))
+            cached[spec] = TunedReadout(model, load_translators(spec.path, model, allow_foreign))
         else:
             cached[spec] = LogitReadout(model)
     return cached[spec]
@@ -192,7 +195,11 @@ def new_translators(d_model: int, n_layers: int, bias: bool = True) -> torch.nn.
     return translators
 
 
-def load_translators(path: Path, model) -> torch.nn.ModuleList:
+LENS_MAX_ABS = 1e6  # a translator weight beyond this is no trained lens: float32 readouts of it overflow or mean nothing
+LENS_DTYPE = "float32"  # what TunedReadout computes in; the checks read the weights as they will be used
+
+
+def load_translators(path: Path, model, allow_foreign: bool = False) -> torch.nn.ModuleList:
     """The translators of a tuned-lens folder, checked against the model; never executes code from the file."""
     import torch
 
@@ -211,8 +218,10 @@ def load_translators(path: Path, model) -> torch.nn.ModuleList:
         raise NormprobeError(
             f"cannot read {path / PARAMS_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         ) from None
+    check_lens_identity(config, model, path, allow_foreign)
     translators = new_translators(d_model, n_layers, bias=bool(config.get("bias", True)))
     check_lens_state(state, translators, path / PARAMS_FILE)
+    state = {k: v.to(getattr(torch, LENS_DTYPE)) for k, v in state.items()}
     try:
         translators.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -247,6 +256,37 @@ def check_lens_state(state: Any, translators: torch.nn.ModuleList, where: Path) 
             raise NormprobeError(
                 f"{where}: {name} holds {bad} non-finite values (NaN or infinity); this lens cannot be used (retrain it)"
             )
+        used = tensor.to(getattr(torch, LENS_DTYPE))  # as the readout will compute with it
+        if not bool(torch.isfinite(used).all()):
+            bad = int((~torch.isfinite(used)).sum())
+            raise NormprobeError(
+                f"{where}: {name} holds {bad} values that are infinite in {LENS_DTYPE}, the dtype the readout "
+                "computes in; this lens cannot be used (retrain it)"
+            )
+        largest = float(used.abs().max()) if used.numel() else 0.0
+        if largest > LENS_MAX_ABS:
+            raise NormprobeError(
+                f"{where}: {name} holds a weight of magnitude {largest:.3g}, beyond the {LENS_MAX_ABS:.0e} a trained "
+                f"lens stays within ({LENS_DTYPE} readouts of it overflow or mean nothing); retrain it"
+            )
+
+
+def check_lens_identity(config: dict[str, Any], model, path: Path, allow_foreign: bool) -> None:
+    """The lens must record the model it was trained for (tuned-lens's unembed_hash) and it must be this one."""
+    if allow_foreign or getattr(model, "random_init", False):
+        return
+    recorded, ours = config.get("unembed_hash"), unembed_hash(model)
+    if recorded == ours:
+        return
+    if not isinstance(recorded, str):
+        raise NormprobeError(
+            f"tuned lens {path} records no model identity (config.json's unembed_hash is {recorded!r}), so it cannot be "
+            f"checked against {model.source.name}; pass --allow-foreign-lens to use it anyway (the run records that)"
+        )
+    raise NormprobeError(
+        f"tuned lens {path} was trained for another model (base {config.get('base_model_name_or_path')!r}: its "
+        f"unembed_hash differs from {model.source.name}'s); pass --allow-foreign-lens to use it anyway (the run records that)"
+    )
 
 
 def unembed_hash(model) -> str:

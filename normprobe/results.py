@@ -77,6 +77,49 @@ def _try_writing_in(folder: Path, target: Path) -> None:
         ) from None
 
 
+def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
+    """Fill folder `out` with `write(folder)`, under its lock; a non-empty `out` (with `overwrite`) is replaced whole.
+
+    The new folder is written beside the old one (a hidden sibling) and renamed into place only when
+    complete, so the old folder stays whole until then: a full disk or an error leaves it as it was,
+    and never a mix of the two. A fresh folder is written in place (and removed again on failure).
+    """
+    import shutil
+
+    from .lock import FolderLock
+
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    created = not out.exists()
+    staging: Path | None = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock.acquire(out)
+        try:
+            check_output_dir(out, overwrite)  # again, now that no other writer can start
+            if not any(p.name != LOCK_FILE for p in out.iterdir()):
+                write(out)
+                return out
+            staging = out.with_name(f".{out.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+            staging.mkdir()
+            write(staging)
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+            os.rename(out, old)
+            os.rename(staging, out)
+            staging = None
+            lock.path = old / LOCK_FILE  # the held lock file went with the old folder
+        finally:
+            lock.release()
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
 @dataclass(repr=False)
 class RunResult(FigureViews):
     """What one run measured. `tables` are tidy DataFrames; `findings` maps a probe name to its headline numbers.
@@ -137,22 +180,41 @@ class RunResult(FigureViews):
 
         return sections_for(self)
 
-    def save(self, out: str | Path, overwrite: bool = False, report: bool = True, plotlyjs: str = "inline") -> Path:
-        """Write run.json, one parquet per table and (by default) report.html into `out`."""
+    def save(
+        self, out: str | Path, overwrite: bool = False, report: bool = True, plotlyjs: str = "inline", in_place: bool = False
+    ) -> Path:
+        """Write run.json, one parquet per table and (by default) report.html into `out`.
+
+        A non-empty `out` (with `overwrite`) is replaced whole once the new folder is complete
+        (`write_folder`); `in_place` writes into it instead, for the run that owns the folder.
+        """
         out = Path(out)
         check_output_dir(out, overwrite)
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            with FolderLock.acquire(out):
-                check_output_dir(out, overwrite)  # again, now that no other writer can start
-                self._write(out, report, plotlyjs)
+            if in_place:
+                out.mkdir(parents=True, exist_ok=True)
+                with FolderLock.acquire(out):
+                    self._write(out, report, plotlyjs)
+            else:
+                write_folder(out, overwrite, lambda folder: self._write(folder, report, plotlyjs))
         except OSError as exc:
             raise NormprobeError(f"cannot write results to {out}: {exc.strerror or exc}") from None
         return out
 
     def _write(self, out: Path, report: bool, plotlyjs: str) -> None:
+        import hashlib
+
+        from .verify import BASELINE_IDENTITY, baseline_identity
+
+        digests: dict[str, dict[str, str]] = {"": {}}  # run.json records each table's sha256, checked on load
+
+        def table(path: Path, frame: pd.DataFrame, kind: str = "") -> None:
+            data = _parquet_bytes(frame)
+            write_atomic(path, data)
+            digests.setdefault(kind, {})[path.stem] = hashlib.sha256(data).hexdigest()
+
         for name, frame in self.tables.items():
-            write_atomic(out / f"{name}.parquet", _parquet_bytes(frame))
+            table(out / f"{name}.parquet", frame)
         if self.probe_states is not None:
             import io
 
@@ -165,7 +227,9 @@ class RunResult(FigureViews):
             where = baseline_folder(out, kind)
             where.mkdir(parents=True, exist_ok=True)
             for name, frame in tables.items():
-                write_atomic(where / f"{name}.parquet", _parquet_bytes(frame))
+                table(where / f"{name}.parquet", frame, kind)
+            identity = baseline_identity(kind, self.meta)  # what ties the folder to this run and kind
+            write_atomic(where / BASELINE_IDENTITY, (json.dumps(_json_safe(identity), indent=2) + "\n").encode("utf-8"))
             if self.baseline_states is not None and kind in self.baseline_states:
                 import io
 
@@ -177,25 +241,43 @@ class RunResult(FigureViews):
         if report:
             self.to_html(out / REPORT_FILE, plotlyjs=plotlyjs)
         # run.json last: a folder whose run.json says complete has every file.
-        write_atomic(out / RUN_FILE, self.run_json().encode("utf-8"))
+        write_atomic(out / RUN_FILE, self.run_json(digests).encode("utf-8"))
 
-    def run_json(self) -> str:
+    def run_json(self, digests: dict[str, dict[str, str]] | None = None) -> str:
+        """The run.json text; `digests` (kind, "" for the run's own -> table -> sha256) when the tables were just written."""
         from .claims import claims_records
 
         body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings, "claims": claims_records(self.claims)}
+        body.pop("table_sha256", None)  # only digests of the tables written with this run.json
+        if digests is not None:
+            body["table_sha256"] = dict(sorted(digests.get("", {}).items()))
         if self.baselines or "baselines" in self.meta:
             records = dict(self.meta.get("baselines") or {})
             body["baselines"] = {
-                kind: {**records.get(kind, {}), "tables": sorted(self.baselines.get(kind, {}))}
+                kind: {
+                    **{k: v for k, v in (records.get(kind) or {}).items() if k != "table_sha256"},
+                    "tables": sorted(self.baselines.get(kind, {})),
+                    **(
+                        {"table_sha256": dict(sorted(digests.get(kind, {}).items()))}
+                        if digests is not None and kind in self.baselines
+                        else {}
+                    ),
+                }
                 for kind in dict.fromkeys([*records, *self.baselines])
             }
         return json.dumps(_json_safe(body), indent=2, sort_keys=False) + "\n"
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
+        import warnings
+
         from .report import render_report
 
         path = Path(path)
-        write_atomic(path, render_report(self, plotlyjs=plotlyjs).encode("utf-8"))
+        with warnings.catch_warnings():
+            # empty cells are NaN: numpy's "mean of empty slice" and the like are no news to the reader
+            warnings.simplefilter("ignore", RuntimeWarning)
+            page = render_report(self, plotlyjs=plotlyjs)
+        write_atomic(path, page.encode("utf-8"))
         return path
 
     @classmethod
@@ -206,18 +288,22 @@ class RunResult(FigureViews):
         tables, and from its own `figures(tables)` only when you name its code in `probe_modules`
         (FILE.py[:Class], module:Class, or the class) or install it as an entry point.
         """
-        from .verify import check_run_json, read_tables
+        from .verify import check_baseline_identity, check_baseline_tables, check_run_json, check_tables, read_tables
 
         folder = Path(folder)
         body = read_run_json(folder)
         check_run_json(body, folder)
-        tables = read_tables(folder, body.pop("tables", []))
+        tables = read_tables(folder, body.pop("tables", []), body.pop("table_sha256", None))
+        check_tables(tables, body, folder)
         findings = body.pop("findings", {})
         body.pop("claims", None)  # recomputed from the tables (RunResult.claims)
-        baselines = {
-            kind: read_tables(baseline_folder(folder, kind), record.pop("tables", []))
-            for kind, record in (body.get("baselines") or {}).items()
-        }
+        baselines = {}
+        for kind, record in (body.get("baselines") or {}).items():
+            where = baseline_folder(folder, kind)
+            digests = record.pop("table_sha256", None)
+            check_baseline_identity(where, kind, body, required=digests is not None)
+            baselines[kind] = read_tables(where, record.pop("tables", []), digests, root=folder)
+            check_baseline_tables(kind, baselines[kind], tables, body, where)
         if probe_modules:  # resolved now, so a bad --probe-module is one line before anything is drawn
             from .registry import classes_by_name
 

@@ -118,9 +118,12 @@ class Runner(BaselinePasses):
                 f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
                 f"using {model.n_ctx}"
             )
+        from .memory import check_replicates
         from .readouts import make_readout
 
-        make_readout(model, opts.readout)  # a lens for another model fails here, in one line
+        # the bootstrap's replicates are allocated by the probes' setup: a bound first (docs/security.md)
+        check_replicates(opts.replicates, model.n_layers, 1 + len(opts.baselines or []), opts.max_memory_bytes)
+        make_readout(model, opts.readout, opts.allow_foreign_lens)  # a lens for another model fails here, in one line
         probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
         hooks = []
         for probe in probes:
@@ -171,7 +174,8 @@ class Runner(BaselinePasses):
         from .readouts import parse_readout
 
         spec = parse_readout(self.options.readout)
-        return {**spec.describe(), "label": spec.label}
+        foreign = {"foreign_lens_allowed": True} if spec.kind == "tuned" and self.options.allow_foreign_lens else {}
+        return {**spec.describe(), "label": spec.label, **foreign}
 
     def execute(
         self,
@@ -393,6 +397,15 @@ class Runner(BaselinePasses):
             index, count = self.options.shard
             done = {**done, "docs": len(range(index, done["docs"], count))}
         result = self._result(probes, meta, done, seconds)
+        if self.options.readout_sample < 1 and _nothing_read(result.tables):
+            warn(
+                f"--readout-sample {self.options.readout_sample:g} sampled no token of the {done['tokens']}: "
+                "the readout statistics (updates, linesearch) are empty; raise it"
+            )
+        broken = result.meta.get("nonfinite_layers") or {}
+        if broken:
+            where = "; ".join(f"{table} layer(s) {', '.join(map(str, layers))}" for table, layers in broken.items())
+            warn(f"every value read was non-finite at {where}: those cells are empty (NaN) and their claims undetermined")
         if self.options.shard is not None:
             from .store import shard_state
 
@@ -424,8 +437,33 @@ class Runner(BaselinePasses):
             "n_batches": done["batches"],
             "seconds": round(done["seconds"] + seconds, 3),
         }
+        from .stats import nonfinite_layers
+
+        meta.pop("nonfinite_layers", None)
+        broken = nonfinite_layers(tables)  # recorded and said in one line: an empty cell is no zero
+        if broken:
+            meta["nonfinite_layers"] = broken
         # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
         return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
+
+
+MANY_SEEDS = 24  # --baseline-seeds above this says what it will cost before anything runs
+
+
+def _say_baseline_cost(options: RunOptions) -> None:
+    kinds = options.baselines or []
+    if "random-init" in kinds and options.baseline_seeds > MANY_SEEDS:
+        passes = 1 + options.baseline_seeds + len([k for k in kinds if k != "random-init"])
+        warn(
+            f"--baseline-seeds {options.baseline_seeds}: each random-init seed is one more model built and one more "
+            f"full pass over the corpus, so this run makes {passes} passes, about {passes} times the time of the run alone"
+        )
+
+
+def _nothing_read(tables: dict[str, Any]) -> bool:
+    """The readout probes ran and no token reached their statistics (all counts 0, none non-finite)."""
+    read = [tables[n] for n in ("updates", "line_search") if n in tables and "count" in tables[n].columns]
+    return bool(read) and all(int(t["count"].sum()) == 0 and int(t.get("n_nonfinite", t["count"]).sum()) == 0 for t in read)
 
 
 def readout_request(opts: RunOptions) -> dict[str, Any]:
@@ -439,6 +477,7 @@ def readout_request(opts: RunOptions) -> dict[str, Any]:
         "alphas": opts.alphas,
         "ablate": opts.ablate,
         "readout_sample": opts.readout_sample,
+        "allow_foreign_lens": opts.allow_foreign_lens,
     }
 
 
@@ -543,6 +582,7 @@ def make_runner(
     bootstrap_unit: str | None = None,
     token_counts: str | Path | None = None,
     readout_sample: float = 1.0,
+    allow_foreign_lens: bool = False,
 ) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
     if sum(x is not None for x in (texts, input, dataset)) > 1:
@@ -572,9 +612,11 @@ def make_runner(
         replicates=replicates,
         bootstrap_unit=bootstrap_unit,
         token_counts=str(token_counts) if token_counts is not None else None,
+        allow_foreign_lens=bool(allow_foreign_lens),
     )
     runner = Runner(model, Corpus(list(texts) if texts is not None else None, spec, data), list(probes), options)
     runner.validate()
+    _say_baseline_cost(options)
     if isinstance(model, str):
         from .adapter import config_n_layers, resolve_source, validate_source
 
@@ -586,6 +628,10 @@ def make_runner(
         from .readouts import check_lens_fits_config
 
         check_lens_fits_config(readout, config, model)
+        if n_layers is not None:  # the bootstrap's bound, before the model loads (docs/security.md)
+            from .memory import check_replicates
+
+            check_replicates(replicates, n_layers, 1 + len(options.baselines or []), options.max_memory_bytes)
         bad = [l for l in (layers or []) if n_layers is not None and l >= n_layers]
         if bad and n_layers is not None:
             raise NormprobeError(f"invalid layer index {bad[0]}: {model} has layers 0..{n_layers - 1}")
@@ -651,6 +697,8 @@ def run(
             frequency claim (see normprobe.token_counts).
         readout_sample (float): The share of tokens (a seeded hash of document and place) whose updates and
             linesearch statistics are computed (default 1: every token).
+        allow_foreign_lens (bool): Use a tuned lens trained for another model (its recorded unembedding hash
+            differs); run.json records it.
 
     Returns:
         RunResult: the tables, findings, claims and metadata of the run.

@@ -28,6 +28,11 @@ def check_fraction(fraction: float) -> None:
 
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise NormprobeError(f"--readout-sample must be a fraction in (0, 1], e.g. 0.1 (got {fraction})")
+    if fraction < 1 and int(fraction * 2**32) == 0:  # readout_mask keeps a token when its 32-bit hash < fraction x 2^32
+        raise NormprobeError(
+            f"--readout-sample {fraction:g} samples no token at all: a token is kept when its 32-bit hash falls below "
+            f"fraction x 2^32, so the smallest fraction that keeps any is 2^-32 (about 2.3e-10)"
+        )
 
 
 def readout_mask(batch, fraction: float) -> torch.Tensor:

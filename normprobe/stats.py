@@ -15,6 +15,30 @@ import torch
 _FIELDS = ("count", "total", "m2", "minimum", "maximum", "nonfinite")
 
 
+def mean_or_nan(total: Any, count: Any) -> Any:
+    """total / count, NaN where count is 0: every probe's table builder divides through this (torch or numpy)."""
+    if isinstance(total, torch.Tensor):
+        return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+    import numpy as np
+
+    total, count = np.asarray(total, dtype=np.float64), np.asarray(count, dtype=np.float64)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def nonfinite_layers(tables: dict[str, Any]) -> dict[str, list[int]]:
+    """Table -> the layers where no value was finite though some were read (count 0, n_nonfinite > 0 in
+    every row of the layer): a readout that overflowed there, say. run.json records them."""
+    found = {}
+    for name, frame in tables.items():
+        if not {"layer", "count", "n_nonfinite"} <= set(getattr(frame, "columns", ())) or not len(frame):
+            continue
+        sums = frame.groupby("layer")[["count", "n_nonfinite"]].sum()
+        layers = sums.index[(sums["count"] == 0) & (sums["n_nonfinite"] > 0)]
+        if len(layers):
+            found[name] = sorted(int(l) for l in layers)
+    return found
+
+
 class GroupedMoments:
     """Moments of a value per group index in [0, n_groups)."""
 
@@ -79,11 +103,12 @@ class GroupedMoments:
         return self.count.round().to(torch.int64)
 
     def mean(self) -> torch.Tensor:
-        return self.total / self.count.clamp(min=1)
+        """The mean per group; NaN for a group with no finite value (an empty cell is never a zero)."""
+        return mean_or_nan(self.total, self.count)
 
     def std(self) -> torch.Tensor:
-        """Population standard deviation (0 for a single value)."""
-        return (self.m2 / self.count.clamp(min=1)).clamp(min=0).sqrt()
+        """Population standard deviation (0 for a single value, NaN for none)."""
+        return mean_or_nan(self.m2, self.count).clamp(min=0).sqrt()
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}

@@ -45,6 +45,7 @@ FINGERPRINT_KEYS = (
     "bootstrap_unit",
     "token_counts",
     "readout_sample",
+    "allow_foreign_lens",
 )
 # What a key meant in runs saved before it was recorded
 FINGERPRINT_DEFAULTS = {
@@ -55,6 +56,7 @@ FINGERPRINT_DEFAULTS = {
     "baseline_seeds": 3,
     "replicates": 200,
     "readout_sample": 1.0,
+    "allow_foreign_lens": False,
 }
 
 
@@ -138,13 +140,13 @@ class RunFolder:
         from .interrupt import StopRequests
 
         if self.stops is None:
-            self.stops = StopRequests().__enter__()
+            self.stops = StopRequests(on_abort=self._abort_now).__enter__()
         self.meta = meta
         self.mark(meta, "running")
 
     def finish(self, result: Any, plotlyjs: str = "inline") -> None:
         """Save the result (run.json last, saying complete) and drop the checkpoint."""
-        result.save(self.path, overwrite=True, plotlyjs=plotlyjs)
+        result.save(self.path, overwrite=True, plotlyjs=plotlyjs, in_place=True)
         self.meta = result.meta
         self.remove_checkpoint()
 
@@ -168,6 +170,18 @@ class RunFolder:
                     self.path.rmdir()
                 except OSError:
                     pass  # not empty, or already gone
+
+    def _abort_now(self) -> None:
+        """A second signal the main thread could not act on (a long batch): record it before the process ends."""
+        meta = dict(self.meta or {})  # a copy: the main thread may still be changing its own
+        if meta.get("status") == "running":
+            self._mark_if_possible_on(meta, "interrupted", "aborted by a second signal; the last checkpoint is kept")
+
+    def _mark_if_possible_on(self, meta: dict[str, Any], status: str, reason: str) -> None:
+        try:
+            self.mark(meta, status, reason)
+        except OSError:
+            pass
 
     def _mark_if_possible(self, status: str, reason: str) -> None:
         if self.meta is None:
@@ -293,15 +307,20 @@ def shard_identity(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def shard_state(meta: dict[str, Any], probe_states: dict[str, Any]) -> dict[str, Any]:
-    """The state.pt of a shard run: every probe's statistics and the identity of the run that made them."""
-    return {"format": SHARD_STATE_FORMAT, "identity": shard_identity(meta), "probes": probe_states}
+MODEL_PASS = "model"  # the pass over the model itself; a baseline's pass is named by its kind
 
 
-def load_shard_state(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """A shard's state.pt, read as data only, whose identity must be that of the run.json beside it.
+def shard_state(meta: dict[str, Any], probe_states: dict[str, Any], pass_name: str = MODEL_PASS) -> dict[str, Any]:
+    """The state.pt of a shard run: every probe's statistics, the pass that made them (the model's own, or a
+    baseline's kind) and the identity of the run."""
+    return {"format": SHARD_STATE_FORMAT, "identity": shard_identity(meta), "pass": pass_name, "probes": probe_states}
 
-    Returns the probes' statistics. A state copied from another shard or run is one line.
+
+def load_shard_state(path: Path, meta: dict[str, Any], pass_name: str = MODEL_PASS) -> dict[str, Any]:
+    """A shard's state.pt, read as data only, whose identity must be that of the run.json beside it and
+    whose pass must be `pass_name` (the model's own, or the baseline kind of its folder).
+
+    Returns the probes' statistics. A state copied from another shard, run or pass is one line.
     """
     state = load_state_file(path, "shard state")
     if not (
@@ -313,6 +332,13 @@ def load_shard_state(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         raise NormprobeError(
             f"{path} is not a normprobe shard state (it carries no run identity; "
             "a shard run by an older normprobe must be run again)"
+        )
+    if state.get("pass") != pass_name:
+        said = state.get("pass")
+        raise NormprobeError(
+            f"{path} holds the statistics of "
+            + (f"the {said!r} pass" if isinstance(said, str) else "an unnamed pass (an older normprobe: run the shard again)")
+            + f", not of the {pass_name!r} pass this file must hold"
         )
     expected, saved = shard_identity(meta), state["identity"]
     for key, value in expected.items():

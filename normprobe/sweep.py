@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NormprobeError
+from .jsonio import read_json
 
 STEP_PATTERN = re.compile(r"(?:step|ckpt|checkpoint|iter|global_step)[-_]?(\d+)", re.IGNORECASE)
 
@@ -36,8 +37,8 @@ def step_of(folder: Path) -> int | None:
         path = folder / name
         if path.is_file():
             try:
-                value = json.loads(path.read_text()).get(key)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                value = read_json(path, "").get(key)
+            except (NormprobeError, AttributeError):
                 value = None
             if isinstance(value, int):
                 return value
@@ -202,8 +203,8 @@ def _sweep_into(
 
 def _status(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "run.json").read_text()).get("status")
-    except (OSError, json.JSONDecodeError):
+        return read_json(folder / "run.json", "").get("status")
+    except (NormprobeError, AttributeError):
         return None
 
 

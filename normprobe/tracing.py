@@ -13,7 +13,6 @@ lazily exported function `normprobe.trace` with the module.)
 from __future__ import annotations
 
 import functools
-import shutil
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -143,13 +142,15 @@ def trace(
     prepend_bos: bool = True,
     device: str = "auto",
     dtype: str = "float32",
+    allow_foreign_lens: bool = False,
 ) -> Trace:
     """Trace texts through every layer of a model and return a `Trace` (`.table`, `.figure()`, `.save()`).
 
     `model` is a name or folder (`demo`, `gpt2-small`, `./my-model`) or a `ModelAdapter` from
     `normprobe.load_model`, which is reused: tracing ten prompts loads the model once. `text` is one
     string or a list (one trace each, told apart by the `doc` column). `readout` is `logit` (the logit
-    lens) or `tuned:DIR` (a tuned lens); `max_tokens` caps each document's tokens, BOS included.
+    lens) or `tuned:DIR` (a tuned lens; one trained for another model needs `allow_foreign_lens`);
+    `max_tokens` caps each document's tokens, BOS included.
     """
     from .readouts import parse_readout
 
@@ -163,6 +164,7 @@ def trace(
         prepend_bos=prepend_bos,
         device=device,
         dtype=dtype,
+        allow_foreign_lens=allow_foreign_lens,
     )
 
 
@@ -177,6 +179,7 @@ def trace_documents(
     device: str = "auto",
     dtype: str = "float32",
     source: str = "texts",
+    allow_foreign_lens: bool = False,
 ) -> Trace:
     import pandas as pd
     import torch
@@ -187,7 +190,7 @@ def trace_documents(
     spec = _traceable(parse_readout(readout))
     adapter = _model_for(model, spec, device, dtype)
     started = time.time()  # the trace itself, not the model's load
-    reader = make_readout(adapter, spec)  # a lens for another model fails here, in one line
+    reader = make_readout(adapter, spec, allow_foreign_lens)  # a lens for another model fails here, in one line
     if not callable(getattr(reader, "logits", None)):
         raise NormprobeError(f"readout {spec.kind!r} gives no logits, so it cannot be traced")
     if top_k > adapter.d_vocab:
@@ -209,7 +212,12 @@ def trace_documents(
         "dtype": adapter.dtype,
         "device": str(adapter.device),
         "attention": attention[0],
-        "readout": {**spec.describe(), "label": spec.label, "text": spec.text},
+        "readout": {
+            **spec.describe(),
+            "label": spec.label,
+            "text": spec.text,
+            **({"foreign_lens_allowed": True} if spec.kind == "tuned" and allow_foreign_lens else {}),
+        },
         "top_k": top_k,
         "max_tokens": max_tokens,
         "prepend_bos": prepend_bos,
@@ -443,34 +451,19 @@ class Trace:
         """Write trace.parquet, trace.html and run.json (last) into `out`; a non-empty `out` needs `overwrite`."""
         import json
 
-        from .lock import FolderLock
-        from .results import _json_safe, _parquet_bytes, check_output_dir, write_atomic
+        from .results import _json_safe, _parquet_bytes, write_atomic, write_folder
+
+        def write(folder: Path) -> None:
+            write_atomic(folder / TABLE_FILE, _parquet_bytes(self.table))
+            self.to_html(folder / PAGE_FILE, plotlyjs=plotlyjs)
+            body = {**self.meta, "tables": ["trace"]}
+            write_atomic(folder / RUN_FILE, (json.dumps(_json_safe(body), indent=2) + "\n").encode("utf-8"))
 
         out = Path(out)
-        check_output_dir(out, overwrite)
-        created = not out.exists()
-        written: list[Path] = []
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            with FolderLock.acquire(out):
-                check_output_dir(out, overwrite)  # again, now that no other writer can start
-                (out / RUN_FILE).unlink(missing_ok=True)  # a replaced folder is no trace until the new run.json
-                written.append(out / TABLE_FILE)
-                write_atomic(out / TABLE_FILE, _parquet_bytes(self.table))
-                written.append(out / PAGE_FILE)
-                self.to_html(out / PAGE_FILE, plotlyjs=plotlyjs)
-                body = {**self.meta, "tables": ["trace"]}
-                write_atomic(out / RUN_FILE, (json.dumps(_json_safe(body), indent=2) + "\n").encode("utf-8"))
-        except BaseException as exc:
-            # a folder without its run.json is not a trace: take back what this call wrote
-            for path in written:
-                path.unlink(missing_ok=True)
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise NormprobeError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
-            raise
-        return out
+        try:  # a non-empty `out` (a run's folder, an older trace) is replaced whole once the trace is complete
+            return write_folder(out, overwrite, write)
+        except OSError as exc:
+            raise NormprobeError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
 
     @classmethod
     def load(cls, folder: str | Path) -> Trace:
@@ -478,18 +471,20 @@ class Trace:
         import pandas as pd
 
         from .jsonio import read_json
+        from .verify import check_trace, read_table
 
         folder = Path(folder)
         meta = read_json(folder / RUN_FILE, f"{folder} holds no {RUN_FILE}; is it a normprobe trace folder?")
         if not isinstance(meta, dict) or meta.get("kind") != KIND:
             raise NormprobeError(f"{folder / RUN_FILE} is not a trace's run.json")
-        try:
-            table = pd.read_parquet(folder / TABLE_FILE)
-        except Exception as exc:  # noqa: BLE001 - any unreadable table is one message
-            raise NormprobeError(f"cannot read {folder / TABLE_FILE}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        check_trace(meta, pd.DataFrame(columns=list(COLUMNS)), folder, table_too=False)  # before the table is read
+        if not (folder / TABLE_FILE).is_file():
+            raise NormprobeError(f"{folder} is damaged: {TABLE_FILE} is missing")
+        table = read_table(folder, folder / TABLE_FILE)
         missing = [c for c in COLUMNS if c not in table.columns]
         if missing:
             raise NormprobeError(f"{folder / TABLE_FILE} lacks the column {missing[0]!r}; the folder is damaged")
+        check_trace(meta, table, folder)  # every row where run.json's documents and layers say: no huge grids later
         meta.pop("tables", None)
         return cls(table=table, meta=meta)
 
@@ -515,11 +510,12 @@ def rerender_trace(folder: Path, out: Path | None = None, plotlyjs: str = "inlin
 
 
 def is_trace_folder(folder: str | Path) -> bool:
-    import json
+
+    from .jsonio import read_json
 
     try:
-        return json.loads((Path(folder) / RUN_FILE).read_text()).get("kind") == KIND
-    except (OSError, ValueError, AttributeError):
+        return read_json(Path(folder) / RUN_FILE, "").get("kind") == KIND
+    except (NormprobeError, AttributeError):
         return False
 
 
@@ -542,6 +538,7 @@ def trace_to_folder(
     overwrite: bool = False,
     plotlyjs: str = "inline",
     progress: bool = True,
+    allow_foreign_lens: bool = False,
 ) -> Path:
     """The `trace` command: validate everything before the model loads, trace, save the folder."""
     from .adapter import parse_dtype, pick_device, resolve_source, validate_source
@@ -576,6 +573,7 @@ def trace_to_folder(
         device=device,
         dtype=dtype,
         source=str(input) if input is not None else "texts",
+        allow_foreign_lens=allow_foreign_lens,
     )
     say(
         f"traced {result.meta['n_docs']} document(s), {result.meta['n_tokens']} tokens, in {result.meta['seconds']:.1f} s",

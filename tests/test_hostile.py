@@ -282,9 +282,9 @@ def test_tampered_folders_are_one_line_never_a_wrong_page(tmp_path, complete_run
         "listed": "it holds a list, not an object",
         "tables-text": "'tables' must be a list of table names",
         "escape": "'tables' must be a list of table names",
-        "truncated": "norms.parquet cannot be read",
+        "truncated": "norms.parquet is not the table this run wrote (its sha256 differs",
         "deleted": "names table 'norms_by_token' but norms_by_token.parquet is missing",
-        "columns": "its tables do not hold what run.json says",
+        "columns": "norms.parquet is not the table this run wrote (its sha256 differs",
         "compare": "names table 'norms_by_token' but norms_by_token.parquet is missing",
     }
     for name, phrase in expected.items():

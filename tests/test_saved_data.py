@@ -238,7 +238,7 @@ def test_lens_files_that_are_not_a_lens_are_one_line(demo_adapter, tmp_path, cap
     loop = tmp_path / "loop"
     os.symlink(tmp_path / "loop2", loop)
     os.symlink(loop, tmp_path / "loop2")
-    for lens, phrase in [(deep, "config.json: RecursionError"), (loop, "cannot be opened")]:
+    for lens, phrase in [(deep, "config.json is not valid JSON (RecursionError"), (loop, "cannot be opened")]:
         code, err = cli(
             ["run", "demo", "--probe", "updates", "--readout", f"tuned:{lens}", "--text", "a", "--out", str(tmp_path / "x")],
             capsys,

@@ -18,7 +18,7 @@ import torch
 from ..bootstrap import DEFAULT_REPLICATES
 from ..options import DEFAULT_MASSIVE_RATIO
 from ..probe import Probe
-from ..stats import GroupedMoments, ReplicateSums, token_windows
+from ..stats import GroupedMoments, ReplicateSums, mean_or_nan, token_windows
 from .norms import spearman
 
 TOP_RANKS = 8
@@ -361,7 +361,7 @@ class MassiveProbe(Probe):
                 "token_id": token_ids.astype(np.int64),
                 "token": [text[i] for i in token_ids.tolist()],
                 "count": sums[:, 0].astype(np.int64),
-                "max_abs_mean": sums[:, 1] / np.maximum(sums[:, 0], 1),
+                "max_abs_mean": mean_or_nan(sums[:, 1], sums[:, 0]),
             }
         )
 
