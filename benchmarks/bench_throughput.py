@@ -341,7 +341,7 @@ def markdown(report: dict) -> str:
         ("trace", f"trace of {report.get('trace', {}).get('texts', '?')} texts"),
     ]
     lines = [
-        f"Llama-3.2-1B shape ({report['shape']}), random weights, {report['dtype']}, {report['seq_len']}-token windows, "
+        f"{'Llama-3.2-1B shape' if report['shape'] == '1b' else 'A tiny Llama (the smoke test)'}, random weights, {report['dtype']}, {report['seq_len']}-token windows, "
         f"batch size {report.get('batch_size')} (normprobe's automatic choice for norms); {report['device']}, "
         f"torch {report['torch']}, {report['date']}.",
         "",
