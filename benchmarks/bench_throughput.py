@@ -60,6 +60,7 @@ SHAPES = {
         max_position_embeddings=512,
     ),
 }
+SHAPE_NAMES = {"1b": "Llama-3.2-1B shape", "tiny": "A tiny Llama (the smoke test)"}
 TARGETS = {  # issue 35
     "norms_vs_hf_forward": ">= 0.9 (tokens/s)",
     "fixed_beyond_from_pretrained_s": "<= 3",
@@ -341,7 +342,7 @@ def markdown(report: dict) -> str:
         ("trace", f"trace of {report.get('trace', {}).get('texts', '?')} texts"),
     ]
     lines = [
-        f"{'Llama-3.2-1B shape' if report['shape'] == '1b' else 'A tiny Llama (the smoke test)'}, random weights, {report['dtype']}, {report['seq_len']}-token windows, "
+        f"{SHAPE_NAMES[report['shape']]}, random weights, {report['dtype']}, {report['seq_len']}-token windows, "
         f"batch size {report.get('batch_size')} (normprobe's automatic choice for norms); {report['device']}, "
         f"torch {report['torch']}, {report['date']}.",
         "",
