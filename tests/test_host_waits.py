@@ -51,3 +51,13 @@ def test_replicate_sums_on_every_group_equal_the_touched_groups_path():
 def test_batch_counts_its_tokens_on_the_host():
     batch = collate([Window(0, [5, 6, 7]), Window(1, [8]), Window(2, [9, 9, 9, 9, 9])], 0, "cpu")
     assert batch.lengths == [3, 1, 5] and batch.n_tokens == int(batch.mask.sum()) == 9
+
+
+def test_selection_through_host_indices_equals_boolean_selection():
+    batch = collate([Window(0, [5, 6, 7]), Window(1, [8]), Window(2, [9, 9, 9, 9, 9])], 0, "cpu")
+    values = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
+    later = batch.mask & (batch.positions > 0)
+    for x in (values, batch.tokens, batch.positions):
+        assert torch.equal(batch.real(x), x[batch.mask]) and torch.equal(batch.later(x), x[later])
+    batch.real_index = batch.later_index = None  # a batch made by hand: the boolean selection itself
+    assert torch.equal(batch.real(values), values[batch.mask]) and torch.equal(batch.later(values), values[later])
