@@ -39,10 +39,12 @@ gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
 workers=()
 if "$PYTHON" -c 'import xdist' 2>/dev/null; then workers=(-n "${GPU_CHECK_WORKERS:-8}" --dist loadfile); fi
 # the whole suite; the summary lists every failure with its reason (no -x: all of them, in one go)
-NORMPROBE_TEST_DEVICE=cuda step "tests on cuda" 250 "$PYTHON" -m pytest -q -p no:cacheprovider "${workers[@]}" \
+NORMPROBE_TEST_DEVICE=cuda step "tests on cuda" 200 "$PYTHON" -m pytest -q -p no:cacheprovider "${workers[@]}" \
   -rfE --tb=short tests/
-PYTHONUNBUFFERED=1 step "throughput: Llama-3.2-1B shape, bfloat16, $TOKENS tokens" 190 \
-  "$PYTHON" benchmarks/bench_throughput.py --shape 1b --device cuda --dtype bfloat16 --tokens "$TOKENS" --out "$OUT"
+# baselines over a quarter of the corpus: four passes each, and three random models built per run
+PYTHONUNBUFFERED=1 step "throughput: Llama-3.2-1B shape, bfloat16, $TOKENS tokens" 250 \
+  "$PYTHON" benchmarks/bench_throughput.py --shape 1b --device cuda --dtype bfloat16 --tokens "$TOKENS" \
+  --baseline-tokens $(( TOKENS / 4 )) --out "$OUT"
 if [ "$gpus" -ge 2 ]; then
   NORMPROBE_TEST_DEVICE=cuda step "torchrun on two GPUs against one GPU" 60 "$PYTHON" -m pytest -q -p no:cacheprovider \
     -rfE --tb=short tests/test_scale.py -k torchrun
