@@ -111,10 +111,12 @@ def _slow_reference(adapter, docs):
             handles.append(block.mlp.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("mlp", l), o[0].detach())))
         captured = {}
         handles.append(norm.register_forward_pre_hook(lambda m, a: captured.setdefault("hL", a[0][0].detach())))
-        with torch.no_grad():
-            out = hf(torch.tensor([ids], device=adapter.device), output_hidden_states=True)
-        for handle in handles:
-            handle.remove()
+        try:  # the hooks sit on the session's model: never leave them behind
+            with torch.no_grad():
+                out = hf(torch.tensor([ids], device=adapter.device), output_hidden_states=True)
+        finally:
+            for handle in handles:
+                handle.remove()
         hs = [out.hidden_states[l][0] for l in range(L)] + [captured["hL"]]
         for t in range(len(ids) - 1):
             target = torch.tensor(ids[t + 1], device=adapter.device)
