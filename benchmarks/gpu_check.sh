@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # GPU checks in one go, at most 8 minutes (each step has its own time guard, and the whole script one):
-#   1. the device-relevant tests with the test models on cuda (NORMPROBE_TEST_DEVICE=cuda);
-#   2. norms probe / Hugging Face's default-attention forward, bfloat16, T=1024 and T=2048, 1B-class Llama shape;
-#   3. a two-process torchrun on two GPUs, when there are two.
-# Run from the repository root with the project's environment active (or PYTHON=.venv/bin/python).
-# Writes its log and the benchmark's JSON under ${OUT:-benchmarks/results}/.
+#   1. the whole test suite with the test models and their inputs on cuda (NORMPROBE_TEST_DEVICE=cuda),
+#      in parallel workers where pytest-xdist is installed;
+#   2. benchmarks/bench_throughput.py: Llama-3.2-1B shape, bfloat16, 2,097,152 tokens in 2048-token windows at
+#      the automatic batch size; tokens/s of HF's default forward, norms, norms with random-init baselines,
+#      updates against a logit readout of every layer, trace of 64 texts; fixed costs; peak memory;
+#   3. on two GPUs, torchrun's tables against the single-GPU run's (tests/test_scale.py on cuda); on one, it says so.
+# Run from the repository root (docs/development.md has the one device call that carries the wheels):
+#   bash benchmarks/gpu_check.sh          # PYTHON=... picks the interpreter, OUT=... the folder
+# Writes gpu_check.log, tests.log, bench_throughput.{json,md} under ${OUT:-benchmarks/results}/;
+# `python scripts/docs_figures.py --gpu-check DIR` turns them into docs/generated/gpu-check.md.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/results}
+TOKENS=${GPU_CHECK_TOKENS:-2097152}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 deadline=$(( $(date +%s) + 470 ))
@@ -22,17 +28,27 @@ step() {  # step NAME SECONDS COMMAND...: run with a guard that never passes the
   echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$LOG"
 }
 : > "$LOG"
-"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'GPU(s)', torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee -a "$LOG"
-NORMPROBE_TEST_DEVICE=cuda step "tests on cuda" 200 "$PYTHON" -m pytest -q -x -p no:cacheprovider \
-  tests/test_norms.py::test_resid_norms_equal_hugging_face tests/test_attention.py::test_norms_run_on_sdpa_unless_patterns_are_read \
-  tests/test_updates.py tests/test_precision.py tests/test_massive.py tests/test_probe_cost.py tests/test_model_objective.py \
-  tests/test_trace.py::test_steps_match_float64_autograd
-PYTHONUNBUFFERED=1 step "benchmark: 1B-class, bfloat16, against HF's default forward" 200 \
-  "$PYTHON" benchmarks/bench_scaling.py --shape 1b --device cuda --dtype bfloat16 --only speed --repeats 3 --out "$OUT"
-if [ "$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-  step "torchrun, two GPUs" 90 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 2 -m normprobe run demo \
-    --probe norms --probe updates --max-docs 64 --no-progress --device cuda --out "$OUT/torchrun-2gpu"
+echo "date $(date -u '+%Y-%m-%d %H:%M UTC')" | tee -a "$LOG"
+"$PYTHON" - <<'PY' 2>&1 | tee -a "$LOG"
+import importlib.metadata as md, torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.device_count(), "GPU(s)",
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+print("packages", ", ".join(f"{p} {md.version(p)}" for p in ("transformers", "transformer-lens", "accelerate", "datasets", "pandas", "pyarrow")))
+PY
+gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+workers=()
+if "$PYTHON" -c 'import xdist' 2>/dev/null; then workers=(-n "${GPU_CHECK_WORKERS:-8}" --dist loadfile); fi
+# the whole suite; the summary lists every failure with its reason (no -x: all of them, in one go)
+NORMPROBE_TEST_DEVICE=cuda step "tests on cuda" 200 "$PYTHON" -m pytest -q -p no:cacheprovider "${workers[@]}" \
+  -rfE --tb=short tests/
+# baselines over a quarter of the corpus: four passes each, and three random models built per run
+PYTHONUNBUFFERED=1 step "throughput: Llama-3.2-1B shape, bfloat16, $TOKENS tokens" 250 \
+  "$PYTHON" benchmarks/bench_throughput.py --shape 1b --device cuda --dtype bfloat16 --tokens "$TOKENS" \
+  --baseline-tokens $(( TOKENS / 4 )) --out "$OUT"
+if [ "$gpus" -ge 2 ]; then
+  NORMPROBE_TEST_DEVICE=cuda step "torchrun on two GPUs against one GPU" 60 "$PYTHON" -m pytest -q -p no:cacheprovider \
+    -rfE --tb=short tests/test_scale.py -k torchrun
 else
-  echo "== torchrun, two GPUs: skipped, one GPU" | tee -a "$LOG"
+  echo "== torchrun on two GPUs: skipped, this machine has $gpus GPU(s)" | tee -a "$LOG"
 fi
 echo "done with $(left) s to spare" | tee -a "$LOG"

@@ -30,10 +30,28 @@ class Batch:
     doc_seeds: list[int] = field(default_factory=list)
     # [n_windows, B] float64 bootstrap weights of each window's document; the runner sets them
     replicate_weights: Any = None
+    lengths: list[int] = field(default_factory=list)  # real tokens per window, known on the host
+    # flat [B * T] indices of `mask` and of `mask & (positions > 0)`, made on the host: selecting through them
+    # never waits for the GPU (a boolean selection must, to learn its size)
+    real_index: Any = None
+    later_index: Any = None
 
     @property
     def n_tokens(self) -> int:
-        return int(self.mask.sum())
+        # from the host's lengths: counting the mask on a GPU would wait for it every batch
+        return sum(self.lengths) if self.lengths else int(self.mask.sum())
+
+    def real(self, values: torch.Tensor) -> torch.Tensor:
+        """values[mask] for values [B, T, ...]."""
+        if self.real_index is None:
+            return values[self.mask]
+        return values.reshape(-1, *values.shape[2:]).index_select(0, self.real_index)
+
+    def later(self, values: torch.Tensor) -> torch.Tensor:
+        """values[mask & (positions > 0)] for values [B, T, ...]: real tokens after each window's first."""
+        if self.later_index is None:
+            return values[self.mask & (self.positions > 0)]
+        return values.reshape(-1, *values.shape[2:]).index_select(0, self.later_index)
 
 
 PIECE_CHARS = 1 << 16  # a longer document is tokenised piece by piece, only as far as it is used
@@ -156,11 +174,22 @@ def collate(windows: list[Window], pad_id: int, device: str) -> Batch:
     next_tokens[:, :-1] = tokens[:, 1:]
     positions = torch.arange(width).expand(len(windows), width).clone()
     return Batch(
-        tokens=tokens.to(device),
-        mask=mask.to(device),
-        has_next=has_next.to(device),
-        next_tokens=next_tokens.to(device),
-        positions=positions.to(device),
+        tokens=to_device(tokens, device),
+        mask=to_device(mask, device),
+        has_next=to_device(has_next, device),
+        next_tokens=to_device(next_tokens, device),
+        positions=to_device(positions, device),
         doc_indices=[w.doc_index for w in windows],
         doc_seeds=[w.doc_seed for w in windows],
+        lengths=[len(w.tokens) for w in windows],
+        real_index=to_device(mask.reshape(-1).nonzero().squeeze(1), device),
+        later_index=to_device((mask & (positions > 0)).reshape(-1).nonzero().squeeze(1), device),
     )
+
+
+def to_device(tensor: torch.Tensor, device: Any) -> torch.Tensor:
+    """A host tensor on `device`. To a GPU through pinned memory, without waiting: a copy from pageable
+    memory would hold the host until the GPU has finished the work queued before it."""
+    if str(device).startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -61,6 +61,8 @@ class GroupedMoments:
         """
         groups = groups.to(self.count.device)
         values = values.to(self.count.device, torch.float64)
+        if values.is_cuda:
+            return self._add_on_gpu(groups, values)
         finite = torch.isfinite(values)
         if not bool(finite.all()):
             self.nonfinite.index_add_(0, groups[~finite], torch.ones_like(values[~finite]))
@@ -76,6 +78,23 @@ class GroupedMoments:
         if self.track_extremes:
             self.minimum.scatter_reduce_(0, groups, values, reduce="amin")
             self.maximum.scatter_reduce_(0, groups, values, reduce="amax")
+
+    def _add_on_gpu(self, groups: torch.Tensor, values: torch.Tensor) -> None:
+        """`add` over every group, non-finite values weighted 0: no step waits for the host (`torch.unique`,
+        a boolean selection and `bool()` would, every batch). Untouched groups add zeros: the same sums."""
+        if groups.numel() == 0:
+            return
+        finite = torch.isfinite(values)
+        self.nonfinite.index_add_(0, groups, (~finite).to(torch.float64))
+        zero = torch.zeros_like(values)
+        count = torch.zeros_like(self.count).index_add_(0, groups, finite.to(torch.float64))
+        total = torch.zeros_like(self.total).index_add_(0, groups, torch.where(finite, values, zero))
+        deviation = torch.where(finite, values - (total / count.clamp(min=1))[groups], zero)
+        m2 = torch.zeros_like(self.m2).index_add_(0, groups, deviation * deviation)
+        self._combine(count, total, m2)
+        if self.track_extremes:
+            self.minimum.scatter_reduce_(0, groups, torch.where(finite, values, zero + float("inf")), reduce="amin")
+            self.maximum.scatter_reduce_(0, groups, torch.where(finite, values, zero - float("inf")), reduce="amax")
 
     def _combine(self, count: torch.Tensor, total: torch.Tensor, m2: torch.Tensor, where: torch.Tensor | None = None) -> None:
         """Chan et al.'s pairwise update of (count, total, m2), on all groups or on the `where` subset."""
@@ -149,6 +168,8 @@ class ReplicateSums:
         groups, windows = groups.to(device).reshape(-1), windows.to(device).reshape(-1)
         values = values.to(device, torch.float64).reshape(-1)
         finite = torch.isfinite(values)
+        if values.is_cuda:
+            return self._add_on_gpu(groups, values, windows, window_weights.to(device, torch.float64))
         if not bool(finite.all()):
             groups, values, windows = groups[finite], values[finite], windows[finite]
         if groups.numel() == 0:
@@ -161,6 +182,16 @@ class ReplicateSums:
         counts = torch.zeros_like(sums).index_add_(0, cell, torch.ones_like(values))
         self.total[touched] += sums.view(n_windows, -1).T @ weights
         self.weight[touched] += counts.view(n_windows, -1).T @ weights
+
+    def _add_on_gpu(self, groups: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, weights: torch.Tensor) -> None:
+        """`add` over every (window, group), non-finite values weighted 0: nothing waits for the host."""
+        finite = torch.isfinite(values)
+        cell = windows * self.n_groups + groups
+        sums = torch.zeros(weights.shape[0] * self.n_groups, dtype=torch.float64, device=values.device)
+        sums.index_add_(0, cell, torch.where(finite, values, torch.zeros_like(values)))
+        counts = torch.zeros_like(sums).index_add_(0, cell, finite.to(torch.float64))
+        self.total += sums.view(weights.shape[0], -1).T @ weights
+        self.weight += counts.view(weights.shape[0], -1).T @ weights
 
     def merge(self, other: ReplicateSums) -> None:
         if other.weight.shape != self.weight.shape:

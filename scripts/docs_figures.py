@@ -4,6 +4,7 @@
     .venv/bin/python scripts/docs_figures.py --bench NAME    # also run benchmarks/NAME.py and keep what it prints
     .venv/bin/python scripts/docs_figures.py --no-quickstart --suite 3   # time the README's test command
     .venv/bin/python scripts/docs_figures.py --no-quickstart --probe-examples   # only each probe page's example
+    .venv/bin/python scripts/docs_figures.py --no-quickstart --gpu-check DIR   # what gpu_check.sh wrote to DIR
 
 Each figure goes to docs/generated/<name>.md, which the docs include; the README's quick-start time
 is rewritten between its `quickstart-time` markers. Every file names the machine it was measured on.
@@ -275,12 +276,35 @@ def benchmark(name: str) -> None:
     write(name, f"```\n$ python {shown}\n{done.stdout.strip()}\n```\n\n({machine()}; it took {wall:.0f} s.)\n")
 
 
+GPU_LOG_KEEP = ("==", "date ", "torch ", "packages ", "FAILED", "ERROR", "done with")
+
+
+def gpu_check(folder: Path) -> None:
+    """docs/generated/gpu-check.md from benchmarks/gpu_check.sh's output folder (run on the GPU machine, fetched)."""
+    import re
+
+    log = folder / "gpu_check.log"
+    if not log.exists():
+        sys.exit(f"no {log}: run benchmarks/gpu_check.sh with OUT={folder} first")
+    kept = [
+        line.rstrip()
+        for line in log.read_text().splitlines()
+        if line.startswith(GPU_LOG_KEEP) or re.search(r"\d+ (passed|failed|error)", line) and " in " in line
+    ]
+    text = "`benchmarks/gpu_check.sh` as it printed (its summary lines; every failing test is named):\n\n```\n"
+    text += "\n".join(kept) + "\n```\n"
+    table = folder / "bench_throughput.md"
+    text += f"\n{table.read_text()}" if table.exists() else "\nThe throughput benchmark wrote no table.\n"
+    write("gpu-check", text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="append", default=[], help="also run benchmarks/NAME.py (repeatable; 'all')")
     parser.add_argument("--no-quickstart", action="store_true")
     parser.add_argument("--suite", type=int, default=0, metavar="N", help="also time the README's test command N times")
     parser.add_argument("--probe-examples", action="store_true", help="also each probe page's example on the demo")
+    parser.add_argument("--gpu-check", type=Path, metavar="DIR", help="write gpu-check.md from benchmarks/gpu_check.sh's DIR")
     args = parser.parse_args()
     if not args.no_quickstart:
         quickstart()
@@ -291,6 +315,8 @@ def main() -> None:
         suite(args.suite)
     for name in list(BENCHMARKS) if args.bench == ["all"] else args.bench:
         benchmark(name)
+    if args.gpu_check:
+        gpu_check(args.gpu_check)
 
 
 if __name__ == "__main__":

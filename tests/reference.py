@@ -39,10 +39,15 @@ def assert_difference_close(got, want, atol, rel: float = FLOAT32_REL, what: str
         )
 
 
+def on_host(value):
+    """A tensor from the test device (NORMPROBE_TEST_DEVICE) brought to the CPU, to compare with references."""
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+
 def assert_float32_close(got, want, rel: float = FLOAT32_REL, what: str = "") -> None:
     """Equal to float32 rounding: relative `rel` of each value, with an absolute floor of `rel` times the
     largest magnitude among the values, so an entry near 0 (a mean cosine) is judged on its column's scale."""
-    got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
+    got, want = np.asarray(on_host(got), dtype=float), np.asarray(on_host(want), dtype=float)
     finite = want[np.isfinite(want)]
     floor = rel * float(np.abs(finite).max()) if finite.size else 0.0
     np.testing.assert_allclose(got, want, rtol=rel, atol=floor, equal_nan=True, err_msg=what)
@@ -104,7 +109,7 @@ def drive_by_hand(probe, adapter, windows, per_batch: int = 1):
 
     weights = ReplicateWeights(int(probe.options.get("replicates") or 200))
     for start in range(0, len(windows), per_batch):
-        batch = collate(windows[start : start + per_batch], adapter.pad_token_id, "cpu")
+        batch = collate(windows[start : start + per_batch], adapter.pad_token_id, adapter.device)
         batch.replicate_weights = weights.for_windows(batch.doc_seeds)  # the document bootstrap, as the runner does
         store = {}
         hooks = [(h, lambda act, hook, h=h: store.__setitem__(h, probe.reduce(h, act, batch))) for h in probe.hook_points()]

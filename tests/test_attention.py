@@ -6,7 +6,7 @@ import pytest
 
 import normprobe
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .reference import assert_float32_close
 
 ENTROPY = "probes/attention_entropy.py"
@@ -39,7 +39,7 @@ def test_a_family_where_sdpa_disagrees_stays_eager(monkeypatch, tmp_path, family
     import normprobe.attention as attention
 
     monkeypatch.setattr(attention, "fast_attention_disagreement", lambda *a, **k: 0.4)
-    adapter = normprobe.load_model(str(family_dir("qwen2")), device="cpu")  # a fresh model: the check runs once
+    adapter = normprobe.load_model(str(family_dir("qwen2")), device=TEST_DEVICE)  # a fresh model: the check runs once
     result = _run(adapter, ["norms"])
     assert result.meta["attention"] == "eager"
     assert result.meta["attention_reason"] == "sdpa differed from eager by 0.4 (relative) on this model"
@@ -50,7 +50,7 @@ def test_sdpa_really_runs_and_patterns_come_back_with_eager(demo_adapter):
 
     from normprobe.attention import fast_attention_disagreement
 
-    tokens = torch.arange(20)[None] % demo_adapter.d_vocab
+    tokens = torch.arange(20, device=demo_adapter.device)[None] % demo_adapter.d_vocab
     gap = fast_attention_disagreement(demo_adapter.bridge, demo_adapter.hook_name("resid_post", 3), tokens)
     assert 0 <= gap < 1e-5  # float32 sums in another order, nothing more
 

@@ -13,7 +13,7 @@ from normprobe.lens_training import CHECKPOINT_FILE, LensSettings, LensTrainer, 
 from normprobe.options import Corpus
 from normprobe.readouts import make_readout
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .test_cli import invoke
 from .test_readouts import tuned_lens  # noqa: F401 - fixture
 
@@ -66,13 +66,15 @@ def test_trained_lens_loads_in_tuned_lens(demo_adapter, trained, hf_model, tuned
     for layer in range(demo_adapter.n_layers):
         with torch.no_grad():
             want = torch.nn.functional.cross_entropy(theirs(h, layer), targets, reduction="none")
-        torch.testing.assert_close(readout.loss(h, targets, layer), want, rtol=1e-5, atol=1e-5)
+        got = readout.loss(h.to(demo_adapter.device), targets.to(demo_adapter.device), layer).cpu()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_cli_trains_then_runs_linesearch_with_the_lens(tmp_path, capsys):
     lens = tmp_path / "lens"
     code, out, err = invoke(
-        ["lens", "train", "demo", "--out", str(lens), "--steps", "2", "--batch-size", "1", "--seq-len", "16", "--device", "cpu"],
+        ["lens", "train", "demo", "--out", str(lens), "--steps", "2", "--batch-size", "1", "--seq-len", "16"]
+        + ["--device", TEST_DEVICE],
         capsys,
     )
     assert code == 0, err
@@ -97,7 +99,7 @@ def test_cli_trains_then_runs_linesearch_with_the_lens(tmp_path, capsys):
             str(run),
             "--no-progress",
             "--device",
-            "cpu",
+            TEST_DEVICE,
         ],
         capsys,
     )

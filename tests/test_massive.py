@@ -13,7 +13,7 @@ import normprobe
 from normprobe.errors import NormprobeError
 from normprobe.probes.massive import MassiveProbe, massive_findings
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .reference import drive_by_hand, final_norm_module, token_ids
 
 
@@ -285,7 +285,7 @@ def test_shards_merge_to_the_whole_run(demo_adapter, tmp_path):
     options = dict(probes=["massive"], texts=DOCS, batch_size=1, massive_ratio=4.0, progress=False, plotlyjs="cdn")
     whole = RunResult.load(run_to_folder(demo_adapter, tmp_path / "whole", **options))
     shards = [run_to_folder(demo_adapter, tmp_path / f"shard{i}", shard=(i, 2), **options) for i in range(2)]
-    merged = RunResult.load(merge_shards(shards, tmp_path / "merged", device="cpu", plotlyjs="cdn"))
+    merged = RunResult.load(merge_shards(shards, tmp_path / "merged", device=TEST_DEVICE, plotlyjs="cdn"))
     assert len(whole["massive_tokens"]) > 0
     for name in ("massive", "top_dims", "attention_sink", "massive_tokens"):
         pd.testing.assert_frame_equal(merged[name], whole[name], check_exact=False, rtol=1e-12, atol=0)

@@ -123,7 +123,7 @@ def hf_reference(hf, family: str, ids: list[int], ablate: bool = False) -> dict:
 
 
 def _batch(adapter, ids_list):
-    return collate([Window(i, ids) for i, ids in enumerate(ids_list)], adapter.pad_token_id, "cpu")
+    return collate([Window(i, ids) for i, ids in enumerate(ids_list)], adapter.pad_token_id, adapter.device)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_per_token_steps_match_hf_autograd_and_ablation(family, tiny_models):
             want = torch.cat([r["steps"][(layer, component)][metric] for r in refs])
             what = f"{family} {layer} {component} {metric}"
             if metric == "actual_change":
-                np.testing.assert_allclose(got[metric], want, rtol=REL, atol=REL * loss_scale, err_msg=what)
+                np.testing.assert_allclose(got[metric].cpu(), want, rtol=REL, atol=REL * loss_scale, err_msg=what)
             else:
                 assert_float32_close(got[metric], want, rel=REL, what=what)
     assert len(steps) == adapter.n_layers * len(COMPONENTS)

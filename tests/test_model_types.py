@@ -16,6 +16,7 @@ import torch
 
 from normprobe.families import MODEL_FACTS, MODEL_TYPES, REFUSED
 
+from .conftest import TEST_DEVICE
 from .tiny_configs import VOCAB, tiny_config
 
 REL = 1e-5  # float32 rounding of O(1) values, summed over a few thousand terms
@@ -61,8 +62,9 @@ def tiny_pair(model_type: str, tokenizer):
         for name, param in hf.named_parameters():
             if "norm" in name or "ln" in name.split(".")[-2]:
                 param.add_(0.2 * torch.randn_like(param))
-    reference = copy.deepcopy(hf)
-    return ModelAdapter.from_hf_model(hf, tokenizer, name=f"tiny {model_type}"), reference
+    reference = copy.deepcopy(hf)  # the reference stays on the CPU; the adapter runs on the test device
+    adapter = ModelAdapter.from_hf_model(hf.to(TEST_DEVICE), tokenizer, name=f"tiny {model_type}", device=TEST_DEVICE)
+    return adapter, reference
 
 
 def hf_readout_input(reference, adapter):
@@ -88,9 +90,10 @@ def test_model_type_matches_hugging_face(model_type, word_tokenizer):
 
     seen = {}
     names = [adapter.hook_name(site, l) for l in range(L) for site in adapter.sites]
-    hooks = [(n, lambda act, hook, n=n: seen.__setitem__(n, act.detach().clone())) for n in names]
+    hooks = [(n, lambda act, hook, n=n: seen.__setitem__(n, act.detach().to("cpu", copy=True))) for n in names]
+    on_device = inputs.to(adapter.device)
     with torch.no_grad():
-        adapter.forward(inputs, torch.ones_like(inputs), hooks)
+        adapter.forward(on_device, torch.ones_like(on_device), hooks)
 
     captured = {}
 
@@ -114,11 +117,11 @@ def test_model_type_matches_hugging_face(model_type, word_tokenizer):
     # (b) lens loss at the output equals the loss of HF's own logits
     hf_loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(), targets, reduction="none")
     flat = h_last.reshape(-1, adapter.d_model)
-    torch.testing.assert_close(adapter.readout.loss(flat, targets), hf_loss.detach(), rtol=REL, atol=REL)
+    torch.testing.assert_close(adapter.readout.loss(flat, targets).cpu(), hf_loss.detach(), rtol=REL, atol=REL)
 
     # (c) the descent gradient equals autograd through HF's own final norm, head and post-processing
     (want,) = torch.autograd.grad(hf_loss.sum(), captured["h"])
-    loss, grad = adapter.readout.loss_and_grad(flat, targets)
+    loss, grad = (t.cpu() for t in adapter.readout.loss_and_grad(flat.to(adapter.device), targets.to(adapter.device)))
     torch.testing.assert_close(loss, hf_loss.detach(), rtol=REL, atol=REL)
     assert _rel(grad, want.reshape(-1, adapter.d_model)) <= 10 * REL, model_type
 
@@ -145,7 +148,7 @@ def test_model_type_matches_hugging_face(model_type, word_tokenizer):
     expected = ("eager", "the model offers no sdpa") if model_type in EAGER_ONLY else ("sdpa", "Hugging Face's default")
     assert (running, reason) == expected, model_type
     with torch.no_grad():
-        adapter.forward(inputs, torch.ones_like(inputs), hooks)
+        adapter.forward(on_device, torch.ones_like(on_device), hooks)
     reference.set_attn_implementation(running)
     with torch.no_grad():
         fast = reference(inputs, output_hidden_states=True, use_cache=False).hidden_states
@@ -211,13 +214,16 @@ def test_refused_for_disagreeing_with_hugging_face_still_disagrees(model_type, w
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(config).eval()
     reference = copy.deepcopy(hf)
-    bridge = TransformerBridge.boot_transformers(word_tokenizer.name_or_path, hf_model=hf, device="cpu", tokenizer=word_tokenizer)
+    bridge = TransformerBridge.boot_transformers(
+        word_tokenizer.name_or_path, hf_model=hf.to(TEST_DEVICE), device=TEST_DEVICE, tokenizer=word_tokenizer
+    )
     ids = torch.randint(2, VOCAB, (2, 10), generator=torch.Generator().manual_seed(1))
     seen = {}
     names = [f"blocks.{l}.hook_resid_pre" for l in range(bridge.cfg.n_layers)]
-    hooks = [(n, lambda act, hook, n=n: seen.__setitem__(n, act.clone())) for n in names]
+    hooks = [(n, lambda act, hook, n=n: seen.__setitem__(n, act.to("cpu", copy=True))) for n in names]
+    on_device = ids.to(TEST_DEVICE)
     with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
-        bridge(ids, attention_mask=torch.ones_like(ids), return_type=None)  # normprobe always passes a mask
+        bridge(on_device, attention_mask=torch.ones_like(on_device), return_type=None)  # normprobe always passes a mask
         hidden = reference(ids, output_hidden_states=True, use_cache=False).hidden_states
     worst = max(_rel(seen[f"blocks.{l}.hook_resid_pre"], hidden[l]) for l in range(bridge.cfg.n_layers))
     assert worst > 1e-3, (model_type, worst)

@@ -7,7 +7,7 @@ import pytest
 
 import normprobe
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 
 TEXTS = DOCS * 4
 
@@ -19,7 +19,7 @@ def float32_demo(demo_adapter):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_matches_float32_on_demo(dtype, float32_demo):
-    half = normprobe.run("demo", texts=TEXTS, probes=["norms", "updates"], dtype=dtype, device="cpu", progress=False)
+    half = normprobe.run("demo", texts=TEXTS, probes=["norms", "updates"], dtype=dtype, device=TEST_DEVICE, progress=False)
     assert half.meta["dtype"] == dtype
     a, b = float32_demo["norms"], half["norms"]
     assert (a[["site", "layer", "position", "count"]].values == b[["site", "layer", "position", "count"]].values).all()
@@ -43,10 +43,11 @@ def test_float16_overflow_is_counted_not_averaged(demo_adapter):
     probe.setup(demo_adapter, 8)
     from normprobe.batching import Window, collate
 
-    batch = collate([Window(0, [0, 5, 6, 7])], demo_adapter.pad_token_id, "cpu")
+    batch = collate([Window(0, [0, 5, 6, 7])], demo_adapter.pad_token_id, demo_adapter.device)
     acts = {}
     for name in probe.hook_points():
-        x = torch.full((1, 4, demo_adapter.d_model), 300.0, dtype=torch.float16)  # 300² overflows float16
+        # 300² overflows float16
+        x = torch.full((1, 4, demo_adapter.d_model), 300.0, dtype=torch.float16, device=demo_adapter.device)
         if name == "blocks.3.hook_resid_post":
             x[0, 2] = float("inf")
         acts[name] = probe.reduce(name, x, batch)

@@ -15,6 +15,8 @@ from normprobe.cli import main
 from normprobe.logit_readout import LogitOp, Readout
 from normprobe.probes.linesearch import refine_minimum
 
+from .conftest import TEST_DEVICE
+
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
 
 
@@ -131,13 +133,14 @@ def test_tuned_lens_line_is_translated_line(demo_adapter, hf_model):
         for t in translators:
             t.weight.normal_(0, 0.05)
             t.bias.normal_(0, 0.05)
+    A, b = translators[1].weight.double(), translators[1].bias.double()  # the reference's copy, on the CPU
     readout = TunedReadout(demo_adapter, translators)
     hf = copy.deepcopy(hf_model(DEMO_DIR)).double()
     h, delta = 3 * torch.randn(9, demo_adapter.d_model), torch.randn(9, demo_adapter.d_model)
     targets = torch.randint(0, demo_adapter.d_vocab, (9,))
     layer = 1
-    fast = readout.line_losses(h, [delta], ALPHAS, targets, layer)[0]
-    A, b = translators[layer].weight.double(), translators[layer].bias.double()
+    device = demo_adapter.device
+    fast = readout.line_losses(h.to(device), [delta.to(device)], ALPHAS, targets.to(device), layer)[0].cpu()
     with torch.no_grad():
         for i, a in enumerate(ALPHAS):
             x = h.double() + a * delta.double()
@@ -236,7 +239,7 @@ def test_readout_sample_same_tables_single_resumed_and_merged(tmp_path, demo_ada
     run_to_folder(demo_adapter, tmp_path / "resumed", probes=probes + [str(flaky)], resume=True, **options)
     for i in range(2):
         run_to_folder(demo_adapter, tmp_path / f"shard{i}", probes=probes, shard=(i, 2), **options)
-    merge_shards([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged", device="cpu")
+    merge_shards([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged", device=TEST_DEVICE)
 
     single = {name: pd.read_parquet(tmp_path / "single" / f"{name}.parquet") for name in ("updates", "line_search")}
     for other in ("resumed", "merged"):

@@ -40,6 +40,7 @@ def test_tuned_readout_matches_autograd(demo_adapter, hf_model, random_lens):
     torch.manual_seed(3)
     h = torch.randn(11, demo_adapter.d_model) * 4
     targets = torch.randint(0, demo_adapter.d_vocab, (11,))
+    device = demo_adapter.device  # the readout runs there; the float64 reference on the CPU
     for layer in (0, demo_adapter.n_layers - 1, demo_adapter.n_layers):
         x = h.double().requires_grad_(True)
         if layer < demo_adapter.n_layers:
@@ -49,10 +50,11 @@ def test_tuned_readout_matches_autograd(demo_adapter, hf_model, random_lens):
         logits = hf.lm_head(hf.transformer.ln_f(y))
         want = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         (want_grad,) = torch.autograd.grad(want.sum(), x)
-        loss, grad = readout.loss_and_grad(h, targets, layer)
+        loss, grad = (t.cpu() for t in readout.loss_and_grad(h.to(device), targets.to(device), layer))
         torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grad.double(), want_grad, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(readout.loss(h, targets, layer).double(), want.detach(), rtol=1e-5, atol=1e-5)
+        again = readout.loss(h.to(device), targets.to(device), layer).cpu()
+        torch.testing.assert_close(again.double(), want.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_lens_for_another_model_is_refused(tmp_path, demo_adapter, random_lens):
@@ -121,9 +123,10 @@ def test_tuned_lens_package_round_trip(tmp_path, demo_adapter, hf_model, tuned_l
     h = torch.randn(9, demo_adapter.d_model) * 3
     targets = torch.randint(0, demo_adapter.d_vocab, (9,))
     readout = make_readout(demo_adapter, f"tuned:{tmp_path / 'theirs'}")
+    on_device = h.to(demo_adapter.device), targets.to(demo_adapter.device)
     for layer in range(demo_adapter.n_layers):
         torch.testing.assert_close(
-            readout.loss(h, targets, layer), _tuned_lens_losses(theirs, h, targets, layer), rtol=1e-5, atol=1e-5
+            readout.loss(*on_device, layer).cpu(), _tuned_lens_losses(theirs, h, targets, layer), rtol=1e-5, atol=1e-5
         )
 
     ours = save_lens(tmp_path / "ours", _random_translators(demo_adapter, seed=7), demo_adapter)
@@ -132,7 +135,7 @@ def test_tuned_lens_package_round_trip(tmp_path, demo_adapter, hf_model, tuned_l
     readout = make_readout(demo_adapter, f"tuned:{ours}")
     for layer in range(demo_adapter.n_layers):
         torch.testing.assert_close(
-            readout.loss(h, targets, layer), _tuned_lens_losses(loaded, h, targets, layer), rtol=1e-5, atol=1e-5
+            readout.loss(*on_device, layer).cpu(), _tuned_lens_losses(loaded, h, targets, layer), rtol=1e-5, atol=1e-5
         )
 
 
@@ -148,9 +151,9 @@ def test_updates_with_tuned_readout_records_it(demo_adapter, random_lens, hf_mod
     losses = {l: [] for l in range(demo_adapter.n_layers + 1)}
     for doc in DOCS[:3]:
         ids = token_ids(demo_adapter.tokenizer, doc)
-        targets = torch.tensor(ids[1:])
+        targets = torch.tensor(ids[1:], device=demo_adapter.device)
         for layer, h in enumerate(hf_residuals(hf_model(DEMO_DIR), ids)):
-            losses[layer].extend(readout.loss(h[:-1].float(), targets, layer).tolist())
+            losses[layer].extend(readout.loss(h[:-1].float().to(targets.device), targets, layer).tolist())
     table = result["updates"].drop_duplicates("layer").set_index("layer")
     for layer, values in losses.items():
         assert table.loc[layer, "lens_loss_mean"] == pytest.approx(sum(values) / len(values), rel=1e-5)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .test_hostile import Planted, mount_tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_lens_files_that_are_not_a_lens_are_one_line(demo_adapter, tmp_path, cap
                     str(out),
                     "--no-progress",
                     "--device",
-                    "cpu",
+                    TEST_DEVICE,
                 ],
                 capsys,
             )
@@ -290,7 +290,7 @@ def test_rows_that_are_all_non_finite_are_kept_with_their_count(demo_adapter):
 
 
 # -- lens training ------------------------------------------------------------------------
-LENS_ARGS = ["--steps", "4", "--batch-size", "1", "--seq-len", "16", "--no-progress", "--device", "cpu"]
+LENS_ARGS = ["--steps", "4", "--batch-size", "1", "--seq-len", "16", "--no-progress", "--device", TEST_DEVICE]
 
 
 def checkpoint_for(out: Path, demo_adapter, corpus) -> None:

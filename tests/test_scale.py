@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from normprobe.cli import main
 
+from .conftest import TEST_DEVICE
 from .reference import assert_float32_close
 
+# each rank takes one GPU: on two GPUs the ranks' tables must equal the single-GPU run's; with fewer, gloo on the CPU
+TWO_GPUS = TEST_DEVICE.startswith("cuda") and torch.cuda.device_count() >= 2
+RANKS_ON = "cuda" if TWO_GPUS else "cpu"
+RANK_ENV = {**os.environ, "NORMPROBE_BACKEND": "nccl" if TWO_GPUS else "gloo"}
 ARGS = ["demo", "--probe", "norms", "--probe", "updates", "--max-docs", "24", "--batch-size", "4", "--no-progress"]
+ARGS += ["--device", RANKS_ON]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "normprobe", "run"]
 
 
@@ -49,7 +57,7 @@ def assert_same_run(got, want):
 
 def test_torchrun_two_processes_equal_single(single, tmp_path):
     out = tmp_path / "ranks"
-    proc = subprocess.run(TORCHRUN + ARGS + ["--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(TORCHRUN + ARGS + ["--out", str(out)], capture_output=True, text=True, timeout=300, env=RANK_ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     assert_same_run(out, single)
@@ -74,10 +82,11 @@ def test_failing_rank_is_named_not_hung(tmp_path):
     probe.write_text(FAILS_ON_RANK_1)
     out = tmp_path / "out"
     proc = subprocess.run(
-        TORCHRUN + ["demo", "--probe", str(probe), "--max-docs", "12", "--no-progress", "--out", str(out)],
+        TORCHRUN + ["demo", "--probe", str(probe), "--max-docs", "12", "--no-progress", "--device", RANKS_ON, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=RANK_ENV,
     )
     assert proc.returncode != 0
     assert (

@@ -7,7 +7,7 @@ import pytest
 import normprobe
 from normprobe.hooked import HookedPass
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .reference import assert_float32_close, drive_by_hand
 
 
@@ -24,7 +24,7 @@ def deep_and_shallow(tmp_path_factory, tokenizers_by_kind):
             GPT2Config(vocab_size=384, n_positions=64, n_embd=32, n_layer=depth, n_head=4, bos_token_id=0, eos_token_id=0)
         ).save_pretrained(folder)
         tokenizers_by_kind["shared"].save_pretrained(folder)
-        folders[depth] = normprobe.load_model(str(folder), device="cpu")
+        folders[depth] = normprobe.load_model(str(folder), device=TEST_DEVICE)
     return folders
 
 

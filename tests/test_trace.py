@@ -23,7 +23,7 @@ from normprobe.adapter import DEMO_DIR
 from normprobe.api import rerender
 from normprobe.tracing import COLUMNS, Trace
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .reference import assert_difference_close, assert_float32_close, difference_atol, final_norm_module, hf_residuals
 from .test_cli import invoke
 from .test_readouts import tuned_lens  # noqa: F401 - fixture
@@ -265,7 +265,7 @@ def test_cli_writes_the_folder(tmp_path, capsys):
             str(out),
             "--no-progress",
             "--device",
-            "cpu",
+            TEST_DEVICE,
         ],
         capsys,
     )

@@ -49,7 +49,7 @@ def test_gradient_matches_analytic_formula(family, family_adapter, hf_model, fam
     torch.manual_seed(1)
     h = torch.randn(17, adapter.d_model) * 3
     targets = torch.randint(0, adapter.d_vocab, (17,))
-    loss, grad = adapter.readout.loss_and_grad(h, targets)
+    loss, grad = adapter.readout.loss_and_grad(h.to(adapter.device), targets.to(adapter.device))
     want = analytic_grad(hf_model(family_dir(family)), h, targets)
     torch.testing.assert_close(grad.double().cpu(), want, rtol=1e-4, atol=1e-6)
     assert loss.shape == (17,)
@@ -111,13 +111,15 @@ def _slow_reference(adapter, docs):
             handles.append(block.mlp.register_forward_hook(lambda m, i, o, l=l: parts.__setitem__(("mlp", l), o[0].detach())))
         captured = {}
         handles.append(norm.register_forward_pre_hook(lambda m, a: captured.setdefault("hL", a[0][0].detach())))
-        with torch.no_grad():
-            out = hf(torch.tensor([ids]), output_hidden_states=True)
-        for handle in handles:
-            handle.remove()
+        try:  # the hooks sit on the session's model: never leave them behind
+            with torch.no_grad():
+                out = hf(torch.tensor([ids], device=adapter.device), output_hidden_states=True)
+        finally:
+            for handle in handles:
+                handle.remove()
         hs = [out.hidden_states[l][0] for l in range(L)] + [captured["hL"]]
         for t in range(len(ids) - 1):
-            target = torch.tensor(ids[t + 1])
+            target = torch.tensor(ids[t + 1], device=adapter.device)
             total = hs[L][t] - hs[0][t]
             deltas_prev = None
             for l in range(L + 1):

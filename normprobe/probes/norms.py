@@ -10,7 +10,7 @@ import torch
 
 from ..bootstrap import DEFAULT_REPLICATES
 from ..probe import Probe
-from ..stats import GroupedMoments, ReplicateSums, token_windows
+from ..stats import GroupedMoments, ReplicateSums
 
 POSITION_GROUPS = ("position0", "rest")  # the replicate table's position groups: position 0, positions >= 1
 
@@ -51,23 +51,23 @@ class NormsProbe(Probe):
         return torch.linalg.vector_norm(activation, dim=-1, dtype=torch.float32)
 
     def update(self, activations: dict[str, Any], batch) -> None:
-        mask = batch.mask
-        positions = batch.positions[mask]
-        norms = torch.stack([activations[h][mask] for *_, h in self._slots])  # [H, N]
+        # batch.real(x) is x[batch.mask], through indices made on the host: nothing here waits for the GPU
+        positions = batch.real(batch.positions)
+        norms = torch.stack([batch.real(activations[h]) for *_, h in self._slots])  # [H, N]
         offsets = torch.arange(len(self._slots), device=norms.device)[:, None] * self._seq_len
         self.by_position.add((offsets + positions[None, :]).reshape(-1), norms.reshape(-1))
         if batch.replicate_weights is not None:
-            stream = torch.stack([activations[h][mask] for *_, h in self._token_slots])  # [S, N]
+            stream = torch.stack([batch.real(activations[h]) for *_, h in self._token_slots])  # [S, N]
             later_group = (positions > 0).long()
             slots = torch.arange(len(self._token_slots), device=stream.device)[:, None] * len(POSITION_GROUPS)
-            windows = token_windows(mask).expand(len(self._token_slots), -1)
+            rows = torch.arange(batch.mask.shape[0], device=stream.device)[:, None].expand_as(batch.mask)
+            windows = batch.real(rows).expand(len(self._token_slots), -1)  # token_windows(mask)
             self.replicates.add(
                 (slots + later_group[None, :]).reshape(-1), stream.reshape(-1), windows.reshape(-1), batch.replicate_weights
             )
         # Position 0 (BOS where there is one) is analysed on its own, not in the frequency table.
-        later = mask & (batch.positions > 0)
-        token_ids = batch.tokens[later]
-        norms = torch.stack([activations[h][later] for *_, h in self._token_slots])
+        token_ids = batch.later(batch.tokens)
+        norms = torch.stack([batch.later(activations[h]) for *_, h in self._token_slots])
         offsets = torch.arange(len(self._token_slots), device=norms.device)[:, None] * self._vocab
         self.by_token.add((offsets + token_ids[None, :]).reshape(-1), norms.reshape(-1))
 
