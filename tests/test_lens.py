@@ -138,3 +138,17 @@ def test_lens_state_round_trip_and_merge(demo_adapter):
     probe.load_state_dict(other.state_dict())
     probe.merge(other)
     assert probe.moments["kl"].count.tolist()[:2] == [2.0, 2.0]
+
+
+def test_lens_section_draws_the_table(demo_adapter):
+    from normprobe.report import render_report, renderer_for
+
+    result = normprobe.run(demo_adapter, texts=DOCS[:3], probes=["lens"], progress=False, replicates=REPLICATES)
+    section = renderer_for("lens")(result.tables, result.findings["lens"], result.meta)
+    assert section.anchor == "lens"
+    loss = section.blocks[0].figure.data[0]
+    np.testing.assert_allclose(np.asarray(loss.y, dtype=float), result["lens"]["lens_loss_mean"].to_numpy(), rtol=1e-6)
+    assert list(loss.x) == result["lens"]["layer"].tolist()
+    again = renderer_for("lens")(result.tables, result.findings["lens"], result.meta)
+    assert [b.figure.to_json() for b in again.blocks] == [b.figure.to_json() for b in section.blocks]
+    assert "Every layer read out against the output" in render_report(result, plotlyjs="cdn")
