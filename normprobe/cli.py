@@ -426,6 +426,9 @@ def trace(
         str, typer.Option(help="How each layer is read: logit (the logit lens) or tuned:DIR (a tuned-lens folder).")
     ] = "logit",
     top_k: Annotated[int, typer.Option(help="Top tokens kept per layer and position.")] = 5,
+    columns: Annotated[
+        str, typer.Option(help="all, or lens: the readout's columns only (no norm, update norm, descent cos, loss change).")
+    ] = "all",
     prepend_bos: Annotated[
         bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start each document with BOS when the tokenizer has one.")
     ] = True,
@@ -451,6 +454,7 @@ def trace(
         max_tokens=max_tokens,
         readout=readout,
         top_k=top_k,
+        columns=columns,
         prepend_bos=prepend_bos,
         device=device,
         dtype=dtype,
