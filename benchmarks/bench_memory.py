@@ -8,6 +8,7 @@ any child so far, and ru_maxrss carries a parent's resident set across fork and 
 therefore built in a child too, so that the parent stays small.)
   - hf / hf eager:   `from_pretrained` then a body forward (`model.base_model`), sdpa / eager attention;
   - hf load / load:  `from_pretrained` alone / `normprobe.load_model` alone (no float32 copy of bf16);
+  - import hf:       `import torch, transformers` (what `hf` imports) and nothing else;
   - import:          `import torch, transformers, transformer_lens, normprobe` and nothing else;
   - norms, lens, updates, linesearch, massive: a whole `normprobe.run` with that probe (load included).
 Ratios are against `hf`, and `massive` (which runs eager attention) against `hf eager`.
@@ -139,11 +140,15 @@ def child(kind: str, folder: str, dtype: str, n_tokens: int, device: str) -> dic
         import normprobe
 
         normprobe.load_model(folder, device=device, dtype=dtype)
+    elif kind == "import hf":
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401
     elif kind == "import":
         import transformer_lens  # noqa: F401
         import transformers  # noqa: F401
 
         import normprobe  # noqa: F401
+        import normprobe.api  # noqa: F401
     else:
         import normprobe
 
@@ -228,7 +233,15 @@ def table(shape: str, dtype: str, results: dict[str, dict | None], n_tokens: int
         if found is None:
             rows.append(f"| {kind} | - | - | - | - | - | - |")
             continue
-        base_kind = "hf eager" if kind == "massive" else "hf load" if kind in ("load", "import") else "hf"
+        base_kind = (
+            "hf eager"
+            if kind == "massive"
+            else "hf load"
+            if kind == "load"
+            else "import hf"
+            if kind in ("import", "import hf")
+            else "hf"
+        )
         base = results.get(base_kind)
         ratio = f"{found['peak_rss'] / base['peak_rss']:.2f}× {base_kind}" if base and kind != base_kind else ""
         target = f"≤ {TARGETS[kind]:.2f}" if kind in TARGETS else ""
@@ -243,7 +256,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=None, help="comma-separated: gpt2-medium, llama-1b, gemma2")
     parser.add_argument(
-        "--measure", default=None, help="comma-separated subset of: hf, hf eager, hf load, import, load, " + ", ".join(PROBES)
+        "--measure",
+        default=None,
+        help="comma-separated subset of: hf, hf eager, hf load, import hf, import, load, " + ", ".join(PROBES),
     )
     parser.add_argument("--tokens", type=int, default=None, help="tokens per document (default 128, 32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="gpt2-medium only, 32 tokens")
@@ -266,7 +281,9 @@ def main() -> None:
         return
     shapes = (args.shapes or ("gpt2-medium" if args.quick else "gpt2-medium,llama-1b,gemma2")).split(",")
     kinds = (
-        [k.strip() for k in args.measure.split(",")] if args.measure else ["hf", "hf eager", "hf load", "import", "load", *PROBES]
+        [k.strip() for k in args.measure.split(",")]
+        if args.measure
+        else ["hf", "hf eager", "hf load", "import hf", "import", "load", *PROBES]
     )
     workdir = Path(args.workdir)
     lines = [
