@@ -65,6 +65,11 @@ def block_statistics(
     if reference is not None:
         out["kl"] = reference.neg_entropy - _row_dot(reference.p, z) + log_s * reference.mass
         out["top1_agree"] = (top == reference.top).float()
+    unread = ~torch.isfinite(out["lens_loss"])  # a non-finite row: its comparisons mean nothing either
+    if bool(unread.any()):
+        for name in ("target_rank", "target_log_rank", "target_top1", "top1_agree"):
+            if name in out:
+                out[name] = out[name].masked_fill(unread, float("nan"))
     p = e.div_(s[:, None])
     own = Reference(p, spread / s - log_s, torch.ones_like(s), top)  # Σ p log p = Σ p z' - log s
     return out, own

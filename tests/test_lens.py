@@ -152,3 +152,18 @@ def test_lens_section_draws_the_table(demo_adapter):
     again = renderer_for("lens")(result.tables, result.findings["lens"], result.meta)
     assert [b.figure.to_json() for b in again.blocks] == [b.figure.to_json() for b in section.blocks]
     assert "Every layer read out against the output" in render_report(result, plotlyjs="cdn")
+
+
+def test_non_finite_rows_are_not_ranked():
+    """A row of NaN logits gives NaN for every metric (counted apart by the moments), never rank 1."""
+    from normprobe.lens_stats import block_statistics
+
+    z = torch.tensor([[0.0, 1.0, 2.0], [float("nan"), 0.0, 1.0]])
+    ref_z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    _, reference = block_statistics(ref_z.clone(), torch.tensor([0, 2]), None, torch.empty(2, 3))
+    stats, _ = block_statistics(z.clone(), torch.tensor([0, 2]), reference, torch.empty(2, 3))
+    log_p = torch.log_softmax(z[0].double(), -1)
+    assert float(stats["lens_loss"][0]) == pytest.approx(float(-log_p[0]), rel=1e-6)
+    assert float(stats["target_rank"][0]) == 3.0 and float(stats["top1_agree"][0]) == 0.0
+    for name, values in stats.items():
+        assert bool(torch.isnan(values[1])), name
