@@ -212,7 +212,22 @@ def commands(args, model: Path, corpus: Path, one: Path, work: Path) -> dict[str
         },
         "trace": {
             "floor (HF hidden states, log-softmax, top-k)": [*me, "--corpus", str(one), "--worker", "hf_trace"],
-            "normprobe trace": [
+            "normprobe trace --columns lens": [
+                *cli,
+                "trace",
+                str(model),
+                "-i",
+                str(one),
+                "--top-k",
+                str(TOP_K),
+                "--columns",
+                "lens",
+                "--no-progress",
+                "--overwrite",
+                "-o",
+                out,
+            ],
+            "normprobe trace (all columns)": [
                 *cli,
                 "trace",
                 str(model),
