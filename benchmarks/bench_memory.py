@@ -1,12 +1,18 @@
 """Peak memory of normprobe against Hugging Face's own, on random-weight models of real shapes.
 
-Each measurement runs in a fresh subprocess (peak RSS is a process's high-water mark), on the same
-tokens, one document at a time (batch 1):
+Each measurement runs in a fresh subprocess, on the same tokens, one document at a time (batch 1),
+and its figure is that process's own peak: VmHWM of /proc/self/status read as it ends (the
+high-water mark of its own address space, which exec starts afresh), cross-checked against
+os.wait4's ru_maxrss for that one child. (getrusage(RUSAGE_CHILDREN) would give the largest peak of
+any child so far, and ru_maxrss carries a parent's resident set across fork and exec: the models are
+therefore built in a child too, so that the parent stays small.)
   - hf / hf eager:   `from_pretrained` then a body forward (`model.base_model`), sdpa / eager attention;
   - hf load / load:  `from_pretrained` alone / `normprobe.load_model` alone (no float32 copy of bf16);
-  - norms, updates, linesearch, massive: a whole `normprobe.run` with that probe (load included).
+  - import hf:       `import torch, transformers` (what `hf` imports) and nothing else;
+  - import:          `import torch, transformers, transformer_lens, normprobe` and nothing else;
+  - norms, lens, updates, linesearch, massive: a whole `normprobe.run` with that probe (load included).
 Ratios are against `hf`, and `massive` (which runs eager attention) against `hf eager`.
-Targets: norms <= 1.10, updates and linesearch <= 1.25, massive <= 1.10 (of hf eager).
+Targets: norms and lens <= 1.10, updates and linesearch <= 1.25, massive <= 1.10 (of hf eager).
 With a GPU, peak CUDA memory is measured as well (torch.cuda.max_memory_allocated).
 
 Shapes (random weights, saved under --workdir, deleted afterwards unless --keep):
@@ -28,11 +34,13 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-PROBES = ("norms", "updates", "linesearch", "massive")
-TARGETS = {"norms": 1.10, "updates": 1.25, "linesearch": 1.25, "massive": 1.10}
+PROBES = ("norms", "lens", "updates", "linesearch", "massive")
+TARGETS = {"norms": 1.10, "lens": 1.10, "updates": 1.25, "linesearch": 1.25, "massive": 1.10}
 VOCAB_WORD = "w{}"
 
 
@@ -132,6 +140,15 @@ def child(kind: str, folder: str, dtype: str, n_tokens: int, device: str) -> dic
         import normprobe
 
         normprobe.load_model(folder, device=device, dtype=dtype)
+    elif kind == "import hf":
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401
+    elif kind == "import":
+        import transformer_lens  # noqa: F401
+        import transformers  # noqa: F401
+
+        import normprobe  # noqa: F401
+        import normprobe.api  # noqa: F401
     else:
         import normprobe
 
@@ -139,12 +156,38 @@ def child(kind: str, folder: str, dtype: str, n_tokens: int, device: str) -> dic
         normprobe.run(
             folder, texts=[text], probes=[kind], batch_size=1, seq_len=n_tokens, dtype=dtype, device=device, progress=False
         )
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "peak_rss": peak_kib * 1024,
+        "peak_rss": own_peak(),
         "peak_cuda": int(torch.cuda.max_memory_allocated()) if cuda else None,
         "seconds": round(time.time() - started, 1),
     }
+
+
+def own_peak() -> int:
+    """This process's resident high-water mark in bytes (VmHWM: its own address space, reset by exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: ru_maxrss (KiB on Linux)
+
+
+def waited(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, the child's own ru_maxrss in bytes from os.wait4)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        if code == -9 and not timer.is_alive() and timer.finished.is_set():
+            raise subprocess.TimeoutExpired(command, timeout)
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read(), usage.ru_maxrss * 1024
 
 
 def measure(kind: str, folder: Path, dtype: str, n_tokens: int, device: str, timeout: float) -> dict | None:
@@ -164,15 +207,15 @@ def measure(kind: str, folder: Path, dtype: str, n_tokens: int, device: str, tim
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        code, out, err, maxrss = waited(command, env, timeout)
     except subprocess.TimeoutExpired:
         print(f"  {kind}: over {timeout:.0f} s, skipped", file=sys.stderr)
         return None
-    lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
-    if done.returncode or not lines:
-        print(f"  {kind}: failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    if code or not lines:
+        print(f"  {kind}: failed: {err.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "wait4_maxrss": maxrss}
 
 
 def gib(n: float | None) -> str:
@@ -183,19 +226,28 @@ def table(shape: str, dtype: str, results: dict[str, dict | None], n_tokens: int
     rows = [
         f"### {shape} ({dtype}, {n_tokens} tokens, batch 1)",
         "",
-        "| measurement | peak RSS (GiB) | ratio | target | peak CUDA (GiB) | seconds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| measurement | peak RSS (GiB) | ratio | target | wait4 ru_maxrss (GiB) | peak CUDA (GiB) | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, found in results.items():
         if found is None:
-            rows.append(f"| {kind} | - | - | - | - | - |")
+            rows.append(f"| {kind} | - | - | - | - | - | - |")
             continue
-        base_kind = "hf eager" if kind == "massive" else "hf load" if kind == "load" else "hf"
+        base_kind = (
+            "hf eager"
+            if kind == "massive"
+            else "hf load"
+            if kind == "load"
+            else "import hf"
+            if kind in ("import", "import hf")
+            else "hf"
+        )
         base = results.get(base_kind)
         ratio = f"{found['peak_rss'] / base['peak_rss']:.2f}× {base_kind}" if base and kind != base_kind else ""
         target = f"≤ {TARGETS[kind]:.2f}" if kind in TARGETS else ""
         rows.append(
-            f"| {kind} | {gib(found['peak_rss'])} | {ratio} | {target} | {gib(found['peak_cuda'])} | {found['seconds']} |"
+            f"| {kind} | {gib(found['peak_rss'])} | {ratio} | {target} | {gib(found.get('wait4_maxrss'))} "
+            f"| {gib(found['peak_cuda'])} | {found['seconds']} |"
         )
     return rows + [""]
 
@@ -204,7 +256,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=None, help="comma-separated: gpt2-medium, llama-1b, gemma2")
     parser.add_argument(
-        "--measure", default=None, help="comma-separated subset of: hf, hf eager, hf load, load, " + ", ".join(PROBES)
+        "--measure",
+        default=None,
+        help="comma-separated subset of: hf, hf eager, hf load, import hf, import, load, " + ", ".join(PROBES),
     )
     parser.add_argument("--tokens", type=int, default=None, help="tokens per document (default 128, 32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="gpt2-medium only, 32 tokens")
@@ -214,6 +268,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     parser.add_argument("--markdown", default=None, help="also write the tables to this file (docs/generated/bench_memory.md)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--build", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,15 +276,31 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.model, args.dtype, n_tokens, args.device)))
         return
+    if args.build:
+        print(build(args.build, Path(args.model)))
+        return
     shapes = (args.shapes or ("gpt2-medium" if args.quick else "gpt2-medium,llama-1b,gemma2")).split(",")
-    kinds = [k.strip() for k in args.measure.split(",")] if args.measure else ["hf", "hf eager", "hf load", "load", *PROBES]
+    kinds = (
+        [k.strip() for k in args.measure.split(",")]
+        if args.measure
+        else ["hf", "hf eager", "hf load", "import hf", "import", "load", *PROBES]
+    )
     workdir = Path(args.workdir)
-    lines = [f"normprobe memory benchmark on {args.device}; peak RSS includes Python, torch and the libraries imported", ""]
+    lines = [
+        f"normprobe memory benchmark on {args.device} ({os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at the start); "
+        "each peak RSS is that process's own (VmHWM), Python, torch and the libraries imported included",
+        "",
+    ]
     try:
         for shape in shapes:
             folder = workdir / shape
             print(f"{shape}: building in {folder}", file=sys.stderr)
-            dtype = build(shape, folder)
+            # in a child: a parent holding a model would lend its resident set to every later child's ru_maxrss
+            built = subprocess.run(
+                [sys.executable, __file__, "--build", shape, "--model", str(folder)], capture_output=True, text=True, check=True
+            )
+            dtype = built.stdout.split()[-1]
             results = {}
             for kind in kinds:
                 results[kind] = measure(kind, folder, dtype, n_tokens, args.device, args.timeout)
@@ -244,12 +315,10 @@ def main() -> None:
 
 
 def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
+    """Asked of a child: importing torch here would grow this parent, whose resident set its children inherit."""
+    probe = "import torch; print(torch.cuda.is_available())"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return done.stdout.strip() == "True"
 
 
 if __name__ == "__main__":

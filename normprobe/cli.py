@@ -438,6 +438,9 @@ def trace(
         bool, typer.Option(help="Use a tuned lens trained for another model (its unembed_hash differs); run.json records it.")
     ] = False,
     top_k: Annotated[int, typer.Option(help="Top tokens kept per layer and position.")] = 5,
+    columns: Annotated[
+        str, typer.Option(help="all, or lens: the readout's columns only (no norm, update norm, descent cos, loss change).")
+    ] = "all",
     prepend_bos: Annotated[
         bool, typer.Option("--prepend-bos/--no-prepend-bos", help="Start each document with BOS when the tokenizer has one.")
     ] = True,
@@ -467,6 +470,7 @@ def trace(
         readout=readout,
         allow_foreign_lens=allow_foreign_lens,
         top_k=top_k,
+        columns=columns,
         prepend_bos=prepend_bos,
         device=device,
         dtype=dtype,

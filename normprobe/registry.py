@@ -37,6 +37,12 @@ BUILTIN = (
         "per-layer residual updates: size, lens loss, alignment with -dCE/dh, step fit, first-order check",
     ),
     ProbeEntry(
+        "lens",
+        "normprobe.probes.lens:LensProbe",
+        "built-in",
+        "each layer read out against the output: cross-entropy, KL to the output, entropy, target rank, top-1 agreement",
+    ),
+    ProbeEntry(
         "linesearch",
         "normprobe.probes.linesearch:LineSearchProbe",
         "built-in",

@@ -50,6 +50,9 @@ COLUMNS = (
     "descent_cos",
     "delta_loss",
 )
+LENS_COLUMNS = ("target_logprob", "target_rank", "entropy", "top_ids", "top_logprobs", "top_tokens")
+EXTRA_COLUMNS = ("norm", "update_norm", "descent_cos", "delta_loss")  # null under columns="lens"
+COLUMN_SETS = ("all", "lens")
 READOUT_CHUNK = 1 << 24  # logits (positions x vocabulary) held at once: 64 MB in float32
 GROUP_BYTES = 1 << 29  # hidden states of the documents read out together: 512 MB in float32
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -61,7 +64,9 @@ def visible(token: str) -> str:
 
 
 # -- validation (before any model loads) ------------------------------------------
-def check_options(top_k: Any, max_tokens: Any) -> None:
+def check_options(top_k: Any, max_tokens: Any, columns: Any = "all") -> None:
+    if columns not in COLUMN_SETS:
+        raise NormprobeError(f"--columns must be all or lens, not {columns!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise NormprobeError(f"--top-k must be a whole number of at least 1 (got {top_k!r})")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
@@ -143,6 +148,7 @@ def trace(
     device: str = "auto",
     dtype: str = "float32",
     allow_foreign_lens: bool = False,
+    columns: str = "all",
 ) -> Trace:
     """Trace texts through every layer of a model and return a `Trace` (`.table`, `.figure()`, `.save()`).
 
@@ -150,7 +156,9 @@ def trace(
     `normprobe.load_model`, which is reused: tracing ten prompts loads the model once. `text` is one
     string or a list (one trace each, told apart by the `doc` column). `readout` is `logit` (the logit
     lens) or `tuned:DIR` (a tuned lens; one trained for another model needs `allow_foreign_lens`);
-    `max_tokens` caps each document's tokens, BOS included.
+    `max_tokens` caps each document's tokens, BOS included. `columns="lens"` computes the readout's
+    columns only (norm, update_norm, descent_cos and delta_loss stay null): one product with the
+    unembedding per layer instead of two.
     """
     from .readouts import parse_readout
 
@@ -165,6 +173,7 @@ def trace(
         device=device,
         dtype=dtype,
         allow_foreign_lens=allow_foreign_lens,
+        columns=columns,
     )
 
 
@@ -180,13 +189,14 @@ def trace_documents(
     dtype: str = "float32",
     source: str = "texts",
     allow_foreign_lens: bool = False,
+    columns: str = "all",
 ) -> Trace:
     import pandas as pd
     import torch
 
     from .readouts import make_readout, parse_readout
 
-    check_options(top_k, max_tokens)
+    check_options(top_k, max_tokens, columns)
     spec = _traceable(parse_readout(readout))
     adapter = _model_for(model, spec, device, dtype)
     started = time.time()  # the trace itself, not the model's load
@@ -198,7 +208,9 @@ def trace_documents(
     attention = adapter.select_attention(False)  # what a run without pattern probes uses, so the two agree
     token_ids = [_token_ids(adapter, doc, text, max_tokens, prepend_bos) for doc, text in enumerate(docs)]
     with torch.inference_mode():
-        frames = [_trace_group(adapter, reader, group, token_ids, top_k) for group in _groups(adapter, token_ids)]
+        frames = [
+            _trace_group(adapter, reader, group, token_ids, top_k, columns == "all") for group in _groups(adapter, token_ids)
+        ]
     table = pd.concat(frames, ignore_index=True).sort_values(["doc", "layer", "position"], kind="stable")
     table = table[list(COLUMNS)].reset_index(drop=True)
     meta = {
@@ -219,6 +231,7 @@ def trace_documents(
             **({"foreign_lens_allowed": True} if spec.kind == "tuned" and allow_foreign_lens else {}),
         },
         "top_k": top_k,
+        "columns": columns,
         "max_tokens": max_tokens,
         "prepend_bos": prepend_bos,
         "corpus": source,
@@ -311,8 +324,11 @@ def _groups(adapter, token_ids: list[list[int]]) -> Iterator[list[int]]:
         yield group
 
 
-def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], top_k: int) -> pd.DataFrame:
-    """Each document's own forward pass (no padding), then every readout over the group's positions at once."""
+def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], top_k: int, extra: bool = True) -> pd.DataFrame:
+    """Each document's own forward pass (no padding), then every readout over the group's positions at once.
+
+    Without `extra`, only the readout's columns: norm, update_norm, descent_cos and delta_loss stay null.
+    """
     import numpy as np
     import pandas as pd
     import torch
@@ -334,9 +350,9 @@ def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], t
     for layer in range(L + 1):
         h = hs[layer]
         values = _readout_rows(reader, h, layer, targets, top_k, rows_per_chunk)
-        values["norm"] = torch.linalg.vector_norm(h, dim=-1).cpu()
+        values["norm"] = torch.linalg.vector_norm(h, dim=-1).cpu() if extra else nan
         values["update_norm"], values["descent_cos"], values["delta_loss"] = nan, nan.clone(), nan.clone()
-        if layer < L:
+        if layer < L and extra:
             delta = hs[layer + 1] - h
             values["update_norm"] = torch.linalg.vector_norm(delta, dim=-1).cpu()
             if bool(has.any()):
@@ -348,7 +364,7 @@ def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], t
                         chunked_loss(reader, hs[layer + 1][has], targets[has], layer, READOUT_CHUNK, V) - loss
                     ).cpu()
         per_layer.append(values)
-    if same_every_layer and bool(has.any()):
+    if extra and same_every_layer and bool(has.any()):
         losses[L] = chunked_loss(reader, hs[L][has], targets[has], L, READOUT_CHUNK, V)
         for layer in range(L):
             per_layer[layer]["delta_loss"][has.cpu()] = (losses[layer + 1] - losses[layer]).cpu()
@@ -443,8 +459,13 @@ class Trace:
         from .report.trace import render_trace_page
         from .results import write_atomic
 
+        import warnings
+
         path = Path(path)
-        write_atomic(path, render_trace_page(self.table, self.meta, plotlyjs=plotlyjs).encode("utf-8"))
+        with warnings.catch_warnings():  # columns="lens": the norm strip averages null columns (empty means)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            page = render_trace_page(self.table, self.meta, plotlyjs=plotlyjs)
+        write_atomic(path, page.encode("utf-8"))
         return path
 
     def save(self, out: str | Path, overwrite: bool = False, plotlyjs: str = "inline") -> Path:
@@ -532,6 +553,7 @@ def trace_to_folder(
     max_tokens: int | None = None,
     readout: str = "logit",
     top_k: int = 5,
+    columns: str = "all",
     prepend_bos: bool = True,
     device: str = "auto",
     dtype: str = "float32",
@@ -550,7 +572,7 @@ def trace_to_folder(
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
     if errors not in ("strict", "replace"):
         raise NormprobeError(f"--errors must be strict or replace, not {errors!r}")
-    check_options(top_k, max_tokens)
+    check_options(top_k, max_tokens, columns)
     spec = _traceable(parse_readout(readout))
     docs = documents_to_trace(texts, input, text_field=text_field, encoding=encoding, errors=errors, max_docs=max_docs)
     out = Path(out)
@@ -574,6 +596,7 @@ def trace_to_folder(
         dtype=dtype,
         source=str(input) if input is not None else "texts",
         allow_foreign_lens=allow_foreign_lens,
+        columns=columns,
     )
     say(
         f"traced {result.meta['n_docs']} document(s), {result.meta['n_tokens']} tokens, in {result.meta['seconds']:.1f} s",

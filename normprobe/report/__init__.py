@@ -23,7 +23,8 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
 
 
 def _renderers() -> dict[str, Renderer]:
-    if not all(name in _RENDERERS for name in ("norms", "updates", "linesearch", "massive")):
+    if not all(name in _RENDERERS for name in ("norms", "updates", "linesearch", "massive", "lens")):
+        from . import lens  # noqa: F401 - registers itself
         from .linesearch import render_line_search
         from .massive import render_massive
         from .norms import render_norms
