@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .bootstrap import CI_LEVEL, percentile_interval
+from .bootstrap import percentile_interval
 from .linefit import refine_minimum
 
 HOLDS, FAILS, UNDETERMINED = "holds", "does not hold", "undetermined"
@@ -385,7 +385,9 @@ def _descent(tables, context) -> dict[tuple, Estimate]:
         end = getattr(row, "descent_cos_end_mean", float("nan"))
         note = f"cos with g at the end of the step {end:.3g}" if end == end else ""
         unread = _unread(context, int(row.layer))
-        out[key] = Estimate(float(row.descent_cos_mean), cos_r.get(key), check=check, note=note, undetermined=unread, reason=UNREADABLE)
+        out[key] = Estimate(
+            float(row.descent_cos_mean), cos_r.get(key), check=check, note=note, undetermined=unread, reason=UNREADABLE
+        )
     return out
 
 
@@ -415,7 +417,9 @@ def _lens_loss_drop(tables, context) -> dict[tuple, Estimate]:
         return {}
     first = context.get("first_meaningful")
     if first is None:
-        return {(None, "to output"): Estimate(float("nan"), undetermined="the readout is meaningful at no layer", reason=UNREADABLE)}
+        return {
+            (None, "to output"): Estimate(float("nan"), undetermined="the readout is meaningful at no layer", reason=UNREADABLE)
+        }
     loss = dict(zip(lens["layer"].astype(int), lens["lens_loss_mean"].astype(float)))
     values = np.array(list(loss.values()))
     if len(values) > 1 and np.allclose(values, values[-1], rtol=1e-6, atol=0):
@@ -746,10 +750,12 @@ def _claim_row(
                 tests.append(Test(b, values[3], (values[4], values[5]), 0.0))
     decided, reason, why, p = decide(kind.direction, min_effect, tests, kind.same_sign)
     notes = [estimate.note] if estimate.note else []
-    if estimate.undetermined:
-        decided, reason, why = UNDETERMINED, estimate.reason, estimate.undetermined
-    elif documents is not None and documents < MIN_DOCUMENTS:
+    if documents is not None and documents < MIN_DOCUMENTS:  # first: it holds for every claim of the run
         decided, reason, why = UNDETERMINED, TOO_FEW_DOCUMENTS, f"{documents:.3g} documents (fewer than {MIN_DOCUMENTS})"
+        if estimate.undetermined:
+            why += f"; {estimate.undetermined}"
+    elif estimate.undetermined:
+        decided, reason, why = UNDETERMINED, estimate.reason, estimate.undetermined
     elif missing and decided != FAILS:
         decided, reason, why = UNDETERMINED, NO_VALID_BASELINE, f"{', '.join(missing)} lacks this statistic"
     elif reason == NO_VALID_BASELINE:
@@ -903,7 +909,9 @@ def claim_sentence(row: Any) -> str:
     against = f"null {_num(row['null'])}, minimum effect {_num(row.get('min_effect'))}"
     for slug in slugs:
         reference = "" if slug in valid or any(slug.startswith(v) for v in valid) else " (for reference)"
-        against += f"; vs {slug.replace('_', '-')}{reference} {value_text(row, slug + '_')}, difference {difference_text(row, slug)}"
+        against += (
+            f"; vs {slug.replace('_', '-')}{reference} {value_text(row, slug + '_')}, difference {difference_text(row, slug)}"
+        )
     where = where_text(row)
     head = f"{row['claim']}{f' at {where}' if where else ''}"
     effect = f"{value_text(row)} ({row['interval']}; {against})"
