@@ -385,6 +385,12 @@ def _descent(tables, context) -> dict[tuple, Estimate]:
         end = getattr(row, "descent_cos_end_mean", float("nan"))
         note = f"cos with g at the end of the step {end:.3g}" if end == end else ""
         unread = _unread(context, int(row.layer))
+        if row.descent_cos_mean != row.descent_cos_mean and end == end:
+            unread = (
+                "the model readout measures the gradient at the step's start only with --ablate (the rerun without the update)"
+            )
+            out[key] = Estimate(float("nan"), note=note, undetermined=unread)
+            continue
         out[key] = Estimate(
             float(row.descent_cos_mean), cos_r.get(key), check=check, note=note, undetermined=unread, reason=UNREADABLE
         )
@@ -929,3 +935,18 @@ def claims_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The claims as JSON-able dicts for run.json (NaN becomes null when written)."""
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return [{k: (int(v) if k == "layer" and v is not None else v) for k, v in r.items()} for r in records]
+
+
+def run_notes(frame: pd.DataFrame) -> list[str]:
+    """What holds for the run as a whole, said once (the console and pages print these above the claims)."""
+    notes = []
+    few = frame[frame["reason"] == TOO_FEW_DOCUMENTS] if len(frame) and "reason" in frame else frame.iloc[0:0]
+    if len(few):
+        count = few["n_documents"].iloc[0]
+        notes.append(
+            f"{count:.3g} documents probed, fewer than {MIN_DOCUMENTS}: every claim is undetermined "
+            "(a bootstrap over so few documents is no interval)"
+        )
+    if len(frame) and "reason" in frame and (frame["reason"] == NO_VALID_BASELINE).any() and not baselines_of(frame):
+        notes.append(NO_BASELINE_NOTE)
+    return notes

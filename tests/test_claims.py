@@ -28,6 +28,7 @@ from normprobe.claims import (
     claim_sentence,
     claims,
     effective_documents,
+    run_notes,
     verdict,
 )
 from normprobe.stats import ReplicateSums
@@ -396,6 +397,21 @@ def test_descent_is_never_claimed_where_the_readout_is_not_meaningful():
     assert drops["verdict"].eq(HOLDS).all()
 
 
+def test_descent_and_a_loss_drop_that_disagree_say_why_on_both_rows():
+    """A step that lowers the loss while pointing away from -g (as under a tuned lens): both rows carry a note."""
+    model = updates_tables([9.0, 4.0, 3.0], cos=-0.1)
+    base = updates_tables([9.0, 8.99, 8.98], cos=0.0)
+    base["updates"]["actual_change_mean"] = 0.0
+    base["updates_replicates"]["actual_change"] = 0.01 * (base["updates_replicates"]["replicate"] % 3 - 1)
+    frame = claims(model, {"random-init": base}, n_documents=40).set_index(["claim", "layer", "component"])
+    descent, drop = frame.loc[("descent", 1, "block")], frame.loc[("lens_loss_drop", 1, "step")]
+    removal = frame.loc[("removal_raises_loss", 1, "block")]
+    assert descent["verdict"] == FAILS and drop["verdict"] == HOLDS and removal["verdict"] == HOLDS
+    for row in (descent, drop, removal):
+        assert "disagree" in row["note"]
+    assert "disagree" not in frame.loc[("descent", 0, "block"), "note"]  # unread: no verdict to contradict
+
+
 def test_lens_loss_is_read_from_a_lens_table_when_there_is_one():
     tables = updates_tables([9.0, 4.0, 3.0])
     lens = pd.DataFrame({"layer": [0, 1, 2], "component": "resid_pre", "lens_loss_mean": [4.5, 4.0, 2.0], "count": 10})
@@ -485,6 +501,9 @@ def test_a_two_document_run_holds_nothing_and_says_why(demo_adapter):
     assert len(frame) > 5 and (frame["verdict"] != HOLDS).all()
     assert (frame.loc[frame["verdict"] == UNDETERMINED, "reason"] == TOO_FEW_DOCUMENTS).all()
     assert frame.loc[frame["reason"] == TOO_FEW_DOCUMENTS, "note"].str.contains("2 documents").all()
+    assert run_notes(frame) == [
+        "2 documents probed, fewer than 20: every claim is undetermined (a bootstrap over so few documents is no interval)"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -536,9 +555,9 @@ def test_false_positive_rate_of_random_init_models_against_random_init_baselines
     from .conftest import family_configs
 
     factory, kind = family_configs()["gpt2"]
-    corpora = [pydoc_topic_documents()[1::11][:24], stdlib_docstring_documents()[:24]]
+    corpora = [pydoc_topic_documents()[1::11][:MIN_DOCUMENTS], stdlib_docstring_documents()[:MIN_DOCUMENTS]]
     tested = held = 0
-    for seed in (11, 12, 13):
+    for seed in (11, 12):
         folder = tmp_path / f"m{seed}"
         torch.manual_seed(seed)  # not one of the baseline's seeds (0, 1)
         AutoModelForCausalLM.from_config(factory(kind)).save_pretrained(folder)
@@ -548,7 +567,7 @@ def test_false_positive_rate_of_random_init_models_against_random_init_baselines
                 str(folder),
                 texts=docs,
                 probes=["norms", "updates", "massive"],
-                seq_len=32,
+                seq_len=24,
                 baselines=["random-init"],
                 baseline_seeds=2,
                 replicates=100,
@@ -558,5 +577,5 @@ def test_false_positive_rate_of_random_init_models_against_random_init_baselines
             testable = frame[frame["reason"].isin(["", UNDERPOWERED])]
             tested += len(testable)
             held += int((testable["verdict"] == HOLDS).sum())
-    assert tested >= 100
+    assert tested >= 80
     assert held / tested < 0.05, f"{held} of {tested} claims hold on random-init models"

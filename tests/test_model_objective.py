@@ -2,9 +2,9 @@
 
 The reference runs each window alone through an untouched float64 copy of the Hugging Face model:
 the loss is the summed cross-entropy of HF's own logits (soft-capped where the family does it), the
-gradients come from `retain_grad` on the block inputs and outputs and on resid_mid (the input of the
-norm before the MLP), and each ablation is a forward hook that replaces a block's output by its
-input, or a component's output by zeros.
+end-of-step gradients come from `retain_grad` on the block inputs and outputs and on resid_mid (the
+input of the norm before the MLP), and each ablation is a forward hook that replaces a block's output
+by its input, or a component's output by zeros, made a leaf: its gradient is g at the step's start.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
     for (layer, component), r in rows.items():
         got = table.loc[(layer, component)]
         assert got["count"] == len(r["descent_cos"])
-        for metric in ("descent_cos", "predicted_change", "update_norm", "total_cos"):  # signed: on the scale of |x|
+        for metric in ("descent_cos", "descent_cos_end", "predicted_change", "update_norm", "total_cos"):  # on the scale of |x|
             want = pytest.approx(float(r[metric].mean()), rel=REL, abs=REL * float(r[metric].abs().mean()))
             assert got[f"{metric}_mean"] == want, (layer, component, metric)
         assert got["actual_change_mean"] == pytest.approx(float(r["actual_change"].mean()), abs=REL * float(loss.mean()))
@@ -248,10 +248,14 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
     assert f"updates: model loss {float(loss.mean()):.4g} nats, read at every layer" in summary_lines(result)[0]
     without = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2, readout="model")
     steps = without["updates"][without["updates"].component != "output"]
-    assert steps["actual_change_mean"].isna().all() and steps["predicted_change_mean"].notna().all()
+    # without the rerun there is no start of the step: only the end-of-step cosine is measured
+    assert steps["actual_change_mean"].isna().all() and steps["predicted_change_mean"].isna().all()
+    assert steps["descent_cos_mean"].isna().all() and (steps["count"] > 0).all()
     np.testing.assert_allclose(
-        steps["descent_cos_mean"], table.reset_index().query("component != 'output'")["descent_cos_mean"], rtol=1e-6
+        steps["descent_cos_end_mean"], table.reset_index().query("component != 'output'")["descent_cos_end_mean"], rtol=1e-6
     )
+    descent = without.claims.query("claim == 'descent'")
+    assert (descent["verdict"] == "undetermined").all() and descent["note"].str.contains("--ablate").all()
     # what does not depend on the readout equals the logit readout's, next_cos included
     lens = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2)["updates"]
     lens = lens[lens.component != "output"]
