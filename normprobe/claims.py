@@ -604,13 +604,13 @@ def decide(direction: str, min_effect: float, tests: list[Test], same_sign: bool
     side = 1.0 if direction == GREATER else -1.0 if direction == LESS else (1.0 if null.value >= null.center else -1.0)
     # a two-sided claim's baselines: on the model's side of the null (same_sign), or on either side
     base_side = side if direction != TWO_SIDED or same_sign else None
-    if _short(null, None if direction == TWO_SIDED else side, min_effect):
-        return FAILS, "", f"the interval lies within its minimum effect {min_effect:g} of the null", float("nan")
-    for test in baselines:
-        if _short(test, base_side, min_effect):
-            return FAILS, "", f"does not beat {test.against} by its minimum effect {min_effect:g}", float("nan")
     # intersection-union: every comparison must clear its minimum, so the claim's p is the largest
     p = max([_p_value(null, side, min_effect)] + [_p_any(t, base_side, min_effect) for t in baselines])
+    if _short(null, None if direction == TWO_SIDED else side, min_effect):
+        return FAILS, "", f"the interval lies within its minimum effect {min_effect:g} of the null", p
+    for test in baselines:
+        if _short(test, base_side, min_effect):
+            return FAILS, "", f"does not beat {test.against} by its minimum effect {min_effect:g}", p
     if not baselines:
         return UNDETERMINED, NO_VALID_BASELINE, "", p
     if _clears(null, side, min_effect) and all(_clears_any(t, base_side, min_effect) for t in baselines):
@@ -769,7 +769,8 @@ def _claim_row(
     if why:
         notes.insert(0, why)
     row["verdict"], row["reason"], row["note"] = decided, reason, "; ".join(notes)
-    row["_p_one"] = p if decided in (HOLDS, UNDETERMINED) and reason in ("", UNDERPOWERED) else float("nan")
+    # the family of the multiplicity control: every claim tested against the null and a valid baseline
+    row["_p_one"] = p if len(tests) > 1 and reason in ("", UNDERPOWERED) else float("nan")
     row["_pending"] = decided == HOLDS
     return row
 
