@@ -4,19 +4,27 @@ The logit and tuned readouts read h_l through a lens, an approximation of what t
 network does with it. The model readout takes the model's own objective instead: L is the window's
 summed next-token cross-entropy of the model's logits (its final norm, head and logit
 post-processing), over every position that has a target. One backward pass per batch, with the
-weights frozen, gives g = dL/dx at each component's output x:
+weights frozen, gives the gradient at the END of each step, g_end = dL/dx at each component's output x:
 
 - block l: g at the block's output, resid_post (its update Δ = resid_post - resid_pre ends there);
 - attn and mlp: g at the component's output, which is g at the stream it is added to (resid_mid
   for attn in a sequential block, resid_post otherwise), since the output enters only that sum.
 
-Per token, descent_cos = cos(Δ, -g) and predicted_change = g·Δ. With ablation, actual_change is
-the model's loss with the update minus its loss without it, the rest of the network rerun from
-there (`ModelAdapter.rerun_from`) with the block's output replaced by its input, or the
-component's output zeroed. Ablating at one position moves the loss of every later position, so the
-two agree on means, not token by token: summed over a window, both are the update's effect on the
-window's loss, exactly for g·Δ's linear picture and to first order for the rerun. Positions with no
-target have g = 0 (nothing later reads them) and are left out, not counted as zero cosines.
+An update is judged as an optimisation step is: by the gradient at its START, the point it moves
+from. The objective is fixed (the network after the point where the update is added), and the start
+point is the stream without the update: g_start = dF/dx at x = h, F the rest of the network from
+there. With ablation (`--ablate`) each (layer, component) reruns the network without its update
+(`ModelAdapter.rerun_from`, the block's output replaced by its input or the component's output
+zeroed) with autograd on, which gives both the loss without the update and g_start.
+
+Per token, descent_cos = cos(Δ, -g_start), step_eta, step_r2 and predicted_change = g_start·Δ come
+from that rerun (only with ablation), descent_cos_end = cos(Δ, -g_end) from the one backward pass;
+actual_change is the model's loss with the update minus its loss without it, so predicted_change is
+its first-order picture at the same point. Ablating at one position moves the loss of every later
+position, so the two agree on means, not token by token: summed over a window, both are the update's
+effect on the window's loss, exactly for g·Δ's linear picture and to first order for the rerun.
+Positions with no target have g = 0 (nothing later reads them) and are left out, not counted as zero
+cosines.
 
 Memory: the pass keeps what autograd keeps for one backward, plus references to each layer's
 attn_out and mlp_out; the per-token values of a layer are reduced as soon as its gradients
@@ -27,7 +35,7 @@ forward per layer, component and step size.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .options import READOUT_CHUNK
@@ -58,6 +66,7 @@ class ObjectivePass:
 
     loss: torch.Tensor  # [N] float32, at the positions with a target (batch.has_next), in row order
     streams: dict[int, torch.Tensor]  # layer -> resid_pre of that layer [B, T, d]; n_layers -> the last block's output
+    deltas: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> component -> Δ [N, d] (kept streams)
 
 
 def token_losses(model: ModelAdapter, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int = READOUT_CHUNK) -> torch.Tensor:
@@ -94,13 +103,12 @@ def gradient_steps(
 ) -> ObjectivePass:
     """One forward and one backward: per-token step values of every layer in `layers`, handed to
     `on_layer(layer, {component: {metric: [N] values}})` as soon as that layer's gradients arrive
-    (last layer first). Metrics: descent_cos, step_eta, step_r2, update_norm, rel_update,
-    total_cos, predicted_change, and next_cos (cos with the next layer's update) where layer + 1
-    is in `layers` too. Rows are the positions with a target, in `batch.has_next` order.
+    (last layer first). Metrics: descent_cos_end (the gradient at the step's end), update_norm,
+    rel_update, total_cos, and next_cos (cos with the next layer's update) where layer + 1 is in
+    `layers` too; `keep_streams` also keeps each layer's stream and update for `start_of_step`.
+    Rows are the positions with a target, in `batch.has_next` order.
     """
     import torch
-
-    from .probes.updates import step_statistics
 
     selected = batch.has_next
     targets = batch.next_tokens[selected]
@@ -141,17 +149,18 @@ def gradient_steps(
         h_norm = torch.linalg.vector_norm(h, dim=-1)
         mine = deltas(l)
         following = deltas(l + 1) if l + 1 in wanted else None
+        if keep_streams:
+            result.setdefault("deltas", {})[l] = mine
         values = {}
         for component in COMPONENTS:
             delta, grad = mine[component], grads[component]
             delta_norm = torch.linalg.vector_norm(delta, dim=-1)
-            v = step_statistics(delta, grad)
-            v.update(
-                update_norm=delta_norm,
-                rel_update=delta_norm / h_norm,
-                total_cos=_cos(delta, ends["total"]),
-                predicted_change=(grad * delta).sum(-1),
-            )
+            v = {
+                "descent_cos_end": _cos(delta, -grad),
+                "update_norm": delta_norm,
+                "rel_update": delta_norm / h_norm,
+                "total_cos": _cos(delta, ends["total"]),
+            }
             if following is not None:
                 v["next_cos"] = _cos(delta, following[component])
             values[component] = v
@@ -191,7 +200,7 @@ def gradient_steps(
     if keep_streams:
         streams = {l: acts[names[l]["pre"]].detach() for l in range(n_layers)}
         streams[n_layers] = result["last"]
-    return ObjectivePass(result["loss"], streams)
+    return ObjectivePass(result["loss"], streams, result.get("deltas", {}))
 
 
 def forward_streams(model: ModelAdapter, batch: Batch, layers: list[int], vocab_chunk: int = READOUT_CHUNK) -> ObjectivePass:
@@ -247,13 +256,63 @@ def rerun_loss(
         return token_losses(model, out[batch.has_next].float(), batch.next_tokens[batch.has_next], vocab_chunk)
 
 
+def start_of_step(
+    model: ModelAdapter,
+    batch: Batch,
+    streams: dict[int, torch.Tensor],
+    layer: int,
+    component: str,
+    vocab_chunk: int = READOUT_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's per-token loss without the update, g_start [N, d]) for layer `layer`'s `component`.
+
+    The network reruns with the update removed (the block's output replaced by its input, or the
+    component's output zeroed) and autograd on; g_start is dL/dx at the point the update is added,
+    x the stream without it, L the summed loss of the window's positions with a target.
+    """
+    import torch
+
+    selected, targets = batch.has_next, batch.next_tokens[batch.has_next]
+    with torch.inference_mode(False), torch.enable_grad():
+        tokens, mask = batch.tokens.clone(), batch.mask.long().clone()  # inference tensors cannot be saved for a backward
+        start: dict[str, torch.Tensor] = {}
+        if component == "block":
+            start["x"] = streams[layer].clone().requires_grad_(True)
+            out = model.rerun_from(layer + 1, start["x"], tokens, mask)
+        else:
+
+            def zero(activation, hook=None):
+                start["x"] = torch.zeros(activation.shape, dtype=activation.dtype, device=activation.device, requires_grad=True)
+                return start["x"]
+
+            hook = (model.hook_name(COMPONENT_SITES[component], layer), zero)
+            out = model.rerun_from(layer, streams[layer].clone(), tokens, mask, [hook])
+        loss, grad_rows = _losses_and_grads(model, out.detach()[selected].float(), targets, vocab_chunk)
+        grad = torch.zeros(out.shape, dtype=out.dtype, device=out.device)
+        grad[selected] = grad_rows.to(out.dtype)
+        (g_start,) = torch.autograd.grad(out, [start["x"]], grad)
+    return loss, g_start.detach()[selected].float()
+
+
+def start_values(
+    delta: torch.Tensor, g_start: torch.Tensor, loss_with: torch.Tensor, loss_without: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The step statistics at the step's start: descent_cos, step_eta, step_r2, predicted_change, actual_change."""
+    from .probes.updates import step_statistics
+
+    values = step_statistics(delta, g_start)
+    values["predicted_change"] = (g_start * delta).sum(-1)
+    values["actual_change"] = loss_with - loss_without
+    return values
+
+
 def per_token_steps(
     model: ModelAdapter, batch: Batch, layers: list[int] | None = None, ablate: bool = False, vocab_chunk: int = READOUT_CHUNK
 ) -> tuple[torch.Tensor, dict[tuple[int, str], dict[str, torch.Tensor]]]:
     """(the model's per-token loss, {(layer, component): {metric: per-token values}}) for one batch.
 
     What the updates probe reduces under `--readout model`, kept token by token (for tests, traces and
-    notebooks; a run never holds it). With `ablate`, actual_change too.
+    notebooks; a run never holds it). With `ablate`, the start-of-step values and actual_change too.
     """
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     found: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
@@ -266,9 +325,8 @@ def per_token_steps(
     if ablate:
         for layer in layers:
             for component in COMPONENTS:
-                found[(layer, component)]["actual_change"] = done.loss - rerun_loss(
-                    model, batch, done.streams, layer, component, 0.0, vocab_chunk
-                )
+                without, g_start = start_of_step(model, batch, done.streams, layer, component, vocab_chunk)
+                found[(layer, component)].update(start_values(done.deltas[layer][component], g_start, done.loss, without))
     return done.loss, found
 
 
@@ -297,7 +355,8 @@ def add_to_updates(probe, batch: Batch) -> None:
     """The updates probe's statistics from one batch under the model readout (its `begin_batch`).
 
     The model's loss fills the lens rows of every layer: read through the rest of the network, h_l
-    gives the model's own loss at any depth. actual_change is filled only with `probe.ablate`.
+    gives the model's own loss at any depth. The start-of-step values (descent_cos and the rest) and
+    actual_change are filled only with `probe.ablate`, which reruns without each update.
     """
     import torch
 
@@ -325,19 +384,24 @@ def add_to_updates(probe, batch: Batch) -> None:
             row = slot * len(COMPONENTS) + c
             for metric, v in values[component].items():
                 add(probe.moments[metric], group(row), v, metric)
-            cos = values[component]["descent_cos"]
-            finite = cos[torch.isfinite(cos)]
-            bins = ((finite.clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
-            probe.histogram[row].index_add_(0, bins, torch.ones_like(finite, dtype=torch.float64))
-            if component == "block":
-                add(probe.cos_by_position, slot * width + positions, cos)
+
+    def add_start(slot: int, c: int, values: dict[str, torch.Tensor]) -> None:
+        row = slot * len(COMPONENTS) + c
+        for metric, v in values.items():
+            add(probe.moments[metric], group(row), v, metric)
+        cos = values["descent_cos"]
+        finite = cos[torch.isfinite(cos)]
+        bins = ((finite.clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
+        probe.histogram[row].index_add_(0, bins, torch.ones_like(finite, dtype=torch.float64))
+        if COMPONENTS[c] == "block":
+            add(probe.cos_by_position, slot * width + positions, cos)
 
     done = gradient_steps(probe._model, batch, probe._layers, on_layer, probe.vocab_chunk, keep_streams=probe.ablate)
     for slot in range(len(probe._layers) + 1):
         add(probe.lens, group(slot), done.loss, "lens")
         add(probe.lens_by_position, slot * width + positions, done.loss)
-    if probe.ablate:
+    if probe.ablate:  # the start of each step needs the rerun without the update
         for slot, layer in enumerate(probe._layers):
             for c, component in enumerate(COMPONENTS):
-                without = rerun_loss(probe._model, batch, done.streams, layer, component, 0.0, probe.vocab_chunk)
-                add(probe.moments["actual_change"], group(slot * len(COMPONENTS) + c), done.loss - without, "actual_change")
+                without, g_start = start_of_step(probe._model, batch, done.streams, layer, component, probe.vocab_chunk)
+                add_start(slot, c, start_values(done.deltas[layer][component], g_start, done.loss, without))

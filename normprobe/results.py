@@ -149,7 +149,7 @@ class RunResult(FigureViews):
         key = (id(self.tables), tuple(self.tables), id(given), tuple(baselines), tuple(tuple(t) for t in baselines.values()))
         cached = self.__dict__.get("_claims_cache")
         if cached is None or cached[0] != key:
-            cached = (key, claims(self.tables, baselines))
+            cached = (key, claims(self.tables, baselines, n_documents=self.meta.get("n_docs")))
             self.__dict__["_claims_cache"] = cached
         return cached[1]
 

@@ -52,6 +52,7 @@ def reference_tables(docs, d_model, ratio):
                 cell["median"].append(np.median(magnitude))
                 cell["argmax"].append(int(magnitude.argmax()))
                 cell["norm"].append(np.sqrt((vector**2).sum()))
+                cell["top_share"].append((vector**2).max() / (vector**2).sum())
                 if site == "resid_pre":
                     squares[(layer, "position0" if position == 0 else "rest")] += vector**2
                     if position >= 1 and magnitude.max() > ratio * np.median(magnitude):
@@ -67,6 +68,7 @@ def reference_tables(docs, d_model, ratio):
             "median_abs_mean": np.mean(c["median"]),
             "max_dim_mode": min(Counter(c["argmax"]).items(), key=lambda kv: (-kv[1], kv[0]))[0],
             "norm_mean": np.mean(c["norm"]),
+            "top_share_mean": np.mean(c["top_share"]),
         }
         for key, c in per_slot.items()
     }
@@ -108,7 +110,7 @@ def test_tables_equal_hugging_face(family, family_adapter, family_dir, hf_model,
     for key, want in want_massive.items():
         got = massive.loc[key]
         assert got["count"] == want["count"] and got["max_dim_mode"] == want["max_dim_mode"], key
-        for column in ("max_abs_mean", "median_abs_mean", "norm_mean"):
+        for column in ("max_abs_mean", "median_abs_mean", "norm_mean", "top_share_mean"):
             assert got[column] == pytest.approx(want[column], rel=1e-5), (key, column)
 
     top = result["top_dims"].set_index(["layer", "group", "rank"])

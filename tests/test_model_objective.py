@@ -2,9 +2,9 @@
 
 The reference runs each window alone through an untouched float64 copy of the Hugging Face model:
 the loss is the summed cross-entropy of HF's own logits (soft-capped where the family does it), the
-gradients come from `retain_grad` on the block inputs and outputs and on resid_mid (the input of the
-norm before the MLP), and each ablation is a forward hook that replaces a block's output by its
-input, or a component's output by zeros.
+end-of-step gradients come from `retain_grad` on the block inputs and outputs and on resid_mid (the
+input of the norm before the MLP), and each ablation is a forward hook that replaces a block's output
+by its input, or a component's output by zeros, made a leaf: its gradient is g at the step's start.
 """
 
 from __future__ import annotations
@@ -64,6 +64,22 @@ def hf_token_losses(hf, ids: list[int], edit=None) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
 
 
+def hf_token_losses_with_grad(hf, ids: list[int], edit) -> torch.Tensor:
+    """hf_token_losses with autograd on: the summed loss is backpropagated (to the leaf `edit` makes)."""
+
+    def hook(module, args, kwargs, out):
+        return edit[1](args[0] if args else kwargs.get("hidden_states"), out)
+
+    handle = edit[0].register_forward_hook(hook, with_kwargs=True)
+    try:
+        logits = hf(torch.tensor([ids])).logits[0, :-1]
+    finally:
+        handle.remove()
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+    loss.sum().backward()
+    return loss.detach()
+
+
 def hf_reference(hf, family: str, ids: list[int], ablate: bool = False) -> dict:
     """Per token of one window: {(layer, component): {metric: values}}, and the model's loss per token."""
     layers_of, attn_of, mlp_of, mid_of = PARTS[family]
@@ -104,21 +120,29 @@ def hf_reference(hf, family: str, ids: list[int], ablate: bool = False) -> dict:
         for component, d in deltas.items():
             g = grads[component]
             values = {
-                "descent_cos": torch.nn.functional.cosine_similarity(d, -g, dim=-1),
-                "predicted_change": (g * d).sum(-1),
+                "descent_cos_end": torch.nn.functional.cosine_similarity(d, -g, dim=-1),
                 "update_norm": d.norm(dim=-1),
                 "total_cos": torch.nn.functional.cosine_similarity(d, total.detach(), dim=-1),
             }
             out[(l, component)] = values
         if ablate:
             block = layers[l]
-            edits = {
-                "block": (block, lambda inp, o: _replaced(o, inp)),
-                "attn": (attn_of(block), lambda inp, o: _replaced(o, torch.zeros_like(_first(o)))),
-                "mlp": (mlp_of(block), lambda inp, o: _replaced(o, torch.zeros_like(_first(o)))),
-            }
-            for component, edit in edits.items():
-                out[(l, component)]["actual_change"] = loss.detach() - hf_token_losses(hf, ids, edit)
+            for component, module in (("block", block), ("attn", attn_of(block)), ("mlp", mlp_of(block))):
+                # the update removed, and a leaf where it would be added: its gradient is g at the step's start
+                start = {}
+
+                def edit(inp, o, component=component, start=start):
+                    base = inp.detach().clone() if component == "block" else torch.zeros_like(_first(o))
+                    start["x"] = base.requires_grad_(True)
+                    return _replaced(o, start["x"])
+
+                without = hf_token_losses_with_grad(hf, ids, (module, edit))
+                g0 = start["x"].grad[0, :n]
+                d = deltas[component]
+                values = out[(l, component)]
+                values["descent_cos"] = torch.nn.functional.cosine_similarity(d, -g0, dim=-1)
+                values["predicted_change"] = (g0 * d).sum(-1)
+                values["actual_change"] = loss.detach() - without
     return {"steps": out, "loss": loss.detach()}
 
 
@@ -152,7 +176,7 @@ def test_per_token_steps_match_hf_autograd_and_ablation(family, tiny_models):
     # actual_change is a difference of two float32 losses: judged on the losses' scale, 1e-5 of the mean loss
     loss_scale = float(loss.mean())
     for (layer, component), got in steps.items():
-        for metric in ("descent_cos", "predicted_change", "update_norm", "total_cos", "actual_change"):
+        for metric in ("descent_cos", "descent_cos_end", "predicted_change", "update_norm", "total_cos", "actual_change"):
             want = torch.cat([r["steps"][(layer, component)][metric] for r in refs])
             what = f"{family} {layer} {component} {metric}"
             if metric == "actual_change":
@@ -213,7 +237,7 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
     for (layer, component), r in rows.items():
         got = table.loc[(layer, component)]
         assert got["count"] == len(r["descent_cos"])
-        for metric in ("descent_cos", "predicted_change", "update_norm", "total_cos"):  # signed: on the scale of |x|
+        for metric in ("descent_cos", "descent_cos_end", "predicted_change", "update_norm", "total_cos"):  # on the scale of |x|
             want = pytest.approx(float(r[metric].mean()), rel=REL, abs=REL * float(r[metric].abs().mean()))
             assert got[f"{metric}_mean"] == want, (layer, component, metric)
         assert got["actual_change_mean"] == pytest.approx(float(r["actual_change"].mean()), abs=REL * float(loss.mean()))
@@ -224,10 +248,14 @@ def test_updates_table_means_match_a_plain_loop(demo_adapter, hf_model):
     assert f"updates: model loss {float(loss.mean()):.4g} nats, read at every layer" in summary_lines(result)[0]
     without = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2, readout="model")
     steps = without["updates"][without["updates"].component != "output"]
-    assert steps["actual_change_mean"].isna().all() and steps["predicted_change_mean"].notna().all()
+    # without the rerun there is no start of the step: only the end-of-step cosine is measured
+    assert steps["actual_change_mean"].isna().all() and steps["predicted_change_mean"].isna().all()
+    assert steps["descent_cos_mean"].isna().all() and (steps["count"] > 0).all()
     np.testing.assert_allclose(
-        steps["descent_cos_mean"], table.reset_index().query("component != 'output'")["descent_cos_mean"], rtol=1e-6
+        steps["descent_cos_end_mean"], table.reset_index().query("component != 'output'")["descent_cos_end_mean"], rtol=1e-6
     )
+    descent = without.claims.query("claim == 'descent'")
+    assert (descent["verdict"] == "undetermined").all() and descent["note"].str.contains("--ablate").all()
     # what does not depend on the readout equals the logit readout's, next_cos included
     lens = normprobe.run(demo_adapter, texts=docs, probes=["updates"], progress=False, batch_size=2)["updates"]
     lens = lens[lens.component != "output"]

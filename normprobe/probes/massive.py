@@ -153,6 +153,7 @@ class MassiveProbe(Probe):
         self.max_abs = GroupedMoments(n, device, track_extremes=False)
         self.median_abs = GroupedMoments(n, device, track_extremes=False)
         self.norm = GroupedMoments(n, device, track_extremes=False)
+        self.top_share = GroupedMoments(n, device, track_extremes=False)  # max_i h_i² / ‖h‖² per token
         # which dimension holds the maximum, counted per (slot, position) for at most MAX_DIMS_KEPT dimensions
         self.max_dims = TopCounts(self._d, MAX_DIMS_KEPT, device)
         self.squares = torch.zeros((len(self._pre), len(GROUPS), self._d), dtype=torch.float64, device=device)
@@ -163,6 +164,7 @@ class MassiveProbe(Probe):
         self._n_replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
         self.position0_replicates = ReplicateSums(len(self._slots) * 2, self._n_replicates, device)
         self.sink_replicates = ReplicateSums(len(layers) * 2, self._n_replicates, device)
+        self.outlier_replicates = ReplicateSums(len(self._slots), self._n_replicates, device)  # top_share, positions >= 1
 
     def hook_points(self) -> list[str]:
         return sorted({h for *_, h in self._slots} | {h for _, h in self._patterns})
@@ -200,6 +202,8 @@ class MassiveProbe(Probe):
         self.max_abs.add(groups.reshape(-1), per_token["max"].reshape(-1))
         self.median_abs.add(groups.reshape(-1), per_token["median"].reshape(-1))
         self.norm.add(groups.reshape(-1), per_token["norm"].reshape(-1))
+        per_token["top_share"] = (per_token["max"] / per_token["norm"]).square()  # NaN at a zero vector: counted apart
+        self.top_share.add(groups.reshape(-1), per_token["top_share"].reshape(-1))
         dims = groups * self._d + per_token["argmax"]
         self.max_dims.add(dims.reshape(-1), torch.ones(dims.numel(), dtype=torch.float64, device=dims.device))
         for i, hook in enumerate(self._pre):
@@ -223,6 +227,9 @@ class MassiveProbe(Probe):
                 self.position0_replicates.add(torch.full_like(windows, 2 * i + k), values, windows, weights)
         real = batch.mask & (batch.positions > 0)
         windows = token_windows(real)
+        later = batch.positions[batch.mask] > 0
+        for i in range(len(self._slots)):
+            self.outlier_replicates.add(torch.full_like(windows, i), per_token["top_share"][i][later], windows, weights)
         uniform = 1.0 / (batch.positions[real].double() + 1)
         for i, (_, hook) in enumerate(self._patterns):
             mass = activations[hook].double().mean(-1)
@@ -243,31 +250,34 @@ class MassiveProbe(Probe):
         self.massive_tokens.add(keys, values)
 
     def merge(self, other: MassiveProbe) -> None:
-        for name in ("max_abs", "median_abs", "norm", "sink"):
+        for name in ("max_abs", "median_abs", "norm", "sink", "top_share"):
             getattr(self, name).merge(getattr(other, name))
         self.max_dims.merge(other.max_dims)
         self.massive_tokens.merge(other.massive_tokens)
         self.squares += other.squares.to(self.squares.device)
         self.position0_replicates.merge(other.position0_replicates)
         self.sink_replicates.merge(other.sink_replicates)
+        self.outlier_replicates.merge(other.outlier_replicates)
 
     def state_dict(self) -> dict[str, Any]:
         state = {
             name: getattr(self, name).state_dict()
-            for name in ("max_abs", "median_abs", "norm", "sink", "max_dims", "massive_tokens")
+            for name in ("max_abs", "median_abs", "norm", "sink", "max_dims", "massive_tokens", "top_share")
         }
         state["squares"] = self.squares.detach().cpu().clone()
         state["position0_replicates"] = self.position0_replicates.state_dict()
         state["sink_replicates"] = self.sink_replicates.state_dict()
+        state["outlier_replicates"] = self.outlier_replicates.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("max_abs", "median_abs", "norm", "sink", "max_dims", "massive_tokens"):
-            getattr(self, name).load_state_dict(state[name])
+        for name in ("max_abs", "median_abs", "norm", "sink", "max_dims", "massive_tokens", "top_share"):
+            if name in state:  # top_share: absent from states saved before it existed
+                getattr(self, name).load_state_dict(state[name])
         if state["squares"].shape != self.squares.shape:
             raise ValueError("state for 'squares' does not fit this probe")
         self.squares = state["squares"].to(self.squares.device, torch.float64).clone()
-        for name in ("position0_replicates", "sink_replicates"):
+        for name in ("position0_replicates", "sink_replicates", "outlier_replicates"):
             if name in state:
                 getattr(self, name).load_state_dict(state[name])
 
@@ -303,7 +313,15 @@ class MassiveProbe(Probe):
                 "uniform_mass": sink[:, 1].reshape(-1),
             }
         )
-        return {"massive_replicates": massive, "sink_replicates": sinks}
+        outlier = pd.DataFrame(
+            {
+                "site": np.repeat([s for s, _, _ in self._slots], n_b),
+                "layer": np.repeat([l for _, l, _ in self._slots], n_b).astype(np.int64),
+                "replicate": np.tile(np.arange(n_b), len(self._slots)).astype(np.int64),
+                "top_share": self.outlier_replicates.means().cpu().numpy().reshape(-1),
+            }
+        )
+        return {"massive_replicates": massive, "sink_replicates": sinks, "outlier_replicates": outlier}
 
     def _massive_table(self) -> pd.DataFrame:
         n_slots, width = len(self._slots), self._seq_len
@@ -317,6 +335,7 @@ class MassiveProbe(Probe):
                 "median_abs_mean": self.median_abs.mean().cpu().numpy(),
                 "max_dim_mode": self.max_dims.mode(n_slots * width),
                 "norm_mean": self.norm.mean().cpu().numpy(),
+                "top_share_mean": self.top_share.mean().cpu().numpy(),  # mean of max_i h_i² / ‖h‖²
             }
         )
         return frame[frame["count"] > 0].reset_index(drop=True)

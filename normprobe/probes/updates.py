@@ -1,8 +1,9 @@
 """`updates`: each layer's update Δ to the residual stream, read as a step of an inner optimisation.
 
 For layer l, h_l is resid_pre and the block's update is Δ = h_{l+1} - h_l = attn_out + mlp_out.
-g = dCE/dh at h_l is the exact float32 gradient of the next-token cross-entropy read out
-through the run's readout (`--readout`: the logit lens, or a tuned lens; see normprobe.readouts).
+g = dCE/dh at h_l, the start of the step, is the exact float32 gradient of the next-token
+cross-entropy read out through the run's readout (`--readout`: the logit lens, or a tuned lens;
+see normprobe.readouts; the model readout's start and end of step are in normprobe.model_objective).
 The first-order check compares g·Δ with loss(h_l + Δ) - loss(h_l), both through layer l's readout.
 """
 
@@ -24,6 +25,7 @@ METRICS = (
     "update_norm",
     "rel_update",
     "descent_cos",
+    "descent_cos_end",
     "step_eta",
     "step_r2",
     "next_cos",
@@ -280,7 +282,8 @@ class UpdatesProbe(Probe):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, moments in self._all_moments().items():
-            moments.load_state_dict(state[key])
+            if key in state:  # a state saved before descent_cos_end existed has none
+                moments.load_state_dict(state[key])
         self.histogram = state["histogram"].to(self.histogram.device, torch.float64).clone()
         for key, sums in self.replicated.items():
             if key in state.get("replicated", {}):
@@ -296,17 +299,21 @@ class UpdatesProbe(Probe):
             {
                 "layer": layers,
                 "component": np.tile(COMPONENTS, len(self._layers)),
-                "count": self.moments["descent_cos"].count.cpu().numpy().astype(np.int64),
+                # tokens read: the start-of-step cosine's, or the end-of-step one's where only that was measured
+                "count": np.maximum(
+                    self.moments["descent_cos"].count.cpu().numpy(), self.moments["descent_cos_end"].count.cpu().numpy()
+                ).astype(np.int64),
                 "update_norm_mean": self.moments["update_norm"].mean().cpu().numpy(),
                 "rel_update_mean": self.moments["rel_update"].mean().cpu().numpy(),
                 "lens_loss_mean": np.repeat(lens_mean[:-1], n_c),
-                "descent_cos_mean": self.moments["descent_cos"].mean().cpu().numpy(),
+                "descent_cos_mean": _mean_or_nan(self.moments["descent_cos"]),  # g at the step's start
+                "descent_cos_end_mean": _mean_or_nan(self.moments["descent_cos_end"]),  # g at its end (model readout)
                 "descent_cos_std": self.moments["descent_cos"].std().cpu().numpy(),
-                "step_eta_mean": self.moments["step_eta"].mean().cpu().numpy(),
-                "step_r2_mean": self.moments["step_r2"].mean().cpu().numpy(),
+                "step_eta_mean": _mean_or_nan(self.moments["step_eta"]),
+                "step_r2_mean": _mean_or_nan(self.moments["step_r2"]),
                 "next_cos_mean": _mean_or_nan(self.moments["next_cos"]),
                 "total_cos_mean": self.moments["total_cos"].mean().cpu().numpy(),
-                "predicted_change_mean": self.moments["predicted_change"].mean().cpu().numpy(),
+                "predicted_change_mean": _mean_or_nan(self.moments["predicted_change"]),
                 "actual_change_mean": _mean_or_nan(self.moments["actual_change"]),  # null: the model readout without ablate
                 "n_nonfinite": self.moments["descent_cos"].nonfinite.cpu().numpy().astype(np.int64),
                 **_document_intervals(self.replicated, ("descent_cos", "actual_change")),
