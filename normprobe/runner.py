@@ -404,7 +404,6 @@ class Runner(BaselinePasses):
         from .results import RunResult
 
         tables: dict[str, Any] = {}
-        findings: dict[str, Any] = {}
         owners: dict[str, list[str]] = {}
         for probe in probes:
             probe_tables = probe.result()
@@ -413,7 +412,6 @@ class Runner(BaselinePasses):
                 raise NormprobeError(f"probe {probe.name!r} returns table {clash[0]!r}, which another probe already returned")
             tables.update(probe_tables)
             owners[probe.name] = list(probe_tables)
-            findings[probe.name] = probe.findings(probe_tables)
         meta = {
             **meta,
             "status": "complete",
@@ -425,7 +423,7 @@ class Runner(BaselinePasses):
             "seconds": round(done["seconds"] + seconds, 3),
         }
         # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
-        return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
+        return RunResult(tables=tables, meta=meta, probe_modules=[type(p) for p in probes])
 
 
 def readout_request(opts: RunOptions) -> dict[str, Any]:
