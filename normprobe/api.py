@@ -57,7 +57,7 @@ def claims_summary(folder: str | Path) -> list[str]:
     """A saved run's claims as a short table for the console (normprobe.report.claims.claims_table_lines)."""
     from .report.headline import summary_lines
 
-    return summary_lines(RunResult.load(folder), where=f"{Path(folder) / REPORT_FILE} (Claims) or run.json")
+    return summary_lines(RunResult.load(folder), where=str(Path(folder) / REPORT_FILE))
 
 
 def merged_line(folder: str | Path) -> str:

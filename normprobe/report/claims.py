@@ -165,7 +165,7 @@ def _why(row: dict[str, Any]) -> str:
     return _text(row.get("reason")) or _text(row.get("note"))
 
 
-def claims_table_lines(frame: pd.DataFrame, probes: list[str], where: str = "the report's claims table") -> list[str]:
+def claims_table_lines(frame: pd.DataFrame, probes: list[str], where: str = "the report") -> list[str]:
     """The console's claims: a header, one line per claim that holds or does not hold (verdicts first), then how
     many are undetermined and where to read why; a reason shared by every undetermined claim is said once."""
     if frame is None or not len(frame):
@@ -199,13 +199,14 @@ def claims_table_lines(frame: pd.DataFrame, probes: list[str], where: str = "the
                 )
             )
     if len(decided) > len(shown):
-        lines.append(_clamp(f"  ... {len(decided) - len(shown)} more that hold or do not hold: see {where}"))
+        lines.append(f"  ... and {len(decided) - len(shown)} more that hold or do not hold")
     if open_:
         reasons = {_why(r) for r in open_}
         if len(reasons) == 1 and next(iter(reasons)):
             said = f"{'all ' if not decided else ''}{len(open_)} undetermined: {next(iter(reasons))}"
             lines += ["  " + part for part in textwrap.wrap(said, CONSOLE_WIDTH - 2)]
-            lines.append(_clamp(f"  read them in {where}"))
         else:
-            lines.append(_clamp(f"  {len(open_)} undetermined: read them, each with why, in {where}"))
+            lines.append(f"  {len(open_)} undetermined; each says why in the claims table")
+    if open_ or len(decided) > len(shown):
+        lines.append(f"  every claim: {where}")  # a path is not cut, however long
     return lines

@@ -37,7 +37,7 @@ def _g(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
-def summary_lines(result: Any, where: str = "the report's claims table") -> list[str]:
+def summary_lines(result: Any, where: str = "the report") -> list[str]:
     """The console's summary: the claims as a short table (report.claims.claims_table_lines), each line at most
     120 characters with the console's prefix; then the probes that test no claim."""
     from .claims import claims_table_lines
