@@ -72,6 +72,24 @@ def test_run_json_has_one_block_of_conclusions(demo_run):
     assert len(body["claims"]) == len(RunResult.load(out).claims) > 0
 
 
+def test_a_folder_written_with_findings_still_loads_and_drops_them(demo_run, tmp_path):
+    import shutil
+
+    out, _, _ = demo_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    body = json.loads((old / "run.json").read_text())
+    body["findings"] = {"norms": {"growth": {"geometric": 1.95}}}  # what versions before kept beside the claims
+    for record in body["baselines"].values():
+        record["findings"] = {"norms": {}}
+    (old / "run.json").write_text(json.dumps(body))
+    loaded = RunResult.load(old)
+    pd.testing.assert_frame_equal(loaded.claims, RunResult.load(out).claims)
+    again = json.loads(loaded.run_json())
+    assert "findings" not in again and all("findings" not in r for r in again["baselines"].values())
+    assert loaded.findings["norms"]["growth"]["geometric"] != 1.95  # recomputed from the tables, never read
+
+
 def test_console_is_a_short_table_with_verdicts_first(demo_run):
     out, stdout, stderr = demo_run
     said = [line for line in (stdout + stderr).splitlines() if not line.startswith("wrote ") and str(out) not in line]
