@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .claims import CONSOLE_WIDTH, VERDICT_STYLE, _clamp, _num
+from .claims import CONSOLE_WIDTH, VERDICT_STYLE, _clamp, _num, _short_where
 from .common import TEMPLATE, Block, Section, empty_figure, esc, figure, integer_axis, log_toggle
 from .curves import descent_curve, lens_loss_curve, position0_curve, residual_norm_curve
 from .page import metadata_rows, render_page
@@ -264,7 +264,7 @@ def comparison_lines(runs, where: str = "the comparison's report") -> list[str]:
         return lines
     lines.append(_clamp(f"claims whose verdict differs between the runs: {len(differ)} of {len(table)}"))
     for row in differ.head(15).to_dict("records"):
-        head = f"  {row['claim']}{' ' + claim_where(row) if claim_where(row) else ''}:"
+        head = f"  {row['claim']} {_short_where(row)}:"
         parts = [f"{label} {' '.join(x for x in reversed(claim_cell(row, label)) if x)}" for label in labels]
         lines.append(_clamp(head + " " + "; ".join(parts), CONSOLE_WIDTH))
     if len(differ) > 15:
