@@ -60,20 +60,22 @@ def side_by_side(table: pd.DataFrame, labels: Sequence[Any], column: str = "run"
 
 def first_holding(table: pd.DataFrame, column: str = "step") -> pd.DataFrame:
     """Per claim (probe, claim, layer, component): the first `column` value (training step) at which it holds,
-    and whether it holds at the last; `first_holds` is missing where it never holds."""
+    its value and interval there, and whether it holds at the last; `first_holds` is missing where it never holds."""
     rows = []
     last = table[column].max() if len(table) else None
     steps = sorted(set(table[column]))
     for record in side_by_side(table, steps, column).to_dict("records"):
         held = [s for s in steps if record.get(f"{s}: verdict") == "holds"]
+        there = {p: record.get(f"{held[0]}: {p}") if held else None for p in ("value", "ci_low", "ci_high")}
         rows.append(
             {
                 **{k: record[k] for k in KEY},
                 "first_holds": held[0] if held else None,
+                **there,
                 "holds_at_last": bool(held and held[-1] == last),
             }
         )
-    frame = pd.DataFrame(rows, columns=[*KEY, "first_holds", "holds_at_last"])
+    frame = pd.DataFrame(rows, columns=[*KEY, "first_holds", "value", "ci_low", "ci_high", "holds_at_last"])
     frame["first_holds"] = frame["first_holds"].astype("Int64")
     frame["layer"] = frame["layer"].astype("Int64")
     return frame

@@ -278,10 +278,13 @@ def run(
             overwrite=overwrite,
             **common,
         )
+        from .claims import baselines_of
         from .report.evolution import first_holds_lines
         from .sweep import Sweep
 
-        for line in first_holds_lines(Sweep(page.parent).first_holds()):
+        sweep = Sweep(page.parent)
+        against = [b.replace("_", "-") for b in baselines_of(sweep.claims)]
+        for line in first_holds_lines(sweep.first_holds(), against):
             typer.echo(line)
         typer.echo(f"wrote {page.parent}/ (evolution report: {page}; claims by step: {page.parent / 'claims.parquet'})")
         return

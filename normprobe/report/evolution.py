@@ -262,13 +262,21 @@ def render_evolution(
     return render_page(meta, sections, plotlyjs=plotlyjs, title=f"normprobe over training: {name}")
 
 
-def first_holds_lines(first: pd.DataFrame, width: int = 109) -> list[str]:
-    """What a sweep prints: per claim that holds at some step, the first step at which it holds."""
+def first_holds_lines(first: pd.DataFrame, against: list[str] | None = None, width: int = 109) -> list[str]:
+    """What a sweep prints: per claim that holds at some step, the first step at which it holds, with its value and
+    interval there; `against`: the baselines each step was tested against."""
+    from .claims import _num
+
     held = first[first["first_holds"].notna()] if len(first) else first
     at_last = int(first["holds_at_last"].sum()) if len(first) else 0
-    lines = [f"claims over training: {len(held)} of {len(first)} hold at some step, {at_last} at the last"]
+    tested = "its null and " + ", ".join(against) if against else "its null only (no baseline)"
+    lines = [
+        f"claims over training: {len(held)} of {len(first)} hold at some step, {at_last} at the last",
+        f"  each step tested against {tested}; value [95% CI] at the first step it holds"[:width],
+    ]
     for row in held.head(15).to_dict("records"):
-        line = f"  {row['claim']} {_where(row)}: holds from step {int(row['first_holds'])}"
+        value = f"{_num(row['value'])} [{_num(row['ci_low'])}, {_num(row['ci_high'])}]"
+        line = f"  {row['claim']} {_where(row)}: holds from step {int(row['first_holds'])}, {value}"
         if not row["holds_at_last"]:
             line += " (not at the last step)"
         lines.append(line[:width])
