@@ -53,11 +53,21 @@ def run_to_folder(
     return out
 
 
-def findings_summary(folder: str | Path) -> list[str]:
-    """A saved run's findings in at most five lines, for the console."""
+def claims_summary(folder: str | Path) -> list[str]:
+    """A saved run's claims as a short table for the console (normprobe.report.claims.claims_table_lines)."""
     from .report.headline import summary_lines
 
-    return summary_lines(RunResult.load(folder))
+    return summary_lines(RunResult.load(folder), where=str(Path(folder) / REPORT_FILE))
+
+
+def merged_line(folder: str | Path) -> str:
+    """What `merge` prints first: how many shards, documents, windows and tokens the merged run holds."""
+    from .jsonio import read_json
+
+    meta = read_json(Path(folder) / "run.json", f"{folder} holds no run.json")
+    shards = len(meta.get("merged_from") or [])
+    counts = ", ".join(f"{meta.get(f'n_{k}', 0):,} {k}" for k in ("docs", "windows", "tokens"))
+    return f"merged {shards} shards: {counts}"
 
 
 def export_images(folder: str | Path, fmt: str, probe_modules: list | None = None) -> list[Path]:
@@ -246,7 +256,7 @@ def _merge_into(
         "docs": sum(m["n_docs"] for m in metas),
         "seconds": 0.0,
     }
-    base = {k: v for k, v in metas[0].items() if k not in ("findings", "tables", "status_reason")}
+    base = {k: v for k, v in metas[0].items() if k not in ("findings", "claims", "tables", "status_reason")}
     base["request"] = {**first, "shard": None}
     base["options"] = {**base.get("options", {}), "shard": None}
     base["merged_from"] = [str(f) for f in folders]
@@ -270,10 +280,13 @@ def compare_to_folder(
     labels: list[str] | None = None,
     plotlyjs: str = "inline",
     overwrite: bool = False,
+    summary: list[str] | None = None,
 ) -> Path:
-    """Render one report overlaying saved runs into OUT/report.html (the `compare` command).
+    """Render one report overlaying saved runs into OUT/report.html and their claims into OUT/claims.parquet
+    (one row per run label, probe, claim, layer and component): the `compare` command.
 
     OUT is locked while the page is written; an existing non-empty OUT (a run's folder, say) needs `overwrite`.
+    A `summary` list gets the lines `compare` prints: the claims whose verdicts differ, the probes a run lacks.
     """
     from .comparison import Comparison
     from .lock import FolderLock
@@ -300,7 +313,10 @@ def compare_to_folder(
         try:
             with warnings.catch_warnings():  # empty cells are NaN: numpy's empty-slice warnings are no news
                 warnings.simplefilter("ignore", RuntimeWarning)
-                return comparison.save(out, plotlyjs=plotlyjs)
+                page = comparison.save(out, plotlyjs=plotlyjs)
+            if summary is not None:
+                summary.extend(comparison.summary_lines())
+            return page
         except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise NormprobeError(
                 f"cannot compare: a run's tables do not hold what its run.json says ({type(exc).__name__}: {str(exc)[:200]})"
@@ -341,9 +357,11 @@ def run_many_to_folder(
     overwrite: bool = False,
     plotlyjs: str = "inline",
     progress: bool = True,
+    summary: list[str] | None = None,
     **run_kwargs: Any,
 ) -> Path:
-    """Run each model on the same corpus into OUT/<i>-<model>/, then write the comparison to OUT/report.html."""
+    """Run each model on the same corpus into OUT/<i>-<model>/, then write the comparison to OUT/report.html
+    (and its claims to OUT/claims.parquet); `summary` gets what `compare` prints."""
     from .lock import FolderLock
     from .results import check_output_dir
 
@@ -359,5 +377,10 @@ def run_many_to_folder(
             run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
             folders.append(folder)
         return compare_to_folder(
-            folders, out, labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)], plotlyjs=plotlyjs, overwrite=True
+            folders,
+            out,
+            labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)],
+            plotlyjs=plotlyjs,
+            overwrite=True,
+            summary=summary,
         )

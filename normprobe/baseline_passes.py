@@ -192,7 +192,7 @@ class BaselinePasses:
         outcome["random-init"] = self._baseline_result(current, None, [self._live.passes[p.key] for p in seeds], seq_len)
 
     def _baseline_result(self, model, probes: list | None, entries: list[dict], seq_len: int) -> dict[str, Any] | None:
-        """Tables, findings, counts and (for shards) the merged state of a baseline, from its passes' states.
+        """Tables, counts and (for shards) the merged state of a baseline, from its passes' states.
 
         Several passes (random-init seeds) merge with probe.merge, as shards do. Ranks other than 0 get None.
         """
@@ -214,7 +214,6 @@ class BaselinePasses:
         result = Runner._result(probes, {}, done, 0.0)
         return {
             "tables": result.tables,
-            "findings": result.findings,
             "counts": {"n_tokens": done["tokens"], "n_windows": done["windows"], "n_batches": done["batches"]},
             "state": {p.name: p.state_dict() for p in probes} if self.options.shard is not None else None,
         }
@@ -227,7 +226,7 @@ class BaselinePasses:
         for kind in self.options.baselines or []:
             done = outcome[kind]
             result.baselines[kind] = done["tables"]
-            records[kind] = {**baseline_record(kind, self.options.baseline_seeds), **done["counts"], "findings": done["findings"]}
+            records[kind] = {**baseline_record(kind, self.options.baseline_seeds), **done["counts"]}
             if done["state"] is not None:
                 from .store import shard_state
 
@@ -284,7 +283,6 @@ def merge_shard_baselines(
             "n_tokens": done["tokens"],
             "n_windows": done["windows"],
             "n_batches": done["batches"],
-            "findings": merged.findings,
         }
     if states:
         result.meta["baselines"] = records

@@ -286,14 +286,27 @@ def run(
             overwrite=overwrite,
             **common,
         )
-        typer.echo(f"wrote {page.parent}/ (evolution report: {page})")
+        from .claims import baselines_of
+        from .report.evolution import first_holds_lines
+        from .sweep import Sweep
+
+        sweep = Sweep(page.parent)
+        against = [b.replace("_", "-") for b in baselines_of(sweep.claims)]
+        for line in first_holds_lines(sweep.first_holds(), against):
+            typer.echo(line)
+        typer.echo(f"wrote {page.parent}/ (evolution report: {page}; claims by step: {page.parent / 'claims.parquet'})")
         return
     if len(models) > 1:
         if resume is not None or shard is not None:
             raise NormprobeError("--resume and --shard take one model")
         from .api import run_many_to_folder
 
-        page = run_many_to_folder(models, out or _default_out("compare"), probes=probe, overwrite=overwrite, **common)
+        found: list[str] = []
+        page = run_many_to_folder(
+            models, out or _default_out("compare"), probes=probe, overwrite=overwrite, summary=found, **common
+        )
+        for line in found:
+            typer.echo(line)
         typer.echo(f"wrote {page.parent}/ (comparison: {page})")
         return
     if resume is not None and out is not None and Path(out) != resume:
@@ -312,10 +325,10 @@ def run(
     if folder is not None:
         export_images(folder, format, probe_modules=probe)
         if progress:
-            from .api import findings_summary
+            from .api import claims_summary
             from .console import say
 
-            for line in findings_summary(folder):
+            for line in claims_summary(folder):
                 say(line)
         typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
 
@@ -335,8 +348,11 @@ def compare(
 
     if plotlyjs not in ("inline", "cdn"):
         raise NormprobeError(f"--plotlyjs must be inline or cdn, not {plotlyjs!r}")
-    page = compare_to_folder(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite)
-    typer.echo(f"wrote {page}")
+    found: list[str] = []
+    page = compare_to_folder(folders, out, labels=label, plotlyjs=plotlyjs, overwrite=overwrite, summary=found)
+    for line in found:
+        typer.echo(line)
+    typer.echo(f"wrote {page} and {page.parent / 'claims.parquet'}")
 
 
 @app.command()
@@ -348,9 +364,12 @@ def merge(
     probe_module: ProbeModuleOpt = None,
 ) -> None:
     """Merge shard runs into one run, equal to a single run over all documents."""
-    from .api import merge_shards
+    from .api import claims_summary, merge_shards, merged_line
 
     folder = merge_shards(folders, out, overwrite=overwrite, plotlyjs=plotlyjs, probe_modules=probe_module)
+    typer.echo(merged_line(folder))
+    for line in claims_summary(folder):
+        typer.echo(line)
     typer.echo(f"wrote {folder}/ (report: {folder / 'report.html'})")
 
 
@@ -478,6 +497,11 @@ def trace(
         plotlyjs=plotlyjs,
         progress=progress,
     )
+    from .report.trace import first_match_lines
+    from .tracing import Trace
+
+    for line in first_match_lines(Trace.load(folder).table):
+        typer.echo(line)
     typer.echo(f"wrote {folder}/ (trace: {folder / 'trace.html'})")
 
 

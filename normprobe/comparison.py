@@ -11,9 +11,11 @@ from .errors import NormprobeError
 from .notebook import FigureViews, esc, run_line, table_html
 from .results import REPORT_FILE, RunResult, write_atomic
 
+CLAIMS_FILE = "claims.parquet"
+
 
 class Comparison(FigureViews):
-    """Runs overlaid: `figures()`, `show()`, `differences()`, `to_html(path)` and `save(folder)`."""
+    """Runs overlaid: `claims`, `figures()`, `show()`, `differences()`, `to_html(path)` and `save(folder)`."""
 
     def __init__(self, results: Sequence[RunResult], labels: Sequence[str]):
         from .report.compare import unique_labels
@@ -56,12 +58,24 @@ class Comparison(FigureViews):
 
         return difference_table(self._runs())
 
-    def findings(self) -> pd.DataFrame:
-        """The side-by-side findings as a table: a column per run, then each run minus the first."""
-        from .report.compare import side_by_side_rows
+    @property
+    def claims(self) -> pd.DataFrame:
+        """Every run's claims in one table: one row per (run, probe, claim, layer, component), the run's label first."""
+        from .report.compare import claims_across
 
-        head, rows = side_by_side_rows(self._runs())
-        return pd.DataFrame(rows, columns=head).set_index("finding")
+        return claims_across(self._runs())
+
+    def claims_side_by_side(self) -> pd.DataFrame:
+        """A row per claim and per run its verdict, value and interval; the claims whose verdicts differ first."""
+        from .report.compare import claims_side_by_side
+
+        return claims_side_by_side(self._runs())
+
+    def summary_lines(self) -> list[str]:
+        """What `normprobe compare` prints: claims whose verdict differs between the runs, probes a run lacks."""
+        from .report.compare import comparison_lines
+
+        return comparison_lines(self._runs())
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
         from .report.compare import render_comparison
@@ -71,10 +85,13 @@ class Comparison(FigureViews):
         return path
 
     def save(self, out: str | Path, plotlyjs: str = "inline") -> Path:
-        """Write OUT/report.html (creating OUT) and return its path."""
+        """Write OUT/claims.parquet (`claims`) and OUT/report.html (creating OUT); return the page's path."""
+        from .results import _parquet_bytes
+
         out = Path(out)
         try:
             out.mkdir(parents=True, exist_ok=True)
+            write_atomic(out / CLAIMS_FILE, _parquet_bytes(self.claims))
             return self.to_html(out / REPORT_FILE, plotlyjs=plotlyjs)
         except OSError as exc:
             raise NormprobeError(f"cannot write the comparison to {out}: {exc.strerror or exc}") from None
@@ -83,13 +100,25 @@ class Comparison(FigureViews):
         return f"Comparison({', '.join(repr(label) for label in self.labels)})"
 
     def _repr_html_(self) -> str:
-        from .report.compare import side_by_side_rows
+        from .report.compare import claim_where
 
-        head, rows = side_by_side_rows(self._runs())
+        labels = [label for label, _ in self._runs()]
+        rows = [
+            [f"{r['probe']}: {r['claim']}", claim_where(r), *(_cell_text(r, label) for label in labels)]
+            for r in self.claims_side_by_side().to_dict("records")
+        ]
         runs = "".join(f"<li>{esc(label)}: {esc(run_line(r.meta))}</li>" for label, r in self._runs())
         return (
             f"<div><b>normprobe comparison</b> of {len(self.results)} runs<ul>{runs}</ul>"
-            f"{table_html(head, rows)}"
+            "<p><b>claims</b>, run by run (value [95% CI] and verdict; those whose verdicts differ first)</p>"
+            f"{table_html(['claim', 'where', *labels], rows)}"
             "<small>.figures() gives the page's figures, .show() draws them, .differences() holds each run "
             "minus the first per layer.</small></div>"
         )
+
+
+def _cell_text(row: dict, label: str) -> str:
+    from .report.compare import claim_cell
+
+    verdict, value = claim_cell(row, label)
+    return f"{value} {verdict}".strip()

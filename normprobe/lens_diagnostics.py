@@ -163,8 +163,8 @@ def check_in_sample(readout: str, corpus_sha256: str | None, talk: bool = True) 
 
 def record_diagnostics(result, readout: str, corpus_sha256: str | None) -> None:
     """run.json's `lens_diagnostics`: held-out CE and KL by layer, and whether they are in-sample."""
-    found = result.findings.get(LensDiagnosticsProbe.name) if result is not None else None
-    if found is None:
+    found = result.descriptive(LensDiagnosticsProbe.name) if result is not None else None
+    if not found:
         return
     trained_on = lens_training_digest(readout)
     result.meta["lens_diagnostics"] = {

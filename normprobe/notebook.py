@@ -48,7 +48,7 @@ def claims_view(frame: Any) -> str:
 
     caveat = "" if baselines_of(frame) else f"<br><small>{esc(NO_BASELINE_NOTE)}</small>"
     head, rows = claims_head(frame), claims_rows(frame)
-    keep = [i for i, h in enumerate(head) if h not in ("probe", "null", "min effect", "note")]  # compact: the report has all
+    keep = [i for i, h in enumerate(head) if h not in ("probe", "null", "min effect")]  # compact: the report has all
     cells = "".join("<tr>" + "".join(f"<td>{esc(row[i])}</td>" for i in keep) + "</tr>" for row in rows)
     header = "".join(f"<th>{esc(head[i])}</th>" for i in keep)
     return (

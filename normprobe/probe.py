@@ -17,7 +17,8 @@ A probe's life in a run:
      then stays flat in depth however much a probe keeps per layer.
   4. `merge(other)` folds in another instance's statistics (shards, ranks).
   5. `result()` turns the statistics into named tidy DataFrames; `findings(tables)` into a
-     JSON-able dict of headline numbers, computed from the tables alone.
+     JSON-able dict of descriptive numbers, computed from the tables alone whenever asked (never
+     saved, never a conclusion: normprobe's conclusions are its claims, normprobe.claims).
 `state_dict()` / `load_state_dict()` save and restore the statistics for checkpoints.
 """
 
@@ -79,11 +80,11 @@ class Probe:
 
     @classmethod
     def findings(cls, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
-        """Headline numbers computed from the tables alone (so saved runs can be re-read)."""
+        """Descriptive numbers computed from the tables alone (recomputed when asked; they conclude nothing)."""
         return {}
 
     # Optional: `figures(cls, tables) -> list[plotly Figure]`, a classmethod drawing the report
-    # section from the tables alone. Without it the report shows the findings and table previews.
+    # section from the tables alone. Without it the report shows those numbers and table previews.
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError(f"probe {self.name!r} cannot be checkpointed")

@@ -28,7 +28,7 @@ BUILTIN = (
         "norms",
         "normprobe.probes.norms:NormsProbe",
         "built-in",
-        "L2 norm of each token's vector per (site, layer, position); growth, position-0, position and frequency findings",
+        "L2 norm of each token's vector per (site, layer, position); growth, position-0 and frequency claims",
     ),
     ProbeEntry(
         "updates",

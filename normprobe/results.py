@@ -1,4 +1,4 @@
-"""A run's tables, findings and metadata; saved as run.json plus one parquet per table."""
+"""A run's tables, claims and metadata; saved as run.json plus one parquet per table."""
 
 from __future__ import annotations
 
@@ -122,13 +122,12 @@ def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
 
 @dataclass(repr=False)
 class RunResult(FigureViews):
-    """What one run measured. `tables` are tidy DataFrames; `findings` maps a probe name to its headline numbers.
+    """What one run measured. `tables` are tidy DataFrames; `claims` are its only conclusions.
 
     In a notebook it shows a compact summary; `figures()` and `show()` give the report's figures.
     """
 
     tables: dict[str, pd.DataFrame]
-    findings: dict[str, dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
     probe_states: dict[str, Any] | None = None  # kept for shard runs, so `normprobe merge` can combine them
     # Null baselines (normprobe.baselines): kind -> its tables, in the run's own schemas, saved in baselines/<kind>/
@@ -153,6 +152,22 @@ class RunResult(FigureViews):
             self.__dict__["_claims_cache"] = cached
         return cached[1]
 
+    @property
+    def findings(self) -> dict[str, dict[str, Any]]:
+        """Each probe's descriptive numbers (its `findings(tables)`), recomputed from the tables and never saved.
+
+        They describe the tables (the figures draw some of them); they conclude nothing: `claims` does.
+        """
+        return {name: self.descriptive(name) for name in self.meta.get("probes", [])}
+
+    def descriptive(self, probe: str) -> dict[str, Any]:
+        """One probe's descriptive numbers, from its own tables; {} when its code is not at hand."""
+        cache = self.__dict__.setdefault("_descriptive_cache", {})
+        key = (probe, id(self.tables), tuple(self.tables))
+        if key not in cache:
+            cache[key] = descriptive_numbers(probe, self.tables, self.meta, self.probe_modules)
+        return cache[key]
+
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
 
@@ -160,18 +175,16 @@ class RunResult(FigureViews):
         m = self.meta
         return (
             f"RunResult(model={m.get('model')!r}, status={m.get('status', 'complete')!r}, "
-            f"tokens={m.get('n_tokens')}, probes={m.get('probes', list(self.findings))}, tables={sorted(self.tables)})"
+            f"tokens={m.get('n_tokens')}, probes={m.get('probes', [])}, tables={sorted(self.tables)})"
         )
 
     def _repr_html_(self) -> str:
-        from .notebook import claims_view, esc, run_line, table_html
-        from .report import finding_rows
+        from .notebook import claims_view, esc, run_line
 
         reason = self.meta.get("status_reason")
         note = f"<br><small>{esc(reason)}</small>" if reason and self.meta.get("status") != "complete" else ""
         return (
             f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}{claims_view(self.claims)}"
-            f"{table_html(('probe', 'finding', 'value'), finding_rows(self))}"
             "<small>.figures() gives the report's figures, .show() draws them, .tables holds the data.</small></div>"
         )
 
@@ -247,7 +260,8 @@ class RunResult(FigureViews):
         """The run.json text; `digests` (kind, "" for the run's own -> table -> sha256) when the tables were just written."""
         from .claims import claims_records
 
-        body = {**self.meta, "tables": sorted(self.tables), "findings": self.findings, "claims": claims_records(self.claims)}
+        # one block of conclusions: the claims (descriptive numbers stay in the tables)
+        body = {**self.meta, "tables": sorted(self.tables), "claims": claims_records(self.claims)}
         body.pop("table_sha256", None)  # only digests of the tables written with this run.json
         if digests is not None:
             body["table_sha256"] = dict(sorted(digests.get("", {}).items()))
@@ -255,7 +269,7 @@ class RunResult(FigureViews):
             records = dict(self.meta.get("baselines") or {})
             body["baselines"] = {
                 kind: {
-                    **{k: v for k, v in (records.get(kind) or {}).items() if k != "table_sha256"},
+                    **{k: v for k, v in _without_findings(records.get(kind) or {}).items() if k != "table_sha256"},
                     "tables": sorted(self.baselines.get(kind, {})),
                     **(
                         {"table_sha256": dict(sorted(digests.get(kind, {}).items()))}
@@ -295,11 +309,13 @@ class RunResult(FigureViews):
         check_run_json(body, folder)
         tables = read_tables(folder, body.pop("tables", []), body.pop("table_sha256", None))
         check_tables(tables, body, folder)
-        findings = body.pop("findings", {})
+        body.pop("findings", None)  # older folders carry findings: ignored, the claims are the conclusions
         body.pop("claims", None)  # recomputed from the tables (RunResult.claims)
         baselines = {}
         for kind, record in (body.get("baselines") or {}).items():
             where = baseline_folder(folder, kind)
+            if isinstance(record, dict):
+                record.pop("findings", None)
             digests = record.pop("table_sha256", None)
             check_baseline_identity(where, kind, body, required=digests is not None)
             baselines[kind] = read_tables(where, record.pop("tables", []), digests, root=folder)
@@ -308,7 +324,34 @@ class RunResult(FigureViews):
             from .registry import classes_by_name
 
             probe_modules = list(classes_by_name(probe_modules).values())
-        return cls(tables=tables, findings=findings, meta=body, probe_modules=probe_modules, baselines=baselines)
+        return cls(tables=tables, meta=body, probe_modules=probe_modules, baselines=baselines)
+
+
+def _without_findings(record: Any) -> Any:
+    return {k: v for k, v in record.items() if k != "findings"} if isinstance(record, dict) else record
+
+
+def descriptive_numbers(probe: str, tables: dict[str, pd.DataFrame], meta: dict[str, Any], probe_modules: list | None) -> dict:
+    """A probe's `findings(tables)` from its own tables, with its code found only where the user put it."""
+    from .registry import classes_by_name, saved_probe_class
+
+    own = {n: tables[n] for n in (meta.get("probe_tables") or {}).get(probe, []) if n in tables}
+    if not own:
+        return {}
+    if probe == "massive":  # its numbers depend on the run's --massive-ratio
+        from .options import DEFAULT_MASSIVE_RATIO
+        from .probes.massive import massive_findings
+
+        return massive_findings(own, float((meta.get("request") or {}).get("massive_ratio") or DEFAULT_MASSIVE_RATIO))
+    if probe == "lens_diagnostics":
+        from .lens_diagnostics import LensDiagnosticsProbe
+
+        return LensDiagnosticsProbe.findings(own)
+    found = saved_probe_class(probe, classes_by_name(probe_modules), required=False)
+    try:
+        return dict(found.findings(own)) if found is not None and hasattr(found, "findings") else {}
+    except TypeError:  # a custom probe whose findings() is not a classmethod: nothing to describe it by
+        return {}
 
 
 def baseline_folder(folder: str | Path, kind: str) -> Path:

@@ -417,7 +417,6 @@ class Runner(BaselinePasses):
         from .results import RunResult
 
         tables: dict[str, Any] = {}
-        findings: dict[str, Any] = {}
         owners: dict[str, list[str]] = {}
         for probe in probes:
             probe_tables = probe.result()
@@ -426,7 +425,6 @@ class Runner(BaselinePasses):
                 raise NormprobeError(f"probe {probe.name!r} returns table {clash[0]!r}, which another probe already returned")
             tables.update(probe_tables)
             owners[probe.name] = list(probe_tables)
-            findings[probe.name] = probe.findings(probe_tables)
         meta = {
             **meta,
             "status": "complete",
@@ -444,7 +442,7 @@ class Runner(BaselinePasses):
         if broken:
             meta["nonfinite_layers"] = broken
         # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
-        return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
+        return RunResult(tables=tables, meta=meta, probe_modules=[type(p) for p in probes])
 
 
 MANY_SEEDS = 24  # --baseline-seeds above this says what it will cost before anything runs

@@ -1,8 +1,11 @@
 """The outer loop: the same probes over a model's training checkpoints, one model in memory at a time.
 
-A sweep folder holds one run folder per checkpoint (`step-N/`), `sweep.json`, and `report.html`,
-the evolution report. Each checkpoint's results are saved before the next one loads, so a sweep
-resumed with --resume skips the checkpoints that are complete and continues the one that stopped.
+A sweep folder holds one run folder per checkpoint (`step-N/`), `sweep.json`, `claims.parquet` (every
+checkpoint's claims with its step) and `report.html`, the evolution report. Each checkpoint's results are
+saved before the next one loads, so a sweep resumed with --resume skips the checkpoints that are complete
+and continues the one that stopped. The random-init baseline depends only on the architecture, the corpus
+and the seeds, not on the weights: it runs once, with the first checkpoint, and every later checkpoint of
+the same architecture reuses its tables.
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import NormprobeError
 from .jsonio import read_json
+
+CLAIMS_FILE = "claims.parquet"
+REUSED = "random-init"  # the baseline that depends on no checkpoint's weights
+if TYPE_CHECKING:
+    import pandas as pd
 
 STEP_PATTERN = re.compile(r"(?:step|ckpt|checkpoint|iter|global_step)[-_]?(\d+)", re.IGNORECASE)
 
@@ -178,27 +186,67 @@ def _sweep_into(
         out / "sweep.json",
         (json.dumps({"checkpoints": [asdict(c) for c in checkpoints], "probes": probes}, indent=2) + "\n").encode(),
     )
-    for checkpoint in checkpoints:
+    reuse = REUSED in (run_kwargs.get("baselines") or []) and _one_architecture(checkpoints)
+    for i, checkpoint in enumerate(checkpoints):
         folder = out / checkpoint.folder_name
         status = _status(folder)
+        kwargs = dict(run_kwargs)
+        if reuse and i > 0:  # the first checkpoint's random-init baseline serves every later one
+            kwargs["baselines"] = [b for b in run_kwargs["baselines"] if b != REUSED]
         if status == "complete":
             if progress:
                 print(f"normprobe: {checkpoint.folder_name} is complete; skipping", flush=True)
-            continue
-        can_resume = status in ("running", "interrupted", "failed") and (folder / "checkpoint.pt").is_file()
-        run_to_folder(
-            checkpoint.model,
-            folder,
-            probes=probes,
-            resume=can_resume,
-            overwrite=not can_resume,
-            plotlyjs=plotlyjs,
-            progress=progress,
-            checkpoint_value=checkpoint.checkpoint_value,
-            **run_kwargs,
-        )
-        _release_memory()
+        else:
+            can_resume = status in ("running", "interrupted", "failed") and (folder / "checkpoint.pt").is_file()
+            run_to_folder(
+                checkpoint.model,
+                folder,
+                probes=probes,
+                resume=can_resume,
+                overwrite=not can_resume,
+                plotlyjs=plotlyjs,
+                progress=progress,
+                checkpoint_value=checkpoint.checkpoint_value,
+                **kwargs,
+            )
+            _release_memory()
+        if reuse and i > 0:
+            _reuse_baseline(out / checkpoints[0].folder_name, folder, plotlyjs)
     return write_evolution_report(out, checkpoints, plotlyjs)
+
+
+def _one_architecture(checkpoints: list[Checkpoint]) -> bool:
+    """Whether every checkpoint has one architecture (config.json alike but for bookkeeping keys)."""
+    if all(c.checkpoint_value is not None for c in checkpoints):
+        return len({c.model for c in checkpoints}) == 1  # one Hub model's published checkpoints
+    configs = []
+    for checkpoint in checkpoints:
+        try:
+            config = json.loads((Path(checkpoint.model) / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(config, dict):
+            return False
+        configs.append({k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"})
+    return all(c == configs[0] for c in configs)
+
+
+def _reuse_baseline(source: Path, folder: Path, plotlyjs: str) -> None:
+    """Give the run in FOLDER the random-init baseline of the run in SOURCE (same architecture, corpus and
+    seeds, so the same document weights pair their replicates), and rewrite its claims and report."""
+    from .results import RunResult
+
+    donor = RunResult.load(source)
+    if REUSED not in donor.baselines:
+        return
+    result = RunResult.load(folder)
+    records = dict(result.meta.get("baselines") or {})
+    if (records.get(REUSED) or {}).get("reused_from") == source.name and REUSED in result.baselines:
+        return  # done before the sweep was interrupted
+    result.baselines[REUSED] = donor.baselines[REUSED]
+    records[REUSED] = {**(donor.meta.get("baselines") or {}).get(REUSED, {}), "reused_from": source.name}
+    result.meta["baselines"] = records
+    result.save(folder, overwrite=True, plotlyjs=plotlyjs)
 
 
 def _status(folder: Path) -> str | None:
@@ -220,15 +268,52 @@ def _release_memory() -> None:
 
 
 def write_evolution_report(out: Path, checkpoints: list[Checkpoint], plotlyjs: str = "inline") -> Path:
-    from .report.evolution import evolution_findings, render_evolution
-    from .results import RunResult, _json_safe, write_atomic
+    """OUT/claims.parquet (every checkpoint's claims, with its step), OUT/evolution.json and OUT/report.html."""
+    from .report.evolution import evolution_numbers, render_evolution
+    from .results import _json_safe, _parquet_bytes, write_atomic
 
-    runs = [(c.step, RunResult.load(out / c.folder_name)) for c in checkpoints]
-    write_atomic(out / "evolution.json", (json.dumps(_json_safe(evolution_findings(runs)), indent=2) + "\n").encode())
+    sweep = Sweep(out, checkpoints)
+    write_atomic(out / CLAIMS_FILE, _parquet_bytes(sweep.claims))
+    body = {**evolution_numbers(sweep.runs), "first_holds": sweep.first_holds().to_dict("records")}
+    write_atomic(out / "evolution.json", (json.dumps(_json_safe(body), indent=2, default=str) + "\n").encode())
     path = out / "report.html"
     local = Path(checkpoints[0].model)
     name = (
         checkpoints[0].model if checkpoints[0].checkpoint_value is not None or not local.is_dir() else local.resolve().parent.name
     )
-    write_atomic(path, render_evolution(runs, plotlyjs=plotlyjs, name=name).encode("utf-8"))
+    write_atomic(path, render_evolution(sweep.runs, sweep.claims, plotlyjs=plotlyjs, name=name).encode("utf-8"))
     return path
+
+
+class Sweep:
+    """A saved checkpoint sweep: `runs` ((step, RunResult) in training order), `claims` (one row per step, probe,
+    claim, layer and component) and `first_holds()` (the first step at which each claim holds)."""
+
+    def __init__(self, folder: str | Path, checkpoints: list[Checkpoint] | None = None):
+        from .jsonio import read_json
+        from .results import RunResult
+
+        self.folder = Path(folder)
+        if checkpoints is None:
+            saved = read_json(self.folder / "sweep.json", f"{self.folder} holds no sweep.json; is it a checkpoint sweep folder?")
+            listed = saved.get("checkpoints") if isinstance(saved, dict) else None
+            if not isinstance(listed, list) or not all(isinstance(c, dict) and isinstance(c.get("step"), int) for c in listed):
+                raise NormprobeError(f"{self.folder / 'sweep.json'} is damaged: it lists no checkpoints")
+            checkpoints = [Checkpoint(c["step"], str(c.get("model", "")), c.get("checkpoint_value")) for c in listed]
+        self.checkpoints = sorted(checkpoints, key=lambda c: c.step)
+        self.runs = [(c.step, RunResult.load(self.folder / c.folder_name)) for c in self.checkpoints]
+
+    @property
+    def claims(self) -> pd.DataFrame:
+        from .claim_tables import stack_claims
+
+        return stack_claims([(step, result.claims) for step, result in self.runs], "step")
+
+    def first_holds(self) -> pd.DataFrame:
+        """Per claim: the first step at which it holds (missing where it never does), and whether it holds at the last."""
+        from .claim_tables import first_holding
+
+        return first_holding(self.claims, "step")
+
+    def __repr__(self) -> str:
+        return f"Sweep({str(self.folder)!r}, steps={[s for s, _ in self.runs]})"

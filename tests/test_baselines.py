@@ -290,7 +290,9 @@ def test_report_draws_each_baseline_dashed_with_its_band(family_adapter):
     np.testing.assert_allclose(dashed(by_title["Logit-lens loss of the next token"], "lens loss (shuffled)").y, lens, rtol=1e-6)
     block = shuffled["updates"][shuffled["updates"].component == "block"]["descent_cos_mean"]
     np.testing.assert_allclose(dashed(by_title["Descent alignment cos(Δ"], "block (shuffled)").y, block, rtol=1e-6)
-    stars = result.meta["baselines"]["shuffled"]["findings"]["linesearch"]["alpha_star"]["block"]
+    from normprobe.probes.linesearch import line_search_findings
+
+    stars = line_search_findings(result.baselines["shuffled"]["line_search"])["alpha_star"]["block"]
     np.testing.assert_allclose(dashed(by_title["Best step α* per layer"], "block (shuffled)").y, list(stars.values()), rtol=1e-6)
     # a baseline table with its own interval columns gets a band; without them, none
     assert not any(

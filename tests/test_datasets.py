@@ -51,7 +51,7 @@ def test_saved_dataset_equals_the_same_texts(saved, tmp_path, capsys):
             pd.read_parquet(tmp_path / "t" / f"{table}.parquet"),
             check_exact=True,
         )
-    assert meta["findings"] == json.loads((tmp_path / "t" / "run.json").read_text())["findings"]
+    assert meta["claims"] == json.loads((tmp_path / "t" / "run.json").read_text())["claims"]
 
 
 @pytest.mark.parametrize(

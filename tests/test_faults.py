@@ -83,7 +83,7 @@ def test_signal_then_resume_equals_uninterrupted(sig, tmp_path, uninterrupted):
     assert got.keys() == want.keys()
     for name in want:
         pd.testing.assert_frame_equal(got[name], want[name], check_exact=True)
-    assert meta["findings"] == whole["findings"]
+    assert meta["claims"] == whole["claims"]
 
 
 def _invoke(argv, capsys):

@@ -47,11 +47,6 @@ def residual_means(result) -> pd.Series:
     return pre.sort_index()
 
 
-def geometric_growth(result) -> float:
-    means = residual_means(result).to_numpy()
-    return float((means[-1] / means[0]) ** (1 / (len(means) - 1)))
-
-
 def test_repr_is_one_short_line(runs):
     a, _ = runs
     text = repr(a)
@@ -61,18 +56,19 @@ def test_repr_is_one_short_line(runs):
     assert f"tokens={tokens}," in text
 
 
-def test_html_summary_shows_model_tokens_status_and_findings_without_plotly(runs):
+def test_html_summary_shows_model_tokens_status_and_claims_without_plotly(runs):
     a, _ = runs
     page = a._repr_html_()
     tokens = int(a["norms"].query("site == 'resid_pre' and layer == 0")["count"].sum())
     assert f"model demo (GPT-2, 4 layers, float32) · {tokens:,} tokens in 3 documents · status complete" in page
-    assert (
-        f"<td style=\"border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top\">{geometric_growth(a):.3g}</td>"
-        in page
-    )
-    assert "Lens loss by layer" in page and "<script" not in page and len(page) < 30_000  # + the claims table
-    for row in a.claims.head(3).to_dict("records"):
-        assert f"{row['value']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" in page
+    assert "Lens loss by layer" not in page and "finding" not in page  # the claims are its only conclusions
+    assert "<script" not in page and len(page) < 30_000
+    for row in a.claims.to_dict("records"):
+        assert f"{g3(row['value'])} [{g3(row['ci_low'])}, {g3(row['ci_high'])}]" in page
+
+
+def g3(value: float) -> str:
+    return f"{value:.3g}" if np.isfinite(value) else "n/a"
 
 
 def test_figures_are_the_reports_figures_with_its_values(runs, tmp_path):
@@ -106,7 +102,7 @@ def test_show_draws_the_chosen_figures(runs, monkeypatch):
         a.show("nothing such")
 
 
-def test_comparison_subtracts_the_first_run_per_layer_and_in_findings(runs, tmp_path):
+def test_comparison_subtracts_the_first_run_per_layer_and_lists_claims_per_run(runs, tmp_path):
     a, b = runs
     comparison = normprobe.compare([a, b], labels=["A", "B"])
     assert isinstance(comparison, normprobe.Comparison) and repr(comparison) == "Comparison('A', 'B')"
@@ -120,10 +116,12 @@ def test_comparison_subtracts_the_first_run_per_layer_and_in_findings(runs, tmp_
     descent = diff[diff["quantity"] == "descent cosine of the block update"].set_index("layer")["difference"]
     np.testing.assert_array_equal(descent.to_numpy(), (block[1] - block[0]).to_numpy())
 
-    findings = comparison.findings()
-    growth = findings.loc["norms: growth per layer, h_0..h_L (geometric)"]
-    assert float(growth["B − A"]) == pytest.approx(geometric_growth(b) - geometric_growth(a), rel=1e-3)
-    assert float(growth["A"]) == pytest.approx(geometric_growth(a), rel=1e-5)
+    claims = comparison.claims
+    assert list(claims.columns[:5]) == ["run", "probe", "claim", "layer", "component"]
+    for label, result in (("A", a), ("B", b)):
+        mine = claims[claims["run"] == label].drop(columns="run").reset_index(drop=True)
+        want = result.claims.reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine[want.columns], want)
 
     figures = comparison.figures()
     assert len(figures) == 5
@@ -131,9 +129,10 @@ def test_comparison_subtracts_the_first_run_per_layer_and_in_findings(runs, tmp_
     lens_trace = [t for t in difference.data if t.yaxis == "y2"]
     np.testing.assert_array_equal(lens_trace[0].y, (lens_b - lens_a).to_numpy())
     page = comparison.save(tmp_path / "cmp").read_text()
-    assert page.count("Plotly.newPlot") == 5 and "<th>B − A</th>" in page
+    assert page.count("Plotly.newPlot") == 5 and '<h3 id="claims">Claims, run by run</h3>' in page
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cmp" / "claims.parquet"), claims)
     html = comparison._repr_html_()
-    assert "<script" not in html and "B − A" in html and "normprobe comparison</b> of 2 runs" in html
+    assert "<script" not in html and "normprobe comparison</b> of 2 runs" in html
 
 
 def test_static_copy_drops_menus_and_keeps_the_data(runs):
@@ -242,26 +241,12 @@ def test_line_search_curves_offer_a_per_layer_scale():
         np.testing.assert_allclose(scaled[layer], change / np.abs(change).max(), rtol=1e-6)
 
 
-def test_findings_tables_write_layers_as_L_and_zero_counts_as_none():
-    from normprobe.report.norms import norms_findings_rows
-    from normprobe.report.updates import updates_findings_rows
+def test_section_notes_name_excluded_values_and_unread_layers_as_L_and_zero_counts_as_none():
+    from normprobe.report.common import count_text, data_notes
 
-    rows = dict(
-        updates_findings_rows(
-            {"uniform_loss": 7.6, "readout_not_meaningful_layers": [0, 2], "first_meaningful_layer": 1, "n_nonfinite": 0}
-        )
-    )
-    assert rows[next(k for k in rows if k.startswith("Layers where the readout"))] == "L0, L2"
-    assert any("first meaningful layer (L1)" in k for k in rows)
-    assert rows["Non-finite values (excluded from every statistic)"] == "none"
-    assert dict(norms_findings_rows({"n_nonfinite": 1234}))["Non-finite norms (excluded from every statistic)"] == "1,234"
-
-
-def test_comparison_findings_name_each_headline_number_once(runs):
-    from normprobe.report.compare import side_by_side_rows
-
-    _, rows = side_by_side_rows([("a", runs[0]), ("b", runs[1])])
-    labels = [row[0].lower() for row in rows]
-    assert sum("growth per layer, h_0..h_l" in label for label in labels) == 1
-    assert sum("position-0 outlier ratio" in label for label in labels) == 1
-    assert sum("first layer to output" in label or "first layer to model output" in label for label in labels) == 1
+    notes = data_notes({"readout_not_meaningful_layers": [0, 2], "n_nonfinite": 1234}, "values", unread=True)
+    assert notes == [
+        "Non-finite values excluded from every statistic: 1,234.",
+        "The readout does not read layers L0, L2 (lens loss above log V, a uniform guess).",
+    ]
+    assert data_notes({"n_nonfinite": 0}, "norms") == [] and count_text(0) == "none"

@@ -53,7 +53,7 @@ def test_quickstart_runs_in_a_kernel_of_this_interpreter(tmp_path):
     assert len(cells) == n_cells and not list(tmp_path.iterdir())  # the notebook writes nothing
     by_source = {c.source.splitlines()[-1]: c for c in cells if c.cell_type == "code"}
 
-    summary = _outputs(by_source["result  # a compact summary: model, tokens, status and every finding"], "text/html")
+    summary = _outputs(by_source["result  # a compact summary: model, tokens, status and the claims table"], "text/html")
     assert len(summary) == 1 and "model demo (GPT-2, 4 layers, float32)" in summary[0]
     assert "status complete" in summary[0] and "plotly" not in summary[0].lower()
 
@@ -74,6 +74,6 @@ def test_quickstart_runs_in_a_kernel_of_this_interpreter(tmp_path):
     assert len(cosines) == 4 and ((cosines > -1) & (cosines <= 1)).all()  # one cosine per layer of the demo model
 
     comparison = _outputs(by_source["comparison"], "text/html")
-    assert len(comparison) == 1 and "bfloat16 − float32" in comparison[0]
+    assert len(comparison) == 1 and ">bfloat16</th>" in comparison[0] and "<b>claims</b>, run by run" in comparison[0]
     difference = _outputs(by_source['comparison.show("difference")'], PLOTLY_MIME)
     assert len(difference) == 1 and "each run minus float32" in difference[0]["layout"]["title"]["text"]

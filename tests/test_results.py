@@ -73,8 +73,7 @@ def test_large_model_report_stays_small(tmp_path):
     """A 48-layer model over 2,048 positions: heatmaps are averaged down to the point budget."""
     import numpy as np
 
-    from normprobe.probes.norms import norms_findings
-    from normprobe.probes.updates import COMPONENTS, updates_findings
+    from normprobe.probes.updates import COMPONENTS
 
     rng = np.random.default_rng(0)
     L, P, V = 48, 2048, 50_000
@@ -140,7 +139,6 @@ def test_large_model_report_stays_small(tmp_path):
     }
     result = RunResult(
         tables=tables,
-        findings={"norms": norms_findings(norms, tokens), "updates": updates_findings(updates)},
         meta={
             "model": "synthetic-48",
             "probes": ["norms", "updates"],

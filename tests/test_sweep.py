@@ -86,7 +86,8 @@ def test_sweep_over_local_checkpoints_equals_single_runs(trained_checkpoints, tm
     evolution = json.loads((out / "evolution.json").read_text())
     assert evolution["steps"] == [0, 10, 20]
     html = (out / "report.html").read_text()
-    assert "normprobe over training" in html and html.count("Plotly.newPlot") == 7
+    kinds = pd.read_parquet(out / "claims.parquet")["claim"].nunique()
+    assert "normprobe over training" in html and html.count("Plotly.newPlot") == 7 + kinds  # + a figure per claim
     for step in (0, 10, 20):
         single = normprobe.run(
             str(trained_checkpoints / f"step-{step}"), texts=TEXTS, probes=["norms", "updates"], progress=False
@@ -140,3 +141,69 @@ def test_hub_checkpoint_specs_resolve_offline():
         plan(["pythia-70m"], "3")
     with pytest.raises(NormprobeError, match="publishes no training checkpoints"):
         plan(["gpt2"], "all")
+
+
+@pytest.fixture(scope="module")
+def untrained_then_demo(tmp_path_factory):
+    """step-0: a random-init model of the demo's architecture (its config and tokenizer); step-1500: the demo itself
+    (trained for 1,500 steps, as its training_state.json says)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    demo = Path(normprobe.__file__).parent / "demo"
+    root = tmp_path_factory.mktemp("untrained-then-trained")
+    shutil.copytree(demo, root / "step-1500")
+    torch.manual_seed(1234)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(demo)).save_pretrained(root / "step-0")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # one architecture, one tokenizer
+        shutil.copy(demo / name, root / "step-0" / name)
+    return root
+
+
+def test_sweep_claims_by_step_name_the_first_step_each_holds(untrained_then_demo, tmp_path, capsys):
+    from normprobe.corpus import pydoc_topic_documents
+    from normprobe.report.common import esc
+    from normprobe.results import RunResult
+    from normprobe.sweep import Sweep
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(d.replace("\n", " ")[:200] for d in pydoc_topic_documents()[:24]) + "\n")
+    out = tmp_path / "sweep"
+    argv = ["run", str(untrained_then_demo / "step-0"), str(untrained_then_demo / "step-1500"), "--out", str(out)]
+    argv += ["--input", str(docs), "--seq-len", "24", "--probe", "norms", "--probe", "updates"]
+    code, io = _invoke([*argv, "--baseline", "random-init", "--baseline-seeds", "1", "--device", "cpu"], capsys)
+    assert code == 0, io.err
+    # the random-init baseline ran once, with step 0, and step 1500 reuses its tables
+    assert io.err.count("normprobe: baseline random-init") == 1
+    reused = json.loads((out / "step-1500" / "run.json").read_text())["baselines"]["random-init"]
+    assert reused["reused_from"] == "step-0"
+    for table in RunResult.load(out / "step-0").baselines["random-init"]:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out / "step-1500" / "baselines" / "random-init" / f"{table}.parquet"),
+            pd.read_parquet(out / "step-0" / "baselines" / "random-init" / f"{table}.parquet"),
+        )
+    # claims.parquet: every step's claims, equal to those its own folder recomputes
+    claims = pd.read_parquet(out / "claims.parquet")
+    assert sorted(set(claims["step"])) == [0, 1500]
+    for step in (0, 1500):
+        mine = claims[claims["step"] == step].drop(columns="step").reset_index(drop=True)
+        want = RunResult.load(out / f"step-{step}").claims.reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine[want.columns], want)
+    key = ["probe", "claim", "layer", "component"]
+    last = claims[claims["step"] == 1500][[*key, "verdict"]]
+    wide = last.merge(claims[claims["step"] == 0][[*key, "verdict"]], on=key, how="left", suffixes=("_last", "_first"))
+    learned = wide[(wide["verdict_last"] == "holds") & (wide["verdict_first"] != "holds")]
+    assert len(learned) >= 1, claims[["step", *key, "value", "ci_low", "ci_high", "verdict", "note"]].to_string()
+    first = Sweep(out).first_holds()
+    html = (out / "report.html").read_text()
+    for row in learned.to_dict("records"):
+        found = first[(first["claim"] == row["claim"]) & (first["component"] == row["component"])]
+        found = found[found["layer"].isna()] if pd.isna(row["layer"]) else found[found["layer"] == row["layer"]]
+        assert list(found["first_holds"]) == [1500] and list(found["holds_at_last"]) == [True]
+        where = " ".join(([] if pd.isna(row["layer"]) else [f"layer {int(row['layer'])}"]) + [row["component"]])
+        assert f"<td>{esc(row['probe'] + ': ' + row['claim'])}</td><td>{esc(where)}</td><td>1500</td>" in html
+    held = int(first["first_holds"].notna().sum())
+    assert f"claims over training: {held} of {len(first)} hold at some step" in io.out
+    assert io.out.count(": holds from step ") == min(held, 15) and ": holds from step 1500" in io.out

@@ -270,12 +270,26 @@ def test_cli_writes_the_folder(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert stdout == f"wrote {out}/ (trace: {out / 'trace.html'})\n" and err == ""
+    assert stdout.endswith(f"wrote {out}/ (trace: {out / 'trace.html'})\n") and err == ""
     meta = json.loads((out / "run.json").read_text())
     assert meta["kind"] == "trace" and meta["n_docs"] == 2 and [len(i) for i in meta["token_ids"]] == [6, 6]
     assert meta["readout"]["kind"] == "logit" and meta["n_layers"] == 4 and meta["texts"] == DOCS[:2]
     table = pd.read_parquet(out / "trace.parquet")
     assert len(table) == 2 * 5 * 6 and all(len(t) == 3 for t in table["top_ids"])
+    # what it printed: per position, the first layer whose top-1 is the output's (layer 4), by a plain loop
+    lines = stdout.splitlines()
+    assert lines[0] == "first layer whose top-1 prediction is the model's (layer 4 is the output), by position:"
+    for doc in (0, 1):
+        first = []
+        for position in range(6):
+            top1 = {
+                int(r.layer): int(r.top_ids[0]) for r in table[(table.doc == doc) & (table.position == position)].itertuples()
+            }
+            first.append(min(layer for layer in range(5) if top1[layer] == top1[4]))
+        assert f"  doc {doc}: {' '.join(map(str, first))}" in lines
+        median = sorted(first)[2:4]
+        assert any(line.startswith(f"  doc {doc}: median layer {sum(median) / 2:g} over 6 positions; ") for line in lines)
+        assert f"{first.count(4)} match only at the output" in stdout
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,7 @@ POSITION_GROUPS = ("position0", "rest")  # the replicate table's position groups
 
 class NormsProbe(Probe):
     name = "norms"
-    description = (
-        "L2 norm of each token's vector per (site, layer, position), with growth, position-0, position and frequency findings"
-    )
+    description = "L2 norm of each token's vector per (site, layer, position), with growth, position-0 and frequency claims"
 
     def setup(self, model, seq_len: int) -> None:
         layers = self.selected_layers(model.n_layers)

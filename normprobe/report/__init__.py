@@ -1,4 +1,4 @@
-"""Reports: pure functions from a run's tables and findings to one self-contained HTML page."""
+"""Reports: pure functions from a run's tables and claims to one self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -75,29 +75,14 @@ def sections_for(result: Any, probe_modules: list | None = None) -> list[Section
             }
         probe_class = None if probe_name in _renderers() else saved_probe_class(probe_name, given, required=False)
         render = renderer_for(probe_name, probe_class)
-        sections.append(render(tables, result.findings.get(probe_name, {}), meta))
+        sections.append(render(tables, _descriptive(result, probe_name), meta))
     return sections
 
 
-def finding_rows(result: Any) -> list[tuple[str, str, str]]:
-    """(probe, finding, value) rows as the report's findings tables show them, without drawing a figure."""
-    from .generic import generic_findings_rows
-    from .linesearch import line_search_findings_rows
-    from .massive import massive_findings_rows
-    from .norms import norms_findings_rows
-    from .updates import updates_findings_rows
-
-    known = {
-        "norms": norms_findings_rows,
-        "updates": updates_findings_rows,
-        "massive": massive_findings_rows,
-        "linesearch": line_search_findings_rows,
-    }
-    rows: list = []
-    for probe_name in result.meta.get("probes", list(result.findings)):
-        make_rows = known.get(probe_name, generic_findings_rows)
-        rows.extend((probe_name, k, v) for k, v in make_rows(result.findings.get(probe_name, {})))
-    return rows
+def _descriptive(result: Any, probe_name: str) -> dict[str, Any]:
+    """The probe's descriptive numbers (for its figures), recomputed from its tables."""
+    describe = getattr(result, "descriptive", None)
+    return describe(probe_name) if describe is not None else {}
 
 
 def figures_by_title(sections: list[Section]) -> dict[str, Any]:
@@ -128,7 +113,6 @@ __all__ = [
     "Block",
     "Section",
     "figures_by_title",
-    "finding_rows",
     "register_renderer",
     "render_report",
     "renderer_for",

@@ -21,12 +21,6 @@ def baseline_frames(meta: dict[str, Any], table: str) -> dict[str, pd.DataFrame]
     return {kind: tables[table] for kind, tables in found.items() if table in tables}
 
 
-def baseline_findings(meta: dict[str, Any], probe: str) -> dict[str, dict[str, Any]]:
-    """kind -> that baseline's findings for `probe`, as run.json records them."""
-    records = meta.get("baselines") or {}
-    return {kind: (r.get("findings") or {}).get(probe, {}) for kind, r in records.items() if isinstance(r, dict)}
-
-
 def interval(frame: pd.DataFrame, value: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The table's own interval for `value` (`<value>_ci_low`/`_ci_high`, or `ci_low`/`ci_high`), if it has one."""
     stem = value[: -len("_mean")] if value.endswith("_mean") else value

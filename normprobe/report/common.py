@@ -40,9 +40,22 @@ class Block:
 class Section:
     title: str
     anchor: str
-    findings: list[tuple[str, str]] = field(default_factory=list)  # (finding, value) rows
+    # (name, value) rows of descriptive numbers, for a probe without a renderer; conclusions are claims only
+    findings: list[tuple[str, str]] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # one sentence each, shown under the findings, on how to read them
+    notes: list[str] = field(default_factory=list)  # one sentence each, shown under the section's title, on how to read it
+
+
+def data_notes(numbers: dict[str, Any], what: str, unread: bool = False) -> list[str]:
+    """Facts about the data behind a section (never conclusions): what was excluded, layers the readout cannot read."""
+    notes = []
+    if numbers.get("n_nonfinite"):
+        notes.append(f"Non-finite {what} excluded from every statistic: {count_text(numbers['n_nonfinite'])}.")
+    layers = numbers.get("readout_not_meaningful_layers") or []
+    if unread and layers:
+        named = ", ".join(f"L{l}" for l in layers)
+        notes.append(f"The readout does not read layers {named} (lens loss above log V, a uniform guess).")
+    return notes
 
 
 def count_text(value: Any) -> str:

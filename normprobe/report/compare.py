@@ -9,15 +9,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .claims import CONSOLE_WIDTH, VERDICT_STYLE, _clamp, _num, _short_where
 from .common import TEMPLATE, Block, Section, empty_figure, esc, figure, integer_axis, log_toggle
 from .curves import descent_curve, lens_loss_curve, position0_curve, residual_norm_curve
-from .headline import headline_numbers
-from .linesearch import line_search_findings_rows
-from .norms import norms_findings_rows
 from .page import metadata_rows, render_page
-from .updates import updates_findings_rows
-
-FINDING_ROWS = {"norms": norms_findings_rows, "updates": updates_findings_rows, "linesearch": line_search_findings_rows}
 
 
 def _depth_toggle(fig: go.Figure, layer_x: list[np.ndarray], relative_x: list[np.ndarray], log_y: bool) -> None:
@@ -199,51 +194,82 @@ def _difference_figure(runs) -> tuple[go.Figure, str]:
     return fig, note
 
 
-def _signed(value: float | None) -> str:
-    return "" if value is None else f"{value:+.4g}"
+def claims_across(runs) -> pd.DataFrame:
+    """One row per (run label, probe, claim, layer, component): every run's claims (normprobe.claim_tables)."""
+    from ..claim_tables import stack_claims
+
+    return stack_claims([(label, result.claims) for label, result in runs], "run")
 
 
-def _plain(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.6g}"
+def claims_side_by_side(runs) -> pd.DataFrame:
+    from ..claim_tables import side_by_side
+
+    return side_by_side(claims_across(runs), [label for label, _ in runs], "run")
 
 
-# findings rows that repeat a headline number (shown first, with differences): left out of the text rows
-SHOWN_AS_HEADLINE = (
-    "Norm growth per layer, h_0..h_L",
-    "Norm growth per layer, positions ≥ 1 only",
-    "Largest position-0 outlier ratio",
-    "Lens loss, first layer to model output",
-    "Lens loss, first meaningful layer",
-)
+def claim_cell(row: dict[str, Any], label: str) -> tuple[str, str]:
+    verdict = row.get(f"{label}: verdict")
+    if verdict == "missing":
+        return "missing", ""
+    value = f"{_num(row[f'{label}: value'])} [{_num(row[f'{label}: ci_low'])}, {_num(row[f'{label}: ci_high'])}]"
+    return str(verdict), value
 
 
-def side_by_side_rows(runs) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: each finding per run; headline numbers first, with each run minus the first."""
+def claim_where(row: dict[str, Any]) -> str:
+    layer = row.get("layer")
+    parts = [] if layer is None or pd.isna(layer) else [f"layer {int(layer)}"]
+    return " ".join(parts + ([str(row["component"])] if row.get("component") else []))
+
+
+def _claims_block(runs) -> str:
+    """The side-by-side claims: per run, value [CI] and verdict; claims whose verdicts differ first."""
+    from ..claim_tables import probes_missing
+
     labels = [label for label, _ in runs]
-    head = ["finding", *labels, *(f"{label} − {labels[0]}" for label in labels[1:])]
-    numbers = [headline_numbers(result) for _, result in runs]
-    rows = []
-    for key in dict.fromkeys(k for n in numbers for k in n):
-        values = [n.get(key) for n in numbers]
-        diffs = [None if v is None or values[0] is None else v - values[0] for v in values[1:]]
-        rows.append([key, *map(_plain, values), *map(_signed, diffs)])
-    text: dict[str, list[str]] = {}
-    for i, (_, result) in enumerate(runs):
-        for probe, make_rows in FINDING_ROWS.items():
-            if probe in result.findings:
-                for finding, value in make_rows(result.findings[probe]):
-                    if finding.startswith(SHOWN_AS_HEADLINE):
-                        continue
-                    text.setdefault(f"{probe}: {finding}", [""] * len(runs))[i] = value
-    rows.extend([key, *values, *[""] * (len(runs) - 1)] for key, values in text.items())
-    return head, rows
+    table = claims_side_by_side(runs)
+    missing = "".join(
+        f"<li>Probe {esc(p)} is missing from {esc(', '.join(map(str, lacking)))}: its claims read “missing” there.</li>"
+        for p, lacking in probes_missing(runs)
+    )
+    if not len(table):
+        return f"<p>No run has claims.</p><ul>{missing}</ul>"
+    differ = int(table["verdicts_differ"].sum())
+    head = "".join(f"<th>{esc(h)}</th>" for h in ["claim", "where", *labels, "verdicts differ"])
+    body = []
+    for row in table.to_dict("records"):
+        cells = [f"<td>{esc(row['probe'])}: {esc(row['claim'])}</td><td>{esc(claim_where(row))}</td>"]
+        for label in labels:
+            verdict, value = claim_cell(row, label)
+            cells.append(f'<td style="{VERDICT_STYLE.get(verdict, "")}">{esc(value)} {esc(verdict)}</td>')
+        cells.append(f"<td>{'yes' if row['verdicts_differ'] else ''}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        f'<h3 id="claims">Claims, run by run</h3><ul><li>{differ} of {len(table)} claims have verdicts that differ between '
+        "the runs; they come first. Each cell: value [95% CI] and that run's verdict against its own null and "
+        f"baselines (each run's report has the baselines and notes).</li>{missing}</ul>"
+        f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    )
 
 
-def _side_by_side(runs) -> str:
-    head, rows = side_by_side_rows(runs)
-    header = "".join(f"<th>{esc(h)}</th>" for h in head)
-    body = "".join(f"<tr>{''.join(f'<td>{esc(v)}</td>' for v in row)}</tr>" for row in rows)
-    return f"<table><tr>{header}</tr>{body}</table>"
+def comparison_lines(runs, where: str = "the comparison's report") -> list[str]:
+    """What `compare` prints: the claims whose verdicts differ between the runs, and the probes a run lacks."""
+    from ..claim_tables import probes_missing
+
+    labels = [label for label, _ in runs]
+    table = claims_side_by_side(runs)
+    differ = table[table["verdicts_differ"]] if len(table) else table
+    lines = [_clamp(f"probe {p} is missing from {', '.join(map(str, lacking))}") for p, lacking in probes_missing(runs)]
+    if not len(differ):
+        lines.append(_clamp(f"claims: the verdicts of all {len(table)} claims agree between {', '.join(map(str, labels))}"))
+        return lines
+    lines.append(_clamp(f"claims whose verdict differs between the runs: {len(differ)} of {len(table)}"))
+    for row in differ.head(15).to_dict("records"):
+        head = f"  {row['claim']} {_short_where(row)}:"
+        parts = [f"{label} {' '.join(x for x in reversed(claim_cell(row, label)) if x)}" for label in labels]
+        lines.append(_clamp(head + " " + "; ".join(parts), CONSOLE_WIDTH))
+    if len(differ) > 15:
+        lines.append(_clamp(f"  ... {len(differ) - 15} more: see {where}"))
+    return lines
 
 
 def _runs_table(runs) -> str:
@@ -271,12 +297,8 @@ def comparison_sections(results: Sequence[Any], labels: Sequence[str]) -> list[S
         Section(
             title="Comparison",
             anchor="comparison",
-            findings=[],
             blocks=[
-                Block(
-                    html=_side_by_side(runs),
-                    caption="Each run's findings, side by side; headline numbers first, with each run minus the first.",
-                ),
+                Block(html=_claims_block(runs)),
                 Block(
                     figure=_norm_growth(runs),
                     caption="Runs of different depth line up on relative depth; the buttons switch to layer index.",

@@ -11,14 +11,14 @@ import numpy as np
 
 
 def residual_norm_curve(result: Any):
-    f = result.findings.get("norms", {})
+    f = result.descriptive("norms")
     if not f.get("residual_layers"):
         return None, None
     return np.array(f["residual_layers"]), np.array(f["residual_mean_norm"], dtype=float)
 
 
 def position0_curve(result: Any):
-    ratio = result.findings.get("norms", {}).get("position0_ratio") or {}
+    ratio = result.descriptive("norms").get("position0_ratio") or {}
     if not ratio:
         return None, None
     by_layer = {int(k): v for k, v in ratio.items()}  # keys are strings once read back from run.json

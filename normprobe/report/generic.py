@@ -1,4 +1,4 @@
-"""The section of a probe without a registered renderer: its findings, its own figures, table previews."""
+"""The section of a probe without a registered renderer: its descriptive numbers, its own figures, table previews."""
 
 from __future__ import annotations
 

@@ -8,39 +8,17 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .baselines import add_baseline, baseline_findings
-from .common import Block, Section, count_text, empty_figure, f32, figure, integer_axis, spread_layers
-from .norms import _fmt
+from .baselines import add_baseline
+from .common import Block, Section, data_notes, empty_figure, f32, figure, integer_axis, spread_layers
 from .updates import COMPONENT_COLOURS, readout_label
 
 
-def _by_layer(values: dict, digits: int = 3) -> str:
-    return ", ".join(f"L{k}: {_fmt(v, digits)}" for k, v in values.items()) or "none"
+def baseline_numbers(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """kind -> α* per component and layer of that baseline, from its own line_search table."""
+    from ..probes.linesearch import line_search_findings
 
-
-def line_search_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = []
-    tolerance = f.get("near_one_tolerance", 0.25)
-    for component, stars in (f.get("alpha_star") or {}).items():
-        rows.append((f"Best step α* on the line h_l + αΔ ({component}), by layer", _by_layer(stars)))
-        near = (f.get("alpha_star_near_one") or {}).get(component, [])
-        rows.append(
-            (
-                f"Layers whose {component} α* point estimate lies within {_fmt(tolerance)} of 1 (its interval: the claims table)",
-                ", ".join(map(str, near)) or "none",
-            )
-        )
-        edge = (f.get("alpha_star_at_grid_edge") or {}).get(component, [])
-        if edge:
-            rows.append(
-                (
-                    f"Layers whose {component} α* is at the end of the grid (the minimum may lie beyond it)",
-                    ", ".join(map(str, edge)),
-                )
-            )
-    rows.append(("α grid", ", ".join(_fmt(a) for a in f.get("alphas", [])) or "n/a"))
-    rows.append(("Non-finite losses (excluded from every statistic)", count_text(f.get("n_nonfinite", 0))))
-    return rows
+    found = meta.get("baseline_tables") or {}
+    return {kind: line_search_findings(t["line_search"]) for kind, t in found.items() if len(t.get("line_search", ()))}
 
 
 NOTES = [
@@ -144,8 +122,7 @@ def render_line_search(tables: dict[str, pd.DataFrame], findings: dict[str, Any]
     return Section(
         title="Line search along each update",
         anchor="linesearch",
-        findings=[("Readout", readout_label(meta))] + line_search_findings_rows(findings),
-        notes=list(NOTES),
-        blocks=[Block(figure=alpha_star_figure(findings, baseline_findings(meta, "linesearch")))]
+        notes=[f"Readout: {readout_label(meta)}."] + list(NOTES) + data_notes(findings, "losses"),
+        blocks=[Block(figure=alpha_star_figure(findings, baseline_numbers(meta)))]
         + [Block(figure=loss_curves(table, c)) for c in ("block", "attn", "mlp")],
     )

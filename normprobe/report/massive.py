@@ -15,37 +15,6 @@ MASSIVE_COLUMNS = ["site", "layer", "position", "count", "max_abs_mean", "median
 TOKENS_SHOWN = 20
 
 
-def _by_layer(values: dict | None, digits: int = 3) -> str:
-    return ", ".join(f"L{k}: {_fmt(v, digits)}" for k, v in (values or {}).items()) or "n/a"
-
-
-def massive_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
-    threshold = f.get("massive_ratio")
-    first = f.get("first_massive")
-    if first:
-        dims = ", ".join(map(str, first.get("top_dims") or [])) or "n/a"
-        where = (
-            f"{first['site']} of layer {first['layer']}: ratio {_fmt(first['ratio'])}, "
-            f"most often largest in dim {first['max_dim_mode']}, top-2 dims by share {dims}"
-        )
-    else:
-        where = "none: position 0 never exceeds it"
-    return [
-        (f"First layer where position 0's max/median |h_i| exceeds {_fmt(threshold)}", where),
-        ("Position 0's max/median |h_i| by layer (resid_pre)", _by_layer(f.get("position0_max_median_ratio"))),
-        ("Share of position 0's squared norm in its top 2 dimensions", _by_layer(f.get("position0_top2_share"), 2)),
-        ("Share of later tokens' squared norm in their top 2 dimensions", _by_layer(f.get("rest_top2_share"), 2)),
-        ("Mean attention on key position 0 (queries at positions ≥ 1), by layer", _by_layer(f.get("sink_mass_by_layer"), 2)),
-        ("The same under uniform attention (mean of 1/(t+1) over those queries)", _fmt(f.get("sink_mass_uniform"), 2)),
-        (
-            f"Correlation across layers of position 0's norm ratio with sink mass (Pearson, Spearman; descriptive only"
-            f"{' over fewer than 8 layers' if len(f.get('sink_mass_by_layer') or {}) < 8 else ''}, never a claim)",
-            f"{_fmt(f.get('sink_vs_norm_ratio_pearson'), 2)}, {_fmt(f.get('sink_vs_norm_ratio_spearman'), 2)}",
-        ),
-        (f"Token types with max/median above {_fmt(threshold)} at positions ≥ 1", str(f.get("n_massive_token_types", 0))),
-    ]
-
-
 def ratio_heatmap(massive: pd.DataFrame) -> go.Figure:
     title = "Max / median of |h_i| over layer and position (log10; the top row is the last block's output)"
     if massive.empty:
@@ -155,7 +124,6 @@ def render_massive(tables: dict[str, pd.DataFrame], findings: dict[str, Any], me
     return Section(
         title="Where the norm lives: massive activations and attention sinks",
         anchor="massive",
-        findings=massive_findings_rows(findings),
         blocks=[
             Block(
                 figure=ratio_heatmap(massive),

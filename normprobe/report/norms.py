@@ -12,7 +12,7 @@ from .baselines import BASELINE_NOTE, add_baseline, baseline_frames, interval
 from .common import (
     Block,
     Section,
-    count_text,
+    data_notes,
     empty_figure,
     esc,
     f32,
@@ -40,32 +40,6 @@ NORMS_NOTES = [
     "The growth ratio of layer l is the mean norm of h_l+1 over that of h_l; the geometric mean summarises "
     "them, but one layer (often the first) can carry most of the growth, which the per-layer ratios show.",
 ]
-
-
-def norms_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
-    g, g0 = f.get("growth", {}), f.get("growth_excluding_position0", {})
-    rows = [
-        ("Norm growth per layer, h_0..h_L (geometric mean of ratios)", _fmt(g.get("geometric"))),
-        ("Norm growth per layer, exponential fit (R²)", f"{_fmt(g.get('fit'))} (R² {_fmt(g.get('fit_r2'))})"),
-        ("Norm growth per layer, positions ≥ 1 only (geometric)", _fmt(g0.get("geometric"))),
-        (
-            "Norm growth ratio ||h_l+1|| / ||h_l|| by layer",
-            ", ".join(f"L{k}: {_fmt(v)}" for k, v in (f.get("growth_ratio_by_layer") or {}).items()) or "n/a",
-        ),
-        ("Largest position-0 outlier ratio (norm at 0 / median of others)", _fmt(f.get("position0_ratio_max"))),
-    ]
-    ratio = f.get("position0_ratio") or {}
-    if ratio:
-        rows.append(("Position-0 ratio by layer", ", ".join(f"L{k}: {_fmt(v)}" for k, v in ratio.items())))
-    for key, label in (
-        ("position_spearman", "Spearman ρ(norm, position ≥ 1) by layer"),
-        ("frequency_spearman", "Spearman ρ(norm, log token frequency) by layer"),
-    ):
-        values = f.get(key) or {}
-        if values:
-            rows.append((label, ", ".join(f"L{k}: {_fmt(v, 2)}" for k, v in values.items())))
-    rows.append(("Non-finite norms (excluded from every statistic)", count_text(f.get("n_nonfinite", 0))))
-    return rows
 
 
 def heatmap(norms: pd.DataFrame) -> go.Figure:
@@ -273,8 +247,7 @@ def render_norms(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta
     return Section(
         title="Token norms",
         anchor="norms",
-        findings=norms_findings_rows(findings),
-        notes=list(NORMS_NOTES),
+        notes=list(NORMS_NOTES) + data_notes(findings, "norms"),
         blocks=[
             Block(figure=heatmap(norms), caption=f"Count-weighted mean over all windows; {esc(bos)}."),
             Block(

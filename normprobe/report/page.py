@@ -1,4 +1,4 @@
-"""Assemble sections into one HTML page: findings first, a table of contents, plotly.js at most once."""
+"""Assemble sections into one HTML page: the claims first, a table of contents, plotly.js at most once."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _plotly_script(plotlyjs: str) -> str:
     raise ValueError(f"plotlyjs must be 'inline' or 'cdn', not {plotlyjs!r}")
 
 
-def _table(rows: list[tuple[str, str]], head: tuple[str, ...] = ("finding", "value")) -> str:
+def _table(rows: list[tuple[str, str]], head: tuple[str, ...] = ("key", "value")) -> str:
     body = "".join(f"<tr>{''.join(f'<td>{esc(c)}</td>' for c in row)}</tr>" for row in rows)
     return f"<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr>{body}</table>"
 
@@ -101,25 +101,22 @@ def render_page(
             f'<p class="partial"><b>Partial run</b>: status is {esc(status)}. {esc(reason)} '
             "This page shows only what was saved.</p>"
         )
-    toc = (
-        (['<a href="#claims">Claims</a>'] if 'id="claims"' in preface else [])
-        + (['<a href="#findings">Findings</a>'] if any(s.findings for s in sections) else [])
-        + [f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections]
-    )
+    toc = (['<a href="#claims">Claims</a>'] if 'id="claims"' in preface else []) + [
+        f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections
+    ]
     toc.append('<a href="#metadata">Run metadata</a>' if appendix is None else '<a href="#details">Metadata</a>')
     parts.append(f"<nav>{''.join(toc)}</nav>")
     parts.append(preface)
-    if any(s.findings for s in sections):
-        parts.append('<h2 id="findings">Findings</h2>')
-        for section in sections:
-            parts.append(
-                f"<h3>{esc(section.title)}</h3>{_table(section.findings) if section.findings else '<p>No findings.</p>'}"
-            )
-            if section.notes:
-                parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in section.notes) + "</ul>")
     n_fig = 0
     for section in sections:
         parts.append(f'<h2 id="{esc(section.anchor)}">{esc(section.title)}</h2>')
+        if section.notes:
+            parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in section.notes) + "</ul>")
+        if section.findings:  # a probe without a renderer: its own numbers, which no claim tests
+            parts.append(
+                "<p><small>Descriptive numbers from this probe's tables; no claim is tested on them.</small></p>"
+                + _table(section.findings, ("number", "value"))
+            )
         for block in section.blocks:
             if block.figure is not None:
                 n_fig += 1

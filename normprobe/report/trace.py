@@ -274,3 +274,46 @@ def notebook_html(table: pd.DataFrame, meta: dict[str, Any]) -> str:
         "</table><small>.figure(metric) draws the heatmap, .table holds the data, .save(dir) writes the page."
         "</small></div>"
     )
+
+
+def first_match_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (doc, position): the first layer whose top-1 token is the model's own top-1 (the last layer's).
+
+    One row per (doc, position) with its token, the model's top-1 and `first_match_layer`; the last layer
+    is the model's output, so every position matches there at the latest.
+    """
+    columns = ["doc", "position", "token", "model_top1", "first_match_layer", "output_layer"]
+    if not len(table):
+        return pd.DataFrame(columns=columns)
+    top1 = table["top_ids"].map(lambda ids: int(ids[0]) if len(ids) else -1)
+    frame = table[["doc", "layer", "position", "token"]].assign(top1=top1.to_numpy())
+    rows = []
+    for (doc, position), group in frame.groupby(["doc", "position"], sort=True):
+        group = group.sort_values("layer")
+        output = group.iloc[-1]
+        first = int(group.loc[group["top1"] == output["top1"], "layer"].iloc[0])
+        rows.append((int(doc), int(position), output["token"], int(output["top1"]), first, int(output["layer"])))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def first_match_lines(table: pd.DataFrame, width: int = 109) -> list[str]:
+    """What `trace` prints: per document, the first layer where the top-1 prediction matches the model's
+    output, position by position, and its median; the last layer is the output itself."""
+    matches = first_match_layers(table)
+    if not len(matches):
+        return ["no positions were traced"]
+    output = int(matches["output_layer"].iloc[0])
+    lines = [f"first layer whose top-1 prediction is the model's (layer {output} is the output), by position:"]
+    for doc, rows in matches.groupby("doc", sort=True):
+        layers = rows["first_match_layer"].tolist()
+        head = f"  doc {doc}: "
+        text = " ".join(map(str, layers))
+        if len(head) + len(text) > width:
+            text = text[: width - len(head) - 2].rsplit(" ", 1)[0] + " …"
+        lines.append(head + text)
+        only_output = sum(layer == output for layer in layers)
+        lines.append(
+            f"  doc {doc}: median layer {float(np.median(layers)):g} over {len(layers)} positions; "
+            f"{only_output} match only at the output"
+        )
+    return lines

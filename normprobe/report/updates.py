@@ -9,8 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .baselines import BASELINE_NOTE, add_baseline, baseline_frames, interval
-from .common import Block, Section, count_text, empty_figure, figure, grid_within_budget, integer_axis, log_toggle, spans_orders
-from .norms import _fmt
+from .common import Block, Section, data_notes, empty_figure, figure, grid_within_budget, integer_axis, log_toggle, spans_orders
 
 COMPONENT_COLOURS = {"attn": "#1f77b4", "mlp": "#d62728", "block": "#2ca02c"}
 
@@ -31,52 +30,6 @@ UPDATES_NOTES = [
     "The first-order check sets the change g·Δ that the linear picture predicts beside the change loss(h + Δ) − "
     "loss(h) actually made; where they part, the step is too large for a gradient step's picture to hold.",
 ]
-
-
-def updates_findings_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
-    chance = f.get("chance_cos_std")
-    rows = []
-    means = f.get("descent_cos_mean") or {}
-    for component, by_layer in means.items():
-        rows.append(
-            (
-                f"Mean descent cosine cos(Δ, -dCE/dh) of the {component} update, by layer (verdicts: the "
-                "claims table, over documents and against baselines)",
-                ", ".join(f"L{l}: {_fmt(v, 2)}" for l, v in by_layer.items()) or "n/a",
-            )
-        )
-    rows.append(("Chance level of a cosine in d_model dimensions (std of cos for a random direction)", _fmt(chance)))
-    rows.append(
-        (
-            "Lens loss by layer, nats (whether it falls: the claims table's lens_loss_drop)",
-            ", ".join(f"L{l}: {_fmt(v)}" for l, v in (f.get("lens_loss") or {}).items()) or "n/a",
-        )
-    )
-    rows.append(("Lens loss, first layer to model output (total drop)", _fmt(f.get("lens_loss_total_drop"))))
-    if "uniform_loss" in f:
-        rows.append(
-            (
-                "Layers where the readout is not meaningful (lens loss above log V = "
-                f"{_fmt(f['uniform_loss'])}, a uniform guess)",
-                ", ".join(f"L{l}" for l in f.get("readout_not_meaningful_layers") or []) or "none",
-            )
-        )
-        first = f.get("first_meaningful_layer")
-        rows.append(
-            (
-                f"Lens loss, first meaningful layer ({f'L{first}' if first is not None else 'none'}) to model output (drop)",
-                _fmt(f.get("lens_loss_drop_from_first_meaningful")),
-            )
-        )
-    for component, by_layer in (f.get("first_order") or {}).items():
-        rows.append(
-            (
-                f"First-order check ({component}): predicted g·Δ / actual loss change, by layer",
-                ", ".join(f"L{l}: {_fmt(p)} / {_fmt(a)}" for l, (p, a) in by_layer.items()) or "n/a",
-            )
-        )
-    rows.append(("Non-finite values (excluded from every statistic)", count_text(f.get("n_nonfinite", 0))))
-    return rows
 
 
 def lens_loss_curve(updates: pd.DataFrame, baselines: dict[str, pd.DataFrame] | None = None) -> go.Figure:
@@ -273,8 +226,7 @@ def render_updates(tables: dict[str, pd.DataFrame], findings: dict[str, Any], me
     return Section(
         title="Inner-loop updates",
         anchor="updates",
-        findings=[("Readout", readout_label(meta))] + updates_findings_rows(findings),
-        notes=list(UPDATES_NOTES),
+        notes=[f"Readout: {readout_label(meta)}."] + list(UPDATES_NOTES) + data_notes(findings, "values", unread=True),
         blocks=[
             Block(
                 figure=lens_loss_curve(updates, baseline_frames(meta, "updates")),
