@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import NormprobeError
-from .jsonio import read_json
+from .jsonio import read_json, write_atomic
 from .lock import LOCK_FILE, FolderLock
 from .notebook import FigureViews
 
@@ -32,24 +32,6 @@ def _json_safe(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return _json_safe(value.item())
     return value
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside the target, then rename: a reader sees all or nothing.
-
-    The temporary name is unique to this process and call, and it is removed when writing fails
-    (a full disk must not keep a half-written file).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_output_dir(path: Path, overwrite: bool = False) -> None:

@@ -307,8 +307,8 @@ def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], t
     import pandas as pd
     import torch
 
-    from .probes.updates import step_statistics
     from .readouts import chunked_loss, chunked_loss_and_grad
+    from .readouts.steps import step_statistics
 
     L, V = adapter.n_layers, adapter.d_vocab
     ids = [i for d in docs for i in token_ids[d]]

@@ -18,7 +18,7 @@ import torch
 import normprobe
 from normprobe.adapter import DEMO_DIR
 from normprobe.batching import Window, collate
-from normprobe.model_objective import COMPONENTS, per_token_steps
+from normprobe.readouts.model import COMPONENTS, per_token_steps
 
 from .conftest import DOCS
 from .reference import assert_float32_close, token_ids

@@ -2,7 +2,7 @@
 
 - `logit`: the model's own final norm and unembedding (the logit lens), through `model.readout`.
 - `model`: no lens: the model's own next-token loss, h_l read through the rest of the network; its
-  gradient comes from one backward pass and its losses from reruns (see normprobe.model_objective).
+  gradient comes from one backward pass and its losses from reruns (see normprobe.readouts.model).
 - `tuned:DIR`: a tuned lens (Belrose et al. 2023) in the tuned-lens package's own format,
   h -> h + A_l h + b_l -> the logit readout. DIR holds `config.json` (TunedLensConfig's fields)
   and `params.pt` (the translators' state dict `0.weight`, `0.bias`, ...), one translator per
@@ -21,30 +21,13 @@ and the probes dispatch on the kind to their own passes through the network.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import NormprobeError
-
-if TYPE_CHECKING:
-    import torch
-
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "params.pt"
-LENS_TYPE = "linear_tuned_lens"
-# TunedLensConfig's fields (tuned-lens 0.2), written in this order.
-CONFIG_FIELDS = (
-    "base_model_name_or_path",
-    "d_model",
-    "num_hidden_layers",
-    "bias",
-    "base_model_revision",
-    "unembed_hash",
-    "lens_type",
-)
+from ..errors import NormprobeError
+from .logit import LogitReadout
+from .tuned import CONFIG_FILE, PARAMS_FILE, TunedReadout, _file_sha256, load_translators, read_lens_config
 
 
 @dataclass(frozen=True)
@@ -95,7 +78,7 @@ def parse_readout(spec: str | ReadoutSpec | None) -> ReadoutSpec:
         ) from None
     if not is_dir:
         raise NormprobeError(f"tuned lens folder not found: {path}")
-    from .lock import live_holder
+    from ..lock import live_holder
 
     holder = live_holder(path)
     if holder is not None:  # `lens train` holds the folder's lock while it writes the lens
@@ -127,127 +110,6 @@ def check_lens_fits_config(spec: str | ReadoutSpec | None, model_config: dict | 
         )
 
 
-def read_lens_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
-        raise NormprobeError(
-            f"cannot read {Path(path) / CONFIG_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-        ) from None
-    if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("d_model", "num_hidden_layers")):
-        raise NormprobeError(
-            f"{Path(path) / CONFIG_FILE} is not a tuned-lens config (needs integer d_model and num_hidden_layers)"
-        )
-    if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
-        raise NormprobeError(f"{Path(path) / CONFIG_FILE}: lens_type {config['lens_type']!r} is not supported (only {LENS_TYPE})")
-    return config
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# -- readouts -------------------------------------------------------------------
-class LogitReadout:
-    """The logit lens at every layer: the model's final norm and unembedding (built on first use)."""
-
-    kind = "logit"
-
-    def __init__(self, model):
-        self._model = model
-
-    @property
-    def base(self):
-        return self._model.readout
-
-    def logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        return self.base.logits(h)
-
-    def loss(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
-        return self.base.loss(h, targets)
-
-    def loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor, layer: int):
-        return self.base.loss_and_grad(h, targets)
-
-    def line_losses(self, h, deltas, alphas, targets, layer: int) -> torch.Tensor:
-        """Loss at h + αΔ for every Δ and α: [len(deltas), len(alphas), N] (see Readout.line_losses)."""
-        return self.base.line_losses(h, deltas, alphas, targets)
-
-    def loss_grad_and_steps(self, h, deltas, targets, layer: int):
-        """(loss at h, dloss/dh, [loss at h + Δ for each Δ]) from shared products."""
-        return self.base.loss_grad_and_steps(h, deltas, targets)
-
-
-class TunedReadout:
-    """A tuned lens: layer l's translator, h + A_l h + b_l, then the logit readout; layer n_layers reads h as is."""
-
-    kind = "tuned"
-
-    def __init__(self, model, translators: torch.nn.ModuleList):
-        self._model = model
-        self.translators = translators.float().to(model.device).eval().requires_grad_(False)
-
-    @property
-    def base(self):
-        return self._model.readout
-
-    def translate(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        if layer >= len(self.translators):
-            return h.float()
-        x = h.float()
-        return x + self.translators[layer](x)
-
-    def translate_step(self, delta: torch.Tensor, layer: int) -> torch.Tensor:
-        """The translator's linear part applied to a step: T(h + αΔ) = T(h) + α(Δ + A_l Δ)."""
-        import torch
-
-        x = delta.float()
-        if layer >= len(self.translators):
-            return x
-        return x + torch.nn.functional.linear(x, self.translators[layer].weight)
-
-    def logits(self, h, layer: int):
-        return self.base.logits(self.translate(h, layer))
-
-    def loss(self, h, targets, layer: int):
-        return self.base.loss(self.translate(h, layer), targets)
-
-    def loss_and_grad(self, h, targets, layer: int):
-        """Loss and dloss/dh: the logit readout's exact gradient at the translated h, carried back by autograd."""
-        import torch
-
-        if layer >= len(self.translators):
-            return self.base.loss_and_grad(h, targets)
-        with torch.inference_mode(False), torch.enable_grad():
-            x = h.detach().float().clone().requires_grad_(True)
-            y = self.translate(x, layer)
-            loss, grad_y = self.base.loss_and_grad(y.detach(), targets)
-            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
-        return loss, grad.detach()
-
-    def line_losses(self, h, deltas, alphas, targets, layer: int):
-        """The translator is affine, so a line stays a line: translate h, and each Δ by the linear part."""
-        return self.base.line_losses(self.translate(h, layer), [self.translate_step(d, layer) for d in deltas], alphas, targets)
-
-    def loss_grad_and_steps(self, h, deltas, targets, layer: int):
-        import torch
-
-        if layer >= len(self.translators):
-            return self.base.loss_grad_and_steps(h, deltas, targets)
-        with torch.inference_mode(False), torch.enable_grad():
-            x = h.detach().float().clone().requires_grad_(True)
-            y = self.translate(x, layer)
-            loss, grad_y, steps = self.base.loss_grad_and_steps(
-                y.detach(), [self.translate_step(d, layer) for d in deltas], targets
-            )
-            (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
-        return loss, grad.detach(), steps
-
-
 READOUT_CACHE = "_readouts"  # the adapter's own attribute: a readout refers back to its model, so a weak-keyed
 # cache outside the model would keep every model alive; kept on the model, the cycle goes with it
 
@@ -258,7 +120,7 @@ def make_readout(model, spec: str | ReadoutSpec | None = "logit"):
     cached = model.__dict__.setdefault(READOUT_CACHE, {})
     if spec not in cached:
         if spec.kind == "model":
-            from .model_objective import ModelObjective
+            from .model import ModelObjective
 
             cached[spec] = ModelObjective(model)
         elif spec.kind == "tuned" and spec.path is not None:
@@ -266,135 +128,6 @@ def make_readout(model, spec: str | ReadoutSpec | None = "logit"):
         else:
             cached[spec] = LogitReadout(model)
     return cached[spec]
-
-
-# -- the tuned-lens format --------------------------------------------------------
-def new_translators(d_model: int, n_layers: int, bias: bool = True) -> torch.nn.ModuleList:
-    """Residual translators initialised at zero, so a fresh lens is the logit lens (tuned-lens's init)."""
-    import torch
-
-    translators = torch.nn.ModuleList(torch.nn.Linear(d_model, d_model, bias=bias) for _ in range(n_layers))
-    with torch.no_grad():
-        for t in translators:
-            t.weight.zero_()
-            if t.bias is not None:
-                t.bias.zero_()
-    return translators
-
-
-def load_translators(path: Path, model) -> torch.nn.ModuleList:
-    """The translators of a tuned-lens folder, checked against the model; never executes code from the file."""
-    import torch
-
-    path = Path(path)
-    config = read_lens_config(path)
-    d_model, n_layers = config["d_model"], config["num_hidden_layers"]
-    if (d_model, n_layers) != (model.d_model, model.n_layers):
-        raise NormprobeError(
-            f"tuned lens {path} was made for a model with d_model {d_model} and {n_layers} layers "
-            f"(base {config.get('base_model_name_or_path')!r}); {model.source.name} has d_model {model.d_model} "
-            f"and {model.n_layers} layers"
-        )
-    try:
-        state = torch.load(path / PARAMS_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one message
-        raise NormprobeError(
-            f"cannot read {path / PARAMS_FILE}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-        ) from None
-    translators = new_translators(d_model, n_layers, bias=bool(config.get("bias", True)))
-    check_lens_state(state, translators, path / PARAMS_FILE)
-    try:
-        translators.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise NormprobeError(
-            f"{path / PARAMS_FILE} does not hold {n_layers} translators of size {d_model}: {' '.join(str(exc).split())[:200]}"
-        ) from None
-    return translators
-
-
-def check_lens_state(state: Any, translators: torch.nn.ModuleList, where: Path) -> None:
-    """Refuse, in one line, translator weights that are not real, finite tensors of the lens's shapes.
-
-    A NaN or an infinity in a lens makes every loss it reads non-finite, and a complex tensor would be
-    cast to real with a warning: either would give a run whose numbers mean nothing.
-    """
-    import torch
-
-    expected = translators.state_dict()
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NormprobeError(
-            f"{where} does not hold translator tensors (it holds {type(state).__name__}); expected a tuned-lens params.pt"
-        )
-    for name, tensor in state.items():
-        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
-            raise NormprobeError(f"{where}: {name} has shape {tuple(tensor.shape)}, not {tuple(expected[name].shape)}")
-        if not tensor.is_floating_point():
-            raise NormprobeError(
-                f"{where}: {name} holds {str(tensor.dtype).replace('torch.', '')} values, not real floating-point weights"
-            )
-        if not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise NormprobeError(
-                f"{where}: {name} holds {bad} non-finite values (NaN or infinity); this lens cannot be used (retrain it)"
-            )
-
-
-def unembed_hash(model) -> str:
-    """tuned-lens's hash of the unembedding matrix (sha256 of numpy's array_str at precision 1)."""
-    import numpy as np
-
-    weight = model.hf_model.get_output_embeddings().weight.detach()
-    return hashlib.sha256(str.encode(np.array_str(_printable(weight), precision=1))).hexdigest()
-
-
-def _printable(weight: torch.Tensor):
-    """A float32 numpy array that array_str prints as it would print the whole weight, without a copy of it.
-
-    A float32 CPU weight is shared as is. Otherwise, past numpy's print threshold array_str reads only
-    the edge rows and columns, so a zeroed array (calloc: pages never touched stay unallocated) holding
-    the edge rows prints the same.
-    """
-    import numpy as np
-    import torch
-
-    if weight.device.type == "cpu" and weight.dtype == torch.float32:
-        return weight.numpy()
-    options = np.get_printoptions()
-    edge = options["edgeitems"]
-    if weight.numel() <= options["threshold"] or weight.shape[0] <= 2 * edge:
-        return weight.cpu().float().numpy()
-    out = np.zeros(tuple(weight.shape), dtype=np.float32)
-    out[:edge] = weight[:edge].cpu().float().numpy()
-    out[-edge:] = weight[-edge:].cpu().float().numpy()
-    return out
-
-
-def save_lens(path: Path, translators: torch.nn.ModuleList, model) -> Path:
-    """Write translators in the tuned-lens format: config.json and params.pt, readable by tuned-lens itself."""
-    import torch
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = {
-        "base_model_name_or_path": model.source.location if model.source.kind != "demo" else "demo",
-        "d_model": model.d_model,
-        "num_hidden_layers": model.n_layers,
-        "bias": translators[0].bias is not None,
-        "base_model_revision": model.source.revision,
-        "unembed_hash": unembed_hash(model),
-        "lens_type": LENS_TYPE,
-    }
-    state = {k: v.detach().cpu().float().clone() for k, v in translators.state_dict().items()}
-    import io
-
-    from .results import write_atomic
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    # each file whole or not at all (temp file, fsync, rename): a full disk never leaves half a lens
-    write_atomic(path / PARAMS_FILE, buffer.getvalue())
-    write_atomic(path / CONFIG_FILE, (json.dumps({k: config[k] for k in CONFIG_FIELDS}, indent=2) + "\n").encode("utf-8"))
-    return path
 
 
 # -- chunking -------------------------------------------------------------------------

@@ -30,13 +30,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .options import READOUT_CHUNK
+from ..memory import READOUT_CHUNK
 
 if TYPE_CHECKING:
     import torch
 
-    from .adapter import ModelAdapter
-    from .batching import Batch
+    from ..adapter import ModelAdapter
+    from ..batching import Batch
 
 COMPONENTS = ("attn", "mlp", "block")
 COMPONENT_SITES = {"attn": "attn_out", "mlp": "mlp_out"}  # the outputs a rerun scales or zeroes
@@ -100,7 +100,7 @@ def gradient_steps(
     """
     import torch
 
-    from .probes.updates import step_statistics
+    from .steps import step_statistics
 
     selected = batch.has_next
     targets = batch.next_tokens[selected]
@@ -291,53 +291,3 @@ def line_search_losses(
                     alpha,
                     (done.loss if alpha == 1.0 else rerun_loss(model, batch, done.streams, layer, component, alpha, vocab_chunk)),
                 )
-
-
-def add_to_updates(probe, batch: Batch) -> None:
-    """The updates probe's statistics from one batch under the model readout (its `begin_batch`).
-
-    The model's loss fills the lens rows of every layer: read through the rest of the network, h_l
-    gives the model's own loss at any depth. actual_change is filled only with `probe.ablate`.
-    """
-    import torch
-
-    from .probes.updates import HIST_BINS
-
-    positions = batch.positions[batch.has_next]
-    if positions.numel() == 0:
-        return
-    width = probe._seq_len
-    from .stats import token_windows
-
-    windows = token_windows(batch.has_next)  # each kept token's window, for its document's bootstrap weights
-
-    def add(moments, groups, values, replicated: str | None = None):
-        moments.add(groups, values)
-        if replicated is not None and replicated in probe.replicated:
-            probe.replicated[replicated].add(groups, values, windows, batch.replicate_weights)
-
-    def group(row: int) -> torch.Tensor:
-        return torch.full((positions.shape[0],), row, device=positions.device)
-
-    def on_layer(layer: int, values: dict[str, dict[str, torch.Tensor]]) -> None:
-        slot = probe._slot[layer]
-        for c, component in enumerate(COMPONENTS):
-            row = slot * len(COMPONENTS) + c
-            for metric, v in values[component].items():
-                add(probe.moments[metric], group(row), v, metric)
-            cos = values[component]["descent_cos"]
-            finite = cos[torch.isfinite(cos)]
-            bins = ((finite.clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
-            probe.histogram[row].index_add_(0, bins, torch.ones_like(finite, dtype=torch.float64))
-            if component == "block":
-                add(probe.cos_by_position, slot * width + positions, cos)
-
-    done = gradient_steps(probe._model, batch, probe._layers, on_layer, probe.vocab_chunk, keep_streams=probe.ablate)
-    for slot in range(len(probe._layers) + 1):
-        add(probe.lens, group(slot), done.loss, "lens")
-        add(probe.lens_by_position, slot * width + positions, done.loss)
-    if probe.ablate:
-        for slot, layer in enumerate(probe._layers):
-            for c, component in enumerate(COMPONENTS):
-                without = rerun_loss(probe._model, batch, done.streams, layer, component, 0.0, probe.vocab_chunk)
-                add(probe.moments["actual_change"], group(slot * len(COMPONENTS) + c), done.loss - without, "actual_change")
