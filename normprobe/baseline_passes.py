@@ -10,74 +10,14 @@ Checkpoints hold every pass's statistics and progress under `baselines`, keyed b
 from __future__ import annotations
 
 import gc
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from .baselines import BaselinePass, baseline_record, plan_passes, random_init_adapter, view_windows
 from .errors import NormprobeError
-
-ZERO_PROGRESS = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0}
-
-
-@dataclass
-class LiveRun:
-    """What the loop needs while a run is under way, across all its passes."""
-
-    sync: Any
-    folder: Any
-    meta: dict[str, Any]
-    done: dict[str, Any]  # the model's own pass (its seconds count the whole run's time)
-    main: Any  # the model's probes while they live, then their state
-    batch_size: int
-    checkpoint_every: int | None
-    checkpoint_seconds: float
-    talk: bool
-    started: float
-    passes: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass key -> probes|state, progress, complete
-    stops: Any = None
-    last_save: float = field(default_factory=time.time)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "probes": _states(self.main),
-            "progress": dict(self.done),
-            "baselines": {
-                key: {"probes": _states(entry["probes"]), "progress": dict(entry["progress"]), "complete": entry["complete"]}
-                for key, entry in self.passes.items()
-            },
-        }
-
-
-def _states(probes: Any) -> dict[str, Any]:
-    if isinstance(probes, list):
-        return {p.name: p.state_dict() for p in probes}
-    return probes if probes is not None else {}
-
-
-def baselines_from_checkpoint(checkpoint: dict | None) -> dict[str, dict[str, Any]]:
-    """The passes a checkpoint records, checked for the shape the runner writes."""
-    found = (checkpoint or {}).get("baselines") or {}
-    if not isinstance(found, dict):
-        raise NormprobeError("the checkpoint's baselines are damaged; start the run again")
-    passes = {}
-    for key, entry in found.items():
-        progress = entry.get("progress") if isinstance(entry, dict) else None
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("probes"), dict)
-            and isinstance(progress, dict)
-            and all(isinstance(progress.get(k), int) for k in ZERO_PROGRESS)
-        ):
-            raise NormprobeError(f"the checkpoint's baseline {key!r} is damaged; start the run again")
-        passes[str(key)] = {
-            "probes": entry["probes"],
-            "progress": {k: progress[k] for k in ZERO_PROGRESS},
-            "complete": bool(entry.get("complete")),
-        }
-    return passes
+from .live_run import ZERO_PROGRESS, LiveRun, make_probe, merge_state, run_result
 
 
 def _outside_inference():
@@ -127,7 +67,6 @@ class BaselinePasses:
         """One baseline pass through the loop; returns its probes (merged over ranks on rank 0), or None when
         a checkpoint already holds it complete."""
         from .console import say
-        from .runner import merge_state
         from .store import restore_probe
 
         live = self._live
@@ -196,8 +135,6 @@ class BaselinePasses:
 
         Several passes (random-init seeds) merge with probe.merge, as shards do. Ranks other than 0 get None.
         """
-        from .runner import Runner, make_probe, merge_state
-
         if self._live.sync.rank != 0:
             return None
         if probes is None or len(entries) > 1:
@@ -211,7 +148,7 @@ class BaselinePasses:
         done.update(docs=max(e["progress"]["docs"] for e in entries), seconds=0.0)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe in a baseline pass: its windows were empty")
-        result = Runner._result(probes, {}, done, 0.0)
+        result = run_result(probes, {}, done, 0.0)
         return {
             "tables": result.tables,
             "findings": result.findings,
@@ -262,8 +199,6 @@ def merge_shard_baselines(
     result,
 ) -> None:
     """`normprobe merge`: each baseline's shard states summed like the model's, into `result` (before it is saved)."""
-    from .runner import Runner, make_probe, merge_state
-
     seeds = metas[0].get("request", {}).get("baseline_seeds", 3)
     records = {}
     for kind, shard_states in states.items():
@@ -277,7 +212,7 @@ def merge_shard_baselines(
             k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records) for k in ("tokens", "windows", "batches")
         }
         done.update(docs=0, seconds=0.0)
-        merged = Runner._result(probes, {}, done, 0.0)
+        merged = run_result(probes, {}, done, 0.0)
         result.baselines[kind] = merged.tables
         records[kind] = {
             **baseline_record(kind, seeds),

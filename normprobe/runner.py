@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import platform
 import time
 from collections.abc import Iterable, Sequence
@@ -12,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from .attention import reads_patterns
-from .baseline_passes import BaselinePasses, LiveRun, baselines_from_checkpoint
+from .baseline_passes import BaselinePasses
 from .console import warn
 from .corpus import InputSpec
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
 from .hooked import HookedPass, ProbeFailed
+from .live_run import LiveRun, baselines_from_checkpoint, make_probe, merge_state, run_result
 from .memory import choose_batch_size
 from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions
 from .registry import resolve_probes
@@ -392,40 +392,12 @@ class Runner(BaselinePasses):
         if self.options.shard is not None:  # done["docs"] is the global document frontier; this shard holds every N-th
             index, count = self.options.shard
             done = {**done, "docs": len(range(index, done["docs"], count))}
-        result = self._result(probes, meta, done, seconds)
+        result = run_result(probes, meta, done, seconds)
         if self.options.shard is not None:
             from .store import shard_state
 
             result.probe_states = shard_state(result.meta, {p.name: p.state_dict() for p in probes})
         return result
-
-    @staticmethod
-    def _result(probes, meta: dict[str, Any], done: dict[str, Any], seconds: float):
-        from .results import RunResult
-
-        tables: dict[str, Any] = {}
-        findings: dict[str, Any] = {}
-        owners: dict[str, list[str]] = {}
-        for probe in probes:
-            probe_tables = probe.result()
-            clash = sorted(set(probe_tables) & set(tables))
-            if clash:
-                raise NormprobeError(f"probe {probe.name!r} returns table {clash[0]!r}, which another probe already returned")
-            tables.update(probe_tables)
-            owners[probe.name] = list(probe_tables)
-            findings[probe.name] = probe.findings(probe_tables)
-        meta = {
-            **meta,
-            "status": "complete",
-            "probe_tables": owners,
-            "n_docs": done["docs"],
-            "n_windows": done["windows"],
-            "n_tokens": done["tokens"],
-            "n_batches": done["batches"],
-            "seconds": round(done["seconds"] + seconds, 3),
-        }
-        # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
-        return RunResult(tables=tables, findings=findings, meta=meta, probe_modules=[type(p) for p in probes])
 
 
 def readout_request(opts: RunOptions) -> dict[str, Any]:
@@ -449,14 +421,6 @@ def _token_counts_digest(path: str | None) -> str | None:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
-    """An instance of a probe class, given those of the run's probe options its constructor accepts."""
-    params = inspect.signature(cls).parameters.values()
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
-        options = {k: v for k, v in options.items() if k in {p.name for p in params}}
-    return cls(layers=layers, **options)
 
 
 def _count(done: dict[str, Any], batch) -> None:
@@ -492,19 +456,6 @@ def _marked(exc: BaseException, folder, meta: dict[str, Any]) -> BaseException:
     elif folder is not None and not isinstance(exc, RunInterrupted):
         folder.mark(meta, "failed", str(exc))
     return exc
-
-
-def merge_state(
-    model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None, where: str = "another rank's statistics"
-) -> None:
-    """Merge saved probe statistics (another rank's or shard's) into `probes`."""
-    from .store import restore_probe
-
-    for probe in probes:
-        other = make_probe(type(probe), layers, getattr(probe, "options", {}))
-        other.setup(model, seq_len)
-        restore_probe(other, state, where)
-        probe.merge(other)
 
 
 def make_runner(
