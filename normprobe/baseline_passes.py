@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .baselines import BaselinePass, baseline_record, plan_passes, random_init_adapter, view_windows
 from .errors import NormprobeError
-from .live_run import ZERO_PROGRESS, LiveRun, make_probe, merge_state, run_result
+from .live_run import ZERO_PROGRESS, make_probe, merge_state, run_result
+from .loop import Loop
 
 
 def _outside_inference():
@@ -26,20 +27,11 @@ def _outside_inference():
     return torch.inference_mode(False)
 
 
-class BaselinePasses:
-    """Mixed into Runner: everything about baseline passes except the loop itself."""
+class BaselinePasses(Loop):
+    """Mixed into Runner: everything about baseline passes except the loop itself (normprobe.loop)."""
 
     if TYPE_CHECKING:  # what Runner provides
-        from .options import RunOptions
-
-        options: RunOptions
         model: Any
-        probe_classes: list[type]
-        _live: LiveRun
-
-        def prepare(self, model: Any) -> tuple[list, int]: ...
-        def _windows(self, model: Any, seq_len: int, bos: int | None, sync: Any) -> tuple[Any, int | None]: ...
-        def _stream(self, model: Any, probes: list, windows: Any, total: int | None, done: dict[str, Any]) -> None: ...
 
     def check_baselines_fit(self, model, bos: int | None) -> None:
         if "no-bos" in (self.options.baselines or []) and bos is None:

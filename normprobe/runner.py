@@ -1,25 +1,24 @@
-"""The loop: documents -> windows -> batches -> one hooked forward pass -> every probe's statistics."""
+"""One run: load the model, set up the probes, stream the model's pass and then each baseline pass through the
+loop (normprobe.loop), and return the result; with a folder, checkpoints and resume."""
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .attention import reads_patterns
 from .baseline_passes import BaselinePasses
-from .console import warn
 from .corpus import InputSpec
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
-from .hooked import HookedPass, ProbeFailed
-from .live_run import LiveRun, baselines_from_checkpoint, make_probe, merge_state, run_result
+from .hooked import ProbeFailed
+from .live_run import LiveRun, baselines_from_checkpoint, merge_state, run_result
 from .memory import choose_batch_size
-from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions
+from .options import DEFAULT_MASSIVE_RATIO, Corpus, RunOptions
 from .registry import resolve_probes
 
 __all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
@@ -105,36 +104,6 @@ class Runner(BaselinePasses):
             "baselines": list(opts.baselines or []),
             "baseline_seeds": opts.baseline_seeds,
         }
-
-    def prepare(self, model) -> tuple[list, int]:
-        opts = self.options
-        if opts.layers is not None:
-            bad = [l for l in opts.layers if l >= model.n_layers]
-            if bad:
-                raise NormprobeError(f"invalid layer index {bad[0]}: {model.source.name} has layers 0..{model.n_layers - 1}")
-        seq_len = min(opts.seq_len or DEFAULT_SEQ_LEN, model.n_ctx)
-        if opts.seq_len is not None and opts.seq_len > model.n_ctx:
-            warn(
-                f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
-                f"using {model.n_ctx}"
-            )
-        from .readouts import make_readout
-
-        make_readout(model, opts.readout)  # a lens for another model fails here, in one line
-        probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
-        hooks = []
-        for probe in probes:
-            probe.setup(model, seq_len)
-            for point in probe.hook_points():
-                hook = model.resolve_hook(point)
-                if not model.has_hook(hook):
-                    raise NormprobeError(
-                        f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
-                        f"({model.family.name}) does not have"
-                    )
-                hooks.append(hook)
-        self.attention = model.select_attention(reads_patterns(hooks))
-        return probes, seq_len
 
     def _takes_model_gradient(self, probes: list) -> bool:
         """Whether updates runs the model readout's backward pass, which keeps every layer's activations."""
@@ -256,39 +225,6 @@ class Runner(BaselinePasses):
             result.meta["seconds"] = round(self._live.done["seconds"] + time.time() - self._live.started, 3)
         return result
 
-    def _stream(self, model, probes: list, windows: Iterable, total: int | None, done: dict[str, Any]) -> None:
-        """One pass of windows through the model into `probes`, counting into `done`; checkpoints when due.
-
-        The model's pass and every baseline pass run here: a baseline is this loop with another model
-        or another view of the windows.
-        """
-        from .batching import iter_batches
-        from .console import progress_bar, progress_complete
-
-        live = self._live
-        hooked = HookedPass(model, probes)
-        bar = progress_bar(total, live.talk)
-        bar.update(done["tokens"])
-        batches = iter_batches(windows, live.batch_size, model.pad_token_id, model.device)
-        try:
-            for batch in self._lockstep(batches, done["batches"], live.sync, hooked, probes, bar):
-                _count(done, batch)
-                due = (
-                    (done["batches"] % live.checkpoint_every == 0)
-                    if live.checkpoint_every
-                    else time.time() - live.last_save >= live.checkpoint_seconds
-                )
-                if live.stops.requested or due:
-                    live.done["seconds"] += time.time() - live.started
-                    live.started = live.last_save = time.time()
-                    if live.folder is not None:
-                        live.folder.save_checkpoint(live.checkpoint_state())
-                if live.stops.requested:
-                    raise _interrupted(live.stops.requested, live.done, live.folder, live.meta)
-            progress_complete(bar)
-        finally:
-            bar.close()
-
     def _load(self, talk: bool):
         """The model adapter, loading it (and saying so) when the runner was given a name or a source."""
         from .adapter import ModelAdapter, ModelSource, load_model, pick_device, resolve_source
@@ -327,57 +263,6 @@ class Runner(BaselinePasses):
         resumed = saved_meta.get("resumed")
         meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
         return done
-
-    def _windows(self, model, seq_len: int, bos: int | None, sync) -> tuple[Iterable, int | None]:
-        """This rank's windows, and the token total for the progress bar where it is known up front."""
-        from .batching import iter_windows
-
-        opts = self.options
-        part = opts.shard if sync.size == 1 else (sync.rank, sync.size)
-        windows: Iterable = iter_windows(
-            self.corpus.documents(), model.encode, seq_len, bos, opts.max_docs, opts.max_tokens, slice_of=part
-        )
-        if self.corpus.in_memory and sync.size == 1:  # in memory: tokenise up front so the bar has a total
-            windows = list(windows)
-            return windows, sum(len(w.tokens) for w in windows)
-        return windows, opts.max_tokens
-
-    def _lockstep(self, batches: Iterable, skip: int, sync, hooked: HookedPass, probes: list, bar):
-        """Yield each batch once every probe has taken it; ranks step together, so one rank's error stops all.
-
-        The first `skip` batches were counted before the checkpoint a resumed run started from.
-        """
-        from .bootstrap import ReplicateWeights
-
-        weights = ReplicateWeights(self.options.replicates, self.options.bootstrap_unit)
-        batches = iter(batches)
-        while True:
-            batch = next(batches, None)
-            if batch is not None and skip:
-                skip -= 1
-                continue
-            error = None
-            if batch is not None:
-                batch.replicate_weights = weights.for_windows(batch.doc_seeds, batch.tokens.device)
-                try:
-                    self._step(hooked, probes, batch)
-                except (ProbeFailed, NormprobeError) as exc:
-                    error = exc
-            step_tokens, active = sync.step(batch.n_tokens if batch is not None else 0, batch is not None, error)
-            if not active:
-                return
-            bar.update(step_tokens)
-            if batch is not None:
-                yield batch
-
-    @staticmethod
-    def _step(hooked: HookedPass, probes: list, batch) -> None:
-        reduced = hooked.forward(batch)
-        for probe in probes:
-            try:
-                probe.update(reduced[probe.name], batch)
-            except Exception as exc:  # noqa: BLE001 - a probe's own bug fails the run, cleanly
-                raise ProbeFailed(probe.name, exc) from exc
 
     def _finish(self, model, probes, seq_len: int, meta, sync, done, seconds: float):
         if sync.size > 1:
@@ -421,25 +306,6 @@ def _token_counts_digest(path: str | None) -> str | None:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _count(done: dict[str, Any], batch) -> None:
-    done["batches"] += 1
-    done["tokens"] += batch.n_tokens
-    done["windows"] += batch.tokens.shape[0]
-    done["docs"] = max(done["docs"], max(batch.doc_indices) + 1)
-
-
-def _interrupted(signal_name: str, done: dict[str, Any], folder, meta: dict[str, Any]):
-    """The run stopped on a signal, its checkpoint saved: run.json says so, and how to continue."""
-    from .interrupt import RunInterrupted
-
-    if folder is not None:
-        folder.mark(meta, "interrupted", f"stopped by {signal_name} after {done['tokens']} tokens; resume with --resume")
-    return RunInterrupted(
-        f"stopped by {signal_name} after {done['tokens']:,} tokens" + ("; checkpoint saved" if folder is not None else ""),
-        folder.path if folder is not None else None,
-    )
 
 
 def _marked(exc: BaseException, folder, meta: dict[str, Any]) -> BaseException:
