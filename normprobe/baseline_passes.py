@@ -1,4 +1,4 @@
-"""The runner's baseline passes: the same loop (Runner._stream), the same probes, another model or corpus view.
+"""The runner's baseline passes: the same loop (normprobe.loop), the same probes, another model or corpus view.
 
 Order and memory: the model's own pass, then the passes that read the model's own weights (shuffled,
 no-bos), then the model is freed and each random-init seed's model is built, run and freed in turn, so
