@@ -44,13 +44,12 @@ CONFIGS = [
 
 
 def build_model(folder: Path, d_model: int, layers: int) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+    from random_model import save_random_model
+    from transformers import AutoTokenizer, GPT2Config
 
     from normprobe.adapter import DEMO_DIR
 
     tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR)
-    torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_embd=d_model,
@@ -60,9 +59,7 @@ def build_model(folder: Path, d_model: int, layers: int) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_random_model(config, folder, tokenizer=tokenizer)
 
 
 def measure(args, model: str, baselines: list[str]) -> dict[str, float]:

@@ -46,21 +46,14 @@ VOCAB_WORD = "w{}"
 
 def shape_config(shape: str):
     """(config, dtype) of each benchmark shape."""
+    from random_model import LLAMA_1B_WIDTH
     from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     if shape == "gpt2-medium":
         return GPT2Config(n_embd=1024, n_layer=24, n_head=16, bos_token_id=0, eos_token_id=0), "float32"
     if shape == "llama-1b":
         return LlamaConfig(
-            vocab_size=128256,
-            hidden_size=2048,
-            intermediate_size=8192,
-            num_hidden_layers=16,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            tie_word_embeddings=True,
-            bos_token_id=0,
-            eos_token_id=1,
+            **LLAMA_1B_WIDTH, num_hidden_layers=16, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1
         ), "bfloat16"
     if shape == "gemma2":
         return Gemma2Config(
@@ -93,21 +86,18 @@ def shape_config(shape: str):
 
 def build(shape: str, folder: Path) -> str:
     """Save a random model of `shape` in its dtype, with a word-level tokenizer over its whole vocabulary."""
-    import torch
+    from random_model import save_random_model
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     config, dtype = shape_config(shape)
     if (folder / "config.json").exists():
         return dtype
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    model.save_pretrained(folder)
-    del model
     vocab = {"<s>": 0, "</s>": 1, **{VOCAB_WORD.format(i): i for i in range(2, config.vocab_size)}}
     words = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>", pad_token="</s>").save_pretrained(folder)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    save_random_model(config, folder, dtype, tokenizer)
     return dtype
 
 

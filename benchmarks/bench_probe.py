@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from random_model import GPT2_SMALL
 
 SHAPES = {
-    "gpt2-small": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
+    "gpt2-small": dict(**GPT2_SMALL, n_positions=1024),
     "quick": dict(n_embd=256, n_layer=4, n_head=4, vocab_size=8192, n_positions=512),
 }
 
@@ -62,15 +63,10 @@ class PeakRSS:
 
 def build_model(shape: str, folder: Path) -> Path:
     """A random GPT-2 of the given shape, saved with the demo model's tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from random_model import save_random_model
+    from transformers import GPT2Config
 
-    from normprobe.adapter import DEMO_DIR
-
-    torch.manual_seed(0)
-    config = GPT2Config(**SHAPES[shape], bos_token_id=0, eos_token_id=0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    PreTrainedTokenizerFast.from_pretrained(DEMO_DIR).save_pretrained(folder)
-    return folder
+    return save_random_model(GPT2Config(**SHAPES[shape], bos_token_id=0, eos_token_id=0), folder)
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:

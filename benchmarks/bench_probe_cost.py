@@ -26,23 +26,15 @@ import time
 from pathlib import Path
 
 import torch
+from random_model import GPT2_SMALL, LLAMA_1B_WIDTH
 
 SHAPES = {
     # GPT-2 small: LayerNorm, tied 50,257-token unembedding
-    "gpt2-small": ("GPT2Config", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)),
+    "gpt2-small": ("GPT2Config", dict(**GPT2_SMALL, n_positions=1024)),
     # Llama-3.2-1B's width and 128k vocabulary (RMSNorm, untied), 4 layers to keep the forward short
     "llama-128k": (
         "LlamaConfig",
-        dict(
-            vocab_size=128256,
-            hidden_size=2048,
-            intermediate_size=8192,
-            num_hidden_layers=4,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            tie_word_embeddings=False,
-            max_position_embeddings=1024,
-        ),
+        dict(**LLAMA_1B_WIDTH, num_hidden_layers=4, tie_word_embeddings=False, max_position_embeddings=1024),
     ),
     # Gemma 2 2B's width and 256k vocabulary, RMSNorm (1 + w) and final-logit soft-capping, 4 layers
     "gemma2-softcap": (
@@ -67,16 +59,10 @@ ALPHAS_33 = [i / 8 for i in range(25)] + [3.25, 3.5, 3.75, 4.0, 4.5, 5.0, 5.5, 6
 
 def build_model(shape: str, folder: Path) -> Path:
     import transformers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    from normprobe.adapter import DEMO_DIR
+    from random_model import save_random_model
 
     config_class, fields = SHAPES[shape]
-    config = getattr(transformers, config_class)(**fields, bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    PreTrainedTokenizerFast.from_pretrained(DEMO_DIR).save_pretrained(folder)
-    return folder
+    return save_random_model(getattr(transformers, config_class)(**fields, bos_token_id=0, eos_token_id=0), folder)
 
 
 def floor_probe():

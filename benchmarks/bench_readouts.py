@@ -40,7 +40,8 @@ def main() -> None:
 
     import normprobe
     from normprobe.corpus import sample_documents
-    from normprobe.readouts import make_readout, new_translators, save_lens
+    from normprobe.readouts import make_readout
+    from normprobe.readouts.tuned import new_translators, save_lens
 
     model = normprobe.load_model(args.model, device=args.device)
     docs = sample_documents()[: args.docs]

@@ -29,39 +29,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_probe import PeakRSS  # noqa: E402
 from bench_probe import timed as median_time  # noqa: E402
+from random_model import GPT2_SMALL, LLAMA_1B_WIDTH  # noqa: E402
 
 SHAPES = {  # name: (family config kwargs for Llama-style or GPT-2 models)
-    "gpt2-small": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=2048)),
+    "gpt2-small": ("gpt2", dict(**GPT2_SMALL, n_positions=2048)),
     "quick": ("gpt2", dict(n_embd=256, n_layer=4, n_head=4, vocab_size=8192, n_positions=2048)),
     "1b": (
         "llama",
-        dict(
-            hidden_size=2048,
-            num_hidden_layers=16,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            intermediate_size=8192,
-            vocab_size=128256,
-            max_position_embeddings=4096,
-        ),
+        dict(**LLAMA_1B_WIDTH, num_hidden_layers=16, max_position_embeddings=4096),
     ),
 }
 
 
 def build(kind: str, config: dict, folder: Path) -> Path:
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+    from random_model import save_random_model
+    from transformers import GPT2Config, LlamaConfig
 
-    from normprobe.adapter import DEMO_DIR
-
-    torch.manual_seed(0)
     cfg = (
         GPT2Config(**config, bos_token_id=0, eos_token_id=0)
         if kind == "gpt2"
         else LlamaConfig(**config, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
     )
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    PreTrainedTokenizerFast.from_pretrained(DEMO_DIR).save_pretrained(folder)
-    return folder
+    return save_random_model(cfg, folder)
 
 
 def timed(fn, repeats: int) -> float:

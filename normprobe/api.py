@@ -170,9 +170,9 @@ def _merge_into(
     folders: Sequence[str | Path], out: Path, overwrite: bool, plotlyjs: str, device: str, probe_modules: list | None = None
 ) -> Path:
     from .adapter import load_model
+    from .live_run import make_probe, merge_state, run_result
     from .registry import classes_by_name, saved_probe_class
     from .results import STATE_FILE
-    from .runner import Runner, make_probe, merge_state
     from .store import FINGERPRINT_DEFAULTS, FINGERPRINT_KEYS, RunFolder, check_lens_digest, load_shard_state
     from .verify import check_run_json
 
@@ -260,7 +260,7 @@ def _merge_into(
     base["request"] = {**first, "shard": None}
     base["options"] = {**base.get("options", {}), "shard": None}
     base["merged_from"] = [str(f) for f in folders]
-    result = Runner._result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
+    result = run_result(probes, base, done, sum(m.get("seconds", 0.0) for m in metas))
     merge_shard_baselines(baseline_states, metas, model, probe_classes, options, first.get("layers"), seq_len, result)
     if is_tuned(options["readout"]):
         record_diagnostics(result, options["readout"], first.get("corpus_sha256"))

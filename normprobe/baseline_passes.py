@@ -1,4 +1,4 @@
-"""The runner's baseline passes: the same loop (Runner._stream), the same probes, another model or corpus view.
+"""The runner's baseline passes: the same loop (normprobe.loop), the same probes, another model or corpus view.
 
 Order and memory: the model's own pass, then the passes that read the model's own weights (shuffled,
 no-bos), then the model is freed and each random-init seed's model is built, run and freed in turn, so
@@ -10,74 +10,15 @@ Checkpoints hold every pass's statistics and progress under `baselines`, keyed b
 from __future__ import annotations
 
 import gc
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from .baselines import BaselinePass, baseline_record, plan_passes, random_init_adapter, view_windows
 from .errors import NormprobeError
-
-ZERO_PROGRESS = {"batches": 0, "tokens": 0, "windows": 0, "docs": 0}
-
-
-@dataclass
-class LiveRun:
-    """What the loop needs while a run is under way, across all its passes."""
-
-    sync: Any
-    folder: Any
-    meta: dict[str, Any]
-    done: dict[str, Any]  # the model's own pass (its seconds count the whole run's time)
-    main: Any  # the model's probes while they live, then their state
-    batch_size: int
-    checkpoint_every: int | None
-    checkpoint_seconds: float
-    talk: bool
-    started: float
-    passes: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass key -> probes|state, progress, complete
-    stops: Any = None
-    last_save: float = field(default_factory=time.time)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "probes": _states(self.main),
-            "progress": dict(self.done),
-            "baselines": {
-                key: {"probes": _states(entry["probes"]), "progress": dict(entry["progress"]), "complete": entry["complete"]}
-                for key, entry in self.passes.items()
-            },
-        }
-
-
-def _states(probes: Any) -> dict[str, Any]:
-    if isinstance(probes, list):
-        return {p.name: p.state_dict() for p in probes}
-    return probes if probes is not None else {}
-
-
-def baselines_from_checkpoint(checkpoint: dict | None) -> dict[str, dict[str, Any]]:
-    """The passes a checkpoint records, checked for the shape the runner writes."""
-    found = (checkpoint or {}).get("baselines") or {}
-    if not isinstance(found, dict):
-        raise NormprobeError("the checkpoint's baselines are damaged; start the run again")
-    passes = {}
-    for key, entry in found.items():
-        progress = entry.get("progress") if isinstance(entry, dict) else None
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("probes"), dict)
-            and isinstance(progress, dict)
-            and all(isinstance(progress.get(k), int) for k in ZERO_PROGRESS)
-        ):
-            raise NormprobeError(f"the checkpoint's baseline {key!r} is damaged; start the run again")
-        passes[str(key)] = {
-            "probes": entry["probes"],
-            "progress": {k: progress[k] for k in ZERO_PROGRESS},
-            "complete": bool(entry.get("complete")),
-        }
-    return passes
+from .live_run import ZERO_PROGRESS, make_probe, merge_state, run_result
+from .loop import Loop
 
 
 def _outside_inference():
@@ -86,20 +27,11 @@ def _outside_inference():
     return torch.inference_mode(False)
 
 
-class BaselinePasses:
-    """Mixed into Runner: everything about baseline passes except the loop itself."""
+class BaselinePasses(Loop):
+    """Mixed into Runner: everything about baseline passes except the loop itself (normprobe.loop)."""
 
     if TYPE_CHECKING:  # what Runner provides
-        from .options import RunOptions
-
-        options: RunOptions
         model: Any
-        probe_classes: list[type]
-        _live: LiveRun
-
-        def prepare(self, model: Any) -> tuple[list, int]: ...
-        def _windows(self, model: Any, seq_len: int, bos: int | None, sync: Any) -> tuple[Any, int | None]: ...
-        def _stream(self, model: Any, probes: list, windows: Any, total: int | None, done: dict[str, Any]) -> None: ...
 
     def check_baselines_fit(self, model, bos: int | None) -> None:
         if "no-bos" in (self.options.baselines or []) and bos is None:
@@ -127,7 +59,6 @@ class BaselinePasses:
         """One baseline pass through the loop; returns its probes (merged over ranks on rank 0), or None when
         a checkpoint already holds it complete."""
         from .console import say
-        from .runner import merge_state
         from .store import restore_probe
 
         live = self._live
@@ -196,8 +127,6 @@ class BaselinePasses:
 
         Several passes (random-init seeds) merge with probe.merge, as shards do. Ranks other than 0 get None.
         """
-        from .runner import Runner, make_probe, merge_state
-
         if self._live.sync.rank != 0:
             return None
         if probes is None or len(entries) > 1:
@@ -211,7 +140,7 @@ class BaselinePasses:
         done.update(docs=max(e["progress"]["docs"] for e in entries), seconds=0.0)
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe in a baseline pass: its windows were empty")
-        result = Runner._result(probes, {}, done, 0.0)
+        result = run_result(probes, {}, done, 0.0)
         return {
             "tables": result.tables,
             "counts": {"n_tokens": done["tokens"], "n_windows": done["windows"], "n_batches": done["batches"]},
@@ -261,8 +190,6 @@ def merge_shard_baselines(
     result,
 ) -> None:
     """`normprobe merge`: each baseline's shard states summed like the model's, into `result` (before it is saved)."""
-    from .runner import Runner, make_probe, merge_state
-
     seeds = metas[0].get("request", {}).get("baseline_seeds", 3)
     records = {}
     for kind, shard_states in states.items():
@@ -276,7 +203,7 @@ def merge_shard_baselines(
             k: sum(int(r.get(f"n_{k}", 0) or 0) for r in shard_records) for k in ("tokens", "windows", "batches")
         }
         done.update(docs=0, seconds=0.0)
-        merged = Runner._result(probes, {}, done, 0.0)
+        merged = run_result(probes, {}, done, 0.0)
         result.baselines[kind] = merged.tables
         records[kind] = {
             **baseline_record(kind, seeds),

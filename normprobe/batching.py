@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .memory import to_device
+
 if TYPE_CHECKING:
     import torch
 
@@ -185,11 +187,3 @@ def collate(windows: list[Window], pad_id: int, device: str) -> Batch:
         real_index=to_device(mask.reshape(-1).nonzero().squeeze(1), device),
         later_index=to_device((mask & (positions > 0)).reshape(-1).nonzero().squeeze(1), device),
     )
-
-
-def to_device(tensor: torch.Tensor, device: Any) -> torch.Tensor:
-    """A host tensor on `device`. To a GPU through pinned memory, without waiting: a copy from pageable
-    memory would hold the host until the GPU has finished the work queued before it."""
-    if str(device).startswith("cuda"):
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)

@@ -62,7 +62,7 @@ class ReplicateWeights:
         """[n_windows, B] float64 weights for windows whose documents have these seeds."""
         import torch
 
-        from .batching import to_device
+        from .memory import to_device
 
         rows = np.stack([self.for_document(int(s)) for s in seeds]) if len(seeds) else np.zeros((0, self.replicates))
         return to_device(torch.as_tensor(rows, dtype=torch.float64), device)

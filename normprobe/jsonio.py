@@ -2,11 +2,15 @@
 
 Every file read from a folder goes through `read_bytes`: a regular file only (a link to /dev/zero,
 a FIFO or a device is refused before a byte is read), at most a stated size, read once.
+
+Writing goes through `write_atomic`: a reader sees the whole file or none of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -57,3 +61,40 @@ def read_json(path: Path, missing: str, limit: int = JSON_LIMIT) -> Any:
         return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
         raise NormprobeError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null so run.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def request_digest(request: Any) -> str:
+    """sha256 of a request as run.json holds it (JSON-normalised, keys sorted)."""
+    normal = json.loads(json.dumps(_json_safe(request)))
+    return hashlib.sha256(json.dumps(normal, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside the target, then rename: a reader sees all or nothing.
+
+    The temporary name is unique to this process and call, and it is removed when writing fails
+    (a full disk must not keep a half-written file).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -84,7 +84,8 @@ class LensTrainer:
     def __init__(self, model, corpus: Corpus, settings: LensSettings, out: Path):
         import torch
 
-        from .readouts import make_readout, new_translators
+        from .readouts import make_readout
+        from .readouts.tuned import new_translators
 
         self.model, self.corpus, self.settings, self.out = model, corpus, settings, Path(out)
         self.readout = make_readout(model, "logit").base
@@ -166,7 +167,7 @@ class LensTrainer:
                     f"cannot resume: {key} differs (the training used {state['identity'].get(key)!r}, "
                     f"this command gives {value!r})"
                 )
-        from .readouts import check_lens_state
+        from .readouts.tuned import check_lens_state
 
         check_lens_state(state["translators"], self.translators, path)
         try:
@@ -211,7 +212,7 @@ class LensTrainer:
     def run(self, progress: bool = True, checkpoint_every: int = 50) -> Path:
         from .console import progress_bar
         from .interrupt import RunInterrupted, StopRequests
-        from .readouts import save_lens
+        from .readouts.tuned import save_lens
 
         settings = self.settings
         bar = progress_bar(settings.steps, progress, unit="step", desc="training lens")

@@ -214,3 +214,11 @@ def check_replicates(replicates: int, n_layers: int, passes: int, max_memory: in
             f"--replicates {replicates} needs more memory than the run may use: with {n_layers} layers and "
             f"{passes} pass(es) at most {bound} replicates fit {why}"
         )
+
+
+def to_device(tensor: Any, device: Any) -> Any:
+    """A host tensor on `device`. To a GPU through pinned memory, without waiting: a copy from pageable
+    memory would hold the host until the GPU has finished the work queued before it."""
+    if str(device).startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

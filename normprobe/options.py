@@ -15,10 +15,9 @@ from typing import Any
 from .corpus import InputSpec, as_text, corpus_digest, iter_documents, sample_documents, validate_input
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
-from .memory import READOUT_CHUNK as READOUT_CHUNK  # model_objective reads the chunk from here
+from .probes import DEFAULT_MASSIVE_RATIO as DEFAULT_MASSIVE_RATIO  # the massive probe's default, with the probes
 
 DEFAULT_SEQ_LEN = 1024
-DEFAULT_MASSIVE_RATIO = 100.0  # max/median of |h_i| above which the massive probe calls a token massive
 # options handed to probes whose constructors take them
 PROBE_OPTIONS = ("massive_ratio", "readout", "alphas", "ablate", "replicates", "token_counts", "readout_sample")
 

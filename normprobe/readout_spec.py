@@ -6,7 +6,6 @@ The readouts themselves (normprobe.readouts) need torch; options and validation 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,44 +11,13 @@ from typing import Any
 import pandas as pd
 
 from .errors import NormprobeError
-from .jsonio import read_json
+from .jsonio import _json_safe, read_json, write_atomic
 from .lock import LOCK_FILE, FolderLock
 from .notebook import FigureViews
 
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
 STATE_FILE = "state.pt"
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become null so run.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _json_safe(value.item())
-    return value
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside the target, then rename: a reader sees all or nothing.
-
-    The temporary name is unique to this process and call, and it is removed when writing fails
-    (a full disk must not keep a half-written file).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_output_dir(path: Path, overwrite: bool = False) -> None:
@@ -339,7 +307,7 @@ def descriptive_numbers(probe: str, tables: dict[str, pd.DataFrame], meta: dict[
     if not own:
         return {}
     if probe == "massive":  # its numbers depend on the run's --massive-ratio
-        from .options import DEFAULT_MASSIVE_RATIO
+        from .probes import DEFAULT_MASSIVE_RATIO
         from .probes.massive import massive_findings
 
         return massive_findings(own, float((meta.get("request") or {}).get("massive_ratio") or DEFAULT_MASSIVE_RATIO))

@@ -1,25 +1,25 @@
-"""The loop: documents -> windows -> batches -> one hooked forward pass -> every probe's statistics."""
+"""One run: load the model, set up the probes, stream the model's pass and then each baseline pass through the
+loop (normprobe.loop), and return the result; with a folder, checkpoints and resume."""
 
 from __future__ import annotations
 
-import inspect
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .attention import reads_patterns
-from .baseline_passes import BaselinePasses, LiveRun, baselines_from_checkpoint
+from .baseline_passes import BaselinePasses
 from .console import warn
 from .corpus import InputSpec
 from .errors import NormprobeError
 from .hfcorpus import DatasetSpec
-from .hooked import HookedPass, ProbeFailed
+from .hooked import ProbeFailed
+from .live_run import LiveRun, baselines_from_checkpoint, merge_state, run_result
 from .memory import choose_batch_size
-from .options import DEFAULT_MASSIVE_RATIO, DEFAULT_SEQ_LEN, Corpus, RunOptions
+from .options import DEFAULT_MASSIVE_RATIO, Corpus, RunOptions
 from .registry import resolve_probes
 
 __all__ = ["Corpus", "RunOptions", "Runner", "make_runner", "merge_state", "run"]
@@ -105,39 +105,6 @@ class Runner(BaselinePasses):
             "baselines": list(opts.baselines or []),
             "baseline_seeds": opts.baseline_seeds,
         }
-
-    def prepare(self, model) -> tuple[list, int]:
-        opts = self.options
-        if opts.layers is not None:
-            bad = [l for l in opts.layers if l >= model.n_layers]
-            if bad:
-                raise NormprobeError(f"invalid layer index {bad[0]}: {model.source.name} has layers 0..{model.n_layers - 1}")
-        seq_len = min(opts.seq_len or DEFAULT_SEQ_LEN, model.n_ctx)
-        if opts.seq_len is not None and opts.seq_len > model.n_ctx:
-            warn(
-                f"--seq-len {opts.seq_len} is longer than {model.source.name}'s context of {model.n_ctx} tokens; "
-                f"using {model.n_ctx}"
-            )
-        from .memory import check_replicates
-        from .readouts import make_readout
-
-        # the bootstrap's replicates are allocated by the probes' setup: a bound first (docs/security.md)
-        check_replicates(opts.replicates, model.n_layers, 1 + len(opts.baselines or []), opts.max_memory_bytes)
-        make_readout(model, opts.readout, opts.allow_foreign_lens)  # a lens for another model fails here, in one line
-        probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
-        hooks = []
-        for probe in probes:
-            probe.setup(model, seq_len)
-            for point in probe.hook_points():
-                hook = model.resolve_hook(point)
-                if not model.has_hook(hook):
-                    raise NormprobeError(
-                        f"probe {probe.name!r} reads hook {hook!r}, which model {model.source.name} "
-                        f"({model.family.name}) does not have"
-                    )
-                hooks.append(hook)
-        self.attention = model.select_attention(reads_patterns(hooks))
-        return probes, seq_len
 
     def _takes_model_gradient(self, probes: list) -> bool:
         """Whether updates runs the model readout's backward pass, which keeps every layer's activations."""
@@ -260,39 +227,6 @@ class Runner(BaselinePasses):
             result.meta["seconds"] = round(self._live.done["seconds"] + time.time() - self._live.started, 3)
         return result
 
-    def _stream(self, model, probes: list, windows: Iterable, total: int | None, done: dict[str, Any]) -> None:
-        """One pass of windows through the model into `probes`, counting into `done`; checkpoints when due.
-
-        The model's pass and every baseline pass run here: a baseline is this loop with another model
-        or another view of the windows.
-        """
-        from .batching import iter_batches
-        from .console import progress_bar, progress_complete
-
-        live = self._live
-        hooked = HookedPass(model, probes)
-        bar = progress_bar(total, live.talk)
-        bar.update(done["tokens"])
-        batches = iter_batches(windows, live.batch_size, model.pad_token_id, model.device)
-        try:
-            for batch in self._lockstep(batches, done["batches"], live.sync, hooked, probes, bar):
-                _count(done, batch)
-                due = (
-                    (done["batches"] % live.checkpoint_every == 0)
-                    if live.checkpoint_every
-                    else time.time() - live.last_save >= live.checkpoint_seconds
-                )
-                if live.stops.requested or due:
-                    live.done["seconds"] += time.time() - live.started
-                    live.started = live.last_save = time.time()
-                    if live.folder is not None:
-                        live.folder.save_checkpoint(live.checkpoint_state())
-                if live.stops.requested:
-                    raise _interrupted(live.stops.requested, live.done, live.folder, live.meta)
-            progress_complete(bar)
-        finally:
-            bar.close()
-
     def _load(self, talk: bool):
         """The model adapter, loading it (and saying so) when the runner was given a name or a source."""
         from .adapter import ModelAdapter, ModelSource, load_model, pick_device, resolve_source
@@ -332,57 +266,6 @@ class Runner(BaselinePasses):
         meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
         return done
 
-    def _windows(self, model, seq_len: int, bos: int | None, sync) -> tuple[Iterable, int | None]:
-        """This rank's windows, and the token total for the progress bar where it is known up front."""
-        from .batching import iter_windows
-
-        opts = self.options
-        part = opts.shard if sync.size == 1 else (sync.rank, sync.size)
-        windows: Iterable = iter_windows(
-            self.corpus.documents(), model.encode, seq_len, bos, opts.max_docs, opts.max_tokens, slice_of=part
-        )
-        if self.corpus.in_memory and sync.size == 1:  # in memory: tokenise up front so the bar has a total
-            windows = list(windows)
-            return windows, sum(len(w.tokens) for w in windows)
-        return windows, opts.max_tokens
-
-    def _lockstep(self, batches: Iterable, skip: int, sync, hooked: HookedPass, probes: list, bar):
-        """Yield each batch once every probe has taken it; ranks step together, so one rank's error stops all.
-
-        The first `skip` batches were counted before the checkpoint a resumed run started from.
-        """
-        from .bootstrap import ReplicateWeights
-
-        weights = ReplicateWeights(self.options.replicates, self.options.bootstrap_unit)
-        batches = iter(batches)
-        while True:
-            batch = next(batches, None)
-            if batch is not None and skip:
-                skip -= 1
-                continue
-            error = None
-            if batch is not None:
-                batch.replicate_weights = weights.for_windows(batch.doc_seeds, batch.tokens.device)
-                try:
-                    self._step(hooked, probes, batch)
-                except (ProbeFailed, NormprobeError) as exc:
-                    error = exc
-            step_tokens, active = sync.step(batch.n_tokens if batch is not None else 0, batch is not None, error)
-            if not active:
-                return
-            bar.update(step_tokens)
-            if batch is not None:
-                yield batch
-
-    @staticmethod
-    def _step(hooked: HookedPass, probes: list, batch) -> None:
-        reduced = hooked.forward(batch)
-        for probe in probes:
-            try:
-                probe.update(reduced[probe.name], batch)
-            except Exception as exc:  # noqa: BLE001 - a probe's own bug fails the run, cleanly
-                raise ProbeFailed(probe.name, exc) from exc
-
     def _finish(self, model, probes, seq_len: int, meta, sync, done, seconds: float):
         if sync.size > 1:
             states = sync.gather({p.name: p.state_dict() for p in probes})
@@ -396,7 +279,7 @@ class Runner(BaselinePasses):
         if self.options.shard is not None:  # done["docs"] is the global document frontier; this shard holds every N-th
             index, count = self.options.shard
             done = {**done, "docs": len(range(index, done["docs"], count))}
-        result = self._result(probes, meta, done, seconds)
+        result = run_result(probes, meta, done, seconds)
         if self.options.readout_sample < 1 and _nothing_read(result.tables):
             warn(
                 f"--readout-sample {self.options.readout_sample:g} sampled no token of the {done['tokens']}: "
@@ -411,38 +294,6 @@ class Runner(BaselinePasses):
 
             result.probe_states = shard_state(result.meta, {p.name: p.state_dict() for p in probes})
         return result
-
-    @staticmethod
-    def _result(probes, meta: dict[str, Any], done: dict[str, Any], seconds: float):
-        from .results import RunResult
-
-        tables: dict[str, Any] = {}
-        owners: dict[str, list[str]] = {}
-        for probe in probes:
-            probe_tables = probe.result()
-            clash = sorted(set(probe_tables) & set(tables))
-            if clash:
-                raise NormprobeError(f"probe {probe.name!r} returns table {clash[0]!r}, which another probe already returned")
-            tables.update(probe_tables)
-            owners[probe.name] = list(probe_tables)
-        meta = {
-            **meta,
-            "status": "complete",
-            "probe_tables": owners,
-            "n_docs": done["docs"],
-            "n_windows": done["windows"],
-            "n_tokens": done["tokens"],
-            "n_batches": done["batches"],
-            "seconds": round(done["seconds"] + seconds, 3),
-        }
-        from .stats import nonfinite_layers
-
-        meta.pop("nonfinite_layers", None)
-        broken = nonfinite_layers(tables)  # recorded and said in one line: an empty cell is no zero
-        if broken:
-            meta["nonfinite_layers"] = broken
-        # the classes the user ran draw their own figures; a folder loaded later names no code (docs/security.md)
-        return RunResult(tables=tables, meta=meta, probe_modules=[type(p) for p in probes])
 
 
 MANY_SEEDS = 24  # --baseline-seeds above this says what it will cost before anything runs
@@ -488,33 +339,6 @@ def _token_counts_digest(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def make_probe(cls: type, layers: list[int] | None, options: dict[str, Any]):
-    """An instance of a probe class, given those of the run's probe options its constructor accepts."""
-    params = inspect.signature(cls).parameters.values()
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
-        options = {k: v for k, v in options.items() if k in {p.name for p in params}}
-    return cls(layers=layers, **options)
-
-
-def _count(done: dict[str, Any], batch) -> None:
-    done["batches"] += 1
-    done["tokens"] += batch.n_tokens
-    done["windows"] += batch.tokens.shape[0]
-    done["docs"] = max(done["docs"], max(batch.doc_indices) + 1)
-
-
-def _interrupted(signal_name: str, done: dict[str, Any], folder, meta: dict[str, Any]):
-    """The run stopped on a signal, its checkpoint saved: run.json says so, and how to continue."""
-    from .interrupt import RunInterrupted
-
-    if folder is not None:
-        folder.mark(meta, "interrupted", f"stopped by {signal_name} after {done['tokens']} tokens; resume with --resume")
-    return RunInterrupted(
-        f"stopped by {signal_name} after {done['tokens']:,} tokens" + ("; checkpoint saved" if folder is not None else ""),
-        folder.path if folder is not None else None,
-    )
-
-
 def _marked(exc: BaseException, folder, meta: dict[str, Any]) -> BaseException:
     """Mark run.json for how the run ended and return what to raise: a probe's bug becomes one line naming it."""
     from .interrupt import RunInterrupted
@@ -529,19 +353,6 @@ def _marked(exc: BaseException, folder, meta: dict[str, Any]) -> BaseException:
     elif folder is not None and not isinstance(exc, RunInterrupted):
         folder.mark(meta, "failed", str(exc))
     return exc
-
-
-def merge_state(
-    model, probes: list, state: dict[str, Any], seq_len: int, layers: list[int] | None, where: str = "another rank's statistics"
-) -> None:
-    """Merge saved probe statistics (another rank's or shard's) into `probes`."""
-    from .store import restore_probe
-
-    for probe in probes:
-        other = make_probe(type(probe), layers, getattr(probe, "options", {}))
-        other.setup(model, seq_len)
-        restore_probe(other, state, where)
-        probe.merge(other)
 
 
 def make_runner(
@@ -699,6 +510,6 @@ def run(
             differs); run.json records it.
 
     Returns:
-        RunResult: the tables, findings, claims and metadata of the run.
+        RunResult: the tables, claims and metadata of the run.
     """
     return make_runner(model, texts, probes, **options).execute(progress=progress)

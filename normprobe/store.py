@@ -6,15 +6,15 @@ run.json's `status` is `running`, `complete`, `interrupted` or `failed` (with `s
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 from .errors import NormprobeError
+from .jsonio import _json_safe, request_digest
 from .lock import FolderLock
-from .results import RUN_FILE, _json_safe, check_output_dir, read_run_json, write_atomic
+from .results import RUN_FILE, check_output_dir, read_run_json, write_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # What must match for a resumed run to continue the same measurement.
@@ -289,12 +289,6 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any]) -> None:
 # -- shard states: statistics that carry the identity of their run ---------------------
 SHARD_STATE_FORMAT = "normprobe shard state 1"
 SHARD_COUNTS = ("n_tokens", "n_docs", "n_windows", "n_batches")
-
-
-def request_digest(request: Any) -> str:
-    """sha256 of a request as run.json holds it (JSON-normalised, keys sorted)."""
-    normal = json.loads(json.dumps(_json_safe(request)))
-    return hashlib.sha256(json.dumps(normal, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def shard_identity(meta: dict[str, Any]) -> dict[str, Any]:

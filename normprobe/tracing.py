@@ -333,8 +333,8 @@ def _trace_group(adapter, reader, docs: list[int], token_ids: list[list[int]], t
     import pandas as pd
     import torch
 
-    from .probes.updates import step_statistics
     from .readouts import chunked_loss, chunked_loss_and_grad
+    from .readouts.steps import step_statistics
 
     L, V = adapter.n_layers, adapter.d_vocab
     ids = [i for d in docs for i in token_ids[d]]
@@ -456,10 +456,10 @@ class Trace:
         return notebook_html(self.table, self.meta)
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
+        import warnings
+
         from .report.trace import render_trace_page
         from .results import write_atomic
-
-        import warnings
 
         path = Path(path)
         with warnings.catch_warnings():  # columns="lens": the norm strip averages null columns (empty means)

@@ -203,7 +203,7 @@ BASELINE_IDENTITY = "baseline.json"
 
 def baseline_identity(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """What ties a baselines/<kind>/ folder to its run: the kind, the model, the corpus and the request."""
-    from .store import request_digest
+    from .jsonio import request_digest
 
     given = body.get("request")
     request: dict[str, Any] = given if isinstance(given, dict) else {}

@@ -78,8 +78,8 @@ def test_replicate_sums_equal_a_plain_weighted_loop_and_merge_as_a_sum():
 @pytest.fixture(scope="module")
 def runs(demo_adapter):
     """One run over DOCS, and the same documents as two shards merged as `normprobe merge` would."""
+    from normprobe.live_run import make_probe, merge_state, run_result
     from normprobe.registry import resolve_probes
-    from normprobe.runner import Runner, make_probe, merge_state
 
     # one window per batch: a shard then runs each window exactly as the single run does (float32 forwards
     # depend on the batch they share), so only the float64 sums differ in order
@@ -91,7 +91,7 @@ def runs(demo_adapter):
         probe.setup(demo_adapter, SEQ_LEN)
     for part in parts:
         merge_state(demo_adapter, probes, part.probe_states["probes"], SEQ_LEN, None)
-    merged = Runner._result(probes, dict(whole.meta), {"docs": 0, "windows": 0, "tokens": 0, "batches": 0, "seconds": 0.0}, 0.0)
+    merged = run_result(probes, dict(whole.meta), {"docs": 0, "windows": 0, "tokens": 0, "batches": 0, "seconds": 0.0}, 0.0)
     return whole, merged
 
 

@@ -18,7 +18,7 @@ import torch
 import normprobe
 from normprobe.adapter import DEMO_DIR
 from normprobe.batching import Window, collate
-from normprobe.model_objective import COMPONENTS, per_token_steps
+from normprobe.readouts.model import COMPONENTS, per_token_steps
 
 from .conftest import DOCS
 from .reference import assert_float32_close, token_ids
@@ -307,7 +307,8 @@ def _same_tables(got, want):
 
 
 def test_shards_merge_and_resume_equal_a_single_run(demo_adapter, tmp_path, monkeypatch):
-    from normprobe.runner import Runner, make_probe, make_runner, merge_state
+    from normprobe.live_run import make_probe, merge_state, run_result
+    from normprobe.runner import Runner, make_runner
     from normprobe.store import RunFolder
 
     single = normprobe.run(demo_adapter, progress=False, **RUN)
@@ -321,7 +322,7 @@ def test_shards_merge_and_resume_equal_a_single_run(demo_adapter, tmp_path, monk
         probe.setup(demo_adapter, single.meta["seq_len"])
     for shard in shards:
         merge_state(demo_adapter, probes, shard.probe_states["probes"], single.meta["seq_len"], RUN["layers"])
-    merged = Runner._result(probes, {}, {"docs": 4, "windows": 4, "tokens": 0, "batches": 4, "seconds": 0}, 0.0)
+    merged = run_result(probes, {}, {"docs": 4, "windows": 4, "tokens": 0, "batches": 4, "seconds": 0}, 0.0)
     _same_tables(merged.tables, single.tables)
 
     step, calls = Runner._step, []

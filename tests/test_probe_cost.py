@@ -125,7 +125,7 @@ def test_line_losses_equal_full_readout_and_float64(norm_kind, op_name):
 def test_tuned_lens_line_is_translated_line(demo_adapter, hf_model):
     """T(h + αΔ) = T(h) + α(Δ + AΔ): the fast tuned line against float64 autograd through the HF modules."""
     from normprobe.adapter import DEMO_DIR
-    from normprobe.readouts import TunedReadout, new_translators
+    from normprobe.readouts.tuned import TunedReadout, new_translators
 
     torch.manual_seed(2)
     translators = new_translators(demo_adapter.d_model, demo_adapter.n_layers)
@@ -260,7 +260,7 @@ def test_unembed_hash_without_a_float32_copy_matches_the_full_copy():
     """tuned-lens's unembed_hash (array_str at precision 1) from edge rows only, for a bfloat16 weight."""
     import hashlib
 
-    from normprobe.readouts import _printable
+    from normprobe.readouts.tuned import _printable
 
     weight = torch.randn(5000, 40, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     full = np.array_str(weight.float().numpy(), precision=1)

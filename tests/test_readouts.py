@@ -11,7 +11,8 @@ import torch
 import normprobe
 from normprobe import NormprobeError
 from normprobe.adapter import DEMO_DIR
-from normprobe.readouts import make_readout, new_translators, parse_readout, save_lens
+from normprobe.readouts import make_readout, parse_readout
+from normprobe.readouts.tuned import new_translators, save_lens
 from normprobe.runner import make_runner
 
 from .conftest import DOCS

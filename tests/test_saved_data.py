@@ -176,7 +176,7 @@ _LENS: dict[str, Path] = {}
 
 def make_lens(folder: Path, demo_adapter, change=None) -> Path:
     """A copy of one zero lens for the demo model (saved once), with `change` applied to its params."""
-    from normprobe.readouts import new_translators, save_lens
+    from normprobe.readouts.tuned import new_translators, save_lens
 
     if "zero" not in _LENS:
         _LENS["zero"] = save_lens(

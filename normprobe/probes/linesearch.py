@@ -82,7 +82,7 @@ class LineSearchProbe(Probe):
         """Under the model readout: the model's loss with each update scaled by α, rerun layer by layer."""
         if self._readout.kind != "model":
             return
-        from ..model_objective import line_search_losses
+        from ..readouts.model import line_search_losses
 
         index = {alpha: a for a, alpha in enumerate(self.alphas)}
         for layer, component, alpha, loss in line_search_losses(self._model, batch, self._layers, self.alphas, self.vocab_chunk):

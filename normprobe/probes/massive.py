@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 
 from ..bootstrap import DEFAULT_REPLICATES
-from ..options import DEFAULT_MASSIVE_RATIO
 from ..probe import Probe
 from ..stats import GroupedMoments, ReplicateSums, mean_or_nan, token_windows
+from . import DEFAULT_MASSIVE_RATIO
 from .norms import spearman
 
 TOP_RANKS = 8

@@ -3,14 +3,14 @@
 For layer l, h_l is resid_pre and the block's update is Δ = h_{l+1} - h_l = attn_out + mlp_out.
 g = dCE/dh at h_l, the start of the step, is the exact float32 gradient of the next-token
 cross-entropy read out through the run's readout (`--readout`: the logit lens, or a tuned lens;
-see normprobe.readouts; the model readout's start and end of step are in normprobe.model_objective).
+see normprobe.readouts; the model readout's start and end of step are in normprobe.readouts.model).
 The first-order check compares g·Δ with loss(h_l + Δ) - loss(h_l), both through layer l's readout.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,11 @@ import torch
 
 from ..bootstrap import DEFAULT_REPLICATES
 from ..probe import Probe
+from ..readouts.steps import _cos, step_statistics
 from ..stats import GroupedMoments, ReplicateSums, token_windows
+
+if TYPE_CHECKING:
+    from ..batching import Batch
 
 COMPONENTS = ("attn", "mlp", "block")
 METRICS = (
@@ -35,25 +39,6 @@ METRICS = (
 )
 HIST_BINS = 80
 REPLICATED = ("descent_cos", "predicted_change", "actual_change")  # metrics with document-bootstrap replicates
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine; NaN where either vector is zero (counted apart, never averaged)."""
-    denom = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
-    return torch.where(denom > 0, (a * b).sum(-1) / denom, torch.full_like(denom, float("nan")))
-
-
-def step_statistics(delta: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-token alignment of an update with the descent direction -grad.
-
-    descent_cos = cos(Δ, -g); step_eta = the least-squares η in Δ ≈ -η g; step_r2 = the share of
-    ||Δ||² that -η g explains, which for the least-squares η is cos².
-    """
-    dot = (delta * grad).sum(-1)
-    grad_sq = (grad * grad).sum(-1)
-    cos = _cos(delta, -grad)
-    eta = torch.where(grad_sq > 0, -dot / grad_sq, torch.full_like(dot, float("nan")))
-    return {"descent_cos": cos, "step_eta": eta, "step_r2": cos * cos}
 
 
 class UpdatesProbe(Probe):
@@ -117,7 +102,7 @@ class UpdatesProbe(Probe):
 
     def hook_points(self) -> list[str]:
         if self._readout.kind == "model":
-            return []  # its own pass, with gradients, in begin_batch (normprobe.model_objective)
+            return []  # its own pass, with gradients, in begin_batch (normprobe.readouts.model)
         names = {self._first, self._final}
         for hooks in self._hooks.values():
             names.update(hooks.values())
@@ -154,8 +139,6 @@ class UpdatesProbe(Probe):
         layer and forget it: holding every layer's updates until the end grows with depth.
         """
         if self._readout.kind == "model":
-            from ..model_objective import add_to_updates
-
             return add_to_updates(self, batch)
         has_next = self._read(batch)
         ends: dict[str, torch.Tensor] = {}
@@ -467,3 +450,55 @@ def _first_order(steps: pd.DataFrame) -> dict[str, Any]:
             for c, rows in steps.groupby("component", sort=False)
         }
     }
+
+
+def add_to_updates(probe, batch: Batch) -> None:
+    """The updates probe's statistics from one batch under the model readout (its `begin_batch`).
+
+    The model's loss fills the lens rows of every layer: read through the rest of the network, h_l
+    gives the model's own loss at any depth. The start-of-step values (descent_cos and the rest) and
+    actual_change are filled only with `probe.ablate`, which reruns without each update.
+    """
+    from ..readouts.model import COMPONENTS, gradient_steps, start_of_step, start_values
+
+    positions = batch.positions[batch.has_next]
+    if positions.numel() == 0:
+        return
+    width = probe._seq_len
+    windows = token_windows(batch.has_next)  # each kept token's window, for its document's bootstrap weights
+
+    def add(moments, groups, values, replicated: str | None = None):
+        moments.add(groups, values)
+        if replicated is not None and replicated in probe.replicated:
+            probe.replicated[replicated].add(groups, values, windows, batch.replicate_weights)
+
+    def group(row: int) -> torch.Tensor:
+        return torch.full((positions.shape[0],), row, device=positions.device)
+
+    def on_layer(layer: int, values: dict[str, dict[str, torch.Tensor]]) -> None:
+        slot = probe._slot[layer]
+        for c, component in enumerate(COMPONENTS):
+            row = slot * len(COMPONENTS) + c
+            for metric, v in values[component].items():
+                add(probe.moments[metric], group(row), v, metric)
+
+    def add_start(slot: int, c: int, values: dict[str, torch.Tensor]) -> None:
+        row = slot * len(COMPONENTS) + c
+        for metric, v in values.items():
+            add(probe.moments[metric], group(row), v, metric)
+        cos = values["descent_cos"]
+        finite = cos[torch.isfinite(cos)]
+        bins = ((finite.clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
+        probe.histogram[row].index_add_(0, bins, torch.ones_like(finite, dtype=torch.float64))
+        if COMPONENTS[c] == "block":
+            add(probe.cos_by_position, slot * width + positions, cos)
+
+    done = gradient_steps(probe._model, batch, probe._layers, on_layer, probe.vocab_chunk, keep_streams=probe.ablate)
+    for slot in range(len(probe._layers) + 1):
+        add(probe.lens, group(slot), done.loss, "lens")
+        add(probe.lens_by_position, slot * width + positions, done.loss)
+    if probe.ablate:  # the start of each step needs the rerun without the update
+        for slot, layer in enumerate(probe._layers):
+            for c, component in enumerate(COMPONENTS):
+                without, g_start = start_of_step(probe._model, batch, done.streams, layer, component, probe.vocab_chunk)
+                add_start(slot, c, start_values(done.deltas[layer][component], g_start, done.loss, without))

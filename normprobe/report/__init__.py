@@ -24,7 +24,7 @@ def register_renderer(probe_name: str) -> Callable[[Renderer], Renderer]:
 
 def _renderers() -> dict[str, Renderer]:
     if not all(name in _RENDERERS for name in ("norms", "updates", "linesearch", "massive", "lens")):
-        from . import lens  # noqa: F401 - registers itself
+        from .lens import render_lens
         from .linesearch import render_line_search
         from .massive import render_massive
         from .norms import render_norms
@@ -34,6 +34,7 @@ def _renderers() -> dict[str, Renderer]:
         _RENDERERS.setdefault("updates", render_updates)
         _RENDERERS.setdefault("linesearch", render_line_search)
         _RENDERERS.setdefault("massive", render_massive)
+        _RENDERERS.setdefault("lens", render_lens)
     return _RENDERERS
 
 

@@ -7,7 +7,6 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import register_renderer
 from .common import Block, Section, empty_figure, f32, figure, integer_axis
 from .norms import _fmt
 from .updates import readout_label
@@ -64,7 +63,6 @@ def lens_curves(lens: pd.DataFrame, metric: str, title: str, y_title: str) -> go
     return fig
 
 
-@register_renderer("lens")
 def render_lens(tables: dict[str, pd.DataFrame], findings: dict[str, Any], meta: dict[str, Any]) -> Section:
     lens = tables.get("lens", pd.DataFrame(columns=["layer", "component", "lens_loss_mean"]))
     return Section(

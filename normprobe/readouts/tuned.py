@@ -1,23 +1,4 @@
-"""Readouts: how a probe turns a hidden state h at layer l into next-token logits, a loss and dloss/dh.
-
-- `logit`: the model's own final norm and unembedding (the logit lens), through `model.readout`.
-- `model`: no lens: the model's own next-token loss, h_l read through the rest of the network; its
-  gradient comes from one backward pass and its losses from reruns (see normprobe.model_objective).
-- `tuned:DIR`: a tuned lens (Belrose et al. 2023) in the tuned-lens package's own format,
-  h -> h + A_l h + b_l -> the logit readout. DIR holds `config.json` (TunedLensConfig's fields)
-  and `params.pt` (the translators' state dict `0.weight`, `0.bias`, ...), one translator per
-  layer; layer l's translator reads h_l = resid_pre of layer l, and the output (layer n_layers)
-  is read without one.
-
-Probes obtain a readout only through `make_readout(model, spec)`, which caches one per model and
-spec. Every loss and gradient is float32 and exact (autograd through the translator).
-
-A readout is any object with `kind`, `logits(h, layer)`, `loss(h, targets, layer)` and
-`loss_and_grad(h, targets, layer)`; the probes use the last two and `normprobe trace` all three,
-so a new kind plugs in by being parsed in normprobe.readout_spec and built by `make_readout`. The model readout is the
-exception: it has no per-layer logits, so `make_readout` returns a `ModelObjective` (kind "model")
-and the probes dispatch on the kind to their own passes through the network.
-"""
+"""The tuned readout: a tuned lens (Belrose et al. 2023) in the tuned-lens package's own format."""
 
 from __future__ import annotations
 
@@ -26,8 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import NormprobeError
-from .readout_spec import CONFIG_FILE, LENS_TYPE, PARAMS_FILE, ReadoutSpec, parse_readout, read_lens_config
+from ..errors import NormprobeError
+from ..readout_spec import CONFIG_FILE, LENS_TYPE, PARAMS_FILE, read_lens_config
 
 if TYPE_CHECKING:
     import torch
@@ -42,54 +23,6 @@ CONFIG_FIELDS = (
     "unembed_hash",
     "lens_type",
 )
-
-
-def check_lens_fits_config(spec: str | ReadoutSpec | None, model_config: dict | None, model_name: str) -> None:
-    """Refuse, before the model loads, a lens whose depth or width differs from the model's config.json."""
-    spec = parse_readout(spec)
-    if spec.kind != "tuned" or spec.path is None or not model_config:
-        return
-    lens = read_lens_config(spec.path)
-    width = next((model_config[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(model_config.get(k), int)), None)
-    depth = next(
-        (model_config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(model_config.get(k), int)), None
-    )
-    if (width is not None and width != lens["d_model"]) or (depth is not None and depth != lens["num_hidden_layers"]):
-        raise NormprobeError(
-            f"tuned lens {spec.path} was made for a model with d_model {lens['d_model']} and {lens['num_hidden_layers']} "
-            f"layers (base {lens.get('base_model_name_or_path')!r}); {model_name} has d_model {width} and {depth} layers"
-        )
-
-
-# -- readouts -------------------------------------------------------------------
-class LogitReadout:
-    """The logit lens at every layer: the model's final norm and unembedding (built on first use)."""
-
-    kind = "logit"
-
-    def __init__(self, model):
-        self._model = model
-
-    @property
-    def base(self):
-        return self._model.readout
-
-    def logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        return self.base.logits(h)
-
-    def loss(self, h: torch.Tensor, targets: torch.Tensor, layer: int) -> torch.Tensor:
-        return self.base.loss(h, targets)
-
-    def loss_and_grad(self, h: torch.Tensor, targets: torch.Tensor, layer: int):
-        return self.base.loss_and_grad(h, targets)
-
-    def line_losses(self, h, deltas, alphas, targets, layer: int) -> torch.Tensor:
-        """Loss at h + αΔ for every Δ and α: [len(deltas), len(alphas), N] (see Readout.line_losses)."""
-        return self.base.line_losses(h, deltas, alphas, targets)
-
-    def loss_grad_and_steps(self, h, deltas, targets, layer: int):
-        """(loss at h, dloss/dh, [loss at h + Δ for each Δ]) from shared products."""
-        return self.base.loss_grad_and_steps(h, deltas, targets)
 
 
 class TunedReadout:
@@ -156,29 +89,6 @@ class TunedReadout:
             )
             (grad,) = torch.autograd.grad(y, x, grad_outputs=grad_y)
         return loss, grad.detach(), steps
-
-
-READOUT_CACHE = "_readouts"  # the adapter's own attribute: a readout refers back to its model, so a weak-keyed
-# cache outside the model would keep every model alive; kept on the model, the cycle goes with it
-
-
-def make_readout(model, spec: str | ReadoutSpec | None = "logit", allow_foreign: bool = False):
-    """The readout for a loaded model, built once per (model, spec); a lens for another model is refused
-    (its recorded unembed_hash is not this model's) unless `allow_foreign` (--allow-foreign-lens).
-
-    The runner, trace and merge build it first, so the probes' own calls find it in the cache."""
-    spec = parse_readout(spec)
-    cached = model.__dict__.setdefault(READOUT_CACHE, {})
-    if spec not in cached:
-        if spec.kind == "model":
-            from .model_objective import ModelObjective
-
-            cached[spec] = ModelObjective(model)
-        elif spec.kind == "tuned" and spec.path is not None:
-            cached[spec] = TunedReadout(model, load_translators(spec.path, model, allow_foreign))
-        else:
-            cached[spec] = LogitReadout(model)
-    return cached[spec]
 
 
 # -- the tuned-lens format --------------------------------------------------------
@@ -337,7 +247,7 @@ def save_lens(path: Path, translators: torch.nn.ModuleList, model) -> Path:
     state = {k: v.detach().cpu().float().clone() for k, v in translators.state_dict().items()}
     import io
 
-    from .results import write_atomic
+    from ..jsonio import write_atomic
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -345,56 +255,3 @@ def save_lens(path: Path, translators: torch.nn.ModuleList, model) -> Path:
     write_atomic(path / PARAMS_FILE, buffer.getvalue())
     write_atomic(path / CONFIG_FILE, (json.dumps({k: config[k] for k in CONFIG_FIELDS}, indent=2) + "\n").encode("utf-8"))
     return path
-
-
-# -- chunking -------------------------------------------------------------------------
-def chunked_loss(readout, h, targets, layer: int, vocab_chunk: int, n_vocab: int):
-    """Per-token loss with at most ~vocab_chunk logits (tokens x vocab) in memory at once."""
-    import torch
-
-    step = max(1, vocab_chunk // n_vocab)
-    return torch.cat([readout.loss(h[s : s + step], targets[s : s + step], layer) for s in range(0, h.shape[0], step)])
-
-
-def chunked_loss_and_grad(readout, h, targets, layer: int, vocab_chunk: int, n_vocab: int):
-    import torch
-
-    step = max(1, vocab_chunk // n_vocab)
-    parts = [readout.loss_and_grad(h[s : s + step], targets[s : s + step], layer) for s in range(0, h.shape[0], step)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def _line_step(readout, n_lines: int, vocab_chunk: int) -> int:
-    """Token rows per call so that the products (h and every Δ) and a temporary hold about vocab_chunk logits."""
-    base = readout.base
-    return max(1, vocab_chunk // ((n_lines + 2) * min(base.n_vocab, base.vocab_step)))
-
-
-def chunked_line_losses(readout, h, deltas, alphas, targets, layer: int, vocab_chunk: int):
-    """Readout.line_losses over token rows in blocks: [len(deltas), len(alphas), N]."""
-    import torch
-
-    step = _line_step(readout, len(deltas), vocab_chunk)
-    return torch.cat(
-        [
-            readout.line_losses(h[s : s + step], [d[s : s + step] for d in deltas], alphas, targets[s : s + step], layer)
-            for s in range(0, h.shape[0], step)
-        ],
-        dim=-1,
-    )
-
-
-def chunked_loss_grad_and_steps(readout, h, deltas, targets, layer: int, vocab_chunk: int, n_vocab: int):
-    """loss_grad_and_steps over token rows in blocks: the logits at h are held whole, as loss_and_grad holds them."""
-    import torch
-
-    step = max(1, vocab_chunk // n_vocab)
-    parts = [
-        readout.loss_grad_and_steps(h[s : s + step], [d[s : s + step] for d in deltas], targets[s : s + step], layer)
-        for s in range(0, h.shape[0], step)
-    ]
-    return (
-        torch.cat([p[0] for p in parts]),
-        torch.cat([p[1] for p in parts]),
-        [torch.cat([p[2][k] for p in parts]) for k in range(len(deltas))],
-    )

@@ -38,13 +38,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .options import READOUT_CHUNK
+from ..memory import READOUT_CHUNK
 
 if TYPE_CHECKING:
     import torch
 
-    from .adapter import ModelAdapter
-    from .batching import Batch
+    from ..adapter import ModelAdapter
+    from ..batching import Batch
 
 COMPONENTS = ("attn", "mlp", "block")
 COMPONENT_SITES = {"attn": "attn_out", "mlp": "mlp_out"}  # the outputs a rerun scales or zeroes
@@ -298,7 +298,7 @@ def start_values(
     delta: torch.Tensor, g_start: torch.Tensor, loss_with: torch.Tensor, loss_without: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The step statistics at the step's start: descent_cos, step_eta, step_r2, predicted_change, actual_change."""
-    from .probes.updates import step_statistics
+    from .steps import step_statistics
 
     values = step_statistics(delta, g_start)
     values["predicted_change"] = (g_start * delta).sum(-1)
@@ -349,59 +349,3 @@ def line_search_losses(
                     alpha,
                     (done.loss if alpha == 1.0 else rerun_loss(model, batch, done.streams, layer, component, alpha, vocab_chunk)),
                 )
-
-
-def add_to_updates(probe, batch: Batch) -> None:
-    """The updates probe's statistics from one batch under the model readout (its `begin_batch`).
-
-    The model's loss fills the lens rows of every layer: read through the rest of the network, h_l
-    gives the model's own loss at any depth. The start-of-step values (descent_cos and the rest) and
-    actual_change are filled only with `probe.ablate`, which reruns without each update.
-    """
-    import torch
-
-    from .probes.updates import HIST_BINS
-
-    positions = batch.positions[batch.has_next]
-    if positions.numel() == 0:
-        return
-    width = probe._seq_len
-    from .stats import token_windows
-
-    windows = token_windows(batch.has_next)  # each kept token's window, for its document's bootstrap weights
-
-    def add(moments, groups, values, replicated: str | None = None):
-        moments.add(groups, values)
-        if replicated is not None and replicated in probe.replicated:
-            probe.replicated[replicated].add(groups, values, windows, batch.replicate_weights)
-
-    def group(row: int) -> torch.Tensor:
-        return torch.full((positions.shape[0],), row, device=positions.device)
-
-    def on_layer(layer: int, values: dict[str, dict[str, torch.Tensor]]) -> None:
-        slot = probe._slot[layer]
-        for c, component in enumerate(COMPONENTS):
-            row = slot * len(COMPONENTS) + c
-            for metric, v in values[component].items():
-                add(probe.moments[metric], group(row), v, metric)
-
-    def add_start(slot: int, c: int, values: dict[str, torch.Tensor]) -> None:
-        row = slot * len(COMPONENTS) + c
-        for metric, v in values.items():
-            add(probe.moments[metric], group(row), v, metric)
-        cos = values["descent_cos"]
-        finite = cos[torch.isfinite(cos)]
-        bins = ((finite.clamp(-1, 1) + 1) / 2 * HIST_BINS).long().clamp(max=HIST_BINS - 1)
-        probe.histogram[row].index_add_(0, bins, torch.ones_like(finite, dtype=torch.float64))
-        if COMPONENTS[c] == "block":
-            add(probe.cos_by_position, slot * width + positions, cos)
-
-    done = gradient_steps(probe._model, batch, probe._layers, on_layer, probe.vocab_chunk, keep_streams=probe.ablate)
-    for slot in range(len(probe._layers) + 1):
-        add(probe.lens, group(slot), done.loss, "lens")
-        add(probe.lens_by_position, slot * width + positions, done.loss)
-    if probe.ablate:  # the start of each step needs the rerun without the update
-        for slot, layer in enumerate(probe._layers):
-            for c, component in enumerate(COMPONENTS):
-                without, g_start = start_of_step(probe._model, batch, done.streams, layer, component, probe.vocab_chunk)
-                add_start(slot, c, start_values(done.deltas[layer][component], g_start, done.loss, without))
