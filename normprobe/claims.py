@@ -760,12 +760,12 @@ def _claim_row(
                 tests.append(Test(b, values[3], (values[4], values[5]), 0.0))
     decided, reason, why, p = decide(kind.direction, min_effect, tests, kind.same_sign)
     notes = [estimate.note] if estimate.note else []
-    if documents is not None and documents < MIN_DOCUMENTS:  # first: it holds for every claim of the run
+    if estimate.value != estimate.value and layer in nonfinite:  # an empty cell is never read as a zero
+        decided, reason, why = UNDETERMINED, NON_FINITE, f"every value read at layer {layer} was non-finite (no finite token)"
+    elif documents is not None and documents < MIN_DOCUMENTS:  # it holds for every claim of the run
         decided, reason, why = UNDETERMINED, TOO_FEW_DOCUMENTS, f"{documents:.3g} documents (fewer than {MIN_DOCUMENTS})"
         if estimate.undetermined:
             why += f"; {estimate.undetermined}"
-    elif estimate.value != estimate.value and layer in nonfinite:  # an empty cell is never read as a zero
-        decided, reason, why = UNDETERMINED, NON_FINITE, f"every value read at layer {layer} was non-finite (no finite token)"
     elif estimate.undetermined:
         decided, reason, why = UNDETERMINED, estimate.reason, estimate.undetermined
     elif estimate.value != estimate.value:

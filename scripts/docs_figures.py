@@ -137,16 +137,16 @@ def claims_table(claims: list[dict], kinds: list[str] = (), keep=lambda row: Tru
 
 
 def headline(row: dict) -> bool:
-    """The rows the README shows: norm growth per step, the block's descent, the lens-loss drop to the output."""
+    """The rows the README shows: norm growth per step, position 0's norm, the block's descent, the lens-loss drop."""
     return (
-        row.get("claim") == "norm_growth"
+        row.get("claim") in ("norm_growth", "position0_ratio")
         or (row.get("claim") == "descent" and row.get("component") == "block")
         or (row.get("claim") == "lens_loss_drop" and row.get("component") == "to output")
     )
 
 
 def with_baselines() -> None:
-    """The demo against its random-init and shuffled baselines: the table the README and the claims page show."""
+    """The demo against its random-init, shuffled and no-bos baselines: the table the README and the claims page show."""
     work = Path(tempfile.mkdtemp(prefix="normprobe-docs-"))
     try:
         out = work / "demo"
@@ -162,6 +162,8 @@ def with_baselines() -> None:
             "random-init",
             "--baseline",
             "shuffled",
+            "--baseline",
+            "no-bos",
             "--max-docs",
             "80",
             "--no-progress",
@@ -170,7 +172,7 @@ def with_baselines() -> None:
         ]
         timed(command, work)
         claims = json.loads((out / "run.json").read_text())["claims"]
-        kinds = ["random-init", "shuffled"]
+        kinds = ["random-init", "shuffled", "no-bos"]
         made_by = shown(command, out, "reports/demo-baselines")
         write("demo-claims-baselines", claims_table(claims, kinds, command=made_by))
         table = claims_table(claims, kinds, keep=headline, command=made_by)

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .test_saved_data import cli, make_lens, one_line
 
 SMALL = dict(texts=DOCS, seq_len=16, batch_size=2, progress=False, plotlyjs="cdn", replicates=20)
@@ -113,7 +113,7 @@ def test_grouped_moments_of_an_empty_group_are_nan():
 def _lens_run(lens: Path, out: Path, capsys, *extra: str) -> tuple[int, str]:
     return cli(
         ["run", "demo", "--probe", "updates", "--readout", f"tuned:{lens}", "--text", "a b c", "--out", str(out)]
-        + ["--no-progress", "--device", "cpu", "--replicates", "20", *extra],
+        + ["--no-progress", "--device", TEST_DEVICE, "--replicates", "20", *extra],
         capsys,
     )
 
@@ -139,7 +139,7 @@ def test_a_lens_is_checked_in_the_dtype_the_readout_computes_in(demo_adapter, tm
 
 def test_a_lens_for_another_model_of_the_same_shape_needs_the_override(demo_adapter, tmp_path, capsys):
     from normprobe.baselines import random_init_adapter
-    from normprobe.readouts import new_translators, save_lens
+    from normprobe.readouts.tuned import new_translators, save_lens
 
     twin = random_init_adapter(demo_adapter.hf_model.config, demo_adapter.tokenizer, 7, "twin", "cpu", "float32")
     lens = save_lens(tmp_path / "twin-lens", new_translators(twin.d_model, twin.n_layers), twin)
@@ -276,7 +276,7 @@ def test_merge_refuses_a_shard_with_a_tampered_replicate_table(runs, tmp_path, c
 
 # -- 5. overwrite is atomic -----------------------------------------------------------------------------
 def _trace_args(out: Path, *extra: str) -> list[str]:
-    return ["trace", "demo", "--text", "hello world", "--out", str(out), "--no-progress", "--device", "cpu", *extra]
+    return ["trace", "demo", "--text", "hello world", "--out", str(out), "--no-progress", "--device", TEST_DEVICE, *extra]
 
 
 def test_trace_overwrite_replaces_a_run_folder_whole_or_leaves_it_whole(runs, tmp_path, capsys, monkeypatch):
@@ -478,7 +478,7 @@ class BusyProbe(NormsProbe):
         BusyProbe.calls += 1
         if BusyProbe.calls == 3:  # the third batch is one long torch call, which holds no Python bytecode
             Path(__file__).with_name("busy.started").write_text("")
-            torch.linalg.matrix_power(torch.eye(1024) * 0.5, 2**62)
+            torch.linalg.matrix_power(torch.eye(2048) * 0.5, 2**62)  # ~1 TFLOP: seconds on any CPU
         super().update(activations, batch)
 '''
 

@@ -18,6 +18,8 @@ from normprobe.cli import main
 from normprobe.corpus import pydoc_topic_documents
 from normprobe.results import RunResult
 
+from .conftest import TEST_DEVICE
+
 N_DOCS = 24  # at least the documents a verdict needs (docs/claims.md)
 WIDTH = 120
 
@@ -54,7 +56,7 @@ def demo_run(tmp_path_factory):
         argv += ["--probe", probe]
     for baseline in ("random-init", "shuffled", "no-bos"):
         argv += ["--baseline", baseline]
-    code, stdout, stderr = _cli([*argv, "--out", str(out), "--device", "cpu"])
+    code, stdout, stderr = _cli([*argv, "--out", str(out), "--device", TEST_DEVICE])
     assert code == 0, stderr[-2000:]
     return out, stdout, stderr
 

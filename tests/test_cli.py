@@ -60,7 +60,14 @@ def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["n_docs"] == 12 and meta["model"] == "demo"
     assert meta["n_layers"] == 4 and meta["family"] == "GPT-2" and "findings" not in meta
-    assert {c["claim"] for c in meta["claims"]} == {"norm_growth", "position0_ratio", "frequency", "descent", "lens_loss_drop"}
+    assert {c["claim"] for c in meta["claims"]} == {
+        "norm_growth",
+        "position0_ratio",
+        "frequency",
+        "descent",
+        "removal_raises_loss",
+        "lens_loss_drop",
+    }
     first = (out / "report.html").read_text()
     assert '<h2 id="claims">Claims</h2>' in first
     assert first.count("Plotly.newPlot") == 9

@@ -11,7 +11,7 @@ import torch
 import normprobe
 from normprobe.adapter import DEMO_DIR
 from normprobe.bootstrap import poisson_weights, text_seed
-from normprobe.readouts import new_translators, save_lens
+from normprobe.readouts.tuned import new_translators, save_lens
 
 from .conftest import DOCS
 from .reference import final_norm_module, hf_residuals, token_ids

@@ -16,6 +16,7 @@ from normprobe.cli import main
 from normprobe.errors import NormprobeError
 from normprobe.sweep import plan, step_of
 
+from .conftest import TEST_DEVICE
 from .reference import assert_float32_close
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +174,7 @@ def test_sweep_claims_by_step_name_the_first_step_each_holds(untrained_then_demo
     out = tmp_path / "sweep"
     argv = ["run", str(untrained_then_demo / "step-0"), str(untrained_then_demo / "step-1500"), "--out", str(out)]
     argv += ["--input", str(docs), "--seq-len", "24", "--probe", "norms", "--probe", "updates"]
-    code, io = _invoke([*argv, "--baseline", "random-init", "--baseline-seeds", "1", "--device", "cpu"], capsys)
+    code, io = _invoke([*argv, "--baseline", "random-init", "--baseline-seeds", "1", "--device", TEST_DEVICE], capsys)
     assert code == 0, io.err
     # the random-init baseline ran once, with step 0, and step 1500 reuses its tables
     assert io.err.count("normprobe: baseline random-init") == 1
