@@ -36,19 +36,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from random_model import LLAMA_1B_WIDTH, save_random_model
 
 SHAPES = {
     # Llama-3.2-1B, as in ENVIRONMENT.md
-    "1b": dict(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    ),
+    "1b": dict(**LLAMA_1B_WIDTH, num_hidden_layers=16, tie_word_embeddings=True, max_position_embeddings=4096),
     "tiny": dict(
         vocab_size=2048,
         hidden_size=64,
@@ -75,17 +67,10 @@ def sync(device: str) -> None:
 
 
 def build(shape: str, folder: Path, dtype: torch.dtype, device: str) -> Path:
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import LlamaConfig
 
-    from normprobe.adapter import DEMO_DIR
-
-    torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[shape], bos_token_id=0, eos_token_id=0)
-    with torch.device(device):  # random init on the GPU takes seconds, on the CPU a minute at 1B
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.save_pretrained(folder)
-    PreTrainedTokenizerFast.from_pretrained(DEMO_DIR).save_pretrained(folder)
-    del model
+    save_random_model(config, folder, str(dtype).removeprefix("torch."), device=device)
     gc.collect()
     return folder
 
