@@ -56,7 +56,7 @@ def timed(command: list[str], cwd: Path) -> tuple[float, float, subprocess.Compl
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}\n{done.stdout[-6000:]}")
     return wall, cpu, done
 
 
