@@ -20,7 +20,10 @@ import pytest
 import torch
 
 NORMPROBE = [sys.executable, "-m", "normprobe"]
-LONG_RUN = ["run", "demo", "--probe", "norms", "--max-docs", "200", "--batch-size", "1", "--no-progress"]
+# long enough (the sample corpus has 200 documents: short windows and three probes) that a quiet, fast
+# machine is still inside the run, its signal handlers installed, when a test signals it
+LONG_RUN = ["run", "demo", "-p", "norms", "-p", "updates", "-p", "linesearch"]
+LONG_RUN += ["--seq-len", "32", "--batch-size", "1", "--no-progress"]
 
 
 def start(*args, **kwargs) -> subprocess.Popen:
