@@ -200,6 +200,7 @@ def commands(args, model: Path, corpus: Path, one: Path, work: Path) -> dict[str
     cli = [py, "-m", "normprobe"]
     out = str(work / "out")
     common = ["--batch-size", "8", "--seq-len", str(args.tokens), "--no-progress", "--overwrite", "-o", out]
+    trace = [*cli, "trace", str(model), "-i", str(one), "--top-k", str(TOP_K), "--no-progress", "--overwrite", "-o", out]
     tasks = {
         "norms": {
             "floor (HF output_hidden_states)": [*me, "--worker", "hf_norms"],
@@ -212,34 +213,8 @@ def commands(args, model: Path, corpus: Path, one: Path, work: Path) -> dict[str
         },
         "trace": {
             "floor (HF hidden states, log-softmax, top-k)": [*me, "--corpus", str(one), "--worker", "hf_trace"],
-            "normprobe trace --columns lens": [
-                *cli,
-                "trace",
-                str(model),
-                "-i",
-                str(one),
-                "--top-k",
-                str(TOP_K),
-                "--columns",
-                "lens",
-                "--no-progress",
-                "--overwrite",
-                "-o",
-                out,
-            ],
-            "normprobe trace (all columns)": [
-                *cli,
-                "trace",
-                str(model),
-                "-i",
-                str(one),
-                "--top-k",
-                str(TOP_K),
-                "--no-progress",
-                "--overwrite",
-                "-o",
-                out,
-            ],
+            "normprobe trace --columns lens": [*trace, "--columns", "lens"],
+            "normprobe trace (all columns)": trace,
             "tuned-lens PredictionTrajectory": [*me, "--corpus", str(one), "--worker", "tunedlens_trace"],
         },
     }
