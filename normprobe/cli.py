@@ -560,8 +560,9 @@ def _fail(message: str, code: int) -> None:
 _CLICK_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-def resume_command(argv: list[str], folder: Path) -> str:
-    """The command that continues an interrupted run: the same arguments, --out DIR becoming --resume DIR."""
+def resume_command(argv: list[str], folder: Path, resume_here: bool = False) -> str:
+    """The command that continues an interrupted run: the same arguments, --out DIR becoming --resume DIR
+    (or --resume FOLDER, when the run was written beside --out to replace it)."""
     import shlex
 
     kept: list[str] = []
@@ -574,7 +575,7 @@ def resume_command(argv: list[str], folder: Path) -> str:
             target = arg.split("=", 1)[1]
         elif arg != "--overwrite":
             kept.append(arg)
-    return shlex.join(["normprobe", *kept, "--resume", str(target or folder)])
+    return shlex.join(["normprobe", *kept, "--resume", str(folder if resume_here else target or folder)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -587,7 +588,8 @@ def main(argv: list[str] | None = None) -> None:
     except RunInterrupted as exc:
         typer.echo(f"normprobe: interrupted: {exc}", err=True)
         if exc.folder is not None:
-            typer.echo(f"normprobe: to continue: {resume_command(sys.argv[1:] if argv is None else argv, exc.folder)}", err=True)
+            again = resume_command(sys.argv[1:] if argv is None else argv, exc.folder, exc.resume_here)
+            typer.echo(f"normprobe: to continue: {again}", err=True)
         sys.exit(exc.exit_code)
     except NormprobeError as exc:
         if _state["debug"]:

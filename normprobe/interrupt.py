@@ -23,9 +23,10 @@ class RunInterrupted(NormprobeError):
 
     exit_code = 130
 
-    def __init__(self, message: str, folder: Any = None):
+    def __init__(self, message: str, folder: Any = None, resume_here: bool = False):
         super().__init__(message)
         self.folder = folder  # where the checkpoint is, for the resume command
+        self.resume_here = resume_here  # the command resumes `folder` itself, not the --out it was given
 
 
 ABORT_GRACE = 0.5  # seconds the main thread has to act on a second signal before the watcher ends the process

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import NormprobeError
 from .lock import FolderLock
 from .options import Corpus
+from .staging import StagedFolder, is_empty
 
 CHECKPOINT_FILE = "lens_checkpoint.pt"
 TRAINING_FILE = "training.json"
@@ -320,11 +321,14 @@ def train_lens(
     except OSError as exc:
         raise NormprobeError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
     lock = FolderLock.acquire(out)  # one writer per folder, as for `run`: a second `lens train` is refused
+    staged: StagedFolder | None = None
     try:
         if resume:
             _check_corpus_before_loading(out / CHECKPOINT_FILE, corpus)
         else:
             check_output_dir(out, overwrite)  # again, now that no other writer can start
+            if not is_empty(out):  # --overwrite: the old lens stays whole until the new one is written
+                staged = StagedFolder(out)
         if not isinstance(model, ModelAdapter):
             from .adapter import pick_device
             from .console import loaded_line, model_line, say
@@ -336,11 +340,23 @@ def train_lens(
             model = load_model(str(model), device=device)
             say(loaded_line(source.name, time.time() - started, model), progress)
         settings.seq_len = min(settings.seq_len, model.n_ctx)
-        trainer = LensTrainer(model, corpus, settings, out)
+        trainer = LensTrainer(model, corpus, settings, out if staged is None else staged.path)
         if resume:
             trainer.load_checkpoint()
-        return trainer.run(progress=progress, checkpoint_every=checkpoint_every)
+        trainer.run(progress=progress, checkpoint_every=checkpoint_every)
+        if staged is not None:
+            staged.commit(lock)
+        return out
+    except NormprobeError as exc:
+        if staged is None:
+            raise
+        kept = (staged.path / CHECKPOINT_FILE).is_file()
+        staged.abandon(keep=kept)
+        note = f"; {out} is unchanged" + (f" and the new training is in {staged.path}" if kept else "")
+        raise type(exc)(f"{exc}{note}") from None
     finally:
+        if staged is not None:
+            staged.abandon()
         lock.release()
         if created:
             try:

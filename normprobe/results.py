@@ -48,40 +48,34 @@ def _try_writing_in(folder: Path, target: Path) -> None:
 def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
     """Fill folder `out` with `write(folder)`, under its lock; a non-empty `out` (with `overwrite`) is replaced whole.
 
-    The new folder is written beside the old one (a hidden sibling) and renamed into place only when
-    complete, so the old folder stays whole until then: a full disk or an error leaves it as it was,
-    and never a mix of the two. A fresh folder is written in place (and removed again on failure).
+    The new folder is written beside the old one (normprobe.staging) and renamed into place only when
+    complete, so a full disk or an error leaves the old one as it was, never a mix of the two. A fresh
+    folder is written in place (and removed again on failure).
     """
     import shutil
 
-    from .lock import FolderLock
+    from .staging import StagedFolder, is_empty
 
     out = Path(out)
     check_output_dir(out, overwrite)
     created = not out.exists()
-    staging: Path | None = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = FolderLock.acquire(out)
         try:
             check_output_dir(out, overwrite)  # again, now that no other writer can start
-            if not any(p.name != LOCK_FILE for p in out.iterdir()):
+            if is_empty(out):
                 write(out)
                 return out
-            staging = out.with_name(f".{out.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
-            staging.mkdir()
-            write(staging)
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
-            os.rename(out, old)
-            os.rename(staging, out)
-            staging = None
-            lock.path = old / LOCK_FILE  # the held lock file went with the old folder
+            staged = StagedFolder(out)
+            try:
+                write(staged.path)
+                staged.commit(lock)
+            finally:
+                staged.abandon()
         finally:
             lock.release()
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise

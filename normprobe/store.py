@@ -15,6 +15,7 @@ from .errors import NormprobeError
 from .jsonio import _json_safe, request_digest
 from .lock import FolderLock
 from .results import RUN_FILE, check_output_dir, read_run_json, write_atomic
+from .staging import StagedFolder, is_empty
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # What must match for a resumed run to continue the same measurement.
@@ -76,6 +77,7 @@ class RunFolder:
         self.stops: Any = None  # StopRequests, installed by start()
         self._lock: FolderLock | None = None
         self._created = False  # made by open(), so removed again if the run fails before writing anything
+        self._staged: StagedFolder | None = None  # replacing a non-empty folder: the run is written here first
 
     # -- starting ----------------------------------------------------------
     @classmethod
@@ -99,6 +101,9 @@ class RunFolder:
         folder._lock = FolderLock.acquire(path)
         try:
             check_output_dir(path, overwrite)
+            if not is_empty(path):  # --overwrite: the old run stays whole until the new one is complete
+                folder._staged = StagedFolder(path)
+                folder.path = folder._staged.path
         except BaseException:
             folder.close()
             raise
@@ -149,6 +154,10 @@ class RunFolder:
         result.save(self.path, overwrite=True, plotlyjs=plotlyjs, in_place=True)
         self.meta = result.meta
         self.remove_checkpoint()
+        if self._staged is not None:
+            assert self._lock is not None
+            self._staged.commit(self._lock)
+            self.path, self._staged = self._staged.target, None
 
     def close(self, error: BaseException | None = None) -> None:
         """Leave a truthful status, restore the signal handlers, release the lock."""
@@ -162,6 +171,8 @@ class RunFolder:
             if self.stops is not None:
                 self.stops.__exit__(None, None, None)
                 self.stops = None
+            if self._staged is not None:  # not complete: the old folder is untouched; a checkpoint is kept to resume
+                self._staged.abandon(keep=(self.path / CHECKPOINT_FILE).is_file())
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -195,9 +206,12 @@ class RunFolder:
         return self
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        staged = self._staged
         self.close(error)
         if isinstance(error, OSError):  # a full disk or a vanished folder: one line, not a traceback
-            raise NormprobeError(failure_reason(error, self.path)) from None
+            raise _with_staged_note(NormprobeError(failure_reason(error, self.path)), staged) from None
+        if staged is not None and isinstance(error, NormprobeError):
+            raise _with_staged_note(error, staged) from None
 
     # -- writing -----------------------------------------------------------
     def write_meta(self, meta: dict[str, Any]) -> None:
@@ -221,6 +235,21 @@ class RunFolder:
 
     def remove_checkpoint(self) -> None:
         (self.path / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def _with_staged_note(error: NormprobeError, staged: StagedFolder | None) -> NormprobeError:
+    """A run that was to replace a folder stopped: say that the folder is unchanged, and where the new run is."""
+    from .interrupt import RunInterrupted
+
+    if staged is None:
+        return error
+    kept = staged.path.is_dir()
+    note = f"; {staged.target} is unchanged" + (f" and the new run is in {staged.path}" if kept else "")
+    if isinstance(error, RunInterrupted):
+        return RunInterrupted(f"{error}{note}", staged.path if kept else None, resume_here=True)
+    noted = NormprobeError(f"{error}{note}")
+    noted.exit_code = error.exit_code
+    return noted
 
 
 def failure_reason(error: BaseException, folder: Path) -> str:

@@ -303,6 +303,98 @@ def test_trace_overwrite_replaces_a_run_folder_whole_or_leaves_it_whole(runs, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def _run_args(out: Path, *extra: str) -> list[str]:
+    return ["run", "demo", "--probe", "norms", "--text", "a b c d", "--text", "e f g", "--seq-len", "16"] + [
+        "--out",
+        str(out),
+        "--no-progress",
+        "--plotlyjs",
+        "cdn",
+        "--device",
+        TEST_DEVICE,
+        *extra,
+    ]
+
+
+def _disk_full_on_save(patch) -> None:
+    from normprobe.results import RunResult
+
+    def disk_full(self, out, report, plotlyjs):
+        (Path(out) / "norms.parquet").write_bytes(b"half")  # a table half-written before the disk filled
+        raise OSError(28, "No space left on device")
+
+    patch.setattr(RunResult, "_write", disk_full)
+
+
+def test_run_overwrite_leaves_the_old_run_whole_until_the_new_one_is_complete(runs, tmp_path, capsys, monkeypatch):
+    main, _, _ = runs
+    folder = tmp_path / "run"
+    shutil.copytree(main, folder)
+    (folder / "notes.txt").write_text("the user's own file, from before")
+    before = snapshot(folder)
+    with monkeypatch.context() as patch:
+        _disk_full_on_save(patch)
+        code, err = cli(_run_args(folder, "--overwrite"), capsys)
+    line = one_line(err)
+    assert code == 1 and "No space left on device" in line and f"{folder} is unchanged" in line
+    assert snapshot(folder) == before  # neither the failed run's status nor its half table reached the old folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no checkpoint was due: nothing kept beside it
+
+    code, err = cli(_run_args(folder, "--overwrite", "--replicates", "30"), capsys)
+    assert code == 0, err
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["request"]["replicates"] == 30
+    assert not (folder / "notes.txt").exists() and not (folder / "baselines").exists()  # replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_an_overwrite_that_stops_after_a_checkpoint_keeps_it_beside_the_old_run(runs, tmp_path, capsys, monkeypatch):
+    main, _, _ = runs
+    folder = tmp_path / "run"
+    shutil.copytree(main, folder)
+    before = snapshot(folder)
+    with monkeypatch.context() as patch:
+        _disk_full_on_save(patch)
+        code, err = cli(_run_args(folder, "--overwrite", "--checkpoint-every", "1"), capsys)
+    line = one_line(err)
+    assert snapshot(folder) == before
+    [kept] = [p for p in tmp_path.iterdir() if p.name != "run"]
+    assert code == 1 and line.endswith(f"{folder} is unchanged and the new run is in {kept}")
+    assert json.loads((kept / "run.json").read_text())["status"] == "failed" and (kept / "checkpoint.pt").is_file()
+    resume = ["run", "demo", "--probe", "norms", "--text", "a b c d", "--text", "e f g", "--seq-len", "16"]
+    code, err = cli([*resume, "--resume", str(kept), "--no-progress", "--plotlyjs", "cdn", "--device", TEST_DEVICE], capsys)
+    assert code == 0, err
+    assert json.loads((kept / "run.json").read_text())["status"] == "complete"
+    assert snapshot(folder) == before
+
+
+def test_lens_train_overwrite_leaves_the_old_lens_whole(tmp_path, capsys, monkeypatch, demo_adapter):
+    import normprobe.readouts.tuned as tuned
+
+    lens = make_lens(tmp_path / "lens", demo_adapter)
+    before = snapshot(lens)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    args = ["lens", "train", "demo", "--out", str(lens), "--steps", "2", "--batch-size", "1", "--seq-len", "16"]
+    args += ["--text", "a b c d e", "--no-progress", "--device", TEST_DEVICE, "--overwrite"]
+    with monkeypatch.context() as patch:
+        patch.setattr(tuned, "save_lens", disk_full)
+        code, err = cli(args, capsys)
+    line = one_line(err)
+    assert snapshot(lens) == before
+    # the finished training is kept resumable beside the old lens, and the line says where
+    [kept] = [p for p in tmp_path.iterdir() if p.name not in ("lens", "zero-lens")]
+    assert code == 1 and "No space left on device" in line
+    assert line.endswith(f"{lens} is unchanged and the new training is in {kept}")
+    assert sorted(p.name for p in kept.iterdir() if p.name != ".normprobe.lock") == ["lens_checkpoint.pt"]
+    code, err = cli(args, capsys)  # again, with room: the old lens is replaced whole
+    assert code == 0, err
+    assert sorted(p.name for p in lens.iterdir()) == ["config.json", "params.pt", "training.json"]
+    assert snapshot(lens) != before
+
+
 # -- 6. absurd sizes are refused before they allocate ----------------------------------------------------------
 def test_replicates_beyond_the_memory_budget_are_refused_before_allocating(tmp_path):
     from normprobe.memory import replicate_bound
