@@ -289,8 +289,7 @@ def compare_to_folder(
     A `summary` list gets the lines `compare` prints: the claims whose verdicts differ, the probes a run lacks.
     """
     from .comparison import Comparison
-    from .lock import FolderLock
-    from .results import check_output_dir
+    from .results import write_folder
 
     if len(folders) < 2:
         raise NormprobeError("compare needs at least two run folders")
@@ -301,26 +300,26 @@ def compare_to_folder(
         [_load_finished(Path(f)) for f in folders], labels if labels is not None else [Path(f).resolve().name for f in folders]
     )
     out = Path(out)
-    check_output_dir(out, overwrite)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        write_folder(out, overwrite, lambda folder: _save_comparison(comparison, folder, plotlyjs))  # replaced whole
     except OSError as exc:
         raise NormprobeError(f"cannot create {out}: {exc.strerror or exc}") from None
-    with FolderLock.acquire(out):
-        check_output_dir(out, overwrite)  # again, now that no other writer can start
-        import warnings
+    if summary is not None:
+        summary.extend(comparison.summary_lines())
+    return out / REPORT_FILE
 
-        try:
-            with warnings.catch_warnings():  # empty cells are NaN: numpy's empty-slice warnings are no news
-                warnings.simplefilter("ignore", RuntimeWarning)
-                page = comparison.save(out, plotlyjs=plotlyjs)
-            if summary is not None:
-                summary.extend(comparison.summary_lines())
-            return page
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise NormprobeError(
-                f"cannot compare: a run's tables do not hold what its run.json says ({type(exc).__name__}: {str(exc)[:200]})"
-            ) from exc
+
+def _save_comparison(comparison: Any, folder: Path, plotlyjs: str) -> Path:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # empty cells are NaN: numpy's empty-slice warnings are no news
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return comparison.save(folder, plotlyjs=plotlyjs)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise NormprobeError(
+            f"cannot compare: a run's tables do not hold what its run.json says ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
 
 
 def _load_finished(folder: Path) -> RunResult:
@@ -362,25 +361,38 @@ def run_many_to_folder(
 ) -> Path:
     """Run each model on the same corpus into OUT/<i>-<model>/, then write the comparison to OUT/report.html
     (and its claims to OUT/claims.parquet); `summary` gets what `compare` prints."""
+    from .comparison import Comparison
+    from .interrupt import RunInterrupted
     from .lock import FolderLock
     from .results import check_output_dir
+    from .staging import StagedFolder, is_empty
 
     out = Path(out)
     check_output_dir(out, overwrite)
     validate_runs([(model, None) for model in models], run_kwargs)
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock.acquire(out):  # OUT for the whole multi-run; each run also locks its own folder
+    with FolderLock.acquire(out) as lock:  # OUT for the whole multi-run; each run also locks its own folder
         check_output_dir(out, overwrite)
-        folders = []
-        for i, model in enumerate(models, start=1):
-            folder = out / f"{i}-{folder_slug(model)}"
-            run_to_folder(model, folder, overwrite=overwrite, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
-            folders.append(folder)
-        return compare_to_folder(
-            folders,
-            out,
-            labels=[f"{i}: {m}" for i, m in enumerate(models, start=1)],
-            plotlyjs=plotlyjs,
-            overwrite=True,
-            summary=summary,
-        )
+        # --overwrite: every run and the comparison go into a sibling that replaces OUT whole at the end
+        staged = None if is_empty(out) else StagedFolder(out)
+        target = out if staged is None else staged.path
+        try:
+            folders = []
+            for i, model in enumerate(models, start=1):
+                folder = target / f"{i}-{folder_slug(model)}"
+                run_to_folder(model, folder, plotlyjs=plotlyjs, progress=progress, **run_kwargs)
+                folders.append(folder)
+            labels = [f"{i}: {m}" for i, m in enumerate(models, start=1)]
+            comparison = Comparison.of([_load_finished(f) for f in folders], labels)
+            _save_comparison(comparison, target, plotlyjs)
+            if staged is not None:
+                staged.commit(lock)
+        except RunInterrupted as exc:  # no --resume for several models: say so instead of a command that fails
+            unchanged = "" if staged is None else f"; {out} is unchanged"
+            raise RunInterrupted(f"{exc}{unchanged}; a run of several models cannot be resumed: start it again") from None
+        finally:
+            if staged is not None:
+                staged.abandon()
+        if summary is not None:
+            summary.extend(comparison.summary_lines())
+        return out / REPORT_FILE

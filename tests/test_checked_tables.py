@@ -395,6 +395,46 @@ def test_lens_train_overwrite_leaves_the_old_lens_whole(tmp_path, capsys, monkey
     assert snapshot(lens) != before
 
 
+def test_a_run_of_two_models_with_overwrite_replaces_its_folder_whole(runs, tmp_path, capsys, monkeypatch):
+    import normprobe.runner as runner
+
+    main, _, _ = runs
+    folder = tmp_path / "both"
+    shutil.copytree(main, folder)
+    before = snapshot(folder)
+    args = ["run", "demo", "demo", "--probe", "norms", "--text", "a b c", "--text", "d e", "--seq-len", "16"]
+    args += ["--out", str(folder), "--overwrite", "--no-progress", "--plotlyjs", "cdn", "--device", TEST_DEVICE]
+    calls = []
+    real = runner.Runner.execute
+
+    def second_fails(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner.Runner, "execute", second_fails)
+        code, err = cli(args, capsys)
+    assert code == 1 and "No space left on device" in one_line(err) and len(calls) == 2
+    assert snapshot(folder) == before  # the first model's finished run never reached the old folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both"]
+    code, err = cli(args, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["1-demo", "2-demo", "claims.parquet", "report.html"]
+
+
+def test_compare_overwrite_into_a_run_folder_replaces_it_whole(runs, tmp_path, capsys):
+    main, other, _ = runs
+    folder = tmp_path / "run"
+    shutil.copytree(main, folder)
+    code, err = cli(["compare", str(main), str(other), "--out", str(folder)], capsys)
+    assert code == 1 and "exists and is not empty; pass --overwrite" in one_line(err)
+    code, err = cli(["compare", str(main), str(other), "--out", str(folder), "--overwrite", "--plotlyjs", "cdn"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["claims.parquet", "report.html"]  # nothing of the run is left
+
+
 # -- 6. absurd sizes are refused before they allocate ----------------------------------------------------------
 def test_replicates_beyond_the_memory_budget_are_refused_before_allocating(tmp_path):
     from normprobe.memory import replicate_bound
