@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -292,6 +293,31 @@ def _bridge_class() -> Any:
     return TransformerBridge
 
 
+@contextmanager
+def _booting_lean(TransformerBridge: Any) -> Iterator[None]:
+    """While booting: split q/k/v only when needed (fused_qkv), and hide `W_E_pos` from the hook scan.
+
+    The bridge's boot reads every public attribute of itself looking for hook points, twice; its
+    `W_E_pos` property concatenates W_E and W_pos, a vocabulary-sized copy (0.2 GB for GPT-2-medium)
+    that also makes every page of the embedding resident, which a forward pass never reads whole.
+    """
+    from .fused_qkv import deferred_split
+
+    costly = TransformerBridge.__dict__.get("W_E_pos")
+
+    def hidden(self: Any) -> Any:
+        raise AttributeError("W_E_pos")  # the scan skips attributes that raise this
+
+    if isinstance(costly, property):
+        TransformerBridge.W_E_pos = property(hidden)
+    try:
+        with deferred_split():
+            yield
+    finally:
+        if isinstance(costly, property):
+            TransformerBridge.W_E_pos = costly
+
+
 class ModelAdapter:
     """Neutral questions about a loaded model: depth, width, sites, hook names, readout, tokens."""
 
@@ -364,10 +390,8 @@ class ModelAdapter:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # normprobe draws its own bar; keep stderr to one line on errors
-        from .fused_qkv import deferred_split
-
         try:
-            with deferred_split():  # split q/k/v copies are built only if a probe reads patterns
+            with _booting_lean(TransformerBridge):
                 bridge = TransformerBridge.boot_transformers(source.location, **kwargs)
         except NormprobeError:
             raise
@@ -383,10 +407,8 @@ class ModelAdapter:
         """Wrap a Hugging Face causal LM already in memory (the bridge takes it over; keep a copy to compare)."""
         TransformerBridge = _bridge_class()
 
-        from .fused_qkv import deferred_split
-
         check_architecture(hf_model.config.model_type, name)
-        with deferred_split():
+        with _booting_lean(TransformerBridge):
             bridge = TransformerBridge.boot_transformers(
                 tokenizer.name_or_path, hf_model=hf_model, device=device, tokenizer=tokenizer
             )
@@ -504,16 +526,24 @@ class ModelAdapter:
 
     # -- running -------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor, hooks: list[tuple[str, Callable]]) -> None:
-        """One forward pass with the given hooks attached; logits are not kept."""
+        """One forward pass with the given hooks attached; it ends before the unembedding (no logits)."""
+        from .attention import without_head
+
+        hooks, head_reached = without_head(self.bridge, hooks)
         with self.bridge.hooks(fwd_hooks=hooks):
             try:
-                # no KV cache (it grows with depth) and logits for one position only (they grow with vocabulary)
+                # no KV cache (it grows with depth), and logits for one position only where a hook reads the head
                 self.bridge(tokens, attention_mask=attention_mask, return_type=None, **self._lean_forward)
+            except head_reached:
+                pass
             except TypeError as exc:
                 if not self._lean_forward or "unexpected keyword" not in str(exc):
                     raise
                 self._lean_forward = {}  # an older model class without these arguments
-                self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+                try:
+                    self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+                except head_reached:
+                    pass
 
     def gradient_pass(
         self,

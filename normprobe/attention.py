@@ -22,6 +22,29 @@ NORM_INTERNAL_HOOKS = ("hook_scale", "hook_normalized")
 AGREEMENT_REL = 1e-4  # sdpa and eager sum in another order: ~1e-6 relative in float32, far more in half
 
 
+HEAD_INPUT = "unembed.hook_in"  # fires just before the unembedding reads its weight
+
+
+class _HeadReached(Exception):
+    """Raised at the head's input to end a forward whose hooks have all fired (see `without_head`)."""
+
+
+def _stop_at_head(activation: Any, hook: Any = None) -> None:
+    raise _HeadReached
+
+
+def without_head(bridge: Any, hooks: list) -> tuple[list, type[BaseException]]:
+    """`hooks` plus one that ends the forward at the unembedding's input, and the exception it raises.
+
+    A pass that reads only the blocks then never computes logits nor touches the unembedding
+    weight: the vocabulary times d_model (206 MB for GPT-2-medium, 525 MB for Llama-3.2-1B) would
+    otherwise become resident for a product nobody reads. A hook that reads the head itself keeps it.
+    """
+    if HEAD_INPUT not in bridge.hook_dict or any(name.startswith(("unembed.", "hook_unembed")) for name, _ in hooks):
+        return hooks, _HeadReached
+    return [*hooks, (HEAD_INPUT, _stop_at_head)], _HeadReached
+
+
 def reads_patterns(hook_names: list[str]) -> bool:
     return any(name.endswith(PATTERN_HOOKS + NORM_INTERNAL_HOOKS) for name in hook_names)
 
@@ -117,8 +140,12 @@ def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> fl
         use_attention(bridge, FAST)
         if kind == EAGER:
             _set_hf_attention(bridge.original_model, EAGER)
-        with torch.inference_mode(), bridge.hooks(fwd_hooks=[(check_hook, grab)]):
-            bridge(tokens, attention_mask=torch.ones_like(tokens), return_type=None)
+        hooks, head_reached = without_head(bridge, [(check_hook, grab)])
+        with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
+            try:
+                bridge(tokens, attention_mask=torch.ones_like(tokens), return_type=None)
+            except head_reached:
+                pass
         return seen.pop("x")
 
     eager = once(EAGER)

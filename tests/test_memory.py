@@ -77,6 +77,42 @@ def test_gpt2_split_qkv_are_views_of_the_fused_weights(family_adapter):
         adapter.select_attention(False)
 
 
+def _counting_weight_reads(module, reads: list) -> None:
+    module.register_forward_pre_hook(lambda mod, args: reads.append(type(mod).__name__))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_pass_over_the_blocks_never_reads_the_unembedding(family, family_adapter):
+    """The head is a vocabulary-sized weight: a probe of the blocks must not make it resident."""
+    adapter = family_adapter(family)
+    reads: list[str] = []
+    head = adapter.hf_model.get_output_embeddings()
+    _counting_weight_reads(getattr(head, "original_component", head), reads)  # the Linear itself, inside the bridge
+    last = adapter.n_layers - 1
+    got = {}
+    for attention in (False, True):
+        adapter.select_attention(attention)
+        hooks = [(adapter.hook_name("resid_post", last), lambda act, hook: got.__setitem__("h", act.detach().clone()))]
+        with torch.inference_mode():
+            ids = IDS.to(adapter.device)
+            adapter.forward(ids, torch.ones_like(ids), hooks)
+        assert reads == [], f"the unembedding ran ({attention=})"
+    adapter.select_attention(False)
+    # ... and the blocks still ran to the end: the last block's output is Hugging Face's, before its final norm
+    with torch.inference_mode():
+        want = adapter.hf_model(IDS.to(adapter.device), output_hidden_states=True)
+    final_norm = adapter.hf_model.model.norm if family == "llama" else adapter.hf_model.transformer.ln_f
+    with torch.inference_mode():  # hidden_states[-1] is after the final norm: take h through it
+        normed = final_norm(got["h"]).cpu().numpy()
+    assert_float32_close(normed, want.hidden_states[-1].cpu().numpy(), rel=1e-5, what=f"{family} last block")
+
+
+def test_the_bridge_keeps_w_e_pos_which_its_boot_scan_skips(family_adapter):
+    adapter = family_adapter("gpt2")
+    want = torch.cat([adapter.hf_model.transformer.wte.weight, adapter.hf_model.transformer.wpe.weight])
+    assert torch.equal(adapter.bridge.W_E_pos, want)
+
+
 def test_bfloat16_checkpoint_loads_without_a_float32_copy(tmp_path, tokenizers_by_kind):
     from torch.utils._python_dispatch import TorchDispatchMode
     from transformers import AutoModelForCausalLM, LlamaConfig
