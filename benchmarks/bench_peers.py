@@ -159,6 +159,41 @@ def worker_tunedlens_trace(a) -> dict:
     return {"trace": top.tolist()}
 
 
+def worker_tunedlens_eval(a) -> dict:
+    """`tuned-lens eval --lens_types logit`'s loop (tuned_lens/scripts/eval_loop.py) with its own LogitLens.
+
+    Its CLI cannot import here (tuned-lens 0.2 imports torchdata.dataloader2, which torchdata 0.11 no
+    longer has), so this runs the loop's per-batch work as it is written there: the model's logits and
+    hidden states, and per layer the lens's log-softmax, cross-entropy, entropy and KL to the output,
+    one window a batch (its default per_gpu_batch_size)."""
+    import torch
+    from tuned_lens import model_surgery
+    from tuned_lens.nn import LogitLens, unembed
+
+    model_surgery._transformer_lens_available = False
+    unembed._transformer_lens_available = False
+    hf, ids = _load_hf(a.model), _windows(a.corpus, a.model)
+    lens = LogitLens.from_model(hf)
+    n_layers = hf.config.num_hidden_layers
+    total = torch.zeros(n_layers + 1, dtype=torch.float64)
+    for window in ids:
+        batch = window[None]
+        output = hf(input_ids=batch, output_hidden_states=True)
+        final_lps = output.logits.log_softmax(dim=-1)
+        final_probs = final_lps.exp()
+        labels = batch[:, 1:]
+        for layer, h in enumerate(output.hidden_states[:-1]):
+            lens_lps = lens(h, idx=layer).log_softmax(dim=-1)
+            lens_probs = lens_lps.exp()
+            ce = torch.nn.functional.cross_entropy(lens_lps[:, :-1].flatten(0, 1), labels.flatten(), reduction="none")
+            torch.sum(-lens_probs * lens_lps, dim=-1)  # entropy
+            torch.sum(final_probs * (final_lps - lens_lps), dim=-1)  # KL to the output
+            total[layer] += ce.double().mean()
+        ce = torch.nn.functional.cross_entropy(final_lps[:, :-1].flatten(0, 1), labels.flatten(), reduction="none")
+        total[n_layers] += ce.double().mean()
+    return {"lens": (total / len(ids)).tolist()}
+
+
 WORKERS = {name[len("worker_") :]: fn for name, fn in globals().items() if name.startswith("worker_")}
 
 
@@ -210,6 +245,8 @@ def commands(args, model: Path, corpus: Path, one: Path, work: Path) -> dict[str
         "lens": {
             "floor (HF hidden states, norm, head, CE)": [*me, "--worker", "hf_lens"],
             "normprobe run --probe lens": [*cli, "run", str(model), "-i", str(corpus), "-p", "lens", *common],
+            "tuned-lens eval's loop (logit lens)": [*me, "--worker", "tunedlens_eval"],
+            "normprobe run --probe updates": [*cli, "run", str(model), "-i", str(corpus), "-p", "updates", *common],
         },
         "trace": {
             "floor (HF hidden states, log-softmax, top-k)": [*me, "--corpus", str(one), "--worker", "hf_trace"],
@@ -220,7 +257,13 @@ def commands(args, model: Path, corpus: Path, one: Path, work: Path) -> dict[str
     }
     if args.nnsight_path is not None:
         tasks["norms"]["nnsight trace + save"] = [*me, "--worker", "nnsight_norms"]
-    return {t: tasks[t] for t in args.tasks}
+    chosen = {t: tasks[t] for t in args.tasks}
+    if args.tools:  # a subset (the floor is always kept): e.g. the long corpus's normprobe-only rounds
+        chosen = {
+            t: {k: v for i, (k, v) in enumerate(tools.items()) if i == 0 or any(w in k for w in args.tools)}
+            for t, tools in chosen.items()
+        }
+    return chosen
 
 
 def run_one(cmd: list[str], env: dict[str, str], result: Path) -> tuple[float, int, dict | None]:
@@ -243,6 +286,9 @@ def run_one(cmd: list[str], env: dict[str, str], result: Path) -> tuple[float, i
 def normprobe_numbers(task: str, out: Path, n_layers: int) -> dict:
     import pandas as pd
 
+    if (out / "updates.parquet").exists():  # the lens loss per layer, as the updates probe reads it
+        updates = pd.read_parquet(out / "updates.parquet").drop_duplicates("layer").sort_values("layer")
+        return {"lens": [float(v) for v in updates["lens_loss_mean"]]}
     if task == "norms":
         norms = pd.read_parquet(out / "norms.parquet")
         pre = norms[norms["site"] == "resid_pre"]
@@ -254,6 +300,39 @@ def normprobe_numbers(task: str, out: Path, n_layers: int) -> dict:
     trace = pd.read_parquet(out / "trace.parquet")
     top1 = trace["top_logprobs"].map(lambda values: float(values[0]))
     return {"trace": [float(v) for v in top1.groupby(trace["layer"]).mean().sort_index()]}
+
+
+TARGETS = [  # issue 31: (what, numerator, denominator, the bound, whether the ratio must stay at most or at least it)
+    ("norms ≤ 1.05× its floor", ("norms", "normprobe run --probe norms"), ("norms", "floor"), 1.05, "max"),
+    ("lens ≤ 1.10× its floor", ("lens", "normprobe run --probe lens"), ("lens", "floor"), 1.10, "max"),
+    ("tuned-lens eval ≥ 1.5× lens", ("lens", "tuned-lens eval"), ("lens", "normprobe run --probe lens"), 1.5, "min"),
+    ("updates ≤ 3× the lens floor", ("lens", "normprobe run --probe updates"), ("lens", "floor"), 3.0, "max"),
+    (
+        "trace --columns lens ≤ 1.15× PredictionTrajectory",
+        ("trace", "--columns lens"),
+        ("trace", "PredictionTrajectory"),
+        1.15,
+        "max",
+    ),
+]
+
+
+def target_lines(times: dict[tuple[str, str], list[float]]) -> list[str]:
+    """Each target of issue 31 that this run measured: the ratio of medians and whether it is met."""
+
+    def median_of(task: str, tool: str) -> float | None:
+        found = [statistics.median(v) for (t, name), v in times.items() if t == task and tool in name]
+        return found[0] if found else None
+
+    lines = []
+    for what, top, bottom, bound, kind in TARGETS:
+        a, b = median_of(*top), median_of(*bottom)
+        if a is None or b is None:
+            continue
+        ratio = a / b
+        met = ratio <= bound if kind == "max" else ratio >= bound
+        lines.append(f"- {what}: {ratio:.2f}× ({'met' if met else 'not met'})")
+    return lines
 
 
 def machine() -> str:
@@ -269,6 +348,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--tasks", type=lambda s: s.split(","), default=["norms", "lens", "trace"])
+    parser.add_argument("--tools", type=lambda s: s.split(","), default=None, help="only the tools whose names hold one of these")
     parser.add_argument("--nnsight-path", help="a folder holding nnsight (pip install --target), added to its PYTHONPATH only")
     parser.add_argument("--write", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -334,6 +414,7 @@ def main() -> None:
             wall = statistics.median(times[(task, tool)])
             peak = statistics.median(peaks[(task, tool)])
             lines.append(f"| {task} | {tool} | {wall:.2f} | {wall / floor:.2f} | {peak / 1e9:.2f} | {agree[(task, tool)]} |")
+    lines += ["", *target_lines(times)]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
