@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import normprobe
-from normprobe.results import RunResult
+from normprobe import RunResult
 
 PAYLOADS = [
     '<img src=x onerror="alert(1)"> hello',
