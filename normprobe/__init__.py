@@ -16,7 +16,7 @@ _LAZY = {
     "run": ("normprobe.runner", "run"),
     "load_model": ("normprobe.adapter", "load_model"),
     "ModelAdapter": ("normprobe.adapter", "ModelAdapter"),
-    "RunResult": ("normprobe.results", "RunResult"),
+    "RunResult": ("normprobe.run_result", "RunResult"),
     "GroupedMoments": ("normprobe.stats", "GroupedMoments"),
     "Batch": ("normprobe.batching", "Batch"),
     "resolve_probe": ("normprobe.registry", "resolve_probe"),
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .batching import Batch
     from .comparison import Comparison
     from .registry import resolve_probe
-    from .results import RunResult
+    from .run_result import RunResult
     from .runner import run
     from .stats import GroupedMoments
     from .tracing import Trace, trace

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NormprobeError
-from .results import REPORT_FILE, RunResult
+from .results import REPORT_FILE
+from .run_result import RunResult
 
 
 def run_to_folder(

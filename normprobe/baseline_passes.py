@@ -66,7 +66,8 @@ class BaselinePasses(Loop):
         if entry["complete"]:
             return None
         with _outside_inference():  # a readout built here must take gradients later
-            probes, _ = self.prepare(model)
+            # the run's own model was checked by its own pass: only fresh probes; a new model is checked whole
+            probes = self.prepare(model)[0] if bpass.kind == "random-init" else self.set_up_probes(model, seq_len)
         if entry["probes"]:
             for probe in probes:
                 restore_probe(probe, entry["probes"], Path(f"the checkpoint's baseline {bpass.key}"))

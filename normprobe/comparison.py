@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import NormprobeError
-from .notebook import FigureViews, esc, run_line, table_html
-from .results import REPORT_FILE, RunResult, write_atomic
+from .notebook import esc, run_line, table_html
+from .results import REPORT_FILE, write_atomic
+from .run_result import FigureViews, RunResult
 
 CLAIMS_FILE = "claims.parquet"
 

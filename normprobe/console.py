@@ -21,9 +21,9 @@ def warn(message: str) -> None:
     print(f"normprobe: warning: {message}", file=sys.stderr, flush=True)
 
 
-def loaded_line(name: str, seconds: float, model: Any) -> str:
+def loaded_line(name: str, seconds: float, n_layers: int, d_model: int, device: Any) -> str:
     """What was loaded, once it is: the layers, the width and where it sits."""
-    return f"loaded {name} in {seconds:.1f} s: {model.n_layers} layers, d_model {model.d_model}, on {model.device}"
+    return f"loaded {name} in {seconds:.1f} s: {n_layers} layers, d_model {d_model}, on {device}"
 
 
 def model_line(source: Any, dtype: str, device: str) -> str:

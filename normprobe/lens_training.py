@@ -338,7 +338,7 @@ def train_lens(
             say(model_line(source, "float32", pick_device(device)), progress)
             started = time.time()
             model = load_model(str(model), device=device)
-            say(loaded_line(source.name, time.time() - started, model), progress)
+            say(loaded_line(source.name, time.time() - started, model.n_layers, model.d_model, model.device), progress)
         settings.seq_len = min(settings.seq_len, model.n_ctx)
         trainer = LensTrainer(model, corpus, settings, out if staged is None else staged.path)
         if resume:

@@ -93,7 +93,7 @@ def merge_state(
 
 
 def run_result(probes, meta: dict[str, Any], done: dict[str, Any], seconds: float):
-    from .results import RunResult
+    from .run_result import RunResult
 
     tables: dict[str, Any] = {}
     owners: dict[str, list[str]] = {}

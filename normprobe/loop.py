@@ -45,7 +45,11 @@ class Loop:
         # the bootstrap's replicates are allocated by the probes' setup: a bound first (docs/security.md)
         check_replicates(opts.replicates, model.n_layers, 1 + len(opts.baselines or []), opts.max_memory_bytes)
         make_readout(model, opts.readout, opts.allow_foreign_lens)  # a lens for another model fails here, in one line
-        probes = [make_probe(cls, opts.layers, opts.probe_options()) for cls in self.probe_classes]
+        return self.set_up_probes(model, seq_len), seq_len
+
+    def set_up_probes(self, model, seq_len: int) -> list:
+        """Fresh probes set up on a model `prepare` has checked, each hook they read checked; picks the attention kernel."""
+        probes = [make_probe(cls, self.options.layers, self.options.probe_options()) for cls in self.probe_classes]
         hooks = []
         for probe in probes:
             probe.setup(model, seq_len)
@@ -58,7 +62,7 @@ class Loop:
                     )
                 hooks.append(hook)
         self.attention = model.select_attention(reads_patterns(hooks))
-        return probes, seq_len
+        return probes
 
     def _stream(self, model, probes: list, windows: Iterable, total: int | None, done: dict[str, Any]) -> None:
         """One pass of windows through the model into `probes`, counting into `done`; checkpoints when due.

@@ -1,4 +1,4 @@
-"""What runs and comparisons show in a notebook: a compact HTML summary, and the report's figures as objects.
+"""What runs and comparisons show in a notebook: a compact HTML summary (their figures come from the report).
 
 The summary is a plain table (no plotly.js), so a notebook that holds many results stays small.
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-from .errors import NormprobeError
 
 STYLE = "border-collapse:collapse;font-size:0.9em"
 CELL = "border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top"
@@ -43,8 +41,8 @@ def claims_view(frame: Any) -> str:
     """The claims as a plain table (model value [CI], baselines, differences, verdict), with the caveats."""
     if frame is None or not len(frame):
         return ""
+    from .claim_text import claims_head, claims_rows, interval_note
     from .claims import NO_BASELINE_NOTE, baselines_of
-    from .report.claims import claims_head, claims_rows, interval_note
 
     caveat = "" if baselines_of(frame) else f"<br><small>{esc(NO_BASELINE_NOTE)}</small>"
     head, rows = claims_head(frame), claims_rows(frame)
@@ -55,25 +53,3 @@ def claims_view(frame: Any) -> str:
         f"<p><b>claims</b>{caveat}<br><small>{esc(interval_note(frame))}</small></p>"
         f'<table style="{STYLE}" border="1" cellpadding="2"><tr>{header}</tr>{cells}</table>'
     )
-
-
-class FigureViews:
-    """figures(), show() and the notebook's view, for anything that lists its report sections."""
-
-    def _sections(self) -> list:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
-    def figures(self) -> dict[str, Any]:
-        """The report's figures as `plotly.graph_objects.Figure`s, keyed by title, in the report's order."""
-        from .report import figures_by_title
-
-        return figures_by_title(self._sections())
-
-    def show(self, *titles: str, renderer: str | None = None) -> None:
-        """Draw the figures; give words of titles (case ignored) to draw only the figures whose titles hold them."""
-        figures = self.figures()
-        chosen = [t for t in figures if not titles or any(w.lower() in t.lower() for w in titles)]
-        if not chosen:
-            raise NormprobeError(f"no figure title contains {', '.join(map(repr, titles))}; titles: {'; '.join(figures)}")
-        for title in chosen:
-            figures[title].show(renderer=renderer)

@@ -6,18 +6,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from .errors import NormprobeError
 from .jsonio import _json_safe, read_json, write_atomic
 from .lock import LOCK_FILE, FolderLock
-from .notebook import FigureViews
 
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
 STATE_FILE = "state.pt"
+
+Loaded = TypeVar("Loaded", bound="RunTables")  # load() gives the class it is called on: RunResult.load, a RunResult
 
 
 def check_output_dir(path: Path, overwrite: bool = False) -> None:
@@ -83,10 +84,11 @@ def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
 
 
 @dataclass(repr=False)
-class RunResult(FigureViews):
+class RunTables:
     """What one run measured. `tables` are tidy DataFrames; `claims` are its only conclusions.
 
-    In a notebook it shows a compact summary; `figures()` and `show()` give the report's figures.
+    The data only: it saves, loads and verifies, and draws nothing. `normprobe.RunResult` (a subclass, in
+    normprobe.run_result, above the report) adds the figures, the notebook's view and report.html.
     """
 
     tables: dict[str, pd.DataFrame]
@@ -136,29 +138,14 @@ class RunResult(FigureViews):
     def __repr__(self) -> str:
         m = self.meta
         return (
-            f"RunResult(model={m.get('model')!r}, status={m.get('status', 'complete')!r}, "
+            f"{type(self).__name__}(model={m.get('model')!r}, status={m.get('status', 'complete')!r}, "
             f"tokens={m.get('n_tokens')}, probes={m.get('probes', [])}, tables={sorted(self.tables)})"
         )
-
-    def _repr_html_(self) -> str:
-        from .notebook import claims_view, esc, run_line
-
-        reason = self.meta.get("status_reason")
-        note = f"<br><small>{esc(reason)}</small>" if reason and self.meta.get("status") != "complete" else ""
-        return (
-            f"<div><b>normprobe run</b>: {esc(run_line(self.meta))}{note}{claims_view(self.claims)}"
-            "<small>.figures() gives the report's figures, .show() draws them, .tables holds the data.</small></div>"
-        )
-
-    def _sections(self) -> list:
-        from .report import sections_for
-
-        return sections_for(self)
 
     def save(
         self, out: str | Path, overwrite: bool = False, report: bool = True, plotlyjs: str = "inline", in_place: bool = False
     ) -> Path:
-        """Write run.json, one parquet per table and (by default) report.html into `out`.
+        """Write run.json, one parquet per table and (by default) report.html (`to_html`, a RunResult's) into `out`.
 
         A non-empty `out` (with `overwrite`) is replaced whole once the new folder is complete
         (`write_folder`); `in_place` writes into it instead, for the run that owns the folder.
@@ -244,20 +231,11 @@ class RunResult(FigureViews):
         return json.dumps(_json_safe(body), indent=2, sort_keys=False) + "\n"
 
     def to_html(self, path: str | Path, plotlyjs: str = "inline") -> Path:
-        import warnings
-
-        from .report import render_report
-
-        path = Path(path)
-        with warnings.catch_warnings():
-            # empty cells are NaN: numpy's "mean of empty slice" and the like are no news to the reader
-            warnings.simplefilter("ignore", RuntimeWarning)
-            page = render_report(self, plotlyjs=plotlyjs)
-        write_atomic(path, page.encode("utf-8"))
-        return path
+        """The report page; drawing lives above this layer, in `normprobe.RunResult`."""
+        raise NotImplementedError("RunTables draws nothing: normprobe.RunResult writes report.html")
 
     @classmethod
-    def load(cls, folder: str | Path, probe_modules: list | None = None) -> RunResult:
+    def load(cls: type[Loaded], folder: str | Path, probe_modules: list | None = None) -> Loaded:
         """A saved run; refuses (one line) a run.json of the wrong shape and a named table that is missing or unreadable.
 
         Loading and drawing never import code the folder names. A custom probe's sections come from its
@@ -272,7 +250,7 @@ class RunResult(FigureViews):
         tables = read_tables(folder, body.pop("tables", []), body.pop("table_sha256", None))
         check_tables(tables, body, folder)
         body.pop("findings", None)  # older folders carry findings: ignored, the claims are the conclusions
-        body.pop("claims", None)  # recomputed from the tables (RunResult.claims)
+        body.pop("claims", None)  # recomputed from the tables (RunTables.claims)
         baselines = {}
         for kind, record in (body.get("baselines") or {}).items():
             where = baseline_folder(folder, kind)

@@ -248,7 +248,7 @@ class Runner(BaselinePasses):
             )
         else:
             model = load_model(name, device=device, dtype=opts.dtype, device_map=opts.device_map, n_devices=opts.n_devices)
-        say(loaded_line(name, time.time() - load_started, model), talk)
+        say(loaded_line(name, time.time() - load_started, model.n_layers, model.d_model, model.device), talk)
         return model
 
     @staticmethod

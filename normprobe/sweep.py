@@ -234,7 +234,7 @@ def _one_architecture(checkpoints: list[Checkpoint]) -> bool:
 def _reuse_baseline(source: Path, folder: Path, plotlyjs: str) -> None:
     """Give the run in FOLDER the random-init baseline of the run in SOURCE (same architecture, corpus and
     seeds, so the same document weights pair their replicates), and rewrite its claims and report."""
-    from .results import RunResult
+    from .run_result import RunResult
 
     donor = RunResult.load(source)
     if REUSED not in donor.baselines:
@@ -291,7 +291,7 @@ class Sweep:
 
     def __init__(self, folder: str | Path, checkpoints: list[Checkpoint] | None = None):
         from .jsonio import read_json
-        from .results import RunResult
+        from .run_result import RunResult
 
         self.folder = Path(folder)
         if checkpoints is None:

@@ -120,7 +120,7 @@ def test_static_svg_export(payload_run, capsys):
         main(["report", str(payload_run), "--format", "svg"])
     assert exc.value.code == 0, capsys.readouterr().err
     images = sorted((payload_run / "figures").glob("*.svg"))
-    from normprobe.results import RunResult
+    from normprobe import RunResult
 
     def stills(fig):  # one per choice of a menu that changes what is drawn; one for a figure without such a menu
         choices = [m for m in fig.layout.updatemenus if any(b.method in ("update", "restyle") for b in m.buttons)]

@@ -215,8 +215,8 @@ TAMPERED = {
 
 @pytest.mark.parametrize("case", list(TAMPERED))
 def test_tampered_tables_and_baselines_are_one_line_in_report_and_compare(case, runs, tmp_path, capsys):
+    from normprobe import RunResult
     from normprobe.errors import NormprobeError
-    from normprobe.results import RunResult
 
     main, other, _ = runs
     folder = tmp_path / "run"
@@ -235,7 +235,7 @@ def test_tampered_tables_and_baselines_are_one_line_in_report_and_compare(case, 
 
 
 def test_an_untampered_run_loads_with_its_baselines(runs):
-    from normprobe.results import RunResult
+    from normprobe import RunResult
 
     main, _, _ = runs
     loaded = RunResult.load(main)
@@ -317,7 +317,7 @@ def _run_args(out: Path, *extra: str) -> list[str]:
 
 
 def _disk_full_on_save(patch) -> None:
-    from normprobe.results import RunResult
+    from normprobe import RunResult
 
     def disk_full(self, out, report, plotlyjs):
         (Path(out) / "norms.parquet").write_bytes(b"half")  # a table half-written before the disk filled

@@ -14,9 +14,9 @@ import math
 import pandas as pd
 import pytest
 
+from normprobe import RunResult
 from normprobe.cli import main
 from normprobe.corpus import pydoc_topic_documents
-from normprobe.results import RunResult
 
 from .conftest import TEST_DEVICE
 

@@ -448,8 +448,8 @@ def test_lock_is_exclusive_reentrant_and_taken_over_when_stale(tmp_path):
 
 
 def test_deeply_nested_run_json_is_one_line(tmp_path):
+    from normprobe import RunResult
     from normprobe.errors import NormprobeError
-    from normprobe.results import RunResult
 
     (tmp_path / "run.json").write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(NormprobeError, match="run.json is not valid JSON \\(RecursionError"):

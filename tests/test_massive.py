@@ -239,8 +239,8 @@ class FlakyProbe(Probe):
 
 
 def test_checkpoint_then_resume_equals_uninterrupted(demo_adapter, tmp_path):
+    from normprobe import RunResult
     from normprobe.api import run_to_folder
-    from normprobe.results import RunResult
 
     flaky = tmp_path / "flaky.py"
     flaky.write_text(FLAKY)
@@ -281,8 +281,8 @@ def test_massive_ratio_is_validated(capsys, tmp_path):
 
 
 def test_shards_merge_to_the_whole_run(demo_adapter, tmp_path):
+    from normprobe import RunResult
     from normprobe.api import merge_shards, run_to_folder
-    from normprobe.results import RunResult
 
     options = dict(probes=["massive"], texts=DOCS, batch_size=1, massive_ratio=4.0, progress=False, plotlyjs="cdn")
     whole = RunResult.load(run_to_folder(demo_adapter, tmp_path / "whole", **options))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import normprobe
-from normprobe.results import RunResult
+from normprobe import RunResult
 
 PAYLOADS = [
     '<img src=x onerror="alert(1)"> hello',
@@ -31,6 +31,24 @@ def test_save_load_round_trip(result, tmp_path):
     assert json.loads(loaded.run_json()) == json.loads(result.run_json())
     loaded.save(tmp_path / "again", report=False)
     assert (tmp_path / "again" / "run.json").read_text() == (tmp_path / "r" / "run.json").read_text()
+
+
+def test_the_tables_load_without_the_drawing_layer(result, tmp_path):
+    """results.RunTables (below the report) reads and writes a folder alone; RunResult.load gives a RunResult."""
+    from normprobe.results import RunTables
+
+    folder = result.save(tmp_path / "r")
+    tables = RunTables.load(folder)
+    assert type(tables) is RunTables and type(RunResult.load(folder)) is RunResult
+    assert repr(tables).startswith("RunTables(") and not hasattr(tables, "figures")
+    for name, frame in result.tables.items():
+        pd.testing.assert_frame_equal(tables[name], frame)
+    pd.testing.assert_frame_equal(tables.claims, result.claims)
+    tables.save(tmp_path / "again", report=False)
+    assert (tmp_path / "again" / "run.json").read_text() == (folder / "run.json").read_text()
+    assert not (tmp_path / "again" / "report.html").exists()
+    with pytest.raises(NotImplementedError, match="RunResult writes report.html"):
+        tables.to_html(tmp_path / "x.html")
 
 
 def test_report_is_deterministic_and_self_contained(result, tmp_path):

@@ -73,7 +73,7 @@ def entropy_runs(tmp_path_factory, demo_adapter):
 # -- 1. a folder never names code that is run ------------------------------------------
 @pytest.mark.parametrize("spec", ["evil.py", "{dir}/evil.py", "evil.py:Evil", "evil_module:Evil"])
 def test_report_and_figures_never_import_what_run_json_names(spec, entropy_runs, tmp_path, capsys, monkeypatch):
-    from normprobe.results import RunResult
+    from normprobe import RunResult
 
     marker = tmp_path / "PWNED"
     folder = tmp_path / "run"
@@ -95,7 +95,7 @@ def test_a_custom_probes_renderer_only_when_the_user_names_it(entropy_runs, tmp_
     from importlib.metadata import EntryPoint
 
     import normprobe.registry as registry
-    from normprobe.results import RunResult
+    from normprobe import RunResult
 
     whole = entropy_runs[0]
     page = tmp_path / "page.html"
@@ -121,7 +121,7 @@ def test_a_custom_probes_renderer_only_when_the_user_names_it(entropy_runs, tmp_
 
 
 def test_merge_never_imports_what_shards_name_and_takes_probe_module(entropy_runs, tmp_path, capsys):
-    from normprobe.results import RunResult
+    from normprobe import RunResult
 
     whole, shards, _ = entropy_runs
     marker = tmp_path / "PWNED"

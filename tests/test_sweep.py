@@ -164,9 +164,9 @@ def untrained_then_demo(tmp_path_factory):
 
 
 def test_sweep_claims_by_step_name_the_first_step_each_holds(untrained_then_demo, tmp_path, capsys):
+    from normprobe import RunResult
     from normprobe.corpus import pydoc_topic_documents
     from normprobe.report.common import esc
-    from normprobe.results import RunResult
     from normprobe.sweep import Sweep
 
     docs = tmp_path / "docs.txt"

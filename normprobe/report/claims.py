@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import textwrap
 from typing import Any
 
 import pandas as pd
 
 from .. import claims as claims_module
-from ..claims import HOLDS, baselines_of, value_text, where_text
+from ..claim_text import claims_head, claims_rows, interval_note
+from ..claim_text import number_text as _num
+from ..claim_text import optional_text as _text
+from ..claims import HOLDS, baselines_of, value_text
 from .common import esc
 
 FAILS, UNDETERMINED = "does not hold", "undetermined"
@@ -20,63 +22,6 @@ SHORT = {"random_init": "ri", "shuffled": "sh", "no_bos": "nb"}  # baselines' na
 NO_BASELINE_NOTE = getattr(claims_module, "NO_BASELINE_NOTE", "no baseline was run")
 
 VERDICT_STYLE = {"holds": "background:#d4edda", "does not hold": "background:#f8d7da", "undetermined": "background:#eee"}
-
-
-def claims_head(frame: pd.DataFrame) -> list[str]:
-    slugs = baselines_of(frame)
-    return (
-        ["probe", "claim", "where", "model value [CI]", "null"]
-        + [h for s in slugs for h in (f"{s.replace('_', '-')} [CI]", "difference [CI]")]
-        + ["min effect", "verdict"]
-        + (["reason"] if "reason" in frame else [])
-        + ["note"]
-    )
-
-
-def claims_rows(frame: pd.DataFrame) -> list[list[str]]:
-    """One row of text per claim: model value [CI], each baseline [CI], difference [CI], verdict."""
-    slugs = baselines_of(frame)
-    rows = []
-    for row in frame.to_dict("records"):
-        cells = [row["probe"], row["claim"], where_text(row), value_text(row), _num(row["null"])]
-        for slug in slugs:
-            cells += [
-                value_text(row, slug + "_"),
-                f"{_num(row[slug + '_difference'])} [{_num(row[slug + '_difference_ci_low'])}, "
-                f"{_num(row[slug + '_difference_ci_high'])}]",
-            ]
-        note = row.get("note") or ""
-        if row["claim"] == "descent" and row.get("check_value") == row.get("check_value"):
-            checked = {"value": row["check_value"], "ci_low": row["check_ci_low"], "ci_high": row["check_ci_high"]}
-            check = f"actual loss change {value_text(checked)}"
-            note = f"{check}; {note}" if note else check
-        cells += [_num(row["min_effect"]), row["verdict"]]
-        if "reason" in frame:
-            cells.append(_text(row.get("reason")))
-        cells.append(note)
-        rows.append([str(c) for c in cells])
-    return rows
-
-
-def _text(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-
-def _num(value: Any) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return f"{value:.3g}" if math.isfinite(value) else "n/a"
-
-
-def interval_note(frame: pd.DataFrame) -> str:
-    units = sorted(set(frame["interval"].dropna())) if len(frame) else []
-    return (
-        "Intervals are 95%: " + "; ".join(units) + ". A claim holds only when its interval excludes the null "
-        "and its difference from every baseline excludes 0 by at least the minimum effect; it does not hold when "
-        "the interval lies on the other side of the null; otherwise it is undetermined."
-    )
 
 
 def claims_html(frame: pd.DataFrame) -> str:
