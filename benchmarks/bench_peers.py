@@ -348,6 +348,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--tasks", type=lambda s: s.split(","), default=["norms", "lens", "trace"])
+    parser.add_argument("--pycache", type=Path, help="a bytecode cache kept between runs (then --warmup 0 can skip recompiling)")
     parser.add_argument("--tools", type=lambda s: s.split(","), default=None, help="only the tools whose names hold one of these")
     parser.add_argument("--nnsight-path", help="a folder holding nnsight (pip install --target), added to its PYTHONPATH only")
     parser.add_argument("--write", type=Path, help="also write the table (markdown) here")
@@ -367,7 +368,7 @@ def main() -> None:
     # bytecode cached as a normal installation has it: with PYTHONDONTWRITEBYTECODE every process would
     # compile every module it imports, which costs the tool with the most imports most (a warm-up round fills it)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    env["PYTHONPYCACHEPREFIX"] = str(args.pycache or work / "pycache")
     nnsight_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [args.nnsight_path, env.get("PYTHONPATH")]))}
     plan = commands(args, model, corpus, one, work)
     times: dict[tuple[str, str], list[float]] = {}
