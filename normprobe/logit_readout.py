@@ -117,11 +117,18 @@ class Readout:
 
     # -- the unembedding in chunks ---------------------------------------------------
     def chunks(self):
-        """(start, float32 rows of W_U, float32 bias or None) over the vocabulary; float32 weights are views."""
-        weight, bias = self.head.weight, getattr(self.head, "bias", None)
+        """(start, float32 rows of W_U, float32 bias or None) over the vocabulary; float32 weights are views.
+
+        The rows are valid until the next chunk is asked for: use each before taking the next."""
+        weight, bias = self.head.weight.detach(), getattr(self.head, "bias", None)
         f32 = dict(device=self.device, dtype=self._torch.float32)
+        # Another dtype or device: each chunk is cast into one buffer, valid until the next chunk. A fresh
+        # tensor per chunk made the allocator grow the heap by most of a float32 W_U (0.8 GiB for Llama-3.2-1B).
+        copied = weight.dtype != self._torch.float32 or weight.device != self._torch.device(self.device)
+        buffer = self._torch.empty(min(self.vocab_step, self.n_vocab), weight.shape[1], **f32) if copied else None
         for start in range(0, self.n_vocab, self.vocab_step):
-            rows = weight.detach()[start : start + self.vocab_step].to(**f32)
+            part = weight[start : start + self.vocab_step]
+            rows = buffer[: part.shape[0]].copy_(part) if buffer is not None else part
             yield start, rows, None if bias is None else bias.detach()[start : start + self.vocab_step].to(**f32)
 
     def _pre(self, h: torch.Tensor) -> torch.Tensor:

@@ -256,6 +256,41 @@ def test_readout_sample_same_tables_single_resumed_and_merged(tmp_path, demo_ada
     assert exc.value.code == 1 and "--readout-sample must be a fraction in (0, 1]" in capsys.readouterr().err
 
 
+def test_a_bfloat16_unembedding_read_in_chunks_equals_float64_autograd():
+    """Every chunk of a bfloat16 W_U is cast into one reused buffer: the losses, the gradient and the losses
+    along lines must still be those of the whole readout, computed here in float64 with autograd."""
+    torch.manual_seed(1)
+    d, vocab, n = 16, 3000, 6
+    norm, head = torch.nn.LayerNorm(d), torch.nn.Linear(d, vocab, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    readout = Readout([norm, head], LogitOp("softcap", 30.0, "final_logit_softcapping"), weight_chunk=d * 700)
+    assert readout.vocab_step < vocab  # five chunks, the last one short
+    h, targets = torch.randn(n, d), torch.randint(0, vocab, (n,))
+    deltas = [torch.randn(n, d) for _ in range(2)]
+    norm64, w64 = copy.deepcopy(norm).double(), head.weight.double()
+
+    def loss64(x):
+        z = norm64(x) @ w64.T
+        return torch.nn.functional.cross_entropy(30.0 * torch.tanh(z / 30.0), targets, reduction="none")
+
+    x = h.double().requires_grad_(True)
+    want_loss = loss64(x)
+    (want_grad,) = torch.autograd.grad(want_loss.sum(), x)
+    want_loss = want_loss.detach()
+    loss, grad = readout.loss_and_grad(h, targets)
+    scale = float(want_loss.abs().max())
+    assert (loss.double() - want_loss).abs().max() <= 1e-5 * scale
+    assert (grad.double() - want_grad).abs().max() <= 1e-5 * float(want_grad.abs().max())
+    assert (readout.loss(h, targets).double() - want_loss).abs().max() <= 1e-5 * scale
+    alphas = [0.0, 0.5, 2.0]
+    with torch.no_grad():
+        want_line = torch.stack([torch.stack([loss64(h.double() + a * dl.double()) for a in alphas]) for dl in deltas])
+    got_line = readout.line_losses(h, deltas, alphas, targets).double()
+    assert (got_line - want_line).abs().max() <= 1e-5 * float(want_line.abs().max())
+
+
 def test_unembed_hash_without_a_float32_copy_matches_the_full_copy():
     """tuned-lens's unembed_hash (array_str at precision 1) from edge rows only, for a bfloat16 weight."""
     import hashlib
