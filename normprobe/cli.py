@@ -551,8 +551,15 @@ def lens_train(
     typer.echo(f"wrote {folder}/ (use it with: normprobe run {model} --probe updates --readout tuned:{folder})")
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, whole_process: bool = False) -> None:
     typer.echo(f"normprobe: error: {message}", err=True)
+    if whole_process:
+        # The one line is all there is left to say. A thread pool (arrow's, torch's) can abort the
+        # interpreter's teardown ("terminate called without an active exception", exit -6 instead of 1)
+        # when a loaded machine ends the process mid-error: end it without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 
@@ -594,9 +601,9 @@ def main(argv: list[str] | None = None) -> None:
     except NormprobeError as exc:
         if _state["debug"]:
             raise
-        _fail(" ".join(str(exc).split()), exc.exit_code)
+        _fail(" ".join(str(exc).split()), exc.exit_code, whole_process=argv is None)
     except _CLICK_ERROR as exc:
-        _fail(" ".join(exc.format_message().split()), exc.exit_code)
+        _fail(" ".join(exc.format_message().split()), exc.exit_code, whole_process=argv is None)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("normprobe: interrupted", err=True)
         sys.exit(130)
