@@ -341,7 +341,10 @@ class ModelAdapter:
         self.d_vocab = int(self._head().weight.shape[0])
         self.n_ctx = int(bridge.cfg.n_ctx)
         self.n_heads = int(bridge.cfg.n_heads)
+        from .attention import HEAD_INPUT
+
         hooks = bridge.hook_dict
+        self._has_head_input = HEAD_INPUT in hooks  # where a pass over the blocks stops (attention.without_head)
         # a site exists when every layer has it (hybrids can lack attn_out on their convolution layers)
         self.sites = tuple(s for s in SITES if all(f"blocks.{l}.hook_{s}" in hooks for l in range(self.n_layers)))
         self._readout: Readout | None = None
@@ -529,21 +532,23 @@ class ModelAdapter:
         """One forward pass with the given hooks attached; it ends before the unembedding (no logits)."""
         from .attention import without_head
 
-        hooks, head_reached = without_head(self.bridge, hooks)
+        hooks, head_reached = without_head(hooks, self._has_head_input)
+
+        def run(**lean: Any) -> None:
+            try:
+                self.bridge(tokens, attention_mask=attention_mask, return_type=None, **lean)
+            except head_reached:
+                pass  # every hook has fired; the head is not needed
+
         with self.bridge.hooks(fwd_hooks=hooks):
             try:
                 # no KV cache (it grows with depth), and logits for one position only where a hook reads the head
-                self.bridge(tokens, attention_mask=attention_mask, return_type=None, **self._lean_forward)
-            except head_reached:
-                pass
+                run(**self._lean_forward)
             except TypeError as exc:
                 if not self._lean_forward or "unexpected keyword" not in str(exc):
                     raise
                 self._lean_forward = {}  # an older model class without these arguments
-                try:
-                    self.bridge(tokens, attention_mask=attention_mask, return_type=None)
-                except head_reached:
-                    pass
+                run()
 
     def gradient_pass(
         self,

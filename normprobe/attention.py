@@ -33,14 +33,15 @@ def _stop_at_head(activation: Any, hook: Any = None) -> None:
     raise _HeadReached
 
 
-def without_head(bridge: Any, hooks: list) -> tuple[list, type[BaseException]]:
+def without_head(hooks: list, has_head_input: bool) -> tuple[list, type[BaseException]]:
     """`hooks` plus one that ends the forward at the unembedding's input, and the exception it raises.
 
     A pass that reads only the blocks then never computes logits nor touches the unembedding
     weight: the vocabulary times d_model (206 MB for GPT-2-medium, 525 MB for Llama-3.2-1B) would
     otherwise become resident for a product nobody reads. A hook that reads the head itself keeps it.
+    `has_head_input`: HEAD_INPUT is in the bridge's hook_dict (a property rebuilt on every read: ask once).
     """
-    if HEAD_INPUT not in bridge.hook_dict or any(name.startswith(("unembed.", "hook_unembed")) for name, _ in hooks):
+    if not has_head_input or any(name.startswith(("unembed.", "hook_unembed")) for name, _ in hooks):
         return hooks, _HeadReached
     return [*hooks, (HEAD_INPUT, _stop_at_head)], _HeadReached
 
@@ -132,6 +133,7 @@ def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> fl
     import torch
 
     seen: dict[str, torch.Tensor] = {}
+    has_head_input = HEAD_INPUT in bridge.hook_dict
 
     def grab(activation, hook=None):
         seen["x"] = activation.detach().float().clone()
@@ -140,7 +142,7 @@ def fast_attention_disagreement(bridge: Any, check_hook: str, tokens: Any) -> fl
         use_attention(bridge, FAST)
         if kind == EAGER:
             _set_hf_attention(bridge.original_model, EAGER)
-        hooks, head_reached = without_head(bridge, [(check_hook, grab)])
+        hooks, head_reached = without_head([(check_hook, grab)], has_head_input)
         with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
             try:
                 bridge(tokens, attention_mask=torch.ones_like(tokens), return_type=None)
