@@ -350,10 +350,8 @@ def train_lens(
     except NormprobeError as exc:
         if staged is None:
             raise
-        kept = (staged.path / CHECKPOINT_FILE).is_file()
-        staged.abandon(keep=kept)
-        note = f"; {out} is unchanged" + (f" and the new training is in {staged.path}" if kept else "")
-        raise type(exc)(f"{exc}{note}") from None
+        staged.give_up(CHECKPOINT_FILE)
+        raise type(exc)(f"{exc}{staged.note('training')}") from None
     finally:
         if staged is not None:
             staged.abandon()

@@ -37,6 +37,7 @@ class StagedFolder:
         except OSError as exc:
             raise NormprobeError(f"cannot create a folder beside {self.target}: {exc.strerror or exc}") from None
         self._lock: FolderLock | None = FolderLock.acquire(self.path)
+        self.kept = False  # given up with a checkpoint worth resuming in it
 
     def commit(self, target_lock: FolderLock) -> None:
         """Swap the staged folder into place (two renames), then delete the old contents.
@@ -58,6 +59,15 @@ class StagedFolder:
         self._lock = None
         self.path = self.target
         shutil.rmtree(old, ignore_errors=True)
+
+    def give_up(self, checkpoint: str) -> None:
+        """Abandon an unfinished replacement, keeping the sibling when `checkpoint` is in it (to resume)."""
+        self.kept = (self.path / checkpoint).is_file()
+        self.abandon(keep=self.kept)
+
+    def note(self, what: str) -> str:
+        """What an error says after `give_up`: the target is unchanged, and where the new `what` is if kept."""
+        return f"; {self.target} is unchanged" + (f" and the new {what} is in {self.path}" if self.kept else "")
 
     def abandon(self, keep: bool = False) -> None:
         """Release the staged folder; delete it unless `keep` (a checkpoint worth resuming is in it).

@@ -172,7 +172,7 @@ class RunFolder:
                 self.stops.__exit__(None, None, None)
                 self.stops = None
             if self._staged is not None:  # not complete: the old folder is untouched; a checkpoint is kept to resume
-                self._staged.abandon(keep=(self.path / CHECKPOINT_FILE).is_file())
+                self._staged.give_up(CHECKPOINT_FILE)
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -243,10 +243,9 @@ def _with_staged_note(error: NormprobeError, staged: StagedFolder | None) -> Nor
 
     if staged is None:
         return error
-    kept = staged.path.is_dir()
-    note = f"; {staged.target} is unchanged" + (f" and the new run is in {staged.path}" if kept else "")
+    note = staged.note("run")
     if isinstance(error, RunInterrupted):
-        return RunInterrupted(f"{error}{note}", staged.path if kept else None, resume_here=True)
+        return RunInterrupted(f"{error}{note}", staged.path if staged.kept else None, resume_here=True)
     noted = NormprobeError(f"{error}{note}")
     noted.exit_code = error.exit_code
     return noted
