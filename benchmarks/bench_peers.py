@@ -8,7 +8,9 @@ Each tool runs as its own process, timed from spawn to exit; its peak resident s
 (os.wait4's rusage). The floor of each task is a plain loop: Hugging Face `output_hidden_states`, then
 only what the task needs (norms; final norm -> head -> cross-entropy; log-softmax -> top-k). Peers:
 normprobe's CLI, nnsight's `trace` + `.save()` (if importable, e.g. from --nnsight-path), the
-TransformerLens bridge's `run_with_cache`, and tuned-lens's `PredictionTrajectory` (logit lens).
+TransformerLens bridge's `run_with_cache`, tuned-lens's `PredictionTrajectory` (logit lens), and
+tuned-lens's own CLI, `python -m tuned_lens eval` (logit lens, its default `--lens_types`), next to a
+re-implementation of its per-batch loop.
 Every tool's numbers are compared with the floor's before any time is reported (rel 1e-4), and a
 tool that disagrees is reported as such. Repeats are interleaved (each round runs every tool once,
 in turn), and the table gives medians. Run from the repository root:
@@ -20,6 +22,21 @@ in turn), and the table gives medians. Run from the repository root:
 
 Regenerate on a quiet machine: the ratios hold within one run, but a machine shared with other work
 (the load average is printed) moves them.
+
+tuned-lens's CLI runs in its own environment: the venv (torch, transformers 5, datasets, tuned-lens 0.2)
+behind a folder first on that process's PYTHONPATH only (--tunedlens-site, built if missing):
+    pip install --no-deps --target /tmp/tunedlens_cli_site torchdata==0.9.0   # the last with dataloader2
+plus two shims the bench writes there, neither touching the timed work: `transformer_lens/__init__.py`
+raises ImportError (tuned-lens then takes its no-TransformerLens path: TL 4 removed the HookedTransformer
+it probes for), and `sitecustomize.py` drops `load_in_8bit=False` from `from_pretrained` (transformers 5
+passes it to the model's __init__, which rejects it; False asks for nothing). `--lens_types logit` is
+left to its default (simple-parsing 0.1.9 rejects the value as written). Its corpus is one JSON line (one
+row: each of its num_proc map workers drops its own last chunk), the windows joined by EOS (= BOS here)
+and ended by one: chunk_and_tokenize prepends EOS, cuts --tokens-long chunks and drops the last (the lone
+EOS), so its batches are exactly the windows every tool reads. Its aggregate_metrics.json is in bits
+per byte; dividing by its nats_to_bpb ((tokens / bytes) / ln 2 of the joined text, recomputed here as it
+does) gives nats per layer for the check. Its datasets cache lives in the run's folder, filled by the
+warm-up round like the bytecode cache.
 """
 
 from __future__ import annotations
@@ -162,10 +179,10 @@ def worker_tunedlens_trace(a) -> dict:
 def worker_tunedlens_eval(a) -> dict:
     """`tuned-lens eval --lens_types logit`'s loop (tuned_lens/scripts/eval_loop.py) with its own LogitLens.
 
-    Its CLI cannot import here (tuned-lens 0.2 imports torchdata.dataloader2, which torchdata 0.11 no
-    longer has), so this runs the loop's per-batch work as it is written there: the model's logits and
-    hidden states, and per layer the lens's log-softmax, cross-entropy, entropy and KL to the output,
-    one window a batch (its default per_gpu_batch_size)."""
+    Its CLI does not import in the venv (tuned-lens 0.2 imports torchdata.dataloader2, which torchdata 0.11
+    no longer has; it runs in its own environment, see above), so this runs the loop's per-batch work as it
+    is written there: the model's logits and hidden states, and per layer the lens's log-softmax,
+    cross-entropy, entropy and KL to the output, one window a batch (its default per_gpu_batch_size)."""
     import torch
     from tuned_lens import model_surgery
     from tuned_lens.nn import LogitLens, unembed
@@ -229,7 +246,80 @@ def build(shape: str, work: Path, windows: int, tokens: int) -> tuple[Path, Path
     return model, corpus, one
 
 
-def commands(args, model: Path, corpus: Path, one: Path, work: Path) -> dict[str, dict[str, list[str]]]:
+TUNEDLENS_CLI = "tuned-lens eval CLI (logit lens)"
+TUNEDLENS_SHIMS = {  # see the docstring: what each is for, and why neither changes the timed work
+    "transformer_lens/__init__.py": 'raise ImportError("TransformerLens is not part of this environment")\n',
+    "sitecustomize.py": """import transformers.modeling_utils as _utils
+
+_from_pretrained = _utils.PreTrainedModel.from_pretrained.__func__
+
+
+def _without_load_in_8bit(cls, *args, load_in_8bit=False, **kwargs):
+    if load_in_8bit:
+        raise ValueError("load_in_8bit is not supported in this environment")
+    return _from_pretrained(cls, *args, **kwargs)
+
+
+_utils.PreTrainedModel.from_pretrained = classmethod(_without_load_in_8bit)
+""",
+}
+
+
+def tunedlens_setup(args, env: dict[str, str], model: Path, corpus: Path, work: Path):
+    """(its command, its environment, its nats_to_bpb) for `tuned-lens eval`, or None with the reason printed."""
+    site = Path(args.tunedlens_site)
+    if not site.exists():
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), "torchdata==0.9.0"]
+        built = subprocess.run(pip, capture_output=True, text=True)
+        if built.returncode != 0:
+            print(f"tuned-lens eval CLI skipped: {' '.join(pip)} failed: {built.stderr.strip()[-300:]}")
+            return None
+        for name, text in TUNEDLENS_SHIMS.items():
+            (site / name).parent.mkdir(parents=True, exist_ok=True)
+            (site / name).write_text(text, encoding="utf-8")
+    cli_env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])),
+        "HF_DATASETS_CACHE": str(work / "hf-datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", "import tuned_lens.scripts.eval_loop"], env=cli_env, capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        print(f"tuned-lens eval CLI skipped: it does not import with {site} first: {probe.stderr.strip()[-300:]}")
+        return None
+    import math
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    sep = tok.eos_token
+    if tok.eos_token_id != tok.bos_token_id:
+        print("tuned-lens eval CLI skipped: it separates documents with EOS, and EOS is not BOS here")
+        return None
+    docs = corpus.read_text(encoding="utf-8").splitlines()
+    data = work / "corpus.jsonl"
+    data.write_text(json.dumps({"text": sep.join(docs) + sep}) + "\n", encoding="utf-8")
+    joined = sep + sep.join(docs) + sep  # what chunk_and_tokenize tokenizes and counts
+    nats_to_bpb = len(tok(joined)["input_ids"]) / len(joined.encode("utf-8")) / math.log(2)
+    out = work / "tunedlens-out"
+    cmd = [sys.executable, "-m", "tuned_lens", "eval", "--data.name", str(data), "--max_length", str(args.tokens)]
+    cmd += ["--model.name", str(model), "--precision", "float32", "-o", str(out)]
+    return cmd, cli_env, nats_to_bpb
+
+
+def tunedlens_numbers(out: Path, nats_to_bpb: float, n_layers: int) -> dict:
+    """Its aggregate_metrics.json (bits per byte) back in nats: the logit lens's CE per layer, then the output's."""
+    metrics = json.loads((out / "aggregate_metrics.json").read_text())
+    ce = [metrics["logit"]["ce"][f"layer_{l}"] for l in range(n_layers)] + [metrics["baseline"]["ce"]["final"]]
+    return {"lens": [v / nats_to_bpb for v in ce]}
+
+
+def commands(
+    args, model: Path, corpus: Path, one: Path, work: Path, tunedlens_cmd: list[str] | None = None
+) -> dict[str, dict[str, list[str]]]:
     py = sys.executable
     me = [py, str(HERE), "--model", str(model), "--corpus", str(corpus)]
     cli = [py, "-m", "normprobe"]
@@ -245,7 +335,8 @@ def commands(args, model: Path, corpus: Path, one: Path, work: Path) -> dict[str
         "lens": {
             "floor (HF hidden states, norm, head, CE)": [*me, "--worker", "hf_lens"],
             "normprobe run --probe lens": [*cli, "run", str(model), "-i", str(corpus), "-p", "lens", *common],
-            "tuned-lens eval's loop (logit lens)": [*me, "--worker", "tunedlens_eval"],
+            **({TUNEDLENS_CLI: tunedlens_cmd} if tunedlens_cmd else {}),
+            "tuned-lens eval's loop, re-implemented (logit lens)": [*me, "--worker", "tunedlens_eval"],
             "normprobe run --probe updates": [*cli, "run", str(model), "-i", str(corpus), "-p", "updates", *common],
         },
         "trace": {
@@ -305,7 +396,13 @@ def normprobe_numbers(task: str, out: Path, n_layers: int) -> dict:
 TARGETS = [  # issue 31: (what, numerator, denominator, the bound, whether the ratio must stay at most or at least it)
     ("norms ≤ 1.05× its floor", ("norms", "normprobe run --probe norms"), ("norms", "floor"), 1.05, "max"),
     ("lens ≤ 1.10× its floor", ("lens", "normprobe run --probe lens"), ("lens", "floor"), 1.10, "max"),
-    ("tuned-lens eval ≥ 1.5× lens", ("lens", "tuned-lens eval"), ("lens", "normprobe run --probe lens"), 1.5, "min"),
+    (  # its CLI where it ran, else its loop re-implemented
+        "tuned-lens eval ≥ 1.5× lens",
+        ("lens", (TUNEDLENS_CLI, "tuned-lens eval's loop")),
+        ("lens", "normprobe run --probe lens"),
+        1.5,
+        "min",
+    ),
     ("updates ≤ 3× the lens floor", ("lens", "normprobe run --probe updates"), ("lens", "floor"), 3.0, "max"),
     (
         "trace --columns lens ≤ 1.15× PredictionTrajectory",
@@ -320,18 +417,22 @@ TARGETS = [  # issue 31: (what, numerator, denominator, the bound, whether the r
 def target_lines(times: dict[tuple[str, str], list[float]]) -> list[str]:
     """Each target of issue 31 that this run measured: the ratio of medians and whether it is met."""
 
-    def median_of(task: str, tool: str) -> float | None:
-        found = [statistics.median(v) for (t, name), v in times.items() if t == task and tool in name]
-        return found[0] if found else None
+    def median_of(task: str, tools: str | tuple[str, ...]) -> tuple[str, float] | None:
+        for tool in (tools,) if isinstance(tools, str) else tools:  # the first of the alternatives measured
+            found = [(name, statistics.median(v)) for (t, name), v in times.items() if t == task and tool in name]
+            if found:
+                return found[0]
+        return None
 
     lines = []
     for what, top, bottom, bound, kind in TARGETS:
         a, b = median_of(*top), median_of(*bottom)
         if a is None or b is None:
             continue
-        ratio = a / b
+        ratio = a[1] / b[1]
         met = ratio <= bound if kind == "max" else ratio >= bound
-        lines.append(f"- {what}: {ratio:.2f}× ({'met' if met else 'not met'})")
+        which = f"; from “{a[0]}”" if isinstance(top[1], tuple) else ""
+        lines.append(f"- {what}: {ratio:.2f}× ({'met' if met else 'not met'}{which})")
     return lines
 
 
@@ -351,6 +452,11 @@ def main() -> None:
     parser.add_argument("--pycache", type=Path, help="a bytecode cache kept between runs (then --warmup 0 can skip recompiling)")
     parser.add_argument("--tools", type=lambda s: s.split(","), default=None, help="only the tools whose names hold one of these")
     parser.add_argument("--nnsight-path", help="a folder holding nnsight (pip install --target), added to its PYTHONPATH only")
+    parser.add_argument(
+        "--tunedlens-site",
+        default="/tmp/tunedlens_cli_site",
+        help="a folder put first on tuned-lens eval's PYTHONPATH only (torchdata 0.9.0 and two shims; built if missing)",
+    )
     parser.add_argument("--write", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -370,19 +476,24 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(args.pycache or work / "pycache")
     nnsight_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [args.nnsight_path, env.get("PYTHONPATH")]))}
-    plan = commands(args, model, corpus, one, work)
+    tunedlens = tunedlens_setup(args, env, model, corpus, work) if "lens" in args.tasks else None
+    plan = commands(args, model, corpus, one, work, tunedlens[0] if tunedlens else None)
+    envs = {"nnsight": nnsight_env, TUNEDLENS_CLI: tunedlens[1] if tunedlens else env}
     times: dict[tuple[str, str], list[float]] = {}
     peaks: dict[tuple[str, str], list[int]] = {}
     agree: dict[tuple[str, str], str] = {}
     for round_ in range(-args.warmup, args.repeats):
         for task, tools in plan.items():
             for tool, cmd in tools.items():
+                tool_env = next((e for key, e in envs.items() if key in tool), env)
                 if round_ < 0:  # untimed: fills the bytecode cache and the page cache
-                    run_one(cmd, nnsight_env if "nnsight" in tool else env, work / "result.json")
+                    run_one(cmd, tool_env, work / "result.json")
                     continue
-                wall, peak, numbers = run_one(cmd, nnsight_env if "nnsight" in tool else env, work / "result.json")
+                wall, peak, numbers = run_one(cmd, tool_env, work / "result.json")
                 if tool.startswith("normprobe"):
                     numbers = normprobe_numbers(task, work / "out", n_layers)
+                if tool == TUNEDLENS_CLI and tunedlens:
+                    numbers = tunedlens_numbers(work / "tunedlens-out", tunedlens[2], n_layers)
                 times.setdefault((task, tool), []).append(wall)
                 peaks.setdefault((task, tool), []).append(peak)
                 if round_ == 0:
