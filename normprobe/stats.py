@@ -107,27 +107,51 @@ class GroupedMoments:
         self.count[index] = n
         self.total[index] = old_total + total
 
-    def merge(self, other: GroupedMoments) -> None:
-        if other.n_groups != self.n_groups:
-            raise ValueError(f"cannot merge moments of {other.n_groups} groups into {self.n_groups}")
+    def merge(self, other: GroupedMoments, where: torch.Tensor | None = None) -> None:
+        """Add another's moments: group for group, or its group i into this one's group where[i]."""
+        wanted = self.n_groups if where is None else len(where)
+        if other.n_groups != wanted:
+            raise ValueError(f"cannot merge moments of {other.n_groups} groups into {wanted}")
         device = self.count.device
-        self._combine(other.count.to(device), other.total.to(device), other.m2.to(device))
-        self.nonfinite += other.nonfinite.to(self.nonfinite.device)
+        index = None if where is None else where.to(device)
+        self._combine(other.count.to(device), other.total.to(device), other.m2.to(device), index)
+        if index is None:
+            self.nonfinite += other.nonfinite.to(device)
+        else:
+            self.nonfinite.index_add_(0, index, other.nonfinite.to(device))
         if self.track_extremes:
-            self.minimum = torch.minimum(self.minimum, other.minimum.to(self.minimum.device))
-            self.maximum = torch.maximum(self.maximum, other.maximum.to(self.maximum.device))
+            for name, reduce in (("minimum", "amin"), ("maximum", "amax")):
+                mine, theirs = getattr(self, name), getattr(other, name).to(device)
+                if index is None:
+                    setattr(self, name, torch.minimum(mine, theirs) if reduce == "amin" else torch.maximum(mine, theirs))
+                else:
+                    mine.scatter_reduce_(0, index, theirs, reduce=reduce)
+
+    def grow(self, n_groups: int) -> None:
+        """Room for n_groups groups; the new ones are empty."""
+        extra = n_groups - self.n_groups
+        if extra <= 0:
+            return
+        fills = {"count": 0.0, "total": 0.0, "m2": 0.0, "nonfinite": 0.0, "minimum": float("inf"), "maximum": float("-inf")}
+        for name, fill in fills.items():
+            current = getattr(self, name)
+            if current is not None:
+                setattr(self, name, torch.cat([current, torch.full((extra,), fill, dtype=current.dtype, device=current.device)]))
+        self.n_groups = n_groups
 
     def counts(self) -> torch.Tensor:
         """How many finite values each group holds, as integers (kept as float64 for the merge arithmetic)."""
         return self.count.round().to(torch.int64)
 
-    def mean(self) -> torch.Tensor:
-        """The mean per group; NaN for a group with no finite value (an empty cell is never a zero)."""
-        return mean_or_nan(self.total, self.count)
+    def mean(self, where: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean per group (or of the groups `where` selects); NaN for a group with no finite value."""
+        index = slice(None) if where is None else where
+        return mean_or_nan(self.total[index], self.count[index])
 
-    def std(self) -> torch.Tensor:
+    def std(self, where: torch.Tensor | None = None) -> torch.Tensor:
         """Population standard deviation (0 for a single value, NaN for none)."""
-        return mean_or_nan(self.m2, self.count).clamp(min=0).sqrt()
+        index = slice(None) if where is None else where
+        return mean_or_nan(self.m2[index], self.count[index]).clamp(min=0).sqrt()
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}

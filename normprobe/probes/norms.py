@@ -11,6 +11,7 @@ import torch
 from ..bootstrap import DEFAULT_REPLICATES
 from ..probe import Probe
 from ..stats import GroupedMoments, ReplicateSums
+from ..type_moments import TokenTypeMoments
 
 POSITION_GROUPS = ("position0", "rest")  # the replicate table's position groups: position 0, positions >= 1
 
@@ -31,7 +32,7 @@ class NormsProbe(Probe):
         self._token_text = model.token_strings
         device = model.device
         self.by_position = GroupedMoments(len(self._slots) * seq_len, device)
-        self.by_token = GroupedMoments(len(self._token_slots) * self._vocab, device, track_extremes=False)
+        self.by_token = TokenTypeMoments(len(self._token_slots), self._vocab, device)
         # document-bootstrap replicates of the mean norm of h_0..h_L, position 0 and later positions apart
         self._replicates = int(self.options.get("replicates") or DEFAULT_REPLICATES)
         self.replicates = ReplicateSums(len(self._token_slots) * len(POSITION_GROUPS), self._replicates, device)
@@ -66,8 +67,7 @@ class NormsProbe(Probe):
         # Position 0 (BOS where there is one) is analysed on its own, not in the frequency table.
         token_ids = batch.later(batch.tokens)
         norms = torch.stack([batch.later(activations[h]) for *_, h in self._token_slots])
-        offsets = torch.arange(len(self._token_slots), device=norms.device)[:, None] * self._vocab
-        self.by_token.add((offsets + token_ids[None, :]).reshape(-1), norms.reshape(-1))
+        self.by_token.add(token_ids, norms)
 
     def merge(self, other: NormsProbe) -> None:
         self.by_position.merge(other.by_position)
@@ -104,11 +104,8 @@ class NormsProbe(Probe):
             }
         )
         frame = frame[(frame["count"] > 0) | (frame["n_nonfinite"] > 0)].reset_index(drop=True)
-        t = self.by_token
-        vocab = self._vocab
-        counts = t.count.cpu().numpy().astype(np.int64)
-        keep = np.nonzero(counts > 0)[0]
-        slot_index, token_ids = keep // vocab, keep % vocab
+        cells = {k: v.cpu().numpy() for k, v in self.by_token.cells().items()}
+        slot_index, token_ids = cells["slot"], cells["type"]
         unique_ids = np.unique(token_ids)
         text = dict(zip(unique_ids.tolist(), self._token_text(unique_ids.tolist())))
         tokens = pd.DataFrame(
@@ -117,9 +114,9 @@ class NormsProbe(Probe):
                 "layer": np.array([self._token_slots[i][1] for i in slot_index], dtype=np.int64),
                 "token_id": token_ids.astype(np.int64),
                 "token": [text[i] for i in token_ids.tolist()],
-                "count": counts[keep],
-                "mean": t.mean().cpu().numpy()[keep],
-                "std": t.std().cpu().numpy()[keep],
+                "count": cells["count"].astype(np.int64),
+                "mean": cells["mean"],
+                "std": cells["std"],
             }
         )
         out = {"norms": frame, "norms_by_token": tokens, "norms_replicates": self._replicate_table()}
