@@ -17,6 +17,8 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .residency import file_mapping_of, release_file_pages
+
 if TYPE_CHECKING:
     import torch
 
@@ -126,10 +128,14 @@ class Readout:
         # tensor per chunk made the allocator grow the heap by most of a float32 W_U (0.8 GiB for Llama-3.2-1B).
         copied = weight.dtype != self._torch.float32 or weight.device != self._torch.device(self.device)
         buffer = self._torch.empty(min(self.vocab_step, self.n_vocab), weight.shape[1], **f32) if copied else None
+        # a checkpoint mapped from its file: each chunk's pages are handed back once read (see residency)
+        mapped = file_mapping_of(weight) is not None
         for start in range(0, self.n_vocab, self.vocab_step):
             part = weight[start : start + self.vocab_step]
             rows = buffer[: part.shape[0]].copy_(part) if buffer is not None else part
             yield start, rows, None if bias is None else bias.detach()[start : start + self.vocab_step].to(**f32)
+            if mapped:
+                release_file_pages(part)
 
     def _pre(self, h: torch.Tensor) -> torch.Tensor:
         y = h.to(self.device, self._torch.float32)
