@@ -107,6 +107,7 @@ class Readout:
             self.form, self.form_reason = norm_form(pre[0] if pre else None, width)
         # where the arithmetic runs: the final norm's device (a model spread over devices may keep its head apart)
         self.device = next((p.device for m in self.pre for p in m.parameters()), weight.device)
+        self._mapped: tuple[Any, bool] = (None, False)  # (the weight's address and size, whether a file maps it)
 
     @property
     def modules(self) -> list[Any]:
@@ -129,7 +130,12 @@ class Readout:
         copied = weight.dtype != self._torch.float32 or weight.device != self._torch.device(self.device)
         buffer = self._torch.empty(min(self.vocab_step, self.n_vocab), weight.shape[1], **f32) if copied else None
         # a checkpoint mapped from its file: each chunk's pages are handed back once read (see residency)
-        mapped = file_mapping_of(weight) is not None
+        where = (weight.data_ptr(), weight.numel())
+        # /proc/self/maps is read once per weight, not per readout; were the answer stale, the page-by-page
+        # check in release_file_pages would still drop only pages that are the file's own
+        if self._mapped[0] != where:
+            self._mapped = (where, file_mapping_of(weight) is not None)
+        mapped = self._mapped[1]
         for start in range(0, self.n_vocab, self.vocab_step):
             part = weight[start : start + self.vocab_step]
             rows = buffer[: part.shape[0]].copy_(part) if buffer is not None else part

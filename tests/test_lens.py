@@ -116,6 +116,17 @@ def test_tuned_lens_matches_translators_applied_by_hand(tmp_path, demo_adapter, 
     check_against_reference(result["lens"], result["lens_replicates"], per_doc)
 
 
+def test_the_lens_read_in_blocks_of_a_few_rows_matches_hf_hidden_states(monkeypatch, family_adapter, family_dir, hf_model):
+    """Blocks of 3 rows (and a ragged last block), so every row's statistics come from the block loop."""
+    import normprobe.probes.lens as lens_probe
+
+    adapter = family_adapter("gpt2")
+    monkeypatch.setattr(lens_probe, "ROW_LOGITS", 3 * adapter.d_vocab)
+    result = normprobe.run(adapter, texts=DOCS, probes=["lens"], progress=False, batch_size=4, replicates=REPLICATES)
+    per_doc = reference_rows(hf_model(family_dir("gpt2")), adapter.tokenizer, DOCS)
+    check_against_reference(result["lens"], result["lens_replicates"], per_doc)
+
+
 def test_lens_state_round_trip_and_merge(demo_adapter):
     """Two halves merged equal one pass over both; a state_dict restores the statistics."""
     from normprobe.probes.lens import LensProbe

@@ -163,7 +163,7 @@ def _difference_figure(runs) -> tuple[go.Figure, str]:
     note = f" Left out, being of another depth than the first run: {', '.join(left_out)}." if left_out else ""
     if table.empty:
         return empty_figure(title, "no other run of the first run's depth shares a curve with it"), note
-    quantities = [q for q, _ in DIFFERENCE_CURVES if q in set(table["quantity"])]
+    quantities = [q for q, _ in DIFFERENCE_CURVES if q in set(table["quantity"].unique())]
     fig = make_subplots(
         rows=len(quantities), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=[esc(f"Δ {q}") for q in quantities]
     )

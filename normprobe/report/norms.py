@@ -47,7 +47,7 @@ def heatmap(norms: pd.DataFrame) -> go.Figure:
     if norms.empty:
         return empty_figure(title, "the run measured no tokens")
     fig = figure(title, "position in window", "layer", height=480)
-    sites = [s for s in SITE_ORDER if s in set(norms["site"])]
+    sites = [s for s in SITE_ORDER if s in set(norms["site"].unique())]
     widest = 1
     for scale in ("linear", "log10"):
         for i, site in enumerate(sites):
@@ -97,7 +97,7 @@ def norm_per_layer(norms: pd.DataFrame, baselines: dict[str, pd.DataFrame] | Non
         return empty_figure(title, "the run measured no tokens")
     fig = figure(title, "layer", "L2 norm")
     pooled = pooled_by(norms, ["site", "layer"])
-    for site in [s for s in SITE_ORDER if s in set(pooled["site"])]:
+    for site in [s for s in SITE_ORDER if s in set(pooled["site"].unique())]:
         rows = pooled[pooled["site"] == site]
         colour = fig.layout.template.layout.colorway[SITE_ORDER.index(site)]
         fig.add_trace(
@@ -132,7 +132,7 @@ def norm_per_layer(norms: pd.DataFrame, baselines: dict[str, pd.DataFrame] | Non
         if frame.empty:
             continue
         by_layer = pooled_by(frame, ["site", "layer"])
-        for site in [s for s in SITE_ORDER if s in set(by_layer["site"])]:
+        for site in [s for s in SITE_ORDER if s in set(by_layer["site"].unique())]:
             rows = by_layer[by_layer["site"] == site]
             add_baseline(
                 fig,
