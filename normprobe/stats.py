@@ -119,13 +119,12 @@ class GroupedMoments:
             self.nonfinite += other.nonfinite.to(device)
         else:
             self.nonfinite.index_add_(0, index, other.nonfinite.to(device))
-        if self.track_extremes:
-            for name, reduce in (("minimum", "amin"), ("maximum", "amax")):
-                mine, theirs = getattr(self, name), getattr(other, name).to(device)
-                if index is None:
-                    setattr(self, name, torch.minimum(mine, theirs) if reduce == "amin" else torch.maximum(mine, theirs))
-                else:
-                    mine.scatter_reduce_(0, index, theirs, reduce=reduce)
+        if self.track_extremes and index is None:
+            self.minimum = torch.minimum(self.minimum, other.minimum.to(device))
+            self.maximum = torch.maximum(self.maximum, other.maximum.to(device))
+        elif self.track_extremes:
+            self.minimum.scatter_reduce_(0, index, other.minimum.to(device), reduce="amin")
+            self.maximum.scatter_reduce_(0, index, other.maximum.to(device), reduce="amax")
 
     def grow(self, n_groups: int) -> None:
         """Room for n_groups groups; the new ones are empty."""
