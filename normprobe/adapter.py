@@ -363,6 +363,9 @@ class ModelAdapter:
         self._fast_attention_gap: float | None = None  # checked once per loaded model
         self._lean_forward: dict[str, Any] = {"use_cache": False, "logits_to_keep": 1}
         self.device_map: str | None = None  # what the user asked accelerate for, if anything
+        from .activation_kernel import fuse_tanh_gelu
+
+        self.activation = fuse_tanh_gelu(self.hf_model)  # (what runs, why)
 
     def __repr__(self) -> str:
         return (

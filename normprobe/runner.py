@@ -124,6 +124,7 @@ class Runner(BaselinePasses):
             "device": str(model.device),
             "attention": self.attention[0],
             "attention_reason": self.attention[1],
+            **dict(zip(("activation", "activation_reason"), getattr(model, "activation", ()))),
             "placement": model.placement() if hasattr(model, "placement") else None,
             "probes": [p.name for p in probes],
             "corpus": self.corpus.description,

@@ -224,6 +224,7 @@ def trace_documents(
         "dtype": adapter.dtype,
         "device": str(adapter.device),
         "attention": attention[0],
+        "activation": adapter.activation[0],
         "readout": {
             **spec.describe(),
             "label": spec.label,

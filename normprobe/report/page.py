@@ -60,6 +60,7 @@ META_KEYS = (
     "dtype",
     "device",
     "attention",
+    "activation",
     "corpus",
     "n_docs",
     "n_windows",
