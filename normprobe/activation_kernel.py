@@ -12,21 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 FUSED = "torch gelu(approximate='tanh')"
 ELEMENTWISE = ("NewGELUActivation", "FastGELUActivation")  # transformers.activations: the same formula, op by op
 ULPS = 8  # each side rounds a handful of operations; NewGELU's 1 + tanh cancels near x ≈ -3 to ~|x|·eps
 
 
-def _fused_module() -> Any:
-    import torch
+class FusedTanhGELU(torch.nn.Module):
+    """gelu(x, approximate="tanh"): the formula NewGELUActivation writes out, in one kernel."""
 
-    class FusedTanhGELU(torch.nn.Module):
-        """gelu(x, approximate="tanh"): the formula NewGELUActivation writes out, in one kernel."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.gelu(x, approximate="tanh")
-
-    return FusedTanhGELU()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate="tanh")
 
 
 def elementwise_gelus(model: Any) -> list[tuple[Any, str, Any]]:
@@ -41,8 +38,6 @@ def elementwise_gelus(model: Any) -> list[tuple[Any, str, Any]]:
 
 def disagreement(module: Any, dtype: Any, device: Any) -> float:
     """The largest gap between `module` and the fused kernel on [-12, 12], in units of eps·max(1, |x|)."""
-    import torch
-
     x = torch.linspace(-12.0, 12.0, 4801, dtype=torch.float32).to(device=device, dtype=dtype)
     with torch.no_grad():
         ours, theirs = module(x).float(), torch.nn.functional.gelu(x, approximate="tanh").float()
@@ -52,8 +47,6 @@ def disagreement(module: Any, dtype: Any, device: Any) -> float:
 
 def fuse_tanh_gelu(model: Any) -> tuple[str, str]:
     """Swap each elementwise tanh GELU in `model` for the fused kernel; (what runs, why)."""
-    import torch
-
     found = elementwise_gelus(model)
     if not found:
         return "the model's own", "no elementwise tanh GELU in the model"
@@ -66,7 +59,7 @@ def fuse_tanh_gelu(model: Any) -> tuple[str, str]:
     kind, gap = max(gaps.items(), key=lambda item: item[1])
     if gap > ULPS:
         return f"the model's own ({kinds})", f"{FUSED} differed from its {kind} by {gap:.3g} eps on this model"
-    fused = _fused_module()
+    fused = FusedTanhGELU()  # stateless: one module serves every layer
     for parent, name, _ in found:
         setattr(parent, name, fused)
     return FUSED, f"the formula of the model's {kinds}, in one kernel (within {gap:.2g} eps of it)"

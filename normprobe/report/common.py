@@ -137,6 +137,12 @@ def spans_orders(values: pd.Series | np.ndarray) -> bool:
     return len(v) > 1 and v.max() / v.min() > 30
 
 
+def present_in_order(order, values: pd.Series) -> list:
+    """The members of `order` that occur among `values`, in `order`'s order (the set is made once)."""
+    present = set(values.unique())
+    return [item for item in order if item in present]
+
+
 def pooled_by(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Combine (count, mean, std) rows into one row per key: the exact pooled mean and std."""
     f = frame.assign(_sum=frame["mean"] * frame["count"], _sq=(frame["std"] ** 2 + frame["mean"] ** 2) * frame["count"])

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .claims import CONSOLE_WIDTH, VERDICT_STYLE, _clamp, _num, _short_where
-from .common import TEMPLATE, Block, Section, empty_figure, esc, figure, integer_axis, log_toggle
+from .common import TEMPLATE, Block, Section, empty_figure, esc, figure, integer_axis, log_toggle, present_in_order
 from .curves import descent_curve, lens_loss_curve, position0_curve, residual_norm_curve
 from .page import metadata_rows, render_page
 
@@ -163,7 +163,7 @@ def _difference_figure(runs) -> tuple[go.Figure, str]:
     note = f" Left out, being of another depth than the first run: {', '.join(left_out)}." if left_out else ""
     if table.empty:
         return empty_figure(title, "no other run of the first run's depth shares a curve with it"), note
-    quantities = [q for q, _ in DIFFERENCE_CURVES if q in set(table["quantity"].unique())]
+    quantities = present_in_order([q for q, _ in DIFFERENCE_CURVES], table["quantity"])
     fig = make_subplots(
         rows=len(quantities), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=[esc(f"Δ {q}") for q in quantities]
     )

@@ -21,6 +21,7 @@ from .common import (
     integer_axis,
     log_toggle,
     pooled_by,
+    present_in_order,
     spans_orders,
     spread_layers,
 )
@@ -47,7 +48,7 @@ def heatmap(norms: pd.DataFrame) -> go.Figure:
     if norms.empty:
         return empty_figure(title, "the run measured no tokens")
     fig = figure(title, "position in window", "layer", height=480)
-    sites = [s for s in SITE_ORDER if s in set(norms["site"].unique())]
+    sites = present_in_order(SITE_ORDER, norms["site"])
     widest = 1
     for scale in ("linear", "log10"):
         for i, site in enumerate(sites):
@@ -97,7 +98,7 @@ def norm_per_layer(norms: pd.DataFrame, baselines: dict[str, pd.DataFrame] | Non
         return empty_figure(title, "the run measured no tokens")
     fig = figure(title, "layer", "L2 norm")
     pooled = pooled_by(norms, ["site", "layer"])
-    for site in [s for s in SITE_ORDER if s in set(pooled["site"].unique())]:
+    for site in present_in_order(SITE_ORDER, pooled["site"]):
         rows = pooled[pooled["site"] == site]
         colour = fig.layout.template.layout.colorway[SITE_ORDER.index(site)]
         fig.add_trace(
@@ -132,7 +133,7 @@ def norm_per_layer(norms: pd.DataFrame, baselines: dict[str, pd.DataFrame] | Non
         if frame.empty:
             continue
         by_layer = pooled_by(frame, ["site", "layer"])
-        for site in [s for s in SITE_ORDER if s in set(by_layer["site"].unique())]:
+        for site in present_in_order(SITE_ORDER, by_layer["site"]):
             rows = by_layer[by_layer["site"] == site]
             add_baseline(
                 fig,
