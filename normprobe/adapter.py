@@ -367,6 +367,22 @@ class ModelAdapter:
 
         self.activation = fuse_tanh_gelu(self.hf_model)  # (what runs, why)
 
+    def release_weights(self) -> None:
+        """Drop the modules and weights; the tokenizer and the facts read at load stay (`token_strings`,
+        `d_vocab`, ...). The runner calls this on a model it loaded, before the run's tables are made.
+
+        The tensors are emptied in place: the bridge's modules refer to each other, so dropping them
+        would free their memory only at the next full garbage collection (0.3 s and more in a large heap).
+        """
+        import torch
+
+        modules = [m for m in (self.bridge, self.hf_model) if m is not None]
+        self.bridge = self.hf_model = self._readout = None
+        with torch.inference_mode(False), torch.no_grad():
+            for module in modules:
+                for tensor in (*module.parameters(), *module.buffers()):
+                    tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+
     def __repr__(self) -> str:
         return (
             f"<ModelAdapter {self.source.name!r} ({self.family.name}): {self.n_layers} layers, d_model {self.d_model}, "

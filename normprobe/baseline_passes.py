@@ -102,9 +102,10 @@ class BaselinePasses(Loop):
         model is built (unless the caller handed in a loaded model and still holds it).
         """
         seeds = [p for p in self._passes() if p.kind == "random-init"]
-        model = handoff.pop()
         if not seeds:
+            handoff.clear()  # released already (Runner._release) or the caller's
             return
+        model = handoff.pop()
         config, tokenizer = model.hf_config, model.tokenizer
         name, device, dtype = model.source.name, str(model.device), model.dtype
         del model

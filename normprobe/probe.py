@@ -16,7 +16,9 @@ A probe's life in a run:
      runner forgets them; `update` then gets only the hook points outside any layer. Memory
      then stays flat in depth however much a probe keeps per layer.
   4. `merge(other)` folds in another instance's statistics (shards, ranks).
-  5. `result()` turns the statistics into named tidy DataFrames; `findings(tables)` into a
+  5. `result()` turns the statistics into named tidy DataFrames (by then a model the runner loaded
+     itself has released its weights, `ModelAdapter.release_weights`: keep statistics, not tensors of
+     the model; the tokenizer and `token_strings` stay); `findings(tables)` into a
      JSON-able dict of descriptive numbers, computed from the tables alone whenever asked (never
      saved, never a conclusion: normprobe's conclusions are its claims, normprobe.claims).
 `state_dict()` / `load_state_dict()` save and restore the statistics for checkpoints.

@@ -213,12 +213,15 @@ class Runner(BaselinePasses):
                 self._stream(model, probes, windows, total, done)
                 # baselines that read the model's own weights, while it is loaded
                 shared = self.run_shared_baselines(model, seq_len, bos)
-                result = self._finish(model, probes, seq_len, meta, sync, done, 0.0)
+                gathered = self._gather(model, probes, seq_len, sync, done)
+                handoff, model = [model], None
+                if not any(p.kind == "random-init" for p in self._passes()):
+                    self._release(handoff)  # before the tables and the report, which need none of it
+                result = self._finish(probes, meta, gathered) if gathered is not None else None
                 if self.options.baselines:  # later passes checkpoint the model's statistics, not its probes
                     self._live.main = {p.name: p.state_dict() for p in probes}
                 del probes
                 # random-init models replace the model: load, run, free, then the next
-                handoff, model = [model], None
                 self.run_random_init_baselines(handoff, seq_len, bos, shared)
                 self.attach_baselines(result, shared)
         except (ProbeFailed, NormprobeError, KeyboardInterrupt) as exc:
@@ -267,7 +270,9 @@ class Runner(BaselinePasses):
         meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
         return done
 
-    def _finish(self, model, probes, seq_len: int, meta, sync, done, seconds: float):
+    def _gather(self, model, probes, seq_len: int, sync, done) -> dict[str, Any] | None:
+        """Under torchrun, every rank's statistics merged into rank 0's probes and the progress totalled
+        (None on the other ranks); else `done` as it is."""
         if sync.size > 1:
             states = sync.gather({p.name: p.state_dict() for p in probes})
             done = sync.totals(done)
@@ -275,12 +280,24 @@ class Runner(BaselinePasses):
                 return None
             for other in states[1:]:
                 merge_state(model, probes, other, seq_len, self.options.layers)
+        return done
+
+    def _release(self, handoff: list) -> None:
+        """Free the weights of a model this runner loaded; a model handed in stays the caller's, untouched."""
+        from .adapter import ModelAdapter
+
+        model = handoff.pop()
+        if isinstance(self.model, ModelAdapter):
+            return
+        model.release_weights()  # probes may still hold the adapter, for its tokenizer
+
+    def _finish(self, probes, meta, done):
         if done["tokens"] == 0:
             raise NormprobeError("no tokens to probe: the documents tokenised to nothing")
         if self.options.shard is not None:  # done["docs"] is the global document frontier; this shard holds every N-th
             index, count = self.options.shard
             done = {**done, "docs": len(range(index, done["docs"], count))}
-        result = run_result(probes, meta, done, seconds)
+        result = run_result(probes, meta, done, 0.0)
         if self.options.readout_sample < 1 and _nothing_read(result.tables):
             warn(
                 f"--readout-sample {self.options.readout_sample:g} sampled no token of the {done['tokens']}: "

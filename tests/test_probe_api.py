@@ -13,7 +13,7 @@ import normprobe
 from normprobe.cli import main
 from normprobe.registry import registered_probes, resolve_probe
 
-from .conftest import DOCS
+from .conftest import DOCS, TEST_DEVICE
 from .reference import hf_residuals, token_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,3 +175,52 @@ def test_docs_probe_example_runs(demo_adapter, tmp_path):
     assert list(table["count"]) == list(reference["count"])
     assert table["count"].dtype.kind == "i" and reference["count"].dtype.kind == "i"  # counts are integers
     assert table["cos_mean"].to_numpy() == pytest.approx(reference["cos_final_mean"].to_numpy(), abs=1e-6)
+
+
+class _WeightWatch(normprobe.Probe):
+    """Reports, at result(), what is left of the model it was set up with."""
+
+    name = "weight_watch"
+
+    def setup(self, model, seq_len):
+        self.model = model
+        self.weight = model.hf_model.get_input_embeddings().weight
+        self.numel_at_setup = self.weight.numel()
+
+    def hook_points(self):
+        return [("resid_pre", 0)]
+
+    def update(self, activations, batch):
+        pass
+
+    def result(self):
+        import pandas as pd
+
+        return {
+            "weight_watch": pd.DataFrame(
+                {
+                    "numel_at_setup": [self.numel_at_setup],
+                    "numel_at_result": [self.weight.numel()],
+                    "model_kept": [self.model.hf_model is not None],
+                    "token_text": self.model.token_strings([5]),
+                }
+            )
+        }
+
+
+def test_a_model_the_runner_loaded_is_released_before_the_tables(demo_adapter):
+    """The runner frees the weights of a model it loaded before result() (the peak then holds no
+    tables, claims or report on top of the weights); the tokenizer stays for token strings."""
+    watched = normprobe.run("demo", texts=DOCS[:2], probes=[_WeightWatch], device=TEST_DEVICE, progress=False)
+    row = watched.tables["weight_watch"].iloc[0]
+    assert row["numel_at_setup"] == demo_adapter.d_vocab * demo_adapter.d_model
+    assert row["numel_at_result"] == 0 and not row["model_kept"]
+    assert row["token_text"] == demo_adapter.tokenizer.decode([5])
+
+
+def test_a_model_handed_in_stays_whole(demo_adapter):
+    watched = normprobe.run(demo_adapter, texts=DOCS[:2], probes=[_WeightWatch], progress=False)
+    row = watched.tables["weight_watch"].iloc[0]
+    assert row["model_kept"] and row["numel_at_result"] == row["numel_at_setup"] == demo_adapter.d_vocab * demo_adapter.d_model
+    again = normprobe.run(demo_adapter, texts=DOCS[:2], probes=["norms"], progress=False)
+    assert again.meta["n_tokens"] == watched.meta["n_tokens"]
