@@ -287,10 +287,13 @@ def _bridge_class() -> Any:
     is missing (normprobe draws no notebook bars, so the warning would only mislead), and without pytest.
 
     TransformerLens imports pytest, if it is installed, only to mark one of its helpers as no test
-    (`exploratory_utils`), and carries on without it: 0.13 s and 6 MB that a run never uses.
+    (`exploratory_utils`), and carries on without it: 0.13 s and 6 MB that a run never uses. pandas,
+    pyarrow and `datasets` it imports too; they load at their first use (normprobe.deferred_imports).
     """
     import sys
     import warnings
+
+    from .deferred_imports import deferring
 
     hide_pytest = "pytest" not in sys.modules
     if hide_pytest:
@@ -298,7 +301,13 @@ def _bridge_class() -> Any:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="IProgress not found")
-            from transformer_lens.model_bridge import TransformerBridge
+            try:
+                with deferring():  # pandas, pyarrow and `datasets` wait until used (normprobe.deferred_imports)
+                    from transformer_lens.model_bridge import TransformerBridge
+            except Exception:  # noqa: BLE001 - a TransformerLens that uses them at import: import it plainly
+                for name in [n for n in sys.modules if n == "transformer_lens" or n.startswith("transformer_lens.")]:
+                    del sys.modules[name]
+                from transformer_lens.model_bridge import TransformerBridge
     finally:
         if hide_pytest and sys.modules.get("pytest", False) is None:
             del sys.modules["pytest"]

@@ -587,9 +587,12 @@ def resume_command(argv: list[str], folder: Path, resume_here: bool = False) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, exit 1 for bad input, 2 for bad usage, 130 on Ctrl-C."""
+    from .deferred_imports import defer_module
     from .distributed import is_distributed
     from .interrupt import RunInterrupted
 
+    if argv is None:  # this process is the CLI's: pandas loads with the first table, after a run frees its model
+        defer_module("pandas")
     try:
         code = app(args=argv, prog_name="normprobe", standalone_mode=False)
     except RunInterrupted as exc:

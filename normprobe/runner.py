@@ -412,6 +412,9 @@ def make_runner(
     allow_foreign_lens: bool = False,
 ) -> Runner:
     """Build and validate a run (options, corpus, probes, model source) without loading the model."""
+    from .deferred_imports import defer_module
+
+    defer_module("pandas")  # the probes' modules import it; it loads with the tables, after the model is released
     if sum(x is not None for x in (texts, input, dataset)) > 1:
         raise NormprobeError("give one corpus: texts, an input file or a dataset")
     spec = InputSpec(Path(input), text_field, encoding, errors) if input is not None else None
