@@ -10,7 +10,9 @@ therefore built in a child too, so that the parent stays small.)
   - hf load / load:  `from_pretrained` alone / `normprobe.load_model` alone (no float32 copy of bf16);
   - import hf:       `import torch, transformers` (what `hf` imports) and nothing else;
   - import:          `import torch, transformers, transformer_lens, normprobe` and nothing else;
-  - norms, lens, updates, linesearch, massive: a whole `normprobe.run` with that probe (load included).
+  - norms, lens, updates, linesearch, massive: a whole `normprobe.run` with that probe (load included);
+  - cli norms, cli lens, ...: `python -m normprobe run` with that probe, writing its folder and report
+    (the command a user types; its peak is os.wait4's ru_maxrss of that process, which has no children).
 Ratios are against `hf`, and `massive` (which runs eager attention) against `hf eager`.
 Targets: norms and lens <= 1.10, updates and linesearch <= 1.25, massive <= 1.10 (of hf eager).
 With a GPU, peak CUDA memory is measured as well (torch.cuda.max_memory_allocated).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import subprocess
@@ -102,10 +105,10 @@ def build(shape: str, folder: Path) -> str:
 
 
 def token_ids(n_tokens: int, vocab: int) -> list[int]:
-    """The document's ids after BOS (id 0): normprobe prepends BOS, Hugging Face is given it."""
-    import torch
-
-    return torch.randint(2, vocab, (n_tokens - 1,), generator=torch.Generator().manual_seed(0)).tolist()
+    """The document's ids after BOS (id 0): normprobe prepends BOS, Hugging Face is given it. Drawn without
+    torch, so that the parent (whose resident set a child's ru_maxrss would inherit) stays small."""
+    draw = random.Random(0)
+    return [draw.randrange(2, vocab) for _ in range(n_tokens - 1)]
 
 
 def child(kind: str, folder: str, dtype: str, n_tokens: int, device: str) -> dict:
@@ -181,6 +184,9 @@ def waited(command: list[str], env: dict[str, str], timeout: float) -> tuple[int
 
 
 def measure(kind: str, folder: Path, dtype: str, n_tokens: int, device: str, timeout: float) -> dict | None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    if kind.startswith("cli "):
+        return measure_cli(kind.split()[1], folder, dtype, n_tokens, device, timeout, env)
     command = [
         sys.executable,
         __file__,
@@ -195,7 +201,6 @@ def measure(kind: str, folder: Path, dtype: str, n_tokens: int, device: str, tim
         "--device",
         device,
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     try:
         code, out, err, maxrss = waited(command, env, timeout)
     except subprocess.TimeoutExpired:
@@ -206,6 +211,26 @@ def measure(kind: str, folder: Path, dtype: str, n_tokens: int, device: str, tim
         print(f"  {kind}: failed: {err.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
     return {**json.loads(lines[-1]), "wait4_maxrss": maxrss}
+
+
+def measure_cli(probe: str, folder: Path, dtype: str, n_tokens: int, device: str, timeout: float, env: dict) -> dict | None:
+    """`python -m normprobe run` on the same document, into a scratch folder; its peak from os.wait4."""
+    config = json.loads((folder / "config.json").read_text())
+    text = " ".join(VOCAB_WORD.format(i) for i in token_ids(n_tokens, config["vocab_size"]))
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "-m", "normprobe", "run", str(folder), "--probe", probe, "--text", text]
+        command += ["--batch-size", "1", "--seq-len", str(n_tokens), "--dtype", dtype, "--device", device]
+        command += ["--out", str(Path(scratch) / "run")]
+        started = time.time()
+        try:
+            code, _, err, maxrss = waited(command, env, timeout)
+        except subprocess.TimeoutExpired:
+            print(f"  cli {probe}: over {timeout:.0f} s, skipped", file=sys.stderr)
+            return None
+    if code:
+        print(f"  cli {probe}: failed: {err.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return {"peak_rss": maxrss, "peak_cuda": None, "seconds": round(time.time() - started, 1), "wait4_maxrss": maxrss}
 
 
 def gib(n: float | None) -> str:
@@ -223,9 +248,10 @@ def table(shape: str, dtype: str, results: dict[str, dict | None], n_tokens: int
         if found is None:
             rows.append(f"| {kind} | - | - | - | - | - | - |")
             continue
+        probe = kind.removeprefix("cli ")
         base_kind = (
             "hf eager"
-            if kind == "massive"
+            if probe == "massive"
             else "hf load"
             if kind == "load"
             else "import hf"
@@ -233,8 +259,8 @@ def table(shape: str, dtype: str, results: dict[str, dict | None], n_tokens: int
             else "hf"
         )
         base = results.get(base_kind)
-        ratio = f"{found['peak_rss'] / base['peak_rss']:.2f}× {base_kind}" if base and kind != base_kind else ""
-        target = f"≤ {TARGETS[kind]:.2f}" if kind in TARGETS else ""
+        ratio = f"{found['peak_rss'] / base['peak_rss']:.3f}× {base_kind}" if base and kind != base_kind else ""
+        target = f"≤ {TARGETS[probe]:.2f}" if probe in TARGETS else ""
         rows.append(
             f"| {kind} | {gib(found['peak_rss'])} | {ratio} | {target} | {gib(found.get('wait4_maxrss'))} "
             f"| {gib(found['peak_cuda'])} | {found['seconds']} |"
@@ -248,7 +274,9 @@ def main() -> None:
     parser.add_argument(
         "--measure",
         default=None,
-        help="comma-separated subset of: hf, hf eager, hf load, import hf, import, load, " + ", ".join(PROBES),
+        help="comma-separated subset of: hf, hf eager, hf load, import hf, import, load, "
+        + ", ".join(PROBES)
+        + ", and cli PROBE for each probe (the command line)",
     )
     parser.add_argument("--tokens", type=int, default=None, help="tokens per document (default 128, 32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="gpt2-medium only, 32 tokens")
