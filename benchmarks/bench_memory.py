@@ -9,7 +9,7 @@ therefore built in a child too, so that the parent stays small.)
   - hf / hf eager:   `from_pretrained` then a body forward (`model.base_model`), sdpa / eager attention;
   - hf load / load:  `from_pretrained` alone / `normprobe.load_model` alone (no float32 copy of bf16);
   - import hf:       `import torch, transformers` (what `hf` imports) and nothing else;
-  - import:          `import torch, transformers, transformer_lens, normprobe` and nothing else;
+  - import:          torch, transformers, normprobe and TransformerLens as a run imports them, nothing else;
   - norms, lens, updates, linesearch, massive: a whole `normprobe.run` with that probe (load included);
   - cli norms, cli lens, ...: `python -m normprobe run` with that probe, writing its folder and report
     (the command a user types; its peak is os.wait4's ru_maxrss of that process, which has no children).
@@ -137,11 +137,15 @@ def child(kind: str, folder: str, dtype: str, n_tokens: int, device: str) -> dic
         import transformers  # noqa: F401
         from transformers import AutoModelForCausalLM  # noqa: F401
     elif kind == "import":
-        import transformer_lens  # noqa: F401
         import transformers  # noqa: F401
 
-        import normprobe  # noqa: F401
+        from normprobe.deferred_imports import defer_module
+
+        defer_module("pandas")  # as the command line does, before normprobe's modules import it
         import normprobe.api  # noqa: F401
+        from normprobe.adapter import _bridge_class
+
+        _bridge_class()  # TransformerLens, imported as a run imports it
     else:
         import normprobe
 
