@@ -18,8 +18,10 @@ from typing import Any
 from .errors import NormprobeError
 
 DEFAULT_TOKEN_BUDGET = 8192  # tokens per batch on the CPU: more do not make it faster
-READOUT_CHUNK = 1 << 24  # logits (tokens x vocabulary) a readout holds at once: 64 MB in float32
-READOUT_BYTES = 3 * 4 * READOUT_CHUNK  # logits, their softmax and the gradient's chunk
+READOUT_CHUNK = 1 << 24  # logits (tokens x vocabulary) a readout's loss and gradient hold at once: 64 MB in float32
+LENS_BLOCK = 1 << 25  # logits the lens probe reads out at once (normprobe.probes.lens): 128 MB in float32
+# set aside beside the windows: three float32 buffers of the larger (logits, softmax, gradient or reference)
+READOUT_BYTES = 3 * 4 * max(READOUT_CHUNK, LENS_BLOCK)
 KEPT_VECTORS = 48  # float32 d_model-vectors per token: the forward's working set and what a streaming probe keeps
 # float32 d_model-vectors per token and layer that the model readout's backward keeps (measured: 37 on GPT-2 small)
 BACKWARD_VECTORS = 40

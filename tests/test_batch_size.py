@@ -40,7 +40,7 @@ def test_batch_fits_half_the_device_unless_asked(device, monkeypatch):
         assert sdpa.batch_size == eager.batch_size == memory.DEFAULT_TOKEN_BUDGET // 1024
         assert "on the CPU at most 8192 tokens" in sdpa.reason
         return
-    assert sdpa.batch_size == _windows_in(40 * GIB, window) == 53
+    assert sdpa.batch_size == _windows_in(40 * GIB, window) == 52  # (40 GiB - 384 MiB) // 768 MiB
     assert eager.batch_size == _windows_in(40 * GIB, eager.window_bytes) == 39
     asked = memory.choose_batch_size(model, 1024, max_memory=55 * GIB)  # above half: the user may
     assert asked.budget_bytes == 55 * GIB and asked.batch_size == _windows_in(55 * GIB, window)
@@ -101,3 +101,10 @@ def test_the_model_readouts_backward_keeps_every_layer(monkeypatch):
         memory.choose_batch_size(shallow, 256, backward=True).batch_size
         > memory.choose_batch_size(model, 256, backward=True).batch_size
     )
+
+
+def test_the_readout_set_aside_holds_the_lens_probes_blocks():
+    """Three float32 buffers of the larger of a readout's chunk and the lens probe's block."""
+    from normprobe.probes.lens import ROW_LOGITS
+
+    assert memory.READOUT_BYTES == 3 * 4 * max(ROW_LOGITS, memory.READOUT_CHUNK) == 384 << 20

@@ -18,8 +18,11 @@ def package(tmp_path, monkeypatch):
     """A package `np_probe_pkg` that counts how often its code runs (in `ran`), with a submodule and a class."""
     root = tmp_path / "np_probe_pkg"
     root.mkdir()
-    (root / "__init__.py").write_text("import builtins\nbuiltins.np_probe_runs = getattr(builtins, 'np_probe_runs', 0) + 1\nVALUE = 7\n")
-    (root / "things.py").write_text("class Thing:\n    def __init__(self, x=1):\n        self.x = x\n\ndef make(x):\n    return Thing(x)\n")
+    counting = "import builtins\nbuiltins.np_probe_runs = getattr(builtins, 'np_probe_runs', 0) + 1\n"
+    (root / "__init__.py").write_text(counting + "VALUE = 7\n")
+    (root / "things.py").write_text(
+        "class Thing:\n    def __init__(self, x=1):\n        self.x = x\n\n\ndef make(x):\n    return Thing(x)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import builtins
 
@@ -75,9 +78,8 @@ def test_a_deferred_module_that_fails_is_forgotten_like_a_failed_import(package,
 
 def test_placeheld_names_resolve_at_first_use_and_leave_no_placeholder(package):
     with deferring(modules=(), placeheld=(package,)):
-        from np_probe_pkg.things import Thing, make
-
         import np_probe_pkg
+        from np_probe_pkg.things import Thing, make
     assert isinstance(Thing, DeferredName) and isinstance(make, DeferredName) and runs() == 0
     assert package not in sys.modules  # the placeholders are gone: the next import is the real one
     made = make(4)  # a call

@@ -21,15 +21,17 @@ import torch
 
 from ..bootstrap import DEFAULT_REPLICATES
 from ..lens_stats import METRICS, block_statistics
+from ..memory import LENS_BLOCK
 from ..probe import Probe
 from ..stats import GroupedMoments, ReplicateSums, token_windows
 
 SITES = ("resid_pre", "resid_mid")
 REPLICATED = ("lens_loss", "kl", "entropy", "target_top1", "top1_agree")  # metrics with document-bootstrap replicates
-# Logits (rows x vocabulary) in one block: 128 MB in float32, at most three such buffers. Each block reads the
-# whole unembedding once, so small blocks are bound by that read: at GPT-2-small's shape, 4,096 tokens a batch,
-# blocks of 16 MB took 67-72 s for the pass, 64 MB 50 s, 128 MB 47 s and 256 MB 51 s (2 CPU cores).
-ROW_LOGITS = 1 << 25
+# Logits (rows x vocabulary) in one block: 128 MB in float32, at most three such buffers (the batch size sets
+# them aside: memory.READOUT_BYTES). Each block reads the whole unembedding once, so small blocks are bound by
+# that read: at GPT-2-small's shape, 4,096 tokens a batch, blocks of 16 MB took 67-72 s for the pass, 64 MB
+# 50 s, 128 MB 47 s and 256 MB 51 s (2 CPU cores).
+ROW_LOGITS = LENS_BLOCK
 
 
 class LensProbe(Probe):
