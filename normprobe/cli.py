@@ -87,6 +87,14 @@ def _default_out(model: str) -> Path:
     return Path("reports") / f"{folder_slug(model)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _no_model_needed() -> None:
+    """torch loads only if something reads from it: the probes' modules import it, their tables and
+    figures do not use it (`normprobe report` took 1.8 s with it, 0.9 s without)."""
+    from .deferred_imports import defer_module
+
+    defer_module("torch")
+
+
 def _print_version(value: bool) -> None:
     # An eager option callback runs while parsing, before click asks for a command.
     if value:
@@ -344,6 +352,7 @@ def compare(
     plotlyjs: PlotlyOpt = "inline",
 ) -> None:
     """Render one report overlaying saved runs (different models, sizes, checkpoints, corpora, dtypes)."""
+    _no_model_needed()
     from .api import compare_to_folder
 
     if plotlyjs not in ("inline", "cdn"):
@@ -383,6 +392,7 @@ def report(
     probe_module: ProbeModuleOpt = None,
 ) -> None:
     """Re-render report.html from a saved run, without the model."""
+    _no_model_needed()
     from .api import export_images, rerender
 
     _check_format(format)
@@ -397,6 +407,7 @@ def report(
 @app.command()
 def probes() -> None:
     """List the probes you can pass to --probe, with where each comes from."""
+    _no_model_needed()
     from .registry import registered_probes
 
     for entry in registered_probes().values():

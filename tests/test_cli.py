@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +75,14 @@ def test_run_demo_writes_everything_and_report_rerenders(tmp_path, capsys):
     assert first.count("Plotly.newPlot") == 9
     code, _, err = invoke(["report", str(out)], capsys)
     assert code == 0, err
+    assert (out / "report.html").read_text() == first
+    # in a process of its own, re-rendering never loads torch (the probes' modules only import it)
+    script = (
+        f"import sys\nfrom normprobe.cli import main\ntry:\n    main(['report', {str(out)!r}])\nexcept SystemExit:\n    pass\n"
+        "from normprobe.deferred_imports import is_deferred\nprint(is_deferred('torch'), 'transformer_lens' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip().endswith("True False"), proc.stderr[-2000:]
     assert (out / "report.html").read_text() == first
 
 
