@@ -167,3 +167,33 @@ def test_a_transformer_lens_that_fails_under_deferral_is_imported_plainly():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"bridge": True, "datasets": True, "pandas_deferred": False}
+
+
+def test_a_run_loads_pandas_only_after_its_passes():
+    """In a fresh interpreter, through the runner as a user calls it: when the model is released, pandas
+    has not run and pyarrow and `datasets` are not imported (a module-level `from pandas import ...` on
+    the run's path would break this)."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import normprobe
+        import normprobe.runner as runner
+        from normprobe.deferred_imports import is_deferred
+        seen = {}
+        release = runner.Runner._release
+
+        def watched(self, handoff):
+            seen.update(pandas_deferred=is_deferred("pandas"), pyarrow="pyarrow" in sys.modules)
+            seen["datasets"] = "datasets" in sys.modules
+            release(self, handoff)
+
+        runner.Runner._release = watched
+        result = normprobe.run("demo", texts=["A short text.", "Another one."], probes=["norms", "lens"], progress=False)
+        seen["tables"] = sorted(result.tables)[:2]
+        print(json.dumps(seen))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"pandas_deferred": True, "pyarrow": False, "datasets": False, "tables": ["lens", "lens_replicates"]}
