@@ -76,10 +76,6 @@ def hf_readout_input(reference, adapter):
     return operator.attrgetter(name)(reference)
 
 
-# types for which Hugging Face itself offers no sdpa (transformers 5.24), so runs keep eager attention
-EAGER_ONLY = {"bloom", "falcon", "gemma2", "gpt_neo", "gpt_oss", "mpt", "vaultgemma", "xglm"}
-
-
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_model_type_matches_hugging_face(model_type, word_tokenizer):
     adapter, reference = tiny_pair(model_type, word_tokenizer)
@@ -145,7 +141,8 @@ def test_model_type_matches_hugging_face(model_type, word_tokenizer):
 
     # (f) the fast path runs take when no probe reads patterns (sdpa, HF's own norms) against HF with sdpa
     running, reason = adapter.select_attention(False)
-    expected = ("eager", "the model offers no sdpa") if model_type in EAGER_ONLY else ("sdpa", "Hugging Face's default")
+    offers_sdpa = bool(getattr(type(reference), "_supports_sdpa", False))  # Hugging Face's own word (falcon: from 5.25)
+    expected = ("sdpa", "Hugging Face's default") if offers_sdpa else ("eager", "the model offers no sdpa")
     assert (running, reason) == expected, model_type
     with torch.no_grad():
         adapter.forward(on_device, torch.ones_like(on_device), hooks)
