@@ -387,10 +387,11 @@ class ModelAdapter:
 
         modules = [m for m in (self.bridge, self.hf_model) if m is not None]
         self.bridge = self.hf_model = self._readout = None
+        # the bridge holds the Hugging Face modules too: each tensor once
+        tensors = {id(t): t for module in modules for t in (*module.parameters(), *module.buffers())}
         with torch.inference_mode(False), torch.no_grad():
-            for module in modules:
-                for tensor in (*module.parameters(), *module.buffers()):
-                    tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+            for tensor in tensors.values():
+                tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
 
     def __repr__(self) -> str:
         return (
